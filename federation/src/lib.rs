@@ -1,0 +1,16 @@
+//! Isthmus control plane: the mesh model, the wire API, identity and the cluster CA, the store
+//! (embedded or etcd), peering between federations, catalog sources, and the config/certificate
+//! API its gateways subscribe to.
+//!
+//! The data plane (`isthmus-gateway`) and DNS (`isthmus-dns`) depend on this crate with default
+//! features off: they use the model, the wire API and the verifiers, never the etcd backend.
+
+pub mod identity;
+pub mod model;
+pub mod store;
+
+/// Generated wire API (`proto/isthmus.proto`).
+pub mod proto {
+    #![allow(clippy::all, clippy::pedantic, missing_docs, unreachable_pub)]
+    tonic::include_proto!("isthmus.v1");
+}
