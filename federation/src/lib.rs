@@ -5,9 +5,22 @@
 //! The data plane (`isthmus-gateway`) and DNS (`isthmus-dns`) depend on this crate with default
 //! features off: they use the model, the wire API and the verifiers, never the etcd backend.
 
+pub mod admin;
+pub mod catalog;
+pub mod changelog;
+pub mod config;
+pub mod duration;
+pub mod gwapi;
 pub mod identity;
+pub mod mesh;
+pub mod metrics;
 pub mod model;
+pub mod node;
+pub mod peering;
 pub mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
+pub mod vip;
 
 /// Generated wire API (`proto/isthmus.proto`).
 pub mod proto {

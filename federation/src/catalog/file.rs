@@ -1,0 +1,548 @@
+//! The catalog file: the YAML document an operator edits to say what this cluster exports, what it
+//! imports from whom, and (reserved) its policies.
+//!
+//! [`parse_catalog`] is a pure function: text in, a validated [`CatalogFile`] or an error naming
+//! the line, the field and what to fix. Every struct denies unknown fields, so a typo is an error,
+//! never a silently ignored setting. Watching the file on disk lives in
+//! [`super::file_source`].
+//!
+//! ```yaml
+//! exports:
+//!   - namespace: shop
+//!     name: cart
+//!     ports: [{port: 8080, protocol: http, name: http}]   # http | http2 | grpc | tcp
+//!     endpoints: [{address: "127.0.0.1:9001", zone: a, weight: 100, ready: true}]
+//!     export_to: [west]        # absent = every peer
+//!     weight: 100
+//!     headless: false
+//!     metadata: {team: shop}
+//!     registrants: [cart]      # service accounts that may register endpoints (default: [cart])
+//! imports:                     # opt-in; no rules = nothing imported
+//!   - peer: west               # or "*"
+//!     namespaces: [shop]       # or ["*"]
+//!     services: [cart]         # optional
+//! policies: {}                 # reserved: name -> document, carried opaquely
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_saphyr::Spanned;
+
+use crate::model::service::{
+    MAX_METADATA_BYTES, MAX_METADATA_ENTRIES, default_weight, validate_ports,
+};
+use crate::model::{
+    ClusterName, Endpoint, ExportedService, ImportRule, Namespace, ServiceKey, ServiceName,
+    ServicePort,
+};
+
+/// Largest weight accepted for a service or an endpoint. Weights are summed across endpoints and
+/// clusters in `u32`; this bound keeps thousands of them from overflowing.
+pub const MAX_WEIGHT: u32 = 1_000_000;
+
+/// The validated catalog document.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct CatalogFile {
+    pub exports: Vec<ExportSpec>,
+    pub imports: Vec<ImportRule>,
+    /// Reserved: policy documents by name, carried opaquely.
+    pub policies: BTreeMap<String, serde_json::Value>,
+}
+
+impl CatalogFile {
+    /// The export of `key`, if the catalog has one.
+    pub fn export(&self, key: &ServiceKey) -> Option<&ExportSpec> {
+        self.exports
+            .iter()
+            .find(|e| e.namespace == key.namespace && e.name == key.name)
+    }
+}
+
+/// One exported service as the operator describes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportSpec {
+    pub namespace: Namespace,
+    pub name: ServiceName,
+    pub ports: Vec<ServicePort>,
+    /// Static endpoints; may be empty when workloads register through the registry.
+    #[serde(default)]
+    pub endpoints: Vec<Endpoint>,
+    /// Peers allowed to import it; `None` = every peer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub export_to: Option<BTreeSet<ClusterName>>,
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    #[serde(default)]
+    pub headless: bool,
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+    /// Service accounts (in `namespace`) whose workload certificates may register endpoints for
+    /// this service through the registry. `None` = one account named like the service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registrants: Option<Vec<String>>,
+}
+
+impl ExportSpec {
+    pub fn key(&self) -> ServiceKey {
+        ServiceKey::new(self.namespace.clone(), self.name.clone())
+    }
+
+    /// Whether a workload running as `service_account` (in this export's namespace) may register
+    /// endpoints for it.
+    pub fn allows_registrant(&self, service_account: &str) -> bool {
+        match &self.registrants {
+            Some(accounts) => accounts.iter().any(|a| a == service_account),
+            None => self.name.as_str() == service_account,
+        }
+    }
+
+    /// The model's view of this export: static endpoints followed by `registered` ones.
+    /// `exported_at_ms` is when this cluster first exported it (the caller persists that).
+    pub fn to_service(&self, registered: &[Endpoint], exported_at_ms: i64) -> ExportedService {
+        let mut endpoints = self.endpoints.clone();
+        endpoints.extend(registered.iter().cloned());
+        ExportedService {
+            key: self.key(),
+            ports: self.ports.clone(),
+            endpoints,
+            headless: self.headless,
+            weight: self.weight,
+            metadata: self.metadata.clone(),
+            export_to: self.export_to.clone(),
+            exported_at_ms,
+        }
+    }
+
+    /// Checks what serde cannot: ports, endpoints, weights, sizes, registrants.
+    /// Returns the offending field (relative to the export) and the reason.
+    pub fn validate(&self) -> Result<(), FieldError> {
+        validate_ports(&self.ports).map_err(|e| FieldError::new("ports", e.to_string()))?;
+        let mut seen = BTreeSet::new();
+        for (i, ep) in self.endpoints.iter().enumerate() {
+            let field = format!("endpoints[{i}]");
+            check_endpoint_address(ep.address).map_err(|r| FieldError::new(&field, r))?;
+            check_weight(ep.weight).map_err(|r| FieldError::new(&field, r))?;
+            if !seen.insert(ep.address) {
+                return Err(FieldError::new(
+                    &field,
+                    format!(
+                        "address {} is listed twice; remove the duplicate",
+                        ep.address
+                    ),
+                ));
+            }
+        }
+        if self.export_to.as_ref().is_some_and(BTreeSet::is_empty) {
+            return Err(FieldError::new(
+                "export_to",
+                "an empty list exports to nobody; list peer cluster names, or omit export_to to \
+                 export to every peer",
+            ));
+        }
+        check_weight(self.weight).map_err(|r| FieldError::new("weight", r))?;
+        let meta_bytes: usize = self.metadata.iter().map(|(k, v)| k.len() + v.len()).sum();
+        if self.metadata.len() > MAX_METADATA_ENTRIES || meta_bytes > MAX_METADATA_BYTES {
+            return Err(FieldError::new(
+                "metadata",
+                format!(
+                    "at most {MAX_METADATA_ENTRIES} entries and {MAX_METADATA_BYTES} bytes \
+                     (peers refuse more)"
+                ),
+            ));
+        }
+        if let Some(accounts) = &self.registrants {
+            let mut seen = BTreeSet::new();
+            for (i, account) in accounts.iter().enumerate() {
+                let field = format!("registrants[{i}]");
+                check_service_account(account).map_err(|r| FieldError::new(&field, r))?;
+                if !seen.insert(account.as_str()) {
+                    return Err(FieldError::new(
+                        &field,
+                        format!("{account:?} is listed twice"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A validation failure inside one entry: which field, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    pub field: String,
+    pub reason: String,
+}
+
+impl FieldError {
+    fn new(field: &str, reason: impl Into<String>) -> Self {
+        Self {
+            field: field.to_owned(),
+            reason: reason.into(),
+        }
+    }
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.reason)
+    }
+}
+
+/// An endpoint address must be one peers' traffic can be forwarded to.
+pub fn check_endpoint_address(address: SocketAddr) -> Result<(), String> {
+    if address.port() == 0 {
+        return Err(format!(
+            "address {address} has port 0; give the port the workload listens on"
+        ));
+    }
+    let ip = address.ip();
+    if ip.is_unspecified() {
+        return Err(format!(
+            "address {address} is a wildcard, not a reachable address; give the workload's own IP"
+        ));
+    }
+    if ip.is_multicast() {
+        return Err(format!(
+            "address {address} is a multicast address; give a unicast IP"
+        ));
+    }
+    Ok(())
+}
+
+pub fn check_weight(weight: u32) -> Result<(), String> {
+    if weight > MAX_WEIGHT {
+        return Err(format!("weight {weight} is above the maximum {MAX_WEIGHT}"));
+    }
+    Ok(())
+}
+
+/// A Kubernetes service account name (an RFC 1123 subdomain), which is also one SPIFFE path
+/// segment: 1-253 characters of `a-z`, `0-9`, `-` and `.`, starting and ending alphanumeric.
+pub fn check_service_account(name: &str) -> Result<(), String> {
+    let ok_len = !name.is_empty() && name.len() <= 253;
+    let ok_chars = name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+    let ok_ends = name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric());
+    if ok_len && ok_chars && ok_ends {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid service account {:?}: use 1-253 lowercase letters, digits, '-' or '.', \
+             starting and ending with a letter or digit",
+            name.chars().take(80).collect::<String>()
+        ))
+    }
+}
+
+/// Why a catalog could not be loaded. Every message names the file (when known) and what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error(
+        "catalog file {}: cannot read it: {source}; check the path and the federation's \
+         permissions", .path.display()
+    )]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "catalog file {}: it is {size} bytes, over the {limit}-byte limit; is this the right file?",
+        .path.display()
+    )]
+    TooLarge {
+        path: PathBuf,
+        size: u64,
+        limit: u64,
+    },
+    /// Not YAML, or YAML of the wrong shape (unknown field, wrong type, invalid name).
+    #[error("{}: {detail}\nfix the YAML and save the file again", origin(.path.as_deref()))]
+    Syntax {
+        path: Option<PathBuf>,
+        detail: String,
+    },
+    /// Well-formed YAML whose content is refused.
+    #[error(
+        "{}: {}{field}: {reason}; fix it and save the file again",
+        origin(.path.as_deref()), at_line(*.line)
+    )]
+    Invalid {
+        path: Option<PathBuf>,
+        line: u64,
+        field: String,
+        reason: String,
+    },
+}
+
+impl CatalogError {
+    /// Attaches the file the text came from.
+    pub fn with_path(self, file: &Path) -> Self {
+        match self {
+            CatalogError::Syntax { detail, .. } => CatalogError::Syntax {
+                // The parser's snippet header names its input `<input>`.
+                detail: detail.replace("<input>", &file.display().to_string()),
+                path: Some(file.to_owned()),
+            },
+            CatalogError::Invalid {
+                line,
+                field,
+                reason,
+                ..
+            } => CatalogError::Invalid {
+                path: Some(file.to_owned()),
+                line,
+                field,
+                reason,
+            },
+            other => other,
+        }
+    }
+}
+
+fn origin(path: Option<&Path>) -> String {
+    match path {
+        Some(p) => format!("catalog file {}", p.display()),
+        None => "catalog".to_owned(),
+    }
+}
+
+fn at_line(line: u64) -> String {
+    if line == 0 {
+        String::new()
+    } else {
+        format!("line {line}: ")
+    }
+}
+
+/// The document as written, with the line of every entry for error messages.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCatalog {
+    #[serde(default)]
+    exports: Option<Vec<Spanned<ExportSpec>>>,
+    #[serde(default)]
+    imports: Option<Vec<Spanned<ImportRule>>>,
+    #[serde(default)]
+    policies: Option<BTreeMap<String, serde_json::Value>>,
+}
+
+/// Parses and validates a catalog document. Pure: no I/O, no clock.
+/// An empty document is an empty catalog (nothing exported, nothing imported).
+pub fn parse_catalog(text: &str) -> Result<CatalogFile, CatalogError> {
+    let raw: RawCatalog = serde_saphyr::from_str(text).map_err(|e| CatalogError::Syntax {
+        path: None,
+        detail: e.to_string().trim_start_matches("error: ").to_owned(),
+    })?;
+    let invalid = |line: u64, field: String, reason: String| CatalogError::Invalid {
+        path: None,
+        line,
+        field,
+        reason,
+    };
+
+    let mut exports = Vec::new();
+    let mut seen: BTreeMap<ServiceKey, u64> = BTreeMap::new();
+    for (i, spanned) in raw.exports.unwrap_or_default().into_iter().enumerate() {
+        let line = spanned.referenced.line();
+        let export = spanned.value;
+        let key = export.key();
+        export
+            .validate()
+            .map_err(|e| invalid(line, format!("exports[{i}] ({key}).{}", e.field), e.reason))?;
+        if let Some(first) = seen.insert(key.clone(), line) {
+            return Err(invalid(
+                line,
+                format!("exports[{i}] ({key})"),
+                format!("{key} is already exported at line {first}; merge the two entries"),
+            ));
+        }
+        exports.push(export);
+    }
+
+    let mut imports = Vec::new();
+    for (i, spanned) in raw.imports.unwrap_or_default().into_iter().enumerate() {
+        let line = spanned.referenced.line();
+        let rule = spanned.value;
+        if rule.namespaces.is_empty() {
+            return Err(invalid(
+                line,
+                format!("imports[{i}].namespaces"),
+                "an empty list imports nothing; list namespaces or use [\"*\"]".to_owned(),
+            ));
+        }
+        if rule.services.as_ref().is_some_and(Vec::is_empty) {
+            return Err(invalid(
+                line,
+                format!("imports[{i}].services"),
+                "an empty list imports nothing; list service names or omit services".to_owned(),
+            ));
+        }
+        imports.push(rule);
+    }
+
+    Ok(CatalogFile {
+        exports,
+        imports,
+        policies: raw.policies.unwrap_or_default(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+exports:
+  - namespace: shop
+    name: cart
+    ports: [{port: 8080, protocol: http, name: http}]
+    endpoints: [{address: "127.0.0.1:9001", zone: a, weight: 100, ready: true}]
+    export_to: [west]
+    weight: 100
+    headless: false
+    metadata: {team: shop}
+    registrants: [cart, cart-vm]
+  - namespace: shop
+    name: stock
+    ports:
+      - {port: 9000, protocol: grpc}
+      - {port: 9001, protocol: tcp}
+    endpoints:
+      - address: "[fd00::1]:9000"
+imports:
+  - peer: west
+    namespaces: [shop]
+    services: [cart]
+  - peer: "*"
+    namespaces: ["*"]
+policies:
+  retry: {attempts: 3}
+"#;
+
+    #[test]
+    fn good_file_parses_with_defaults() {
+        let catalog = parse_catalog(GOOD).expect("good catalog");
+        assert_eq!(catalog.exports.len(), 2);
+        let cart = catalog
+            .export(&ServiceKey::parse("shop/cart").expect("key"))
+            .expect("cart");
+        assert_eq!(cart.endpoints.len(), 1);
+        assert!(cart.allows_registrant("cart-vm"));
+        assert!(!cart.allows_registrant("stock"));
+        let stock = &catalog.exports[1];
+        assert_eq!(stock.weight, 100);
+        assert!(stock.export_to.is_none());
+        assert!(stock.endpoints[0].ready);
+        assert_eq!(stock.endpoints[0].weight, 100);
+        assert!(
+            stock.allows_registrant("stock"),
+            "default registrant = service name"
+        );
+        assert!(!stock.allows_registrant("cart"));
+        assert_eq!(catalog.imports.len(), 2);
+        assert_eq!(catalog.policies["retry"]["attempts"], serde_json::json!(3));
+        let svc = stock.to_service(&cart.endpoints, 7);
+        assert_eq!(svc.endpoints.len(), 2);
+        assert_eq!(svc.exported_at_ms, 7);
+    }
+
+    #[test]
+    fn empty_documents_are_empty_catalogs() {
+        for text in [
+            "",
+            "\n",
+            "# nothing yet\n",
+            "exports:\nimports:\n",
+            "exports: []\n",
+        ] {
+            assert_eq!(
+                parse_catalog(text).expect(text),
+                CatalogFile::default(),
+                "{text:?}"
+            );
+        }
+    }
+
+    /// Each bad input, and fragments its error message must contain.
+    #[test]
+    fn bad_files_name_the_problem() {
+        let export = |extra: &str| {
+            format!(
+                "exports:\n  - namespace: shop\n    name: cart\n    ports: [{{port: 80, protocol: http}}]\n{extra}"
+            )
+        };
+        let cases: Vec<(&str, String, &[&str])> = vec![
+            ("not yaml", "exports: [\n".into(), &["line 1"]),
+            ("not a mapping", "- a\n".into(), &["line 1"]),
+            ("unknown top-level field", "export: []\n".into(), &["export"]),
+            ("typo in an export", export("    wieght: 5\n"), &["line 5", "wieght"]),
+            ("typo in a port", "exports:\n  - namespace: shop\n    name: cart\n    ports: [{port: 80, protcol: http}]\n".into(), &["line 4", "protcol"]),
+            ("unknown protocol", "exports:\n  - namespace: shop\n    name: cart\n    ports: [{port: 80, protocol: udp}]\n".into(), &["line 4"]),
+            ("missing ports", "exports:\n  - namespace: shop\n    name: cart\n".into(), &["ports"]),
+            ("uppercase name", "exports:\n  - namespace: shop\n    name: Cart\n    ports: [{port: 80, protocol: http}]\n".into(), &["line 3", "service name"]),
+            ("bad namespace", "exports:\n  - namespace: shop_x\n    name: cart\n    ports: [{port: 80, protocol: http}]\n".into(), &["line 2", "namespace"]),
+            ("no ports", "exports:\n  - namespace: shop\n    name: cart\n    ports: []\n".into(), &["line 2", "ports", "at least one port"]),
+            ("port 0", "exports:\n  - namespace: shop\n    name: cart\n    ports: [{port: 0, protocol: http}]\n".into(), &["line 2", "ports", "port 0"]),
+            ("port out of range", "exports:\n  - namespace: shop\n    name: cart\n    ports: [{port: 70000, protocol: http}]\n".into(), &["line 4"]),
+            ("duplicate port", "exports:\n  - namespace: shop\n    name: cart\n    ports: [{port: 80, protocol: http}, {port: 80, protocol: tcp}]\n".into(), &["ports", "twice"]),
+            ("bad endpoint address", export("    endpoints: [{address: \"10.0.0.1\"}]\n"), &["line 5", "socket address"]),
+            ("endpoint port 0", export("    endpoints: [{address: \"10.0.0.1:0\"}]\n"), &["endpoints[0]", "port 0"]),
+            ("wildcard endpoint", export("    endpoints: [{address: \"[::]:80\"}]\n"), &["endpoints[0]", "wildcard"]),
+            ("duplicate endpoint", export("    endpoints: [{address: \"10.0.0.1:80\"}, {address: \"10.0.0.1:80\"}]\n"), &["endpoints[1]", "twice"]),
+            ("endpoint typo", export("    endpoints: [{adress: \"10.0.0.1:80\"}]\n"), &["line 5", "adress"]),
+            ("bad zone", export("    endpoints: [{address: \"10.0.0.1:80\", zone: A}]\n"), &["line 5", "zone"]),
+            ("huge weight", export("    weight: 4000000000\n"), &["weight", "maximum"]),
+            ("bad peer", export("    export_to: [West]\n"), &["line 5", "cluster name"]),
+            ("empty export_to", export("    export_to: []\n"), &["export_to", "omit"]),
+            ("bad registrant", export("    registrants: [\"a/b\"]\n"), &["registrants[0]", "service account"]),
+            ("too much metadata", export(&format!("    metadata: {{k: {}}}\n", "v".repeat(5000))), &["metadata"]),
+            ("duplicate export", format!("{}{}", export(""), "  - namespace: shop\n    name: cart\n    ports: [{port: 81, protocol: tcp}]\n"), &["line 5", "shop/cart", "line 2"]),
+            ("duplicate key", export("    weight: 1\n    weight: 2\n"), &["line 6", "weight"]),
+            ("import typo", "imports:\n  - peer: west\n    namespace: [shop]\n".into(), &["line 3", "namespace"]),
+            ("import bad peer", "imports:\n  - peer: West\n    namespaces: [shop]\n".into(), &["line 2", "cluster name"]),
+            ("import no namespaces", "imports:\n  - peer: west\n    namespaces: []\n".into(), &["line 2", "imports[0].namespaces"]),
+            ("import empty services", "imports:\n  - peer: west\n    namespaces: [shop]\n    services: []\n".into(), &["imports[0].services"]),
+            ("two documents", "exports: []\n---\nexports: []\n".into(), &["multiple"]),
+        ];
+        for (what, text, wants) in cases {
+            let err = match parse_catalog(&text) {
+                Ok(c) => panic!("{what}: accepted: {c:?}"),
+                Err(e) => e.to_string(),
+            };
+            for want in wants {
+                assert!(err.contains(want), "{what}: {want:?} not in error:\n{err}");
+            }
+            assert!(err.contains("fix"), "{what}: says what to do:\n{err}");
+        }
+    }
+
+    #[test]
+    fn errors_name_the_file() {
+        let err = parse_catalog("exports: 3\n")
+            .expect_err("bad")
+            .with_path(Path::new("/etc/isthmus/catalog.yaml"));
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with("catalog file /etc/isthmus/catalog.yaml: "),
+            "{msg}"
+        );
+        assert!(msg.contains("--> /etc/isthmus/catalog.yaml:1:"), "{msg}");
+    }
+
+    #[test]
+    fn service_accounts() {
+        for ok in ["cart", "cart-vm", "a", "x.y", "0a"] {
+            assert!(check_service_account(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "Cart", "a/b", "-a", "a.", "a_b", &"a".repeat(254)] {
+            assert!(check_service_account(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,39 @@
+//! Catalog sources: where this cluster's local exports (and its import rules) come from.
+//!
+//! A **catalog source** turns something an operator or a workload controls into export sets
+//! published on a `tokio::sync::watch` channel. Consumers (peering, the gateway config server,
+//! DNS) only ever hold the receiving end and react to `changed()`; they never know which source
+//! produced a value. Every value published is complete and validated: a source keeps its last
+//! good value rather than publish a broken one.
+//!
+//! Sources here:
+//! - [`file`] + [`file_source`]: the catalog file (exports, imports, reserved policies), parsed by
+//!   the pure [`parse_catalog`] and polled by [`FileSource`] into a
+//!   `watch::Receiver<Arc<CatalogFile>>`.
+//! - [`registry`]: the gRPC `Registry` service where VM workloads register endpoints of an
+//!   exported service under a lease, authorized by their workload certificate; its view
+//!   ([`RegisteredEndpoints`], per service) is a `watch::Receiver<Arc<RegisteredEndpoints>>` kept
+//!   in step with the store. The federation merges these endpoints into the file's exports with
+//!   [`ExportSpec::to_service`]. Authorization is the pure [`registry::authorize`].
+//!
+//! **Seam for Kubernetes (later).** A Kubernetes source (MCS `ServiceExport` + `Service` +
+//! `EndpointSlice`, watched with kube-rs) plugs in the same way: it builds [`ExportSpec`]s
+//! (ports from the Service, endpoints from ready EndpointSlices, `export_to`/metadata from
+//! ServiceExport annotations), checks each with [`ExportSpec::validate`], and publishes an
+//! `Arc<CatalogFile>`-shaped export set on its own watch channel. Whoever composes the
+//! federation combines the channels (exports from every source, imports and policies from the
+//! file); nothing downstream changes.
+//!
+//! What this module must not do: talk to peers, allocate VIPs, or decide routing. It produces
+//! local exports and nothing else; the store is used only for the registry's leased records
+//! under [`REGISTRY_PREFIX`].
+
+pub mod file;
+pub mod file_source;
+pub mod registry;
+mod registry_view;
+
+pub use file::{CatalogError, CatalogFile, ExportSpec, FieldError, parse_catalog};
+pub use file_source::{DEFAULT_POLL, FileSource, FileSourceStats};
+pub use registry::{Denied, RegistryConfig, RegistryError, RegistryService, RegistryStats};
+pub use registry_view::{REGISTRY_PREFIX, RegisteredEndpoints, Registration};

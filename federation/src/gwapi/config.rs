@@ -1,0 +1,109 @@
+//! Mesh view -> gateway config messages. Pure: a snapshot of one view, or the delta between two
+//! views (routes and exports compared by pointer, then value).
+
+use crate::mesh::view::changed_keys;
+use crate::mesh::{MeshView, Route};
+use crate::model::service::{key_to_proto, port_to_proto};
+use crate::model::ExportedService;
+use crate::proto;
+
+fn route_to_proto(r: &Route) -> proto::ImportedRoute {
+    proto::ImportedRoute {
+        key: Some(key_to_proto(&r.key)),
+        vips: r.vips.addrs().map(|a| a.to_string()).collect(),
+        cluster_vips: r
+            .cluster_vips
+            .iter()
+            .filter_map(|(c, a)| a.addrs().next().map(|ip| (c.to_string(), ip.to_string())))
+            .collect(),
+        ports: r.ports.iter().map(port_to_proto).collect(),
+        clusters: r
+            .clusters
+            .iter()
+            .map(|c| proto::ClusterBackend {
+                cluster: c.place.cluster.to_string(),
+                trust_domain: c.place.trust_domain.to_string(),
+                region: c.place.region.to_string(),
+                zone: c.place.zone.as_ref().map(ToString::to_string).unwrap_or_default(),
+                gateways: c.gateways.iter().map(|g| g.to_proto()).collect(),
+                summary: Some(c.summary.to_proto()),
+                age_ms: u64::try_from(crate::node::now_ms().saturating_sub(c.confirmed_at_ms)).unwrap_or(0),
+                stale: c.stale,
+            })
+            .collect(),
+    }
+}
+
+fn export_to_proto(e: &ExportedService) -> proto::LocalExport {
+    proto::LocalExport {
+        key: Some(key_to_proto(&e.key)),
+        ports: e.ports.iter().map(port_to_proto).collect(),
+        endpoints: e
+            .endpoints
+            .iter()
+            .map(|ep| proto::Endpoint {
+                address: ep.address.to_string(),
+                ready: ep.ready,
+                zone: ep.zone.as_ref().map(ToString::to_string).unwrap_or_default(),
+                weight: ep.weight,
+            })
+            .collect(),
+        allowed_peers: e.export_to.iter().flatten().map(ToString::to_string).collect(),
+    }
+}
+
+fn header(view: &MeshView, snapshot: bool) -> proto::GatewayConfig {
+    proto::GatewayConfig {
+        version: view.version,
+        snapshot,
+        cluster: view.me.cluster.to_string(),
+        trust_domain: view.me.trust_domain.to_string(),
+        region: view.me.region.to_string(),
+        zone: view.me.zone.as_ref().map(ToString::to_string).unwrap_or_default(),
+        bundles: view.bundles.iter().map(|b| b.to_proto()).collect(),
+        peers: view
+            .peers
+            .iter()
+            .map(|p| proto::PeerInfo {
+                cluster: p.place.cluster.to_string(),
+                trust_domain: p.place.trust_domain.to_string(),
+                region: p.place.region.to_string(),
+                zone: p.place.zone.as_ref().map(ToString::to_string).unwrap_or_default(),
+            })
+            .collect(),
+        policies: view.policies.iter().map(|(k, v)| (k.clone(), v.to_string())).collect(),
+        ..Default::default()
+    }
+}
+
+pub fn snapshot(view: &MeshView) -> proto::GatewayConfig {
+    let mut c = header(view, true);
+    c.imports = view.routes.values().map(|r| route_to_proto(r)).collect();
+    c.exports = view.exports.values().map(|e| export_to_proto(e)).collect();
+    c
+}
+
+/// `None` when nothing a gateway sees changed.
+pub fn delta(old: &MeshView, new: &MeshView) -> Option<proto::GatewayConfig> {
+    let (routes, removed_routes) = changed_keys(&old.routes, &new.routes);
+    let (exports, removed_exports) = changed_keys(&old.exports, &new.exports);
+    let bundles_changed = old.bundles != new.bundles;
+    let peers_changed = old.peers.iter().map(|p| &p.place).ne(new.peers.iter().map(|p| &p.place));
+    let policies_changed = old.policies != new.policies;
+    if routes.is_empty()
+        && removed_routes.is_empty()
+        && exports.is_empty()
+        && removed_exports.is_empty()
+        && !bundles_changed
+        && !peers_changed
+        && !policies_changed
+    {
+        return None;
+    }
+    let mut c = header(new, false);
+    c.imports = routes.iter().filter_map(|k| new.routes.get(k)).map(|r| route_to_proto(r)).collect();
+    c.removed_imports = removed_routes.iter().map(key_to_proto).collect();
+    c.exports = exports.iter().filter_map(|k| new.exports.get(k)).map(|e| export_to_proto(e)).collect();
+    c.removed_exports = removed_exports.iter().map(key_to_proto).collect();
+    Some(c)
+}

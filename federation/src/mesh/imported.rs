@@ -1,0 +1,102 @@
+//! What one peer exported to us, as last durably stored: its catalog epoch and version, its
+//! service summaries and its gateways. Applying an update is pure; storing it is the caller's.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{ServiceKey, ServiceSummary};
+use crate::peering::update::{GatewayAddr, PeerUpdate};
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PeerCatalog {
+    pub epoch: String,
+    pub version: u64,
+    pub services: BTreeMap<ServiceKey, ServiceSummary>,
+    pub gateways: Vec<GatewayAddr>,
+    /// When the last update was stored (unix ms).
+    pub stored_at_ms: i64,
+}
+
+/// A delta as stored in the delta log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredDelta {
+    pub epoch: String,
+    pub version: u64,
+    pub upserts: Vec<ServiceSummary>,
+    pub removals: Vec<ServiceKey>,
+    pub gateways: Option<Vec<GatewayAddr>>,
+    pub stored_at_ms: i64,
+}
+
+impl StoredDelta {
+    pub fn of(update: &PeerUpdate, now_ms: i64) -> Self {
+        Self {
+            epoch: update.epoch.clone(),
+            version: update.version,
+            upserts: update.upserts.clone(),
+            removals: update.removals.clone(),
+            gateways: update.gateways.clone(),
+            stored_at_ms: now_ms,
+        }
+    }
+}
+
+impl PeerCatalog {
+    /// Whether a delta can apply on top of this catalog (same epoch, newer version).
+    pub fn accepts_delta(&self, epoch: &str, version: u64) -> bool {
+        self.epoch == epoch && version > self.version
+    }
+
+    /// Applies a checked update; returns the keys whose entry changed.
+    pub fn apply(&mut self, update: &PeerUpdate, now_ms: i64) -> BTreeSet<ServiceKey> {
+        let mut touched = BTreeSet::new();
+        if update.snapshot {
+            let next: BTreeMap<ServiceKey, ServiceSummary> =
+                update.upserts.iter().map(|s| (s.key.clone(), s.clone())).collect();
+            for (k, v) in &next {
+                if self.services.get(k) != Some(v) {
+                    touched.insert(k.clone());
+                }
+            }
+            touched.extend(self.services.keys().filter(|k| !next.contains_key(*k)).cloned());
+            self.services = next;
+        } else {
+            for s in &update.upserts {
+                if self.services.insert(s.key.clone(), s.clone()).as_ref() != Some(s) {
+                    touched.insert(s.key.clone());
+                }
+            }
+            for k in &update.removals {
+                if self.services.remove(k).is_some() {
+                    touched.insert(k.clone());
+                }
+            }
+        }
+        if let Some(g) = &update.gateways {
+            self.gateways = g.clone();
+        }
+        self.epoch = update.epoch.clone();
+        self.version = update.version;
+        self.stored_at_ms = now_ms;
+        touched
+    }
+
+    /// Replays a stored delta during recovery.
+    pub fn replay(&mut self, d: &StoredDelta) {
+        if !self.accepts_delta(&d.epoch, d.version) {
+            return;
+        }
+        for s in &d.upserts {
+            self.services.insert(s.key.clone(), s.clone());
+        }
+        for k in &d.removals {
+            self.services.remove(k);
+        }
+        if let Some(g) = &d.gateways {
+            self.gateways = g.clone();
+        }
+        self.version = d.version;
+        self.stored_at_ms = d.stored_at_ms;
+    }
+}

@@ -1,0 +1,10 @@
+//! The federation's state: what we export ([`local`]), what each peer exported to us
+//! ([`imported`]), and the merged view gateways and DNS consume ([`view`]).
+
+pub mod imported;
+pub mod local;
+pub mod view;
+
+pub use imported::{PeerCatalog, StoredDelta};
+pub use local::LocalCatalog;
+pub use view::{ClusterPlace, ClusterRoute, LocalSide, MeshView, PeerSide, PeerStatus, Route, merge_key};

@@ -1,0 +1,193 @@
+//! The merged mesh view: for every clusterset service, which clusters serve it (with their
+//! gateways, region/zone and summary), its stable VIPs, plus our own exports with endpoints.
+//! It is what gateways subscribe to and what DNS answers from.
+//!
+//! Immutable once published (`Arc<MeshView>` on a watch channel). Routes that did not change keep
+//! the same `Arc`, so a subscriber diffs two views by pointer in one pass.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::identity::{TrustBundle, TrustDomain};
+use crate::model::{
+    ClusterExport, ClusterName, ExportedService, ImportRule, Region, ServiceKey, ServicePort, ServiceSummary, Zone,
+    import_allowed, merge,
+};
+use crate::peering::update::GatewayAddr;
+use crate::vip::VipAssignment;
+
+/// Where a cluster is and how to reach its gateways.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ClusterPlace {
+    pub cluster: ClusterName,
+    pub trust_domain: TrustDomain,
+    pub region: Region,
+    pub zone: Option<Zone>,
+}
+
+/// One cluster serving a route.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ClusterRoute {
+    pub place: ClusterPlace,
+    pub local: bool,
+    pub gateways: Vec<GatewayAddr>,
+    pub summary: ServiceSummary,
+    /// Our peering stream to that cluster is down (its catalog is last-known, not live).
+    pub stale: bool,
+    /// When its catalog was last confirmed (unix ms).
+    pub confirmed_at_ms: i64,
+}
+
+/// One clusterset service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Route {
+    pub key: ServiceKey,
+    pub defined_by: ClusterName,
+    pub ports: Vec<ServicePort>,
+    pub headless: bool,
+    pub clusters: Vec<ClusterRoute>,
+    pub conflicts: Vec<ClusterName>,
+    pub vips: VipAssignment,
+    pub cluster_vips: BTreeMap<ClusterName, VipAssignment>,
+}
+
+/// What the merge needs to know about a peer.
+#[derive(Debug, Clone)]
+pub struct PeerSide<'a> {
+    pub place: &'a ClusterPlace,
+    pub services: &'a BTreeMap<ServiceKey, ServiceSummary>,
+    pub gateways: &'a [GatewayAddr],
+    pub stale: bool,
+    pub confirmed_at_ms: i64,
+}
+
+/// What the merge needs to know about this cluster.
+#[derive(Debug, Clone)]
+pub struct LocalSide<'a> {
+    pub me: &'a ClusterPlace,
+    pub exports: &'a BTreeMap<ServiceKey, ExportedService>,
+    pub zone: &'a Zone,
+    pub gateways: &'a [GatewayAddr],
+}
+
+/// Merges one key across our exports and the imports the rules allow. `None`: nobody (allowed)
+/// serves it. VIPs are filled in by the caller.
+pub fn merge_key(
+    key: &ServiceKey,
+    local: &LocalSide<'_>,
+    peers: &[PeerSide<'_>],
+    rules: &[ImportRule],
+    now_ms: i64,
+) -> Option<Route> {
+    let (me, local_gateways) = (local.me, local.gateways);
+    let local_summary = local.exports.get(key).map(|s| s.summary(local.zone));
+    let mut sides: Vec<(ClusterRoute, &ServiceSummary)> = Vec::new();
+    let local_route = local_summary.as_ref().map(|s| ClusterRoute {
+        place: me.clone(),
+        local: true,
+        gateways: local_gateways.to_vec(),
+        summary: s.clone(),
+        stale: false,
+        confirmed_at_ms: now_ms,
+    });
+    if let (Some(r), Some(s)) = (&local_route, &local_summary) {
+        sides.push((r.clone(), s));
+    }
+    for p in peers {
+        let Some(summary) = p.services.get(key) else { continue };
+        if !import_allowed(rules, &p.place.cluster, key) {
+            continue;
+        }
+        sides.push((
+            ClusterRoute {
+                place: p.place.clone(),
+                local: false,
+                gateways: p.gateways.to_vec(),
+                summary: summary.clone(),
+                stale: p.stale,
+                confirmed_at_ms: p.confirmed_at_ms,
+            },
+            summary,
+        ));
+    }
+    let exports: Vec<ClusterExport<'_>> =
+        sides.iter().map(|(r, s)| ClusterExport { cluster: &r.place.cluster, summary: s }).collect();
+    let merged = merge(key, &exports)?;
+    let spec = merged.spec()?.clone();
+    let clusters = sides
+        .iter()
+        .filter(|(r, _)| !merged.conflicts.contains(&r.place.cluster))
+        .map(|(r, _)| r.clone())
+        .collect();
+    Some(Route {
+        key: key.clone(),
+        defined_by: merged.defined_by,
+        ports: spec.ports,
+        headless: spec.headless,
+        clusters,
+        conflicts: merged.conflicts,
+        vips: VipAssignment::default(),
+        cluster_vips: BTreeMap::new(),
+    })
+}
+
+/// A peer as gateways and status see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PeerStatus {
+    pub place: ClusterPlace,
+    pub connected: bool,
+    pub catalog_version: u64,
+    pub services: usize,
+    pub last_stored_ms: i64,
+    pub last_seen_ms: i64,
+}
+
+/// The published, immutable view.
+#[derive(Debug, Clone, Serialize)]
+pub struct MeshView {
+    pub version: u64,
+    pub me: ClusterPlace,
+    pub routes: BTreeMap<ServiceKey, Arc<Route>>,
+    pub exports: BTreeMap<ServiceKey, Arc<ExportedService>>,
+    #[serde(skip)]
+    pub bundles: Vec<TrustBundle>,
+    pub peers: Vec<PeerStatus>,
+    pub policies: BTreeMap<String, serde_json::Value>,
+}
+
+impl MeshView {
+    pub fn empty(me: ClusterPlace) -> Self {
+        Self {
+            version: 0,
+            me,
+            routes: BTreeMap::new(),
+            exports: BTreeMap::new(),
+            bundles: Vec::new(),
+            peers: Vec::new(),
+            policies: BTreeMap::new(),
+        }
+    }
+}
+
+/// Keys whose entry differs between two maps of `Arc`s (by pointer, then by value).
+pub fn changed_keys<K: Ord + Clone, V: PartialEq>(
+    old: &BTreeMap<K, Arc<V>>,
+    new: &BTreeMap<K, Arc<V>>,
+) -> (Vec<K>, Vec<K>) {
+    let mut changed = Vec::new();
+    let mut removed = Vec::new();
+    for (k, v) in new {
+        match old.get(k) {
+            Some(o) if Arc::ptr_eq(o, v) || **o == **v => {}
+            _ => changed.push(k.clone()),
+        }
+    }
+    for k in old.keys() {
+        if !new.contains_key(k) {
+            removed.push(k.clone());
+        }
+    }
+    (changed, removed)
+}

@@ -1,0 +1,306 @@
+//! The state-changing admin operations behind the local admin socket, the config dump, and the
+//! root-rotation driver (switches signing once every peer and gateway ACKed the new bundle).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::admin::{AdminError, AdminHandler};
+use crate::gwapi::bootstrap::{self, BootstrapFile, GatewayToken};
+use crate::identity::ca::Rotation;
+use crate::model::ClusterName;
+use crate::node::run::Bound;
+use crate::node::{Node, keys, now_ms};
+use crate::peering::token;
+use crate::store::{Op, Store};
+
+pub struct AdminOps {
+    pub node: Arc<Node>,
+    pub bound: Bound,
+}
+
+fn parse<T: for<'de> Deserialize<'de>>(body: Value) -> Result<T, AdminError> {
+    serde_json::from_value(body).map_err(|e| AdminError::BadRequest(e.to_string()))
+}
+
+fn unavailable(e: impl std::fmt::Display) -> AdminError {
+    AdminError::Unavailable(e.to_string())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PeerArg {
+    peer: ClusterName,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenArg {
+    token: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GatewayArg {
+    name: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RetireArg {
+    #[serde(default)]
+    force: bool,
+}
+
+impl AdminHandler for AdminOps {
+    fn call(&self, op: &str, body: Value) -> BoxFuture<'_, Result<Value, AdminError>> {
+        let op = op.to_string();
+        Box::pin(async move {
+            let node = &self.node;
+            match op.as_str() {
+                "status" => Ok(status(node, &self.bound).await),
+                "peering.token" => {
+                    let PeerArg { peer } = parse(body)?;
+                    if peer == node.me.cluster {
+                        return Err(AdminError::BadRequest("a cluster cannot peer with itself".into()));
+                    }
+                    let bundle = node.trust.get(&node.td).ok_or_else(|| AdminError::Internal("own bundle missing".into()))?;
+                    let ttl = i64::try_from(node.cfg.peering.token_ttl.as_millis()).unwrap_or(i64::MAX);
+                    let address = node.cfg.listen.peering.advertised().map_err(|e| AdminError::BadRequest(e.to_string()))?;
+                    let (t, record) = token::issue(
+                        node.me.cluster.clone(),
+                        node.td.clone(),
+                        address,
+                        bundle.to_spiffe_json(),
+                        bundle.sequence(),
+                        peer.clone(),
+                        now_ms().saturating_add(ttl),
+                    )
+                    .map_err(|e| AdminError::Internal(e.to_string()))?;
+                    let value = serde_json::to_vec(&record).map_err(|e| AdminError::Internal(e.to_string()))?;
+                    node.store.commit(Vec::new(), vec![Op::Put { key: keys::token(&record.id), value }]).await.map_err(unavailable)?;
+                    tracing::info!(token.id = %record.id, peer = %peer, "peering token created");
+                    let encoded = t.encode().map_err(|e| AdminError::Internal(e.to_string()))?;
+                    Ok(json!({ "token": encoded, "peer": peer, "expires_at_ms": t.expires_at_ms }))
+                }
+                "peering.establish" => {
+                    let TokenArg { token } = parse(body)?;
+                    let record = crate::peering::dialer::establish(node, &token).await.map_err(|e| match e {
+                        crate::peering::dialer::EstablishError::Connect { .. } => AdminError::Unavailable(e.to_string()),
+                        crate::peering::dialer::EstablishError::Collision(_) => AdminError::Conflict(e.to_string()),
+                        _ => AdminError::BadRequest(e.to_string()),
+                    })?;
+                    Ok(json!({ "peer": record.cluster, "trust_domain": record.trust_domain }))
+                }
+                "peering.list" => Ok(json!({ "peers": peers(node).await })),
+                "peering.show" => {
+                    let PeerArg { peer } = parse(body)?;
+                    peers(node)
+                        .await
+                        .into_iter()
+                        .find(|p| p["cluster"] == json!(peer))
+                        .ok_or_else(|| AdminError::NotFound(format!("no peer named {peer}")))
+                }
+                "peering.remove" => {
+                    let PeerArg { peer } = parse(body)?;
+                    let removed = crate::peering::dialer::remove(node, &peer).await.map_err(unavailable)?;
+                    if !removed {
+                        return Err(AdminError::NotFound(format!("no peer named {peer}")));
+                    }
+                    Ok(json!({ "removed": peer }))
+                }
+                "gateway.bootstrap" => {
+                    let GatewayArg { name } = parse(body)?;
+                    crate::model::names::check_label("gateway name", &name).map_err(|e| AdminError::BadRequest(e.to_string()))?;
+                    let secret = bootstrap::new_token().map_err(AdminError::Internal)?;
+                    let record = GatewayToken { gateway: name.clone(), token_sha256: bootstrap::hash(&secret), created_at_ms: now_ms() };
+                    let value = serde_json::to_vec(&record).map_err(|e| AdminError::Internal(e.to_string()))?;
+                    node.store.commit(Vec::new(), vec![Op::Put { key: keys::gw_token(&name), value }]).await.map_err(unavailable)?;
+                    let bundle = node.trust.get(&node.td).ok_or_else(|| AdminError::Internal("own bundle missing".into()))?;
+                    let api = node.cfg.listen.api.advertise.clone().unwrap_or_else(|| self.bound.api.to_string());
+                    let file = BootstrapFile {
+                        gateway: name,
+                        cluster: node.me.cluster.to_string(),
+                        trust_domain: node.td.to_string(),
+                        federation: api,
+                        token: secret,
+                        ca_bundle_pem: bundle.to_pem(),
+                    };
+                    serde_json::to_value(file).map_err(|e| AdminError::Internal(e.to_string()))
+                }
+                "gateway.revoke" => {
+                    let GatewayArg { name } = parse(body)?;
+                    node.store
+                        .commit(Vec::new(), vec![Op::Delete { key: keys::gw_token(&name) }, Op::Delete { key: keys::gateway(&name) }])
+                        .await
+                        .map_err(unavailable)?;
+                    Ok(json!({ "revoked": name }))
+                }
+                "gateway.list" => {
+                    let gws = node.gateways.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                    Ok(json!({ "gateways": gws }))
+                }
+                "ca.status" => Ok(ca_status(node).await),
+                "ca.rotate" => {
+                    {
+                        let mut ca = node.ca.lock().await;
+                        ca.begin_rotation(&node.store).await.map_err(|e| AdminError::Conflict(e.to_string()))?;
+                        node.trust.set(ca.bundle());
+                    }
+                    node.bump_local(|s| {
+                        s.local.bump();
+                        true
+                    })
+                    .await
+                    .map_err(unavailable)?;
+                    tracing::info!("root rotation started: new root published beside the old");
+                    Ok(ca_status(node).await)
+                }
+                "ca.retire" => {
+                    let RetireArg { force } = if body.is_null() { RetireArg::default() } else { parse(body)? };
+                    {
+                        let mut ca = node.ca.lock().await;
+                        ca.retire_old(&node.store, force).await.map_err(|e| AdminError::Conflict(e.to_string()))?;
+                        node.trust.set(ca.bundle());
+                    }
+                    node.bump_local(|s| {
+                        s.local.bump();
+                        true
+                    })
+                    .await
+                    .map_err(unavailable)?;
+                    tracing::info!("old root retired");
+                    Ok(ca_status(node).await)
+                }
+                "catalog" => {
+                    let view = node.view.borrow().clone();
+                    serde_json::to_value(&*view).map_err(|e| AdminError::Internal(e.to_string()))
+                }
+                other => Err(AdminError::NotFound(format!(
+                    "unknown operation {other:?}: see `isthmus --help` for what this version supports"
+                ))),
+            }
+        })
+    }
+}
+
+async fn peers(node: &Node) -> Vec<Value> {
+    let state = node.state.lock().await;
+    let now = now_ms();
+    state
+        .peers
+        .values()
+        .map(|p| {
+            let l = node.link(&p.place.cluster);
+            json!({
+                "cluster": p.place.cluster,
+                "trust_domain": p.place.trust_domain,
+                "region": p.place.region,
+                "zone": p.place.zone,
+                "dials": p.record.dial_address,
+                "state": if l.connected { "connected" } else { "disconnected" },
+                "last_error": l.last_error,
+                "their_catalog": { "epoch": p.catalog.epoch, "version": p.catalog.version, "services": p.catalog.services.len(),
+                    "age_ms": if p.catalog.stored_at_ms > 0 { now - p.catalog.stored_at_ms } else { -1 } },
+                "last_seen_ms_ago": if l.last_seen_ms > 0 { now - l.last_seen_ms } else { -1 },
+                "our_catalog": { "version": state.local.version, "sent": l.sent_version, "acked": l.acked_version,
+                    "lag": state.local.version.saturating_sub(l.acked_version) },
+                "bundle_sequence": p.record.bundle_sequence,
+                "acked_our_bundle_sequence": l.acked_bundle_sequence,
+            })
+        })
+        .collect()
+}
+
+async fn ca_status(node: &Node) -> Value {
+    let ca = node.ca.lock().await;
+    let bundle = ca.bundle();
+    json!({
+        "trust_domain": node.td,
+        "bundle_sequence": bundle.sequence(),
+        "roots": bundle.roots().len(),
+        "rotation": format!("{:?}", ca.rotation()),
+        "leaf_lifetime": crate::duration::format(ca.leaf_lifetime()),
+    })
+}
+
+async fn status(node: &Node, bound: &Bound) -> Value {
+    let view = node.view.borrow().clone();
+    json!({
+        "cluster": node.me.cluster,
+        "trust_domain": node.td,
+        "region": node.me.region,
+        "zone": node.me.zone,
+        "store": node.store.backend(),
+        "listen": bound,
+        "exports": view.exports.len(),
+        "services": view.routes.len(),
+        "peers": peers(node).await,
+        "gateways": node.gateways.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+        "ca": ca_status(node).await,
+        "view_version": view.version,
+    })
+}
+
+/// `/config_dump`: the config and the current view. Holds no secret (the KEK never enters the
+/// config; tokens are stored hashed and not part of the view).
+pub fn config_dump(node: &Node) -> Value {
+    let view = node.view.borrow().clone();
+    json!({
+        "config": node.cfg.dump(),
+        "trust_domain": node.td,
+        "view": &*view,
+    })
+}
+
+/// Switches signing once every peer and registered gateway ACKed the bundle that carries the
+/// new root; then renews our own certificate from the new root.
+pub async fn rotation_driver(node: Arc<Node>) {
+    let mut stop = node.shutdown.clone();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            _ = stop.changed() => return,
+        }
+        let seq = {
+            let ca = node.ca.lock().await;
+            if ca.rotation() != Rotation::NewRootPublished {
+                continue;
+            }
+            ca.bundle().sequence()
+        };
+        let peers: Vec<ClusterName> = node.state.lock().await.peers.keys().cloned().collect();
+        let peers_acked = peers.iter().all(|p| node.link(p).acked_bundle_sequence >= seq);
+        let gateways_acked = node
+            .gateways
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|g| g.address.is_some())
+            .all(|g| g.acked_bundle_sequence >= seq);
+        if !(peers_acked && gateways_acked) {
+            continue;
+        }
+        {
+            let mut ca = node.ca.lock().await;
+            if let Err(e) = ca.switch_signing(&node.store).await {
+                tracing::error!(error = %e, "switching signing to the new root failed; retrying");
+                continue;
+            }
+            node.trust.set(ca.bundle());
+        }
+        if let Err(e) = crate::node::run::renew_now(&node).await {
+            tracing::error!(error = %e, "renewing after the signing switch failed");
+        }
+        let _ = node
+            .bump_local(|s| {
+                s.local.bump();
+                true
+            })
+            .await;
+        tracing::info!(bundle_sequence = seq, "every peer and gateway ACKed the new root: signing switched");
+    }
+}

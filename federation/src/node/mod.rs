@@ -1,0 +1,191 @@
+//! The federation process: composes the store, the CA, the mesh state, peering, the gateway API,
+//! the registry and the admin plane, and runs them until shutdown.
+//!
+//! Threading model: every listener is a tokio task; all state changes go through one async lock
+//! ([`state::MeshState`]) and are persisted before they are visible; readers (gateway streams,
+//! DNS, status) only ever see the immutable [`MeshView`] published on a watch channel.
+
+pub mod admin_ops;
+pub mod ca;
+pub mod keys;
+pub mod run;
+pub mod state;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{Mutex, watch};
+
+use crate::config::FederationConfig;
+use crate::identity::{CertStore, SpiffeId, TrustBundle, TrustDomain, TrustStore};
+use crate::mesh::{ClusterPlace, MeshView, PeerStatus};
+use crate::metrics::Metrics;
+use crate::model::{ClusterName, ServiceKey};
+use crate::peering::update::PeerUpdate;
+use crate::store::AnyStore;
+
+use self::ca::CaRuntime;
+use self::state::{MeshState, StateError};
+
+pub fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// Live status of the peering stream with one peer (not persisted).
+#[derive(Debug, Clone, Default)]
+pub struct LinkInfo {
+    pub connected: bool,
+    pub last_seen_ms: i64,
+    pub connected_since_ms: i64,
+    /// Highest version of our catalog the peer ACKed, and the bundle sequence it carried.
+    pub acked_version: u64,
+    pub acked_bundle_sequence: u64,
+    pub sent_version: u64,
+    pub last_error: Option<String>,
+}
+
+/// A gateway of this cluster, as registered and as it ACKed config.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct GatewayInfo {
+    pub address: Option<String>,
+    pub zone: Option<String>,
+    pub acked_version: u64,
+    pub acked_bundle_sequence: u64,
+    pub health: BTreeMap<String, bool>,
+}
+
+pub struct Node {
+    pub cfg: FederationConfig,
+    pub me: ClusterPlace,
+    pub td: TrustDomain,
+    pub id: SpiffeId,
+    pub store: AnyStore,
+    /// Our bundle and every peer's, for the verifiers.
+    pub trust: TrustStore,
+    /// This federation's own certificate (server and client).
+    pub certs: CertStore,
+    pub ca: Mutex<CaRuntime>,
+    pub state: Mutex<MeshState>,
+    /// Our catalog version: peer sessions wake on it.
+    pub local_version: watch::Sender<u64>,
+    pub view: watch::Sender<Arc<MeshView>>,
+    pub links: StdMutex<BTreeMap<ClusterName, LinkInfo>>,
+    pub gateways: StdMutex<BTreeMap<String, GatewayInfo>>,
+    pub sessions: StdMutex<BTreeMap<ClusterName, tokio::task::AbortHandle>>,
+    pub metrics: Metrics,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+impl Node {
+    pub fn config(&self) -> &FederationConfig {
+        &self.cfg
+    }
+
+    /// Clusters whose stream is down: their catalog is last-known.
+    pub fn stale_peers(&self) -> BTreeSet<ClusterName> {
+        let links = self.links.lock().unwrap_or_else(|p| p.into_inner());
+        links.iter().filter(|(_, l)| !l.connected).map(|(c, _)| c.clone()).collect()
+    }
+
+    pub fn link_update(&self, peer: &ClusterName, f: impl FnOnce(&mut LinkInfo)) {
+        let mut links = self.links.lock().unwrap_or_else(|p| p.into_inner());
+        f(links.entry(peer.clone()).or_default());
+    }
+
+    pub fn link(&self, peer: &ClusterName) -> LinkInfo {
+        let links = self.links.lock().unwrap_or_else(|p| p.into_inner());
+        links.get(peer).cloned().unwrap_or_default()
+    }
+
+    fn peer_statuses(&self, state: &MeshState) -> Vec<PeerStatus> {
+        let links = self.links.lock().unwrap_or_else(|p| p.into_inner());
+        state
+            .peers
+            .values()
+            .map(|p| {
+                let l = links.get(&p.place.cluster).cloned().unwrap_or_default();
+                PeerStatus {
+                    place: p.place.clone(),
+                    connected: l.connected,
+                    catalog_version: p.catalog.version,
+                    services: p.catalog.services.len(),
+                    last_stored_ms: p.catalog.stored_at_ms,
+                    last_seen_ms: l.last_seen_ms,
+                }
+            })
+            .collect()
+    }
+
+    pub fn bundles(&self) -> Vec<TrustBundle> {
+        self.trust.snapshot().into_values().collect()
+    }
+
+    /// Publishes a new view from the state (caller holds the lock).
+    pub fn publish(&self, state: &mut MeshState) {
+        let peers = self.peer_statuses(state);
+        let view = state.view(self.bundles(), peers);
+        self.metrics.imported_services.set(view.routes.len() as i64);
+        self.metrics.peers.set(state.peers.len() as i64);
+        self.view.send_replace(view);
+    }
+
+    /// Stores and installs a checked update from a peer, then republishes.
+    pub async fn receive_update(&self, peer: &ClusterName, update: &PeerUpdate) -> Result<(), StateError> {
+        let mut state = self.state.lock().await;
+        let touched = state.apply_peer_update(&self.store, peer, update, now_ms()).await?;
+        if let Some(bundle) = &update.bundle {
+            self.trust.set(bundle.clone());
+        }
+        let stale = self.stale_peers();
+        state.recompute(Some(touched), &stale, now_ms()).await?;
+        self.publish(&mut state);
+        Ok(())
+    }
+
+    /// Re-reads the local sources into the catalog; wakes peer sessions and republishes.
+    pub async fn refresh_local(&self) -> Result<(), StateError> {
+        let mut state = self.state.lock().await;
+        let changed = state.refresh_local(&self.store, now_ms()).await?;
+        if changed.is_empty() {
+            return Ok(());
+        }
+        let stale = self.stale_peers();
+        state.recompute(Some(changed.into_iter().collect()), &stale, now_ms()).await?;
+        self.local_version.send_replace(state.local.version);
+        self.metrics.exported_services.set(state.local.exports.len() as i64);
+        self.publish(&mut state);
+        Ok(())
+    }
+
+    /// Something about us that peers must learn changed (bundle, gateways): bump the catalog
+    /// version so every session sends an update.
+    pub async fn bump_local(&self, f: impl FnOnce(&mut MeshState) -> bool) -> Result<(), StateError> {
+        let mut state = self.state.lock().await;
+        if !f(&mut state) {
+            return Ok(());
+        }
+        state.persist_local_meta(&self.store).await?;
+        let stale = self.stale_peers();
+        // Gateways of ours appear in local routes.
+        let local_keys: BTreeSet<ServiceKey> = state.local.exports.keys().cloned().collect();
+        state.recompute(Some(local_keys), &stale, now_ms()).await?;
+        self.local_version.send_replace(state.local.version);
+        self.publish(&mut state);
+        Ok(())
+    }
+
+    /// A peer's link went up or down: routes through it change staleness.
+    pub async fn link_changed(&self, peer: &ClusterName) {
+        let mut state = self.state.lock().await;
+        let keys: BTreeSet<ServiceKey> = match state.peers.get(peer) {
+            Some(p) => p.catalog.services.keys().cloned().collect(),
+            None => return,
+        };
+        let stale = self.stale_peers();
+        if let Err(e) = state.recompute(Some(keys), &stale, now_ms()).await {
+            tracing::warn!(peer.cluster = %peer, error = %e, "recomputing routes after a link change failed");
+        }
+        self.publish(&mut state);
+    }
+}

@@ -1,0 +1,708 @@
+//! Store: the one persistence interface of the federation, with two backends.
+//!
+//! - [`EmbeddedStore`] (the default): redb in a single file under a data directory, in process.
+//! - [`EtcdStore`] (crate feature `etcd`): a shared etcd 3.4+ cluster, for HA replicas.
+//!
+//! Everything above this module holds an [`AnyStore`] and codes against the [`Store`] trait; it
+//! never knows which backend it has. This module owns keys, values, revisions, leases, watches
+//! and blobs; it must not know what the keys mean (the model and peering own that).
+//!
+//! # Contract (both backends, proven by `tests/store_contract.rs`)
+//! - **Keys** are non-empty UTF-8 strings of at most [`MAX_KEY_BYTES`] bytes without NUL. They
+//!   sort by their bytes. A *prefix* is a plain string prefix: `"a/b"` is under `"a/"` and under
+//!   `"a/b"`, but not under `"a/bc"`; the empty prefix selects every key. End prefixes with `/`
+//!   when you mean "directory".
+//! - **Revisions** grow with every commit that changes something; all events of one commit carry
+//!   the same revision. They are opaque and may jump (etcd shares its counter with other users
+//!   of the cluster).
+//! - **Commits** are atomic, durable once acknowledged, and bounded by [`MAX_OPS_PER_COMMIT`]
+//!   ops (and as many guards) and [`MAX_COMMIT_BYTES`]. A key may be written at most once per
+//!   commit and not also deleted by the same commit (etcd refuses that too).
+//! - **Blobs** hold values of any size: chunks under a fresh generation, then one pointer swap.
+//!   The pointer is an ordinary value at the blob's key (so it is listed and watched); remove
+//!   blobs with [`Store::delete_blob`], because `Op::Delete` of a pointer leaves its chunks behind.
+//! - **Leases** delete their keys when not kept alive within their TTL.
+//! - **Watches** deliver every change in revision order, or a [`WatchEvent::Reset`] when history
+//!   is gone; a consumer that applies them in order always converges to the store's state.
+
+mod blob;
+pub mod embedded;
+#[cfg(feature = "etcd")]
+pub mod etcd;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use embedded::EmbeddedStore;
+#[cfg(feature = "etcd")]
+pub use etcd::EtcdStore;
+
+/// A store revision: grows with every commit that changes something.
+pub type Revision = u64;
+
+/// A lease: keys attached to it are deleted when it is not kept alive within its TTL.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct LeaseId(pub i64);
+
+/// One write inside a [`Store::commit`].
+#[derive(Debug, Clone)]
+pub enum Op {
+    /// Write `value` at `key`; detaches the key from any lease.
+    Put { key: String, value: Vec<u8> },
+    /// Write `value` at `key` and attach it to `lease` (fails with
+    /// [`StoreError::LeaseNotFound`] when the lease is gone).
+    PutLeased {
+        key: String,
+        value: Vec<u8>,
+        lease: LeaseId,
+    },
+    /// Delete `key` (no error when absent).
+    Delete { key: String },
+    /// Delete every key under `prefix` (plain string prefix; must not be empty).
+    DeletePrefix { prefix: String },
+}
+
+/// A condition the whole commit depends on (e.g. "my leader key still holds my id").
+#[derive(Debug, Clone)]
+pub enum Guard {
+    /// `key` exists and holds exactly `value`.
+    ValueEquals { key: String, value: Vec<u8> },
+    /// `key` does not exist.
+    Absent { key: String },
+}
+
+/// One change seen by a watch.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WatchEvent {
+    Put {
+        key: String,
+        value: Vec<u8>,
+        revision: Revision,
+    },
+    Delete {
+        key: String,
+        revision: Revision,
+    },
+    /// History before `revision` is gone (compaction / bounded history / reconnect gap): here is
+    /// the full current state under the watched prefix; events continue after `revision`.
+    Reset {
+        items: Vec<(String, Vec<u8>)>,
+        revision: Revision,
+    },
+}
+
+/// The receiving end of a watch. Items arrive in revision order. An `Err` item is terminal (the
+/// stream ends right after it): watch again from the last revision you applied. The stream also
+/// ends (`None`) when the store is dropped. Dropping the receiver cancels the watch.
+pub type WatchStream = tokio::sync::mpsc::Receiver<Result<WatchEvent, StoreError>>;
+
+/// etcd 3.4 refuses transactions with more than 128 operations (or compares).
+pub const MAX_OPS_PER_COMMIT: usize = 128;
+/// Stays below etcd's default 1.5 MiB request limit, with room for framing.
+pub const MAX_COMMIT_BYTES: usize = 1024 * 1024;
+/// Longest key accepted.
+pub const MAX_KEY_BYTES: usize = 4096;
+
+/// The persistence interface. See the module docs for the contract both backends keep.
+pub trait Store: Send + Sync + 'static {
+    /// The value at `key`, if any.
+    fn get(&self, key: &str) -> impl Future<Output = Result<Option<Vec<u8>>, StoreError>> + Send;
+    /// All keys under `prefix`, sorted by key. Paginated internally (etcd responses must stay
+    /// small); the result is one consistent snapshot.
+    fn list(
+        &self,
+        prefix: &str,
+    ) -> impl Future<Output = Result<Vec<(String, Vec<u8>)>, StoreError>> + Send;
+    /// Atomic and durable when it returns Ok (acknowledged = survives kill -9 / etcd restart).
+    /// Fails with StoreError::GuardFailed if a guard does not hold (nothing applied), with
+    /// StoreError::TooLarge beyond MAX_OPS_PER_COMMIT ops or MAX_COMMIT_BYTES (use blobs).
+    /// Returns the store revision after the commit. `Unavailable` means the outcome is unknown:
+    /// re-read before deciding to retry.
+    fn commit(
+        &self,
+        guards: Vec<Guard>,
+        ops: Vec<Op>,
+    ) -> impl Future<Output = Result<Revision, StoreError>> + Send;
+    /// Any size. Readers see either the old or the new blob, never a mix: chunks are written
+    /// first under a fresh generation, then a pointer at `key` is swapped in one commit
+    /// (guarded by `guards`), then the previous generation's chunks are deleted.
+    fn put_blob(
+        &self,
+        key: &str,
+        bytes: &[u8],
+        guards: Vec<Guard>,
+    ) -> impl Future<Output = Result<Revision, StoreError>> + Send;
+    /// The whole blob at `key`, verified against the length and SHA-256 in its pointer.
+    fn get_blob(
+        &self,
+        key: &str,
+    ) -> impl Future<Output = Result<Option<Vec<u8>>, StoreError>> + Send;
+    /// Deletes the pointer at `key` and the chunks it points to (no error when absent).
+    fn delete_blob(&self, key: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// A new lease; etcd rounds the TTL up to whole seconds (and to its minimum, 2 s by default).
+    fn grant_lease(
+        &self,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<LeaseId, StoreError>> + Send;
+    /// Ok(false) when the lease already expired (its keys are gone; re-register).
+    fn keep_alive(&self, lease: LeaseId) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    /// Deletes the lease and its keys now. Revoking an unknown or expired lease is Ok.
+    fn revoke_lease(&self, lease: LeaseId) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Events for keys under `prefix` with revision > `after`. If `after` is older than the
+    /// retained history, the stream starts with a Reset. The stream survives backend restarts
+    /// (etcd: reconnect with backoff, resume from the last seen revision, Reset on compaction).
+    fn watch(
+        &self,
+        prefix: &str,
+        after: Revision,
+    ) -> impl Future<Output = Result<WatchStream, StoreError>> + Send;
+    /// The current store revision.
+    fn revision(&self) -> impl Future<Output = Result<Revision, StoreError>> + Send;
+}
+
+/// Why a store call failed, who is to blame, and what the operator should do. `Clone + Eq` so
+/// callers can fan errors out and compare them in tests.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The backend cannot be reached or did not answer in time. Retry later.
+    #[error(
+        "{backend} store unavailable ({detail}); is {backend} reachable at {target}? \
+         the federation keeps serving its last state and retries"
+    )]
+    Unavailable {
+        backend: &'static str,
+        target: String,
+        detail: String,
+    },
+    /// A guard did not hold; nothing was applied. Someone else changed the guarded key.
+    #[error(
+        "commit not applied: a guard no longer holds (another writer changed the guarded key, \
+         e.g. leadership moved); re-read the state and retry, or step down"
+    )]
+    GuardFailed,
+    /// The commit exceeds the limits every backend must honour.
+    #[error(
+        "commit too large: {ops} ops, {guards} guards, {bytes} bytes (limits: \
+         {MAX_OPS_PER_COMMIT} ops and guards, {MAX_COMMIT_BYTES} bytes); split it into several \
+         commits or store large values with put_blob"
+    )]
+    TooLarge {
+        ops: usize,
+        guards: usize,
+        bytes: usize,
+    },
+    /// The lease expired or was revoked; its keys are gone.
+    #[error("lease {} not found or expired; grant a new lease and re-register its keys", lease.0)]
+    LeaseNotFound { lease: LeaseId },
+    /// The caller passed an invalid key, prefix or commit: a bug in Isthmus.
+    #[error("invalid store request: {detail}; this is a bug in Isthmus, please report it")]
+    Invalid { detail: String },
+    /// Stored bytes do not have the expected shape.
+    #[error(
+        "stored data at {key:?} is corrupt: {detail}; restore the store from a backup or delete \
+         the key so the federation rebuilds it"
+    )]
+    Corrupt { key: String, detail: String },
+    /// The backend understood the request and refused it (auth, permissions, quota).
+    #[error(
+        "the {backend} store refused the request: {detail}; check the credentials, the \
+         permissions on the key prefix and the backend's space quota"
+    )]
+    Rejected {
+        backend: &'static str,
+        detail: String,
+    },
+    /// A local file or directory could not be used.
+    #[error(
+        "{}: {detail}; check that the path exists, is writable by this user and the disk is not \
+         full", path.display()
+    )]
+    Io {
+        path: PathBuf,
+        kind: std::io::ErrorKind,
+        detail: String,
+    },
+    /// The embedded database is held by another process (or another store in this process).
+    #[error(
+        "another federation already uses data dir {}; stop it, or give this one its own data \
+         dir", path.display()
+    )]
+    Locked { path: PathBuf },
+    /// The embedded database failed below the file system level.
+    #[error(
+        "embedded database {}: {detail}; check the disk, then restore from a backup if it \
+         keeps failing", path.display()
+    )]
+    Database { path: PathBuf, detail: String },
+    /// The store configuration cannot work.
+    #[error("invalid store config: {0}")]
+    Config(String),
+    /// The store was dropped while a call or watch was in flight.
+    #[error("the store was closed; the federation is shutting down")]
+    Closed,
+}
+
+impl StoreError {
+    /// An [`StoreError::Io`] for `path`.
+    pub fn io(path: impl Into<PathBuf>, source: &std::io::Error) -> Self {
+        StoreError::Io {
+            path: path.into(),
+            kind: source.kind(),
+            detail: source.to_string(),
+        }
+    }
+
+    /// Whether retrying the same call later may succeed without anyone changing anything.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, StoreError::Unavailable { .. })
+    }
+}
+
+/// Which backend to use and how to reach it. Parsed once at start, dumped at `/config_dump`
+/// (so it holds no secrets: passwords are read from files).
+#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(tag = "backend", rename_all = "snake_case", deny_unknown_fields)]
+pub enum StoreConfig {
+    /// redb in `data_dir/isthmus.redb`; the directory is created with mode 0700.
+    Embedded { data_dir: PathBuf },
+    /// A shared etcd 3.4+ cluster.
+    Etcd {
+        /// e.g. `http://10.0.0.1:2379`; `https://` when `tls` is set.
+        endpoints: Vec<String>,
+        /// Prepended to every key (plain string, e.g. `/isthmus/prod/`).
+        #[serde(default)]
+        prefix: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tls: Option<EtcdTls>,
+        /// etcd user; the password is read from `password_file`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        password_file: Option<PathBuf>,
+        #[serde(default = "default_connect_timeout_ms")]
+        connect_timeout_ms: u64,
+        /// Per request (unary calls); watches are long-lived and not bounded by it.
+        #[serde(default = "default_request_timeout_ms")]
+        request_timeout_ms: u64,
+    },
+}
+
+/// TLS towards etcd: PEM files.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdTls {
+    /// CA bundle that signed etcd's server certificate.
+    pub ca_file: PathBuf,
+    /// Client certificate and key, when etcd requires client certificates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+}
+
+fn default_connect_timeout_ms() -> u64 {
+    5_000
+}
+
+fn default_request_timeout_ms() -> u64 {
+    5_000
+}
+
+impl StoreConfig {
+    /// An embedded store under `data_dir`.
+    pub fn embedded(data_dir: impl Into<PathBuf>) -> Self {
+        StoreConfig::Embedded {
+            data_dir: data_dir.into(),
+        }
+    }
+
+    /// An etcd store with default timeouts, no TLS and no auth.
+    pub fn etcd(endpoints: Vec<String>, prefix: impl Into<String>) -> Self {
+        StoreConfig::Etcd {
+            endpoints,
+            prefix: prefix.into(),
+            tls: None,
+            user: None,
+            password_file: None,
+            connect_timeout_ms: default_connect_timeout_ms(),
+            request_timeout_ms: default_request_timeout_ms(),
+        }
+    }
+
+    /// Checks what can be checked without touching the disk or the network.
+    pub fn validate(&self) -> Result<(), StoreError> {
+        match self {
+            StoreConfig::Embedded { data_dir } => {
+                if data_dir.as_os_str().is_empty() {
+                    return Err(StoreError::Config(
+                        "store.data_dir is empty; set it to a directory this user can write".into(),
+                    ));
+                }
+            }
+            StoreConfig::Etcd {
+                endpoints,
+                prefix,
+                tls,
+                user,
+                password_file,
+                connect_timeout_ms,
+                request_timeout_ms,
+            } => {
+                if endpoints.is_empty() {
+                    return Err(StoreError::Config(
+                        "store.endpoints is empty; list at least one etcd client URL, e.g. \
+                         http://127.0.0.1:2379"
+                            .into(),
+                    ));
+                }
+                let scheme = if tls.is_some() { "https://" } else { "http://" };
+                for endpoint in endpoints {
+                    if !endpoint.starts_with(scheme) {
+                        return Err(StoreError::Config(format!(
+                            "store.endpoints: {endpoint:?} must start with {scheme} (TLS is {})",
+                            if tls.is_some() {
+                                "configured"
+                            } else {
+                                "not configured"
+                            }
+                        )));
+                    }
+                }
+                check_prefix(prefix)
+                    .map_err(|e| StoreError::Config(format!("store.prefix: {e}")))?;
+                if let Some(tls) = tls
+                    && tls.cert_file.is_some() != tls.key_file.is_some()
+                {
+                    return Err(StoreError::Config(
+                        "store.tls: set both cert_file and key_file, or neither".into(),
+                    ));
+                }
+                if user.is_some() != password_file.is_some() {
+                    return Err(StoreError::Config(
+                        "store: set both user and password_file, or neither".into(),
+                    ));
+                }
+                if *connect_timeout_ms == 0 || *request_timeout_ms == 0 {
+                    return Err(StoreError::Config(
+                        "store: connect_timeout_ms and request_timeout_ms must be > 0".into(),
+                    ));
+                }
+                #[cfg(not(feature = "etcd"))]
+                return Err(StoreError::Config(
+                    "this build has no etcd support; use backend: embedded or a build with the \
+                     `etcd` feature"
+                        .into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What everything above the trait holds. Cheap to clone.
+#[derive(Clone)]
+pub enum AnyStore {
+    Embedded(EmbeddedStore),
+    #[cfg(feature = "etcd")]
+    Etcd(EtcdStore),
+}
+
+impl std::fmt::Debug for AnyStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("AnyStore").field(&self.backend()).finish()
+    }
+}
+
+impl AnyStore {
+    /// Validates `config` and opens the backend it names. The etcd backend connects lazily: an
+    /// unreachable etcd shows up as [`StoreError::Unavailable`] on the first call.
+    pub async fn open(config: &StoreConfig) -> Result<Self, StoreError> {
+        config.validate()?;
+        match config {
+            StoreConfig::Embedded { data_dir } => {
+                Ok(AnyStore::Embedded(EmbeddedStore::open(data_dir).await?))
+            }
+            #[cfg(feature = "etcd")]
+            StoreConfig::Etcd { .. } => Ok(AnyStore::Etcd(EtcdStore::connect(config).await?)),
+            #[cfg(not(feature = "etcd"))]
+            StoreConfig::Etcd { .. } => Err(StoreError::Config(
+                "this build has no etcd support; use backend: embedded".into(),
+            )),
+        }
+    }
+
+    /// `"embedded"` or `"etcd"`, for logs and metrics.
+    pub fn backend(&self) -> &'static str {
+        match self {
+            AnyStore::Embedded(_) => "embedded",
+            #[cfg(feature = "etcd")]
+            AnyStore::Etcd(_) => "etcd",
+        }
+    }
+}
+
+macro_rules! delegate {
+    ($self:ident, $s:ident => $call:expr) => {
+        match $self {
+            AnyStore::Embedded($s) => $call.await,
+            #[cfg(feature = "etcd")]
+            AnyStore::Etcd($s) => $call.await,
+        }
+    };
+}
+
+impl Store for AnyStore {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        delegate!(self, s => s.get(key))
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        delegate!(self, s => s.list(prefix))
+    }
+    async fn commit(&self, guards: Vec<Guard>, ops: Vec<Op>) -> Result<Revision, StoreError> {
+        delegate!(self, s => s.commit(guards, ops))
+    }
+    async fn put_blob(
+        &self,
+        key: &str,
+        bytes: &[u8],
+        guards: Vec<Guard>,
+    ) -> Result<Revision, StoreError> {
+        delegate!(self, s => s.put_blob(key, bytes, guards))
+    }
+    async fn get_blob(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        delegate!(self, s => s.get_blob(key))
+    }
+    async fn delete_blob(&self, key: &str) -> Result<(), StoreError> {
+        delegate!(self, s => s.delete_blob(key))
+    }
+    async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId, StoreError> {
+        delegate!(self, s => s.grant_lease(ttl))
+    }
+    async fn keep_alive(&self, lease: LeaseId) -> Result<bool, StoreError> {
+        delegate!(self, s => s.keep_alive(lease))
+    }
+    async fn revoke_lease(&self, lease: LeaseId) -> Result<(), StoreError> {
+        delegate!(self, s => s.revoke_lease(lease))
+    }
+    async fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream, StoreError> {
+        delegate!(self, s => s.watch(prefix, after))
+    }
+    async fn revision(&self) -> Result<Revision, StoreError> {
+        delegate!(self, s => s.revision())
+    }
+}
+
+// ---- shared validation -------------------------------------------------------------------
+
+/// Capacity of every watch channel: a consumer that falls this far behind slows its watch down
+/// (etcd) or gets a Reset (embedded).
+pub(crate) const WATCH_CHANNEL: usize = 1024;
+
+pub(crate) fn check_key(key: &str) -> Result<(), StoreError> {
+    if key.is_empty() {
+        return Err(invalid("empty key".to_owned()));
+    }
+    if key.len() > MAX_KEY_BYTES {
+        return Err(invalid(format!(
+            "key of {} bytes is longer than {MAX_KEY_BYTES}",
+            key.len()
+        )));
+    }
+    if key.contains('\0') {
+        return Err(invalid(format!("key {key:?} contains NUL")));
+    }
+    Ok(())
+}
+
+pub(crate) fn check_prefix(prefix: &str) -> Result<(), StoreError> {
+    if prefix.len() > MAX_KEY_BYTES {
+        return Err(invalid(format!(
+            "prefix of {} bytes is longer than {MAX_KEY_BYTES}",
+            prefix.len()
+        )));
+    }
+    if prefix.contains('\0') {
+        return Err(invalid(format!("prefix {prefix:?} contains NUL")));
+    }
+    Ok(())
+}
+
+fn invalid(detail: String) -> StoreError {
+    StoreError::Invalid { detail }
+}
+
+impl Op {
+    /// The key or prefix this op touches.
+    pub fn key(&self) -> &str {
+        match self {
+            Op::Put { key, .. } | Op::PutLeased { key, .. } | Op::Delete { key } => key,
+            Op::DeletePrefix { prefix } => prefix,
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        match self {
+            Op::Put { key, value } | Op::PutLeased { key, value, .. } => key.len() + value.len(),
+            Op::Delete { key } => key.len(),
+            Op::DeletePrefix { prefix } => prefix.len(),
+        }
+    }
+}
+
+impl Guard {
+    /// The guarded key.
+    pub fn key(&self) -> &str {
+        match self {
+            Guard::ValueEquals { key, .. } | Guard::Absent { key } => key,
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        match self {
+            Guard::ValueEquals { key, value } => key.len() + value.len(),
+            Guard::Absent { key } => key.len(),
+        }
+    }
+}
+
+/// Checks limits, keys and conflicts before a commit reaches any backend, so both refuse the
+/// same commits with the same errors. `extra_guards` counts guards the backend adds itself.
+pub(crate) fn check_commit(
+    guards: &[Guard],
+    extra_guards: usize,
+    ops: &[Op],
+) -> Result<(), StoreError> {
+    let bytes =
+        guards.iter().map(Guard::bytes).sum::<usize>() + ops.iter().map(Op::bytes).sum::<usize>();
+    let guard_count = guards.len() + extra_guards;
+    if ops.len() > MAX_OPS_PER_COMMIT
+        || guard_count > MAX_OPS_PER_COMMIT
+        || bytes > MAX_COMMIT_BYTES
+    {
+        return Err(StoreError::TooLarge {
+            ops: ops.len(),
+            guards: guard_count,
+            bytes,
+        });
+    }
+    for guard in guards {
+        check_key(guard.key())?;
+    }
+    for (i, op) in ops.iter().enumerate() {
+        match op {
+            Op::DeletePrefix { prefix } => {
+                if prefix.is_empty() {
+                    return Err(invalid(
+                        "DeletePrefix with an empty prefix would delete everything".into(),
+                    ));
+                }
+                check_prefix(prefix)?;
+            }
+            _ => check_key(op.key())?,
+        }
+        let writes = matches!(op, Op::Put { .. } | Op::PutLeased { .. });
+        for other in &ops[..i] {
+            let other_writes = matches!(other, Op::Put { .. } | Op::PutLeased { .. });
+            if !writes && !other_writes {
+                continue; // deletes may overlap each other
+            }
+            if touches(op, other.key()) || touches(other, op.key()) {
+                return Err(invalid(format!(
+                    "one commit writes {:?} and also writes or deletes {:?}; write each key at \
+                     most once per commit",
+                    op.key(),
+                    other.key()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether `op` touches `key`.
+fn touches(op: &Op, key: &str) -> bool {
+    match op {
+        Op::DeletePrefix { prefix } => key.starts_with(prefix.as_str()),
+        other => other.key() == key,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(key: &str) -> Op {
+        Op::Put {
+            key: key.into(),
+            value: vec![1],
+        }
+    }
+
+    #[test]
+    fn commit_limits_and_conflicts() {
+        let ops: Vec<Op> = (0..MAX_OPS_PER_COMMIT)
+            .map(|i| put(&format!("k{i}")))
+            .collect();
+        assert!(check_commit(&[], 0, &ops).is_ok());
+        let ops: Vec<Op> = (0..=MAX_OPS_PER_COMMIT)
+            .map(|i| put(&format!("k{i}")))
+            .collect();
+        assert!(matches!(
+            check_commit(&[], 0, &ops),
+            Err(StoreError::TooLarge { ops: 129, .. })
+        ));
+        let big = vec![Op::Put {
+            key: "k".into(),
+            value: vec![0; MAX_COMMIT_BYTES],
+        }];
+        assert!(matches!(
+            check_commit(&[], 0, &big),
+            Err(StoreError::TooLarge { .. })
+        ));
+        assert!(check_commit(&[], 0, &[put("a"), put("a")]).is_err());
+        let prefix_and_put = [
+            Op::DeletePrefix {
+                prefix: "a/".into(),
+            },
+            put("a/b"),
+        ];
+        assert!(check_commit(&[], 0, &prefix_and_put).is_err());
+        let deletes = [
+            Op::DeletePrefix {
+                prefix: "a/".into(),
+            },
+            Op::Delete { key: "a/b".into() },
+        ];
+        assert!(check_commit(&[], 0, &deletes).is_ok());
+        assert!(check_commit(&[], 0, &[put("")]).is_err());
+        assert!(check_commit(&[], 0, &[put("a\0b")]).is_err());
+        let everything = [Op::DeletePrefix { prefix: "".into() }];
+        assert!(check_commit(&[], 0, &everything).is_err());
+    }
+
+    #[test]
+    fn config_parses_and_rejects_unknown_fields() {
+        let c: StoreConfig =
+            serde_json::from_str(r#"{"backend":"embedded","data_dir":"/var/lib/isthmus"}"#)
+                .expect("embedded config");
+        assert_eq!(c, StoreConfig::embedded("/var/lib/isthmus"));
+        let c: StoreConfig = serde_json::from_str(
+            r#"{"backend":"etcd","endpoints":["http://127.0.0.1:2379"],"prefix":"/isthmus/"}"#,
+        )
+        .expect("etcd config");
+        assert_eq!(
+            c,
+            StoreConfig::etcd(vec!["http://127.0.0.1:2379".into()], "/isthmus/")
+        );
+        let bad = r#"{"backend":"embedded","data_dir":"/x","colour":"red"}"#;
+        assert!(serde_json::from_str::<StoreConfig>(bad).is_err());
+        let bad = r#"{"backend":"etcd","endpoints":["http://a:1"],"tls":{"ca_file":"x","y":1}}"#;
+        assert!(serde_json::from_str::<StoreConfig>(bad).is_err());
+        let no_endpoints = StoreConfig::etcd(vec![], "");
+        assert!(no_endpoints.validate().is_err());
+        let https_without_tls = StoreConfig::etcd(vec!["https://a:2379".into()], "");
+        assert!(https_without_tls.validate().is_err());
+    }
+}

@@ -1,0 +1,418 @@
+//! Local addresses (VIPs): one stable address per imported service name (`<svc>.<ns>`) and per
+//! per-cluster name (`<cluster>.<svc>.<ns>`), from configured IPv4 and IPv6 ranges.
+//!
+//! The contract: an address assigned to a name is persisted before anyone is told about it and is
+//! never given to another name while the name exists — not on reconnect, not on restart. When a
+//! name goes away its address is *released* but held for a quarantine period (clients may still
+//! have it cached); new names get never-used addresses first, and reuse the longest-released
+//! address only when the range is exhausted. A name that comes back while its address is still
+//! held gets the same address again.
+//!
+//! [`VipPool`] is the pure allocator; [`VipTable`] persists it in the store.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::store::{AnyStore, Op, Store, StoreError};
+
+/// An address range in CIDR notation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    base: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    pub fn parse(text: &str) -> Result<Self, VipError> {
+        let bad = |why: &str| VipError::BadRange(format!("{text:?}: {why}"));
+        let (addr, prefix) = text.split_once('/').ok_or_else(|| bad("expected <address>/<prefix>"))?;
+        let base: IpAddr = addr.parse().map_err(|_| bad("not an IP address"))?;
+        let prefix: u8 = prefix.parse().map_err(|_| bad("prefix is not a number"))?;
+        let max = if base.is_ipv4() { 32 } else { 128 };
+        if prefix > max {
+            return Err(bad("prefix longer than the address"));
+        }
+        // Usable host bits: at least 2 addresses besides network/broadcast, at most 2^32.
+        if max - prefix < 2 {
+            return Err(bad("range too small: use at most /30 (IPv4) or /126 (IPv6)"));
+        }
+        if max - prefix > 32 {
+            return Err(bad("range too large: use at least /96 for IPv6"));
+        }
+        let cidr = Cidr { base, prefix };
+        let host_mask: u128 = (1u128 << cidr.host_bits()) - 1;
+        let bits = match base {
+            IpAddr::V4(b) => u128::from(u32::from(b)),
+            IpAddr::V6(b) => u128::from(b),
+        };
+        if bits & host_mask != 0 {
+            return Err(bad("host bits are set: give the network address"));
+        }
+        Ok(cidr)
+    }
+
+    fn host_bits(&self) -> u32 {
+        let max = if self.base.is_ipv4() { 32 } else { 128 };
+        u32::from(max - self.prefix)
+    }
+
+    /// Number of assignable addresses (the first and last are skipped).
+    pub fn capacity(&self) -> u64 {
+        (1u64 << self.host_bits()) - 2
+    }
+
+    fn nth(&self, n: u64) -> Option<IpAddr> {
+        if n >= 1u64 << self.host_bits() {
+            return None;
+        }
+        Some(match self.base {
+            IpAddr::V4(b) => IpAddr::V4(Ipv4Addr::from(u32::from(b).checked_add(u32::try_from(n).ok()?)?)),
+            IpAddr::V6(b) => IpAddr::V6(Ipv6Addr::from(u128::from(b).checked_add(u128::from(n))?)),
+        })
+    }
+
+    /// The `i`-th assignable address, `0 <= i < capacity()`.
+    fn host(&self, i: u64) -> Option<IpAddr> {
+        if i >= self.capacity() { None } else { self.nth(i + 1) }
+    }
+}
+
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.base, self.prefix)
+    }
+}
+
+/// The addresses of one name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct VipAssignment {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub v4: Option<Ipv4Addr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub v6: Option<Ipv6Addr>,
+    /// Set while the name does not exist (unix ms); the addresses stay held.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub released_at_ms: Option<i64>,
+}
+
+impl VipAssignment {
+    pub fn addrs(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        self.v4.map(IpAddr::V4).into_iter().chain(self.v6.map(IpAddr::V6))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VipError {
+    #[error("invalid VIP range {0}")]
+    BadRange(String),
+    #[error("the {family} VIP range {range} is exhausted ({capacity} addresses): configure a larger range")]
+    Exhausted { family: &'static str, range: String, capacity: u64 },
+    #[error("no VIP range configured: set vips.ipv4 and/or vips.ipv6")]
+    NoRange,
+    #[error("stored VIP assignment for {name} is unreadable: {detail}")]
+    Corrupt { name: String, detail: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// One family's range with its allocation cursor.
+#[derive(Debug, Clone)]
+struct Family {
+    cidr: Cidr,
+    next: u64,
+}
+
+/// The pure allocator: which name holds which address.
+#[derive(Debug, Clone)]
+pub struct VipPool {
+    v4: Option<Family>,
+    v6: Option<Family>,
+    quarantine: Duration,
+    names: HashMap<String, VipAssignment>,
+    owners: HashMap<IpAddr, String>,
+}
+
+impl VipPool {
+    pub fn new(v4: Option<Cidr>, v6: Option<Cidr>, quarantine: Duration) -> Result<Self, VipError> {
+        if v4.is_none() && v6.is_none() {
+            return Err(VipError::NoRange);
+        }
+        if v4.is_some_and(|c| !c.base.is_ipv4()) || v6.is_some_and(|c| c.base.is_ipv4()) {
+            return Err(VipError::BadRange("vips.ipv4 must be IPv4 and vips.ipv6 IPv6".into()));
+        }
+        Ok(Self {
+            v4: v4.map(|cidr| Family { cidr, next: 0 }),
+            v6: v6.map(|cidr| Family { cidr, next: 0 }),
+            quarantine,
+            names: HashMap::new(),
+            owners: HashMap::new(),
+        })
+    }
+
+    /// Loads persisted assignments (addresses outside the configured ranges are kept: they are
+    /// still promised to their names).
+    pub fn restore(&mut self, name: String, assignment: VipAssignment) {
+        for addr in assignment.addrs() {
+            self.owners.insert(addr, name.clone());
+        }
+        self.names.insert(name, assignment);
+    }
+
+    pub fn get(&self, name: &str) -> Option<&VipAssignment> {
+        self.names.get(name).filter(|a| a.released_at_ms.is_none())
+    }
+
+    pub fn len(&self) -> usize {
+        self.names.values().filter(|a| a.released_at_ms.is_none()).count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Assigns addresses to `name` (or reactivates its held ones). Returns the assignment and
+    /// whether it changed (and so must be persisted before use).
+    pub fn assign(&mut self, name: &str, now_ms: i64) -> Result<(VipAssignment, bool), VipError> {
+        if let Some(existing) = self.names.get(name).cloned() {
+            let complete = (self.v4.is_none() || existing.v4.is_some())
+                && (self.v6.is_none() || existing.v6.is_some());
+            if existing.released_at_ms.is_none() && complete {
+                return Ok((existing, false));
+            }
+        }
+        let mut a = self.names.get(name).cloned().unwrap_or_default();
+        a.released_at_ms = None;
+        if a.v4.is_none()
+            && let Some(addr) = self.take(true, now_ms)?
+        {
+            let IpAddr::V4(v4) = addr else { return Err(VipError::BadRange("v4 range gave v6".into())) };
+            a.v4 = Some(v4);
+        }
+        if a.v6.is_none()
+            && let Some(addr) = self.take(false, now_ms)?
+        {
+            let IpAddr::V6(v6) = addr else { return Err(VipError::BadRange("v6 range gave v4".into())) };
+            a.v6 = Some(v6);
+        }
+        for addr in a.addrs() {
+            self.owners.insert(addr, name.to_string());
+        }
+        self.names.insert(name.to_string(), a.clone());
+        Ok((a, true))
+    }
+
+    /// Marks `name` gone; its addresses stay held for the quarantine.
+    pub fn release(&mut self, name: &str, now_ms: i64) -> Option<VipAssignment> {
+        let a = self.names.get_mut(name)?;
+        if a.released_at_ms.is_some() {
+            return None;
+        }
+        a.released_at_ms = Some(now_ms);
+        Some(a.clone())
+    }
+
+    /// Names currently holding addresses (not released).
+    pub fn active_names(&self) -> impl Iterator<Item = &str> {
+        self.names.iter().filter(|(_, a)| a.released_at_ms.is_none()).map(|(n, _)| n.as_str())
+    }
+
+    /// Picks a free address in one family: never-used first, else the longest-released one whose
+    /// quarantine is over (that name loses its hold).
+    fn take(&mut self, v4: bool, now_ms: i64) -> Result<Option<IpAddr>, VipError> {
+        let family = if v4 { self.v4.as_mut() } else { self.v6.as_mut() };
+        let Some(family) = family else { return Ok(None) };
+        let capacity = family.cidr.capacity();
+        while family.next < capacity {
+            let candidate = family.cidr.host(family.next);
+            family.next += 1;
+            if let Some(addr) = candidate
+                && !self.owners.contains_key(&addr)
+            {
+                return Ok(Some(addr));
+            }
+        }
+        let quarantine_ms = i64::try_from(self.quarantine.as_millis()).unwrap_or(i64::MAX);
+        let reclaim = self
+            .names
+            .iter()
+            .filter_map(|(name, a)| {
+                let released = a.released_at_ms?;
+                let addr = if v4 { a.v4.map(IpAddr::V4) } else { a.v6.map(IpAddr::V6) }?;
+                (now_ms.saturating_sub(released) >= quarantine_ms).then(|| (released, name.clone(), addr))
+            })
+            .min();
+        let Some((_, old_name, addr)) = reclaim else {
+            return Err(VipError::Exhausted {
+                family: if v4 { "IPv4" } else { "IPv6" },
+                range: family.cidr.to_string(),
+                capacity,
+            });
+        };
+        if let Some(old) = self.names.get_mut(&old_name) {
+            if v4 { old.v4 = None } else { old.v6 = None }
+            if old.v4.is_none() && old.v6.is_none() {
+                self.names.remove(&old_name);
+            }
+        }
+        self.owners.remove(&addr);
+        Ok(Some(addr))
+    }
+}
+
+/// The VIP name of a clusterset service: `<svc>.<ns>`.
+pub fn service_vip_name(key: &crate::model::ServiceKey) -> String {
+    format!("{}.{}", key.name, key.namespace)
+}
+
+/// The VIP name of a per-cluster service: `<cluster>.<svc>.<ns>`.
+pub fn cluster_vip_name(cluster: &crate::model::ClusterName, key: &crate::model::ServiceKey) -> String {
+    format!("{cluster}.{}.{}", key.name, key.namespace)
+}
+
+const PREFIX: &str = "vips/";
+
+/// The allocator persisted in the store: every change is committed before it is returned.
+pub struct VipTable {
+    pool: VipPool,
+    store: AnyStore,
+}
+
+impl VipTable {
+    pub async fn load(store: AnyStore, mut pool: VipPool) -> Result<Self, VipError> {
+        for (key, value) in store.list(PREFIX).await? {
+            let name = key.trim_start_matches(PREFIX).to_string();
+            let a: VipAssignment = serde_json::from_slice(&value)
+                .map_err(|e| VipError::Corrupt { name: name.clone(), detail: e.to_string() })?;
+            pool.restore(name, a);
+        }
+        Ok(Self { pool, store })
+    }
+
+    pub fn pool(&self) -> &VipPool {
+        &self.pool
+    }
+
+    /// Makes exactly `wanted` the set of active names: assigns new ones, releases vanished ones,
+    /// and persists every change (in commits of at most the store's op limit) before returning.
+    /// On a store error nothing in memory changes.
+    pub async fn reconcile(&mut self, wanted: &BTreeMap<String, ()>, now_ms: i64) -> Result<bool, VipError> {
+        let mut next = self.pool.clone();
+        let mut changed: Vec<(String, VipAssignment)> = Vec::new();
+        for name in wanted.keys() {
+            let (a, fresh) = next.assign(name, now_ms)?;
+            if fresh {
+                changed.push((name.clone(), a));
+            }
+        }
+        let gone: Vec<String> =
+            next.active_names().filter(|n| !wanted.contains_key(*n)).map(str::to_string).collect();
+        for name in gone {
+            if let Some(a) = next.release(&name, now_ms) {
+                changed.push((name, a));
+            }
+        }
+        // Reclaimed names vanish from `next.names`: delete their keys.
+        let removed: Vec<String> =
+            self.pool.names.keys().filter(|n| !next.names.contains_key(*n)).cloned().collect();
+        if changed.is_empty() && removed.is_empty() {
+            return Ok(false);
+        }
+        let mut ops: Vec<Op> = Vec::with_capacity(changed.len() + removed.len());
+        for (name, a) in &changed {
+            let value = serde_json::to_vec(a)
+                .map_err(|e| VipError::Corrupt { name: name.clone(), detail: e.to_string() })?;
+            ops.push(Op::Put { key: format!("{PREFIX}{name}"), value });
+        }
+        ops.extend(removed.into_iter().map(|n| Op::Delete { key: format!("{PREFIX}{n}") }));
+        for chunk in ops.chunks(crate::store::MAX_OPS_PER_COMMIT) {
+            self.store.commit(Vec::new(), chunk.to_vec()).await?;
+        }
+        self.pool = next;
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(v4: &str, quarantine_s: u64) -> VipPool {
+        VipPool::new(Some(Cidr::parse(v4).expect("cidr")), None, Duration::from_secs(quarantine_s))
+            .expect("pool")
+    }
+
+    #[test]
+    fn cidr_parsing() {
+        assert_eq!(Cidr::parse("127.77.0.0/24").expect("ok").capacity(), 254);
+        assert_eq!(Cidr::parse("fd77::/112").expect("ok").capacity(), 65534);
+        for bad in ["127.0.0.1", "127.77.0.1/24", "10.0.0.0/31", "fd00::/64", "x/24", "10.0.0.0/33"] {
+            assert!(Cidr::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn stable_and_never_reallocated_while_named() {
+        let mut p = pool("127.77.0.0/30", 60);
+        let (a, fresh) = p.assign("cart.shop", 0).expect("a");
+        assert!(fresh);
+        assert_eq!(a.v4, Some(Ipv4Addr::new(127, 77, 0, 1)));
+        let (again, fresh) = p.assign("cart.shop", 1).expect("again");
+        assert!(!fresh);
+        assert_eq!(again, a);
+        let (b, _) = p.assign("pay.shop", 0).expect("b");
+        assert_eq!(b.v4, Some(Ipv4Addr::new(127, 77, 0, 2)));
+        // Range of two is full, nothing released: a third name cannot steal an address.
+        assert!(matches!(p.assign("x.shop", 0), Err(VipError::Exhausted { .. })));
+        // Released but in quarantine: still not reusable; the owner gets it back.
+        p.release("cart.shop", 1_000);
+        assert!(matches!(p.assign("x.shop", 30_000), Err(VipError::Exhausted { .. })));
+        let (back, _) = p.assign("cart.shop", 30_000).expect("back");
+        assert_eq!(back.v4, a.v4);
+        // After the quarantine, the longest-released address is reused.
+        p.release("cart.shop", 40_000);
+        let (x, _) = p.assign("x.shop", 40_000 + 60_000).expect("reuse");
+        assert_eq!(x.v4, a.v4);
+        assert!(p.get("cart.shop").is_none());
+    }
+
+    #[test]
+    fn dual_stack() {
+        let mut p = VipPool::new(
+            Some(Cidr::parse("127.77.0.0/24").expect("v4")),
+            Some(Cidr::parse("fd77::/120").expect("v6")),
+            Duration::from_secs(1),
+        )
+        .expect("pool");
+        let (a, _) = p.assign("cart.shop", 0).expect("a");
+        assert_eq!(a.v6, Some("fd77::1".parse().expect("v6")));
+        assert_eq!(a.addrs().count(), 2);
+    }
+
+    #[tokio::test]
+    async fn persisted_across_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = crate::store::StoreConfig::Embedded { data_dir: dir.path().to_path_buf() };
+        let wanted: BTreeMap<String, ()> =
+            ["cart.shop", "east.cart.shop", "pay.shop"].iter().map(|n| (n.to_string(), ())).collect();
+        let first = {
+            let store = AnyStore::open(&cfg).await.expect("store");
+            let mut t = VipTable::load(store, pool("127.77.0.0/24", 60)).await.expect("load");
+            assert!(t.reconcile(&wanted, 0).await.expect("reconcile"));
+            assert!(!t.reconcile(&wanted, 1).await.expect("idempotent"));
+            wanted.keys().map(|n| t.pool().get(n).cloned()).collect::<Vec<_>>()
+        };
+        let store = AnyStore::open(&cfg).await.expect("reopen");
+        // Names in a different order must not matter after a restart.
+        let mut t = VipTable::load(store, pool("127.77.0.0/24", 60)).await.expect("load");
+        let mut more = wanted.clone();
+        more.insert("aaa.shop".into(), ());
+        t.reconcile(&more, 2).await.expect("reconcile");
+        let after = wanted.keys().map(|n| t.pool().get(n).cloned()).collect::<Vec<_>>();
+        assert_eq!(first, after);
+        let new = t.pool().get("aaa.shop").and_then(|a| a.v4).expect("new vip");
+        assert!(first.iter().all(|a| a.as_ref().and_then(|a| a.v4) != Some(new)));
+    }
+}
