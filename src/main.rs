@@ -1,1 +1,221 @@
-fn main() {}
+//! `isthmus`: the one binary. Thin wiring only: every subcommand calls into the component crates.
+
+mod admin_cmd;
+mod demo;
+mod logging;
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "isthmus",
+    version,
+    about = "Multi-cluster federation: peer clusters, sync catalogs and trust, route across them"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// How to reach a running federation's admin socket.
+#[derive(clap::Args, Clone)]
+pub struct Target {
+    /// The federation's config file (its admin socket is read from it).
+    #[arg(long, short, env = "ISTHMUS_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    /// The admin socket, when not using --config.
+    #[arg(long, env = "ISTHMUS_ADMIN_SOCKET", global = true)]
+    admin_socket: Option<PathBuf>,
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run this cluster's federation service.
+    Federation {
+        #[arg(long, short, env = "ISTHMUS_CONFIG")]
+        config: PathBuf,
+    },
+    /// Peer with other clusters.
+    Peering {
+        #[command(flatten)]
+        target: Target,
+        #[command(subcommand)]
+        op: PeeringOp,
+    },
+    /// This federation's state: peers, exports, services, gateways, CA.
+    Status {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// The merged mesh view (every clusterset service with its clusters and VIPs).
+    Catalog {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// The cluster CA.
+    Ca {
+        #[command(flatten)]
+        target: Target,
+        #[command(subcommand)]
+        op: CaOp,
+    },
+    /// Gateway credentials.
+    Gateway {
+        #[command(flatten)]
+        target: Target,
+        #[command(subcommand)]
+        op: GatewayOp,
+    },
+    /// Start three clusters on loopback, peer them, and show them converge.
+    Demo {
+        /// Where the demo keeps its data (default: a fresh temp dir).
+        #[arg(long, env = "ISTHMUS_DEMO_DIR")]
+        dir: Option<PathBuf>,
+        /// Exit after the demo converged instead of running until Ctrl-C.
+        #[arg(long, env = "ISTHMUS_DEMO_EXIT")]
+        exit: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum PeeringOp {
+    /// Create a one-time token for a peer to establish with.
+    Token {
+        #[arg(long, env = "ISTHMUS_PEER")]
+        peer: String,
+    },
+    /// Complete a peering with a token from the other cluster.
+    Establish { token: String },
+    /// Every peer: state, last sync, lag, revisions.
+    List,
+    /// One peer in detail.
+    Show { peer: String },
+    /// Remove a peer, its catalog and its trust bundle.
+    Remove { peer: String },
+}
+
+#[derive(Subcommand)]
+enum CaOp {
+    /// Print a fresh key-encryption key (for ISTHMUS_KEK).
+    Kek,
+    /// Rotation state and bundle.
+    Status,
+    /// Publish a new root beside the old; signing switches once every peer and gateway ACKed it.
+    Rotate,
+    /// Remove the old root (after the longest leaf lifetime since the switch).
+    Retire {
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum GatewayOp {
+    /// Create a bootstrap file for a gateway (a revocable token for exactly that gateway).
+    Bootstrap {
+        #[arg(long, env = "ISTHMUS_GATEWAY_NAME")]
+        name: String,
+        /// Write the bootstrap file here (mode 0600) instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Revoke a gateway's bootstrap token and registration.
+    Revoke {
+        #[arg(long)]
+        name: String,
+    },
+    /// Registered gateways.
+    List,
+}
+
+fn main() -> anyhow::Result<()> {
+    // One crypto provider for the whole process, before anything touches TLS.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    logging::init();
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    use serde_json::json;
+    match cli.command {
+        Command::Federation { config } => run_federation(config).await,
+        Command::Peering { target, op } => {
+            let (op, body) = match op {
+                PeeringOp::Token { peer } => ("peering.token", json!({ "peer": peer })),
+                PeeringOp::Establish { token } => ("peering.establish", json!({ "token": token })),
+                PeeringOp::List => ("peering.list", json!(null)),
+                PeeringOp::Show { peer } => ("peering.show", json!({ "peer": peer })),
+                PeeringOp::Remove { peer } => ("peering.remove", json!({ "peer": peer })),
+            };
+            admin_cmd::call_and_print(&target, op, body).await
+        }
+        Command::Status { target } => {
+            admin_cmd::call_and_print(&target, "status", json!(null)).await
+        }
+        Command::Catalog { target } => {
+            admin_cmd::call_and_print(&target, "catalog", json!(null)).await
+        }
+        Command::Ca { target, op } => match op {
+            CaOp::Kek => {
+                let kek =
+                    isthmus_federation::identity::Kek::generate().context("generating a key")?;
+                println!("{}", kek.to_base64().as_str());
+                Ok(())
+            }
+            CaOp::Status => admin_cmd::call_and_print(&target, "ca.status", json!(null)).await,
+            CaOp::Rotate => admin_cmd::call_and_print(&target, "ca.rotate", json!(null)).await,
+            CaOp::Retire { force } => {
+                admin_cmd::call_and_print(&target, "ca.retire", json!({ "force": force })).await
+            }
+        },
+        Command::Gateway { target, op } => match op {
+            GatewayOp::Bootstrap { name, out } => {
+                admin_cmd::gateway_bootstrap(&target, &name, out.as_deref()).await
+            }
+            GatewayOp::Revoke { name } => {
+                admin_cmd::call_and_print(&target, "gateway.revoke", json!({ "name": name })).await
+            }
+            GatewayOp::List => {
+                admin_cmd::call_and_print(&target, "gateway.list", json!(null)).await
+            }
+        },
+        Command::Demo { dir, exit } => demo::run(dir, exit).await,
+    }
+}
+
+async fn run_federation(config: PathBuf) -> anyhow::Result<()> {
+    let cfg = isthmus_federation::config::FederationConfig::load(&config)?;
+    let running = isthmus_federation::node::run::start(cfg).await?;
+    // One machine-readable line on stdout: what was bound (ports may have been 0).
+    println!("{}", serde_json::json!({ "ready": running.bound }));
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    running.shutdown().await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

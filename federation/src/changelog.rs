@@ -28,7 +28,11 @@ pub enum Since<K> {
 impl<K: Ord + Clone> ChangeLog<K> {
     /// `start` is the version the log begins at (nothing before it is known).
     pub fn new(start: u64, capacity: usize) -> Self {
-        Self { entries: VecDeque::new(), floor: start, capacity: capacity.max(1) }
+        Self {
+            entries: VecDeque::new(),
+            floor: start,
+            capacity: capacity.max(1),
+        }
     }
 
     pub fn record(&mut self, version: u64, key: Option<K>) {

@@ -37,7 +37,10 @@ impl Listener {
             None if !self.bind.ip().is_unspecified() => Ok(self.bind.to_string()),
             None => Err(ConfigError::Invalid {
                 field: "listen.peering.advertise".into(),
-                reason: format!("bind address {} is a wildcard: set the address peers should dial", self.bind),
+                reason: format!(
+                    "bind address {} is a wildcard: set the address peers should dial",
+                    self.bind
+                ),
             }),
         }
     }
@@ -60,7 +63,10 @@ pub struct Listeners {
 }
 
 fn default_api() -> Listener {
-    Listener { bind: SocketAddr::from(([127, 0, 0, 1], 15012)), advertise: None }
+    Listener {
+        bind: SocketAddr::from(([127, 0, 0, 1], 15012)),
+        advertise: None,
+    }
 }
 
 fn default_admin() -> SocketAddr {
@@ -99,7 +105,10 @@ fn default_poll() -> Duration {
 
 impl Default for CatalogConfig {
     fn default() -> Self {
-        Self { file: None, poll_interval: default_poll() }
+        Self {
+            file: None,
+            poll_interval: default_poll(),
+        }
     }
 }
 
@@ -139,7 +148,12 @@ fn default_root_validity() -> Duration {
 
 impl Default for CaConfig {
     fn default() -> Self {
-        Self { kek_file: None, leaf_lifetime: default_leaf(), root_validity: default_root_validity(), intermediate: None }
+        Self {
+            kek_file: None,
+            leaf_lifetime: default_leaf(),
+            root_validity: default_root_validity(),
+            intermediate: None,
+        }
     }
 }
 
@@ -205,7 +219,11 @@ fn default_ttl() -> Duration {
 
 impl Default for LeaseConfig {
     fn default() -> Self {
-        Self { min_ttl: default_min_ttl(), max_ttl: default_max_ttl(), default_ttl: default_ttl() }
+        Self {
+            min_ttl: default_min_ttl(),
+            max_ttl: default_max_ttl(),
+            default_ttl: default_ttl(),
+        }
     }
 }
 
@@ -252,15 +270,20 @@ pub enum ConfigError {
 
 impl FederationConfig {
     pub fn from_yaml(path: &str, text: &str) -> Result<Self, ConfigError> {
-        let cfg: Self = serde_saphyr::from_str(text)
-            .map_err(|e| ConfigError::Parse { path: path.to_string(), detail: e.to_string() })?;
+        let cfg: Self = serde_saphyr::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_string(),
+            detail: e.to_string(),
+        })?;
         cfg.validate()?;
         Ok(cfg)
     }
 
     pub fn load(path: &std::path::Path) -> Result<Self, ConfigError> {
         let p = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read { path: p.clone(), detail: e.to_string() })?;
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            path: p.clone(),
+            detail: e.to_string(),
+        })?;
         Self::from_yaml(&p, &text)
     }
 
@@ -269,22 +292,31 @@ impl FederationConfig {
             Some(td) => td.clone(),
             // Invariant: a cluster name is a DNS label, so `<cluster>.mesh` is a valid trust domain.
             #[allow(clippy::expect_used)]
-            None => format!("{}.mesh", self.cluster).parse().expect("label.mesh is a valid trust domain"),
+            None => format!("{}.mesh", self.cluster)
+                .parse()
+                .expect("label.mesh is a valid trust domain"),
         }
     }
 
     pub fn zone(&self) -> Zone {
         // Invariant: a region is a label, and so a valid zone.
         #[allow(clippy::expect_used)]
-        self.zone.clone().unwrap_or_else(|| Zone::new(self.region.as_str()).expect("a region is a valid zone"))
+        self.zone
+            .clone()
+            .unwrap_or_else(|| Zone::new(self.region.as_str()).expect("a region is a valid zone"))
     }
 
     pub fn store_config(&self) -> StoreConfig {
-        self.store.clone().unwrap_or_else(|| StoreConfig::Embedded { data_dir: self.data_dir.join("store") })
+        self.store.clone().unwrap_or_else(|| StoreConfig::Embedded {
+            data_dir: self.data_dir.join("store"),
+        })
     }
 
     pub fn admin_socket(&self) -> PathBuf {
-        self.listen.admin_socket.clone().unwrap_or_else(|| self.data_dir.join("admin.sock"))
+        self.listen
+            .admin_socket
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("admin.sock"))
     }
 
     pub fn vip_ranges(&self) -> Result<(Option<Cidr>, Option<Cidr>), ConfigError> {
@@ -292,16 +324,28 @@ impl FederationConfig {
             v.as_deref()
                 .map(Cidr::parse)
                 .transpose()
-                .map_err(|e| ConfigError::Invalid { field: field.into(), reason: e.to_string() })
+                .map_err(|e| ConfigError::Invalid {
+                    field: field.into(),
+                    reason: e.to_string(),
+                })
         };
-        Ok((parse("vips.ipv4", &self.vips.ipv4)?, parse("vips.ipv6", &self.vips.ipv6)?))
+        Ok((
+            parse("vips.ipv4", &self.vips.ipv4)?,
+            parse("vips.ipv6", &self.vips.ipv6)?,
+        ))
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |field: &str, reason: String| ConfigError::Invalid { field: field.into(), reason };
+        let invalid = |field: &str, reason: String| ConfigError::Invalid {
+            field: field.into(),
+            reason,
+        };
         let (v4, v6) = self.vip_ranges()?;
         if v4.is_none() && v6.is_none() {
-            return Err(invalid("vips", "set vips.ipv4 and/or vips.ipv6 (e.g. 127.77.0.0/24)".into()));
+            return Err(invalid(
+                "vips",
+                "set vips.ipv4 and/or vips.ipv6 (e.g. 127.77.0.0/24)".into(),
+            ));
         }
         if v4.is_some_and(|c| c.to_string().contains(':')) {
             return Err(invalid("vips.ipv4", "must be an IPv4 range".into()));
@@ -314,14 +358,23 @@ impl FederationConfig {
             return Err(invalid("ca.leaf_lifetime", "must be at least 1s".into()));
         }
         if self.ca.root_validity <= self.ca.leaf_lifetime * 2 {
-            return Err(invalid("ca.root_validity", "must be much longer than ca.leaf_lifetime".into()));
+            return Err(invalid(
+                "ca.root_validity",
+                "must be much longer than ca.leaf_lifetime".into(),
+            ));
         }
         if self.peering.silence_timeout <= self.peering.heartbeat {
-            return Err(invalid("peering.silence_timeout", "must be longer than peering.heartbeat".into()));
+            return Err(invalid(
+                "peering.silence_timeout",
+                "must be longer than peering.heartbeat".into(),
+            ));
         }
         for (field, l) in [("registry", &self.registry), ("gateways", &self.gateways)] {
             if l.min_ttl > l.default_ttl || l.default_ttl > l.max_ttl || l.min_ttl.is_zero() {
-                return Err(invalid(field, "need 0 < min_ttl <= default_ttl <= max_ttl".into()));
+                return Err(invalid(
+                    field,
+                    "need 0 < min_ttl <= default_ttl <= max_ttl".into(),
+                ));
             }
         }
         Ok(())
@@ -353,24 +406,44 @@ vips: {ipv4: 127.77.0.0/24}
         assert_eq!(cfg.trust_domain().to_string(), "east.mesh");
         assert_eq!(cfg.zone().as_str(), "us-east");
         assert_eq!(cfg.listen.api.bind.port(), 15012);
-        assert_eq!(cfg.listen.peering.advertised().expect("adv"), "127.0.0.1:15443");
-        assert_eq!(cfg.admin_socket(), PathBuf::from("/tmp/isthmus-east/admin.sock"));
+        assert_eq!(
+            cfg.listen.peering.advertised().expect("adv"),
+            "127.0.0.1:15443"
+        );
+        assert_eq!(
+            cfg.admin_socket(),
+            PathBuf::from("/tmp/isthmus-east/admin.sock")
+        );
         assert!(matches!(cfg.store_config(), StoreConfig::Embedded { .. }));
     }
 
     #[test]
     fn bad_configs_name_the_field() {
         let cases = [
-            (GOOD.replace("cluster: east", "cluster: East"), "cluster name"),
+            (
+                GOOD.replace("cluster: east", "cluster: East"),
+                "cluster name",
+            ),
             (format!("{GOOD}bogus: 1\n"), "bogus"),
-            (GOOD.replace("vips: {ipv4: 127.77.0.0/24}", "vips: {}"), "vips"),
+            (
+                GOOD.replace("vips: {ipv4: 127.77.0.0/24}", "vips: {}"),
+                "vips",
+            ),
             (GOOD.replace("127.77.0.0/24", "127.77.0.1/24"), "vips.ipv4"),
-            (GOOD.replace("{bind: 127.0.0.1:15443}", "{bind: 0.0.0.0:15443}"), "advertise"),
+            (
+                GOOD.replace("{bind: 127.0.0.1:15443}", "{bind: 0.0.0.0:15443}"),
+                "advertise",
+            ),
             (format!("{GOOD}ca: {{leaf_lifetime: 10x}}\n"), "duration"),
-            (format!("{GOOD}ca: {{leaf_lifetime: 0s}}\n"), "ca.leaf_lifetime"),
+            (
+                format!("{GOOD}ca: {{leaf_lifetime: 0s}}\n"),
+                "ca.leaf_lifetime",
+            ),
         ];
         for (text, needle) in cases {
-            let err = FederationConfig::from_yaml("t.yaml", &text).expect_err(needle).to_string();
+            let err = FederationConfig::from_yaml("t.yaml", &text)
+                .expect_err(needle)
+                .to_string();
             assert!(err.contains(needle), "{needle}: {err}");
         }
     }

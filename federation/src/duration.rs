@@ -7,7 +7,9 @@ use serde::{Deserialize, Deserializer, Serializer};
 /// Parses `<integer><unit>` with unit `ms`, `s`, `m`, `h` or `d`.
 pub fn parse(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let (digits, unit) = text.split_at(split);
     let n: u64 = digits
         .parse()
@@ -23,14 +25,21 @@ pub fn parse(text: &str) -> Result<Duration, String> {
         "m" => secs(60),
         "h" => secs(3600),
         "d" => secs(86_400),
-        _ => Err(format!("invalid duration {text:?}: the unit must be one of ms, s, m, h, d")),
+        _ => Err(format!(
+            "invalid duration {text:?}: the unit must be one of ms, s, m, h, d"
+        )),
     }
 }
 
 /// Formats a duration in the largest unit that represents it exactly.
 pub fn format(d: Duration) -> String {
     let ms = d.as_millis();
-    for (unit, size) in [("d", 86_400_000u128), ("h", 3_600_000), ("m", 60_000), ("s", 1000)] {
+    for (unit, size) in [
+        ("d", 86_400_000u128),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1000),
+    ] {
         if ms >= size && ms.is_multiple_of(size) {
             return format!("{}{unit}", ms / size);
         }
@@ -65,7 +74,15 @@ mod tests {
             assert_eq!(parse(text), Ok(want), "{text}");
             assert_eq!(parse(&format(want)), Ok(want));
         }
-        for bad in ["", "10", "s", "1.5s", "-1s", "10 sec", "99999999999999999999d"] {
+        for bad in [
+            "",
+            "10",
+            "s",
+            "1.5s",
+            "-1s",
+            "10 sec",
+            "99999999999999999999d",
+        ] {
             assert!(parse(bad).is_err(), "{bad}");
         }
         assert_eq!(format(Duration::from_millis(1500)), "1500ms");

@@ -44,27 +44,72 @@ impl Metrics {
     pub fn register(&self, registry: &mut Registry) {
         let r = registry.sub_registry_with_prefix("isthmus_federation");
         r.register("peers", "Peers this federation has", self.peers.clone());
-        r.register("peers_connected", "Peers with a live peering stream", self.peers_connected.clone());
-        r.register("imported_services", "Clusterset services in the mesh view", self.imported_services.clone());
-        r.register("exported_services", "Services this cluster exports", self.exported_services.clone());
-        r.register("peer_updates", "Catalog updates received from peers, by result", self.peer_updates.clone());
-        r.register("peer_updates_sent", "Catalog updates sent to peers", self.peer_updates_sent.clone());
-        r.register("peering_refused", "Peering calls refused, by reason", self.peering_refused.clone());
-        r.register("peer_connects", "Peering streams established", self.peer_connects.clone());
-        r.register("certificates_issued", "Leaf certificates issued, by kind", self.certificates_issued.clone());
+        r.register(
+            "peers_connected",
+            "Peers with a live peering stream",
+            self.peers_connected.clone(),
+        );
+        r.register(
+            "imported_services",
+            "Clusterset services in the mesh view",
+            self.imported_services.clone(),
+        );
+        r.register(
+            "exported_services",
+            "Services this cluster exports",
+            self.exported_services.clone(),
+        );
+        r.register(
+            "peer_updates",
+            "Catalog updates received from peers, by result",
+            self.peer_updates.clone(),
+        );
+        r.register(
+            "peer_updates_sent",
+            "Catalog updates sent to peers",
+            self.peer_updates_sent.clone(),
+        );
+        r.register(
+            "peering_refused",
+            "Peering calls refused, by reason",
+            self.peering_refused.clone(),
+        );
+        r.register(
+            "peer_connects",
+            "Peering streams established",
+            self.peer_connects.clone(),
+        );
+        r.register(
+            "certificates_issued",
+            "Leaf certificates issued, by kind",
+            self.certificates_issued.clone(),
+        );
         r.register(
             "catalog_reload_failures",
             "Catalog file edits refused as malformed (the last good catalog stays in force)",
             self.catalog_reload_failures.clone(),
         );
-        r.register("gateways_subscribed", "Gateways with an open config stream", self.gateways_subscribed.clone());
+        r.register(
+            "gateways_subscribed",
+            "Gateways with an open config stream",
+            self.gateways_subscribed.clone(),
+        );
     }
 
     pub fn update(&self, peer: &str, result: &str) {
-        self.peer_updates.get_or_create(&PeerResultLabels { peer: peer.into(), result: result.into() }).inc();
+        self.peer_updates
+            .get_or_create(&PeerResultLabels {
+                peer: peer.into(),
+                result: result.into(),
+            })
+            .inc();
     }
 
     pub fn refused(&self, reason: &str) {
-        self.peering_refused.get_or_create(&ReasonLabels { reason: reason.into() }).inc();
+        self.peering_refused
+            .get_or_create(&ReasonLabels {
+                reason: reason.into(),
+            })
+            .inc();
     }
 }

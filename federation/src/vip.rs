@@ -28,7 +28,9 @@ pub struct Cidr {
 impl Cidr {
     pub fn parse(text: &str) -> Result<Self, VipError> {
         let bad = |why: &str| VipError::BadRange(format!("{text:?}: {why}"));
-        let (addr, prefix) = text.split_once('/').ok_or_else(|| bad("expected <address>/<prefix>"))?;
+        let (addr, prefix) = text
+            .split_once('/')
+            .ok_or_else(|| bad("expected <address>/<prefix>"))?;
         let base: IpAddr = addr.parse().map_err(|_| bad("not an IP address"))?;
         let prefix: u8 = prefix.parse().map_err(|_| bad("prefix is not a number"))?;
         let max = if base.is_ipv4() { 32 } else { 128 };
@@ -37,7 +39,9 @@ impl Cidr {
         }
         // Usable host bits: at least 2 addresses besides network/broadcast, at most 2^32.
         if max - prefix < 2 {
-            return Err(bad("range too small: use at most /30 (IPv4) or /126 (IPv6)"));
+            return Err(bad(
+                "range too small: use at most /30 (IPv4) or /126 (IPv6)",
+            ));
         }
         if max - prefix > 32 {
             return Err(bad("range too large: use at least /96 for IPv6"));
@@ -69,14 +73,20 @@ impl Cidr {
             return None;
         }
         Some(match self.base {
-            IpAddr::V4(b) => IpAddr::V4(Ipv4Addr::from(u32::from(b).checked_add(u32::try_from(n).ok()?)?)),
+            IpAddr::V4(b) => IpAddr::V4(Ipv4Addr::from(
+                u32::from(b).checked_add(u32::try_from(n).ok()?)?,
+            )),
             IpAddr::V6(b) => IpAddr::V6(Ipv6Addr::from(u128::from(b).checked_add(u128::from(n))?)),
         })
     }
 
     /// The `i`-th assignable address, `0 <= i < capacity()`.
     fn host(&self, i: u64) -> Option<IpAddr> {
-        if i >= self.capacity() { None } else { self.nth(i + 1) }
+        if i >= self.capacity() {
+            None
+        } else {
+            self.nth(i + 1)
+        }
     }
 }
 
@@ -100,7 +110,10 @@ pub struct VipAssignment {
 
 impl VipAssignment {
     pub fn addrs(&self) -> impl Iterator<Item = IpAddr> + '_ {
-        self.v4.map(IpAddr::V4).into_iter().chain(self.v6.map(IpAddr::V6))
+        self.v4
+            .map(IpAddr::V4)
+            .into_iter()
+            .chain(self.v6.map(IpAddr::V6))
     }
 }
 
@@ -108,8 +121,14 @@ impl VipAssignment {
 pub enum VipError {
     #[error("invalid VIP range {0}")]
     BadRange(String),
-    #[error("the {family} VIP range {range} is exhausted ({capacity} addresses): configure a larger range")]
-    Exhausted { family: &'static str, range: String, capacity: u64 },
+    #[error(
+        "the {family} VIP range {range} is exhausted ({capacity} addresses): configure a larger range"
+    )]
+    Exhausted {
+        family: &'static str,
+        range: String,
+        capacity: u64,
+    },
     #[error("no VIP range configured: set vips.ipv4 and/or vips.ipv6")]
     NoRange,
     #[error("stored VIP assignment for {name} is unreadable: {detail}")]
@@ -141,7 +160,9 @@ impl VipPool {
             return Err(VipError::NoRange);
         }
         if v4.is_some_and(|c| !c.base.is_ipv4()) || v6.is_some_and(|c| c.base.is_ipv4()) {
-            return Err(VipError::BadRange("vips.ipv4 must be IPv4 and vips.ipv6 IPv6".into()));
+            return Err(VipError::BadRange(
+                "vips.ipv4 must be IPv4 and vips.ipv6 IPv6".into(),
+            ));
         }
         Ok(Self {
             v4: v4.map(|cidr| Family { cidr, next: 0 }),
@@ -166,7 +187,10 @@ impl VipPool {
     }
 
     pub fn len(&self) -> usize {
-        self.names.values().filter(|a| a.released_at_ms.is_none()).count()
+        self.names
+            .values()
+            .filter(|a| a.released_at_ms.is_none())
+            .count()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -188,13 +212,17 @@ impl VipPool {
         if a.v4.is_none()
             && let Some(addr) = self.take(true, now_ms)?
         {
-            let IpAddr::V4(v4) = addr else { return Err(VipError::BadRange("v4 range gave v6".into())) };
+            let IpAddr::V4(v4) = addr else {
+                return Err(VipError::BadRange("v4 range gave v6".into()));
+            };
             a.v4 = Some(v4);
         }
         if a.v6.is_none()
             && let Some(addr) = self.take(false, now_ms)?
         {
-            let IpAddr::V6(v6) = addr else { return Err(VipError::BadRange("v6 range gave v4".into())) };
+            let IpAddr::V6(v6) = addr else {
+                return Err(VipError::BadRange("v6 range gave v4".into()));
+            };
             a.v6 = Some(v6);
         }
         for addr in a.addrs() {
@@ -216,14 +244,23 @@ impl VipPool {
 
     /// Names currently holding addresses (not released).
     pub fn active_names(&self) -> impl Iterator<Item = &str> {
-        self.names.iter().filter(|(_, a)| a.released_at_ms.is_none()).map(|(n, _)| n.as_str())
+        self.names
+            .iter()
+            .filter(|(_, a)| a.released_at_ms.is_none())
+            .map(|(n, _)| n.as_str())
     }
 
     /// Picks a free address in one family: never-used first, else the longest-released one whose
     /// quarantine is over (that name loses its hold).
     fn take(&mut self, v4: bool, now_ms: i64) -> Result<Option<IpAddr>, VipError> {
-        let family = if v4 { self.v4.as_mut() } else { self.v6.as_mut() };
-        let Some(family) = family else { return Ok(None) };
+        let family = if v4 {
+            self.v4.as_mut()
+        } else {
+            self.v6.as_mut()
+        };
+        let Some(family) = family else {
+            return Ok(None);
+        };
         let capacity = family.cidr.capacity();
         while family.next < capacity {
             let candidate = family.cidr.host(family.next);
@@ -240,8 +277,13 @@ impl VipPool {
             .iter()
             .filter_map(|(name, a)| {
                 let released = a.released_at_ms?;
-                let addr = if v4 { a.v4.map(IpAddr::V4) } else { a.v6.map(IpAddr::V6) }?;
-                (now_ms.saturating_sub(released) >= quarantine_ms).then(|| (released, name.clone(), addr))
+                let addr = if v4 {
+                    a.v4.map(IpAddr::V4)
+                } else {
+                    a.v6.map(IpAddr::V6)
+                }?;
+                (now_ms.saturating_sub(released) >= quarantine_ms)
+                    .then(|| (released, name.clone(), addr))
             })
             .min();
         let Some((_, old_name, addr)) = reclaim else {
@@ -252,7 +294,11 @@ impl VipPool {
             });
         };
         if let Some(old) = self.names.get_mut(&old_name) {
-            if v4 { old.v4 = None } else { old.v6 = None }
+            if v4 {
+                old.v4 = None
+            } else {
+                old.v6 = None
+            }
             if old.v4.is_none() && old.v6.is_none() {
                 self.names.remove(&old_name);
             }
@@ -268,7 +314,10 @@ pub fn service_vip_name(key: &crate::model::ServiceKey) -> String {
 }
 
 /// The VIP name of a per-cluster service: `<cluster>.<svc>.<ns>`.
-pub fn cluster_vip_name(cluster: &crate::model::ClusterName, key: &crate::model::ServiceKey) -> String {
+pub fn cluster_vip_name(
+    cluster: &crate::model::ClusterName,
+    key: &crate::model::ServiceKey,
+) -> String {
     format!("{cluster}.{}.{}", key.name, key.namespace)
 }
 
@@ -284,8 +333,11 @@ impl VipTable {
     pub async fn load(store: AnyStore, mut pool: VipPool) -> Result<Self, VipError> {
         for (key, value) in store.list(PREFIX).await? {
             let name = key.trim_start_matches(PREFIX).to_string();
-            let a: VipAssignment = serde_json::from_slice(&value)
-                .map_err(|e| VipError::Corrupt { name: name.clone(), detail: e.to_string() })?;
+            let a: VipAssignment =
+                serde_json::from_slice(&value).map_err(|e| VipError::Corrupt {
+                    name: name.clone(),
+                    detail: e.to_string(),
+                })?;
             pool.restore(name, a);
         }
         Ok(Self { pool, store })
@@ -298,7 +350,11 @@ impl VipTable {
     /// Makes exactly `wanted` the set of active names: assigns new ones, releases vanished ones,
     /// and persists every change (in commits of at most the store's op limit) before returning.
     /// On a store error nothing in memory changes.
-    pub async fn reconcile(&mut self, wanted: &BTreeMap<String, ()>, now_ms: i64) -> Result<bool, VipError> {
+    pub async fn reconcile(
+        &mut self,
+        wanted: &BTreeMap<String, ()>,
+        now_ms: i64,
+    ) -> Result<bool, VipError> {
         let mut next = self.pool.clone();
         let mut changed: Vec<(String, VipAssignment)> = Vec::new();
         for name in wanted.keys() {
@@ -307,26 +363,41 @@ impl VipTable {
                 changed.push((name.clone(), a));
             }
         }
-        let gone: Vec<String> =
-            next.active_names().filter(|n| !wanted.contains_key(*n)).map(str::to_string).collect();
+        let gone: Vec<String> = next
+            .active_names()
+            .filter(|n| !wanted.contains_key(*n))
+            .map(str::to_string)
+            .collect();
         for name in gone {
             if let Some(a) = next.release(&name, now_ms) {
                 changed.push((name, a));
             }
         }
         // Reclaimed names vanish from `next.names`: delete their keys.
-        let removed: Vec<String> =
-            self.pool.names.keys().filter(|n| !next.names.contains_key(*n)).cloned().collect();
+        let removed: Vec<String> = self
+            .pool
+            .names
+            .keys()
+            .filter(|n| !next.names.contains_key(*n))
+            .cloned()
+            .collect();
         if changed.is_empty() && removed.is_empty() {
             return Ok(false);
         }
         let mut ops: Vec<Op> = Vec::with_capacity(changed.len() + removed.len());
         for (name, a) in &changed {
-            let value = serde_json::to_vec(a)
-                .map_err(|e| VipError::Corrupt { name: name.clone(), detail: e.to_string() })?;
-            ops.push(Op::Put { key: format!("{PREFIX}{name}"), value });
+            let value = serde_json::to_vec(a).map_err(|e| VipError::Corrupt {
+                name: name.clone(),
+                detail: e.to_string(),
+            })?;
+            ops.push(Op::Put {
+                key: format!("{PREFIX}{name}"),
+                value,
+            });
         }
-        ops.extend(removed.into_iter().map(|n| Op::Delete { key: format!("{PREFIX}{n}") }));
+        ops.extend(removed.into_iter().map(|n| Op::Delete {
+            key: format!("{PREFIX}{n}"),
+        }));
         for chunk in ops.chunks(crate::store::MAX_OPS_PER_COMMIT) {
             self.store.commit(Vec::new(), chunk.to_vec()).await?;
         }
@@ -340,15 +411,26 @@ mod tests {
     use super::*;
 
     fn pool(v4: &str, quarantine_s: u64) -> VipPool {
-        VipPool::new(Some(Cidr::parse(v4).expect("cidr")), None, Duration::from_secs(quarantine_s))
-            .expect("pool")
+        VipPool::new(
+            Some(Cidr::parse(v4).expect("cidr")),
+            None,
+            Duration::from_secs(quarantine_s),
+        )
+        .expect("pool")
     }
 
     #[test]
     fn cidr_parsing() {
         assert_eq!(Cidr::parse("127.77.0.0/24").expect("ok").capacity(), 254);
         assert_eq!(Cidr::parse("fd77::/112").expect("ok").capacity(), 65534);
-        for bad in ["127.0.0.1", "127.77.0.1/24", "10.0.0.0/31", "fd00::/64", "x/24", "10.0.0.0/33"] {
+        for bad in [
+            "127.0.0.1",
+            "127.77.0.1/24",
+            "10.0.0.0/31",
+            "fd00::/64",
+            "x/24",
+            "10.0.0.0/33",
+        ] {
             assert!(Cidr::parse(bad).is_err(), "{bad}");
         }
     }
@@ -365,10 +447,16 @@ mod tests {
         let (b, _) = p.assign("pay.shop", 0).expect("b");
         assert_eq!(b.v4, Some(Ipv4Addr::new(127, 77, 0, 2)));
         // Range of two is full, nothing released: a third name cannot steal an address.
-        assert!(matches!(p.assign("x.shop", 0), Err(VipError::Exhausted { .. })));
+        assert!(matches!(
+            p.assign("x.shop", 0),
+            Err(VipError::Exhausted { .. })
+        ));
         // Released but in quarantine: still not reusable; the owner gets it back.
         p.release("cart.shop", 1_000);
-        assert!(matches!(p.assign("x.shop", 30_000), Err(VipError::Exhausted { .. })));
+        assert!(matches!(
+            p.assign("x.shop", 30_000),
+            Err(VipError::Exhausted { .. })
+        ));
         let (back, _) = p.assign("cart.shop", 30_000).expect("back");
         assert_eq!(back.v4, a.v4);
         // After the quarantine, the longest-released address is reused.
@@ -394,25 +482,47 @@ mod tests {
     #[tokio::test]
     async fn persisted_across_reopen() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let cfg = crate::store::StoreConfig::Embedded { data_dir: dir.path().to_path_buf() };
-        let wanted: BTreeMap<String, ()> =
-            ["cart.shop", "east.cart.shop", "pay.shop"].iter().map(|n| (n.to_string(), ())).collect();
+        let cfg = crate::store::StoreConfig::Embedded {
+            data_dir: dir.path().to_path_buf(),
+        };
+        let wanted: BTreeMap<String, ()> = ["cart.shop", "east.cart.shop", "pay.shop"]
+            .iter()
+            .map(|n| (n.to_string(), ()))
+            .collect();
         let first = {
             let store = AnyStore::open(&cfg).await.expect("store");
-            let mut t = VipTable::load(store, pool("127.77.0.0/24", 60)).await.expect("load");
+            let mut t = VipTable::load(store, pool("127.77.0.0/24", 60))
+                .await
+                .expect("load");
             assert!(t.reconcile(&wanted, 0).await.expect("reconcile"));
             assert!(!t.reconcile(&wanted, 1).await.expect("idempotent"));
-            wanted.keys().map(|n| t.pool().get(n).cloned()).collect::<Vec<_>>()
+            wanted
+                .keys()
+                .map(|n| t.pool().get(n).cloned())
+                .collect::<Vec<_>>()
         };
         let store = AnyStore::open(&cfg).await.expect("reopen");
         // Names in a different order must not matter after a restart.
-        let mut t = VipTable::load(store, pool("127.77.0.0/24", 60)).await.expect("load");
+        let mut t = VipTable::load(store, pool("127.77.0.0/24", 60))
+            .await
+            .expect("load");
         let mut more = wanted.clone();
         more.insert("aaa.shop".into(), ());
         t.reconcile(&more, 2).await.expect("reconcile");
-        let after = wanted.keys().map(|n| t.pool().get(n).cloned()).collect::<Vec<_>>();
+        let after = wanted
+            .keys()
+            .map(|n| t.pool().get(n).cloned())
+            .collect::<Vec<_>>();
         assert_eq!(first, after);
-        let new = t.pool().get("aaa.shop").and_then(|a| a.v4).expect("new vip");
-        assert!(first.iter().all(|a| a.as_ref().and_then(|a| a.v4) != Some(new)));
+        let new = t
+            .pool()
+            .get("aaa.shop")
+            .and_then(|a| a.v4)
+            .expect("new vip");
+        assert!(
+            first
+                .iter()
+                .all(|a| a.as_ref().and_then(|a| a.v4) != Some(new))
+        );
     }
 }

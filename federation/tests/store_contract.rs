@@ -448,6 +448,8 @@ async fn blob_reader_never_sees_a_mix(f: &Fixture) {
     let s = f.store.clone();
     let blob = |generation: u8| vec![generation; 1024 * 1024 + 512 * 1024 + 7]; // 4 chunks
     s.put_blob("race", &blob(0), vec![]).await.unwrap();
+    let mut seen =
+        std::collections::BTreeSet::from([s.get_blob("race").await.unwrap().unwrap()[0]]);
     let writer = {
         let s = s.clone();
         tokio::spawn(async move {
@@ -457,7 +459,6 @@ async fn blob_reader_never_sees_a_mix(f: &Fixture) {
         })
     };
     let mut reads = 0;
-    let mut seen = std::collections::BTreeSet::new();
     while !writer.is_finished() || reads < 5 {
         let got = s.get_blob("race").await.unwrap().unwrap();
         let generation = got[0];

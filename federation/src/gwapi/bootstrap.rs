@@ -32,13 +32,19 @@ pub struct BootstrapFile {
 }
 
 pub fn hash(token: &str) -> String {
-    digest(&SHA256, token.as_bytes()).as_ref().iter().map(|b| format!("{b:02x}")).collect()
+    digest(&SHA256, token.as_bytes())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// A fresh random token.
 pub fn new_token() -> Result<String, String> {
     let mut bytes = [0u8; 32];
-    SystemRandom::new().fill(&mut bytes).map_err(|_| "no secure random numbers available".to_string())?;
+    SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| "no secure random numbers available".to_string())?;
     Ok(URL_SAFE_NO_PAD.encode(bytes))
 }
 
@@ -46,7 +52,12 @@ pub fn new_token() -> Result<String, String> {
 pub fn matches(record: &GatewayToken, presented: &str) -> bool {
     let a = hash(presented);
     let b = record.token_sha256.as_bytes();
-    a.len() == b.len() && a.as_bytes().iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    a.len() == b.len()
+        && a.as_bytes()
+            .iter()
+            .zip(b)
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
 }
 
 #[cfg(test)]
@@ -56,7 +67,11 @@ mod tests {
     #[test]
     fn token_matches_only_itself() {
         let t = new_token().expect("token");
-        let r = GatewayToken { gateway: "gw-1".into(), token_sha256: hash(&t), created_at_ms: 0 };
+        let r = GatewayToken {
+            gateway: "gw-1".into(),
+            token_sha256: hash(&t),
+            created_at_ms: 0,
+        };
         assert!(matches(&r, &t));
         assert!(!matches(&r, "other"));
         assert!(!matches(&r, ""));

@@ -3,8 +3,8 @@
 
 use crate::mesh::view::changed_keys;
 use crate::mesh::{MeshView, Route};
-use crate::model::service::{key_to_proto, port_to_proto};
 use crate::model::ExportedService;
+use crate::model::service::{key_to_proto, port_to_proto};
 use crate::proto;
 
 fn route_to_proto(r: &Route) -> proto::ImportedRoute {
@@ -24,10 +24,16 @@ fn route_to_proto(r: &Route) -> proto::ImportedRoute {
                 cluster: c.place.cluster.to_string(),
                 trust_domain: c.place.trust_domain.to_string(),
                 region: c.place.region.to_string(),
-                zone: c.place.zone.as_ref().map(ToString::to_string).unwrap_or_default(),
+                zone: c
+                    .place
+                    .zone
+                    .as_ref()
+                    .map(ToString::to_string)
+                    .unwrap_or_default(),
                 gateways: c.gateways.iter().map(|g| g.to_proto()).collect(),
                 summary: Some(c.summary.to_proto()),
-                age_ms: u64::try_from(crate::node::now_ms().saturating_sub(c.confirmed_at_ms)).unwrap_or(0),
+                age_ms: u64::try_from(crate::node::now_ms().saturating_sub(c.confirmed_at_ms))
+                    .unwrap_or(0),
                 stale: c.stale,
             })
             .collect(),
@@ -44,11 +50,20 @@ fn export_to_proto(e: &ExportedService) -> proto::LocalExport {
             .map(|ep| proto::Endpoint {
                 address: ep.address.to_string(),
                 ready: ep.ready,
-                zone: ep.zone.as_ref().map(ToString::to_string).unwrap_or_default(),
+                zone: ep
+                    .zone
+                    .as_ref()
+                    .map(ToString::to_string)
+                    .unwrap_or_default(),
                 weight: ep.weight,
             })
             .collect(),
-        allowed_peers: e.export_to.iter().flatten().map(ToString::to_string).collect(),
+        allowed_peers: e
+            .export_to
+            .iter()
+            .flatten()
+            .map(ToString::to_string)
+            .collect(),
     }
 }
 
@@ -59,7 +74,12 @@ fn header(view: &MeshView, snapshot: bool) -> proto::GatewayConfig {
         cluster: view.me.cluster.to_string(),
         trust_domain: view.me.trust_domain.to_string(),
         region: view.me.region.to_string(),
-        zone: view.me.zone.as_ref().map(ToString::to_string).unwrap_or_default(),
+        zone: view
+            .me
+            .zone
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
         bundles: view.bundles.iter().map(|b| b.to_proto()).collect(),
         peers: view
             .peers
@@ -68,10 +88,19 @@ fn header(view: &MeshView, snapshot: bool) -> proto::GatewayConfig {
                 cluster: p.place.cluster.to_string(),
                 trust_domain: p.place.trust_domain.to_string(),
                 region: p.place.region.to_string(),
-                zone: p.place.zone.as_ref().map(ToString::to_string).unwrap_or_default(),
+                zone: p
+                    .place
+                    .zone
+                    .as_ref()
+                    .map(ToString::to_string)
+                    .unwrap_or_default(),
             })
             .collect(),
-        policies: view.policies.iter().map(|(k, v)| (k.clone(), v.to_string())).collect(),
+        policies: view
+            .policies
+            .iter()
+            .map(|(k, v)| (k.clone(), v.to_string()))
+            .collect(),
         ..Default::default()
     }
 }
@@ -88,7 +117,11 @@ pub fn delta(old: &MeshView, new: &MeshView) -> Option<proto::GatewayConfig> {
     let (routes, removed_routes) = changed_keys(&old.routes, &new.routes);
     let (exports, removed_exports) = changed_keys(&old.exports, &new.exports);
     let bundles_changed = old.bundles != new.bundles;
-    let peers_changed = old.peers.iter().map(|p| &p.place).ne(new.peers.iter().map(|p| &p.place));
+    let peers_changed = old
+        .peers
+        .iter()
+        .map(|p| &p.place)
+        .ne(new.peers.iter().map(|p| &p.place));
     let policies_changed = old.policies != new.policies;
     if routes.is_empty()
         && removed_routes.is_empty()
@@ -101,9 +134,17 @@ pub fn delta(old: &MeshView, new: &MeshView) -> Option<proto::GatewayConfig> {
         return None;
     }
     let mut c = header(new, false);
-    c.imports = routes.iter().filter_map(|k| new.routes.get(k)).map(|r| route_to_proto(r)).collect();
+    c.imports = routes
+        .iter()
+        .filter_map(|k| new.routes.get(k))
+        .map(|r| route_to_proto(r))
+        .collect();
     c.removed_imports = removed_routes.iter().map(key_to_proto).collect();
-    c.exports = exports.iter().filter_map(|k| new.exports.get(k)).map(|e| export_to_proto(e)).collect();
+    c.exports = exports
+        .iter()
+        .filter_map(|k| new.exports.get(k))
+        .map(|e| export_to_proto(e))
+        .collect();
     c.removed_exports = removed_exports.iter().map(key_to_proto).collect();
     Some(c)
 }

@@ -16,7 +16,8 @@ use crate::node::{Node, keys};
 use crate::proto::gateway_control_server::GatewayControl;
 use crate::proto::{
     BootstrapRequest, ConfigAck, ConfigAckResponse, GatewayConfig, HealthReport, HealthReportAck,
-    RegisterGatewayRequest, RegisterGatewayResponse, SignCsrRequest, SignedCertificate, SubscribeRequest,
+    RegisterGatewayRequest, RegisterGatewayResponse, SignCsrRequest, SignedCertificate,
+    SubscribeRequest,
 };
 use crate::store::{LeaseId, Op, Store};
 
@@ -33,7 +34,10 @@ pub struct GatewayService {
 
 impl GatewayService {
     pub fn new(node: Arc<Node>) -> Self {
-        Self { node, leases: Mutex::new(HashMap::new()) }
+        Self {
+            node,
+            leases: Mutex::new(HashMap::new()),
+        }
     }
 
     /// The calling gateway's name, from its verified certificate.
@@ -41,29 +45,57 @@ impl GatewayService {
         let id = extensions
             .get::<PeerInfo>()
             .and_then(|p| p.id.clone())
-            .ok_or_else(|| Status::unauthenticated("a gateway certificate is required (bootstrap first)"))?;
+            .ok_or_else(|| {
+                Status::unauthenticated("a gateway certificate is required (bootstrap first)")
+            })?;
         match id.kind() {
             IdKind::Gateway { name } if id.trust_domain() == &self.node.td => Ok(name),
-            _ => Err(Status::permission_denied(format!("{id} is not a gateway of this cluster"))),
+            _ => Err(Status::permission_denied(format!(
+                "{id} is not a gateway of this cluster"
+            ))),
         }
     }
 
     async fn token_record(&self, gateway: &str) -> Result<Option<GatewayToken>, Status> {
-        let bytes = self.node.store.get(&keys::gw_token(gateway)).await.map_err(|e| Status::unavailable(e.to_string()))?;
+        let bytes = self
+            .node
+            .store
+            .get(&keys::gw_token(gateway))
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
         bytes
-            .map(|b| serde_json::from_slice(&b).map_err(|e| Status::internal(format!("gateway token record: {e}"))))
+            .map(|b| {
+                serde_json::from_slice(&b)
+                    .map_err(|e| Status::internal(format!("gateway token record: {e}")))
+            })
             .transpose()
     }
 
-    async fn sign(&self, csr: &[u8], id: &SpiffeId, kind: &str) -> Result<SignedCertificate, Status> {
+    async fn sign(
+        &self,
+        csr: &[u8],
+        id: &SpiffeId,
+        kind: &str,
+    ) -> Result<SignedCertificate, Status> {
         let issued: IssuedCert = {
             let ca = self.node.ca.lock().await;
-            ca.sign(csr, id).map_err(|e| Status::invalid_argument(e.to_string()))?
+            ca.sign(csr, id)
+                .map_err(|e| Status::invalid_argument(e.to_string()))?
         };
-        self.node.metrics.certificates_issued.get_or_create(&crate::metrics::ReasonLabels { reason: kind.into() }).inc();
+        self.node
+            .metrics
+            .certificates_issued
+            .get_or_create(&crate::metrics::ReasonLabels {
+                reason: kind.into(),
+            })
+            .inc();
         Ok(SignedCertificate {
             chain_pem: issued.chain_pem,
-            not_after_ms: issued.not_after.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0),
+            not_after_ms: issued
+                .not_after
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as i64)
+                .unwrap_or(0),
             bundles: self.node.bundles().iter().map(|b| b.to_proto()).collect(),
         })
     }
@@ -71,30 +103,45 @@ impl GatewayService {
 
 #[tonic::async_trait]
 impl GatewayControl for GatewayService {
-    async fn bootstrap(&self, request: Request<BootstrapRequest>) -> Result<Response<SignedCertificate>, Status> {
+    async fn bootstrap(
+        &self,
+        request: Request<BootstrapRequest>,
+    ) -> Result<Response<SignedCertificate>, Status> {
         let req = request.into_inner();
-        crate::model::names::check_label("gateway name", &req.gateway).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        crate::model::names::check_label("gateway name", &req.gateway)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let record = self.token_record(&req.gateway).await?;
-        let valid = record.as_ref().is_some_and(|r| bootstrap::matches(r, &req.token));
+        let valid = record
+            .as_ref()
+            .is_some_and(|r| bootstrap::matches(r, &req.token));
         if !valid {
             tracing::warn!(gateway = %req.gateway, "refused a gateway bootstrap: unknown or revoked token");
             return Err(Status::permission_denied(
                 "bootstrap token unknown or revoked: create one with `isthmus gateway bootstrap --name <gateway>`",
             ));
         }
-        let id = SpiffeId::gateway(&self.node.td, &req.gateway).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let id = SpiffeId::gateway(&self.node.td, &req.gateway)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let signed = self.sign(&req.csr_der, &id, "gateway_bootstrap").await?;
         tracing::info!(gateway = %req.gateway, "gateway bootstrapped");
         Ok(Response::new(signed))
     }
 
-    async fn sign_csr(&self, request: Request<SignCsrRequest>) -> Result<Response<SignedCertificate>, Status> {
+    async fn sign_csr(
+        &self,
+        request: Request<SignCsrRequest>,
+    ) -> Result<Response<SignedCertificate>, Status> {
         let name = self.caller(request.extensions())?;
         if self.token_record(&name).await?.is_none() {
-            return Err(Status::permission_denied(format!("gateway {name} was revoked")));
+            return Err(Status::permission_denied(format!(
+                "gateway {name} was revoked"
+            )));
         }
-        let id = SpiffeId::gateway(&self.node.td, &name).map_err(|e| Status::internal(e.to_string()))?;
-        let signed = self.sign(&request.into_inner().csr_der, &id, "gateway_renewal").await?;
+        let id =
+            SpiffeId::gateway(&self.node.td, &name).map_err(|e| Status::internal(e.to_string()))?;
+        let signed = self
+            .sign(&request.into_inner().csr_der, &id, "gateway_renewal")
+            .await?;
         Ok(Response::new(signed))
     }
 
@@ -105,16 +152,19 @@ impl GatewayControl for GatewayService {
         let name = self.caller(request.extensions())?;
         let req = request.into_inner();
         if req.name != name {
-            return Err(Status::permission_denied(format!("gateway {name} cannot register as {}", req.name)));
+            return Err(Status::permission_denied(format!(
+                "gateway {name} cannot register as {}",
+                req.name
+            )));
         }
-        let address: SocketAddr = req
-            .advertise_address
-            .parse()
-            .map_err(|_| Status::invalid_argument("advertise_address must be ip:port (the address peers dial)"))?;
+        let address: SocketAddr = req.advertise_address.parse().map_err(|_| {
+            Status::invalid_argument("advertise_address must be ip:port (the address peers dial)")
+        })?;
         let zone = if req.zone.is_empty() {
             None
         } else {
-            crate::model::names::check_label("zone", &req.zone).map_err(|e| Status::invalid_argument(e.to_string()))?;
+            crate::model::names::check_label("zone", &req.zone)
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
             Some(req.zone.clone())
         };
         let limits = &self.node.cfg.gateways;
@@ -124,60 +174,101 @@ impl GatewayControl for GatewayService {
             Duration::from_secs(u64::from(req.ttl_seconds)).clamp(limits.min_ttl, limits.max_ttl)
         };
         let store = &self.node.store;
-        let existing = self.leases.lock().unwrap_or_else(|p| p.into_inner()).get(&name).copied();
+        let existing = self
+            .leases
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&name)
+            .copied();
         let alive = match existing {
-            Some(lease) => store.keep_alive(lease).await.map_err(|e| Status::unavailable(e.to_string()))?,
+            Some(lease) => store
+                .keep_alive(lease)
+                .await
+                .map_err(|e| Status::unavailable(e.to_string()))?,
             None => false,
         };
         let value = serde_json::to_vec(&GatewayRegistration { address, zone })
             .map_err(|e| Status::internal(e.to_string()))?;
         let lease = match (existing, alive) {
             (Some(lease), true) => lease,
-            _ => store.grant_lease(ttl).await.map_err(|e| Status::unavailable(e.to_string()))?,
+            _ => store
+                .grant_lease(ttl)
+                .await
+                .map_err(|e| Status::unavailable(e.to_string()))?,
         };
         // Rewrite only when new or changed, so a keep-alive is cheap.
-        let current = store.get(&keys::gateway(&name)).await.map_err(|e| Status::unavailable(e.to_string()))?;
+        let current = store
+            .get(&keys::gateway(&name))
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
         if current.as_deref() != Some(value.as_slice()) || !alive {
             store
-                .commit(Vec::new(), vec![Op::PutLeased { key: keys::gateway(&name), value, lease }])
+                .commit(
+                    Vec::new(),
+                    vec![Op::PutLeased {
+                        key: keys::gateway(&name),
+                        value,
+                        lease,
+                    }],
+                )
                 .await
                 .map_err(|e| Status::unavailable(e.to_string()))?;
         }
-        self.leases.lock().unwrap_or_else(|p| p.into_inner()).insert(name, lease);
-        Ok(Response::new(RegisterGatewayResponse { ttl_seconds: u32::try_from(ttl.as_secs()).unwrap_or(u32::MAX) }))
+        self.leases
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name, lease);
+        Ok(Response::new(RegisterGatewayResponse {
+            ttl_seconds: u32::try_from(ttl.as_secs()).unwrap_or(u32::MAX),
+        }))
     }
 
     type SubscribeStream = Pin<Box<dyn Stream<Item = Result<GatewayConfig, Status>> + Send>>;
 
-    async fn subscribe(&self, request: Request<SubscribeRequest>) -> Result<Response<Self::SubscribeStream>, Status> {
+    async fn subscribe(
+        &self,
+        request: Request<SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
         let name = self.caller(request.extensions())?;
         let mut rx = self.node.view.subscribe();
         let metrics = self.node.metrics.clone();
         metrics.gateways_subscribed.inc();
         tracing::info!(gateway = %name, "gateway subscribed to config");
-        let stream = async_stream(move |tx| async move {
-            let mut last = rx.borrow_and_update().clone();
-            if tx.send(Ok(config::snapshot(&last))).await.is_err() {
-                return;
-            }
-            while rx.changed().await.is_ok() {
-                let next = rx.borrow_and_update().clone();
-                if let Some(d) = config::delta(&last, &next)
-                    && tx.send(Ok(d)).await.is_err()
-                {
-                    break;
+        let stream = async_stream(
+            move |tx| async move {
+                let mut last = rx.borrow_and_update().clone();
+                if tx.send(Ok(config::snapshot(&last))).await.is_err() {
+                    return;
                 }
-                last = next;
-            }
-        }, metrics);
+                while rx.changed().await.is_ok() {
+                    let next = rx.borrow_and_update().clone();
+                    if let Some(d) = config::delta(&last, &next)
+                        && tx.send(Ok(d)).await.is_err()
+                    {
+                        break;
+                    }
+                    last = next;
+                }
+            },
+            metrics,
+        );
         Ok(Response::new(stream))
     }
 
-    async fn ack_config(&self, request: Request<ConfigAck>) -> Result<Response<ConfigAckResponse>, Status> {
+    async fn ack_config(
+        &self,
+        request: Request<ConfigAck>,
+    ) -> Result<Response<ConfigAckResponse>, Status> {
         let name = self.caller(request.extensions())?;
         let ack = request.into_inner();
         let own = self.node.td.to_string();
-        let seq = ack.applied_bundles.iter().filter(|b| b.trust_domain == own).map(|b| b.sequence).max().unwrap_or(0);
+        let seq = ack
+            .applied_bundles
+            .iter()
+            .filter(|b| b.trust_domain == own)
+            .map(|b| b.sequence)
+            .max()
+            .unwrap_or(0);
         let mut gws = self.node.gateways.lock().unwrap_or_else(|p| p.into_inner());
         let g = gws.entry(name).or_default();
         g.acked_version = g.acked_version.max(ack.version);
@@ -196,7 +287,10 @@ impl GatewayControl for GatewayService {
             let mut gws = self.node.gateways.lock().unwrap_or_else(|p| p.into_inner());
             let g = gws.entry(name.clone()).or_default();
             for v in report.verdicts {
-                let key = v.service.map(|k| format!("{}/{}", k.namespace, k.name)).unwrap_or_default();
+                let key = v
+                    .service
+                    .map(|k| format!("{}/{}", k.namespace, k.name))
+                    .unwrap_or_default();
                 g.health.insert(format!("{}:{key}", v.cluster), v.healthy);
             }
         }
@@ -205,7 +299,10 @@ impl GatewayControl for GatewayService {
 }
 
 /// Runs `f` as a task feeding a channel-backed stream; the gauge drops when the stream ends.
-fn async_stream<F, Fut>(f: F, metrics: crate::metrics::Metrics) -> Pin<Box<dyn Stream<Item = Result<GatewayConfig, Status>> + Send>>
+fn async_stream<F, Fut>(
+    f: F,
+    metrics: crate::metrics::Metrics,
+) -> Pin<Box<dyn Stream<Item = Result<GatewayConfig, Status>> + Send>>
 where
     F: FnOnce(tokio::sync::mpsc::Sender<Result<GatewayConfig, Status>>) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,

@@ -52,14 +52,22 @@ impl PeerCatalog {
     pub fn apply(&mut self, update: &PeerUpdate, now_ms: i64) -> BTreeSet<ServiceKey> {
         let mut touched = BTreeSet::new();
         if update.snapshot {
-            let next: BTreeMap<ServiceKey, ServiceSummary> =
-                update.upserts.iter().map(|s| (s.key.clone(), s.clone())).collect();
+            let next: BTreeMap<ServiceKey, ServiceSummary> = update
+                .upserts
+                .iter()
+                .map(|s| (s.key.clone(), s.clone()))
+                .collect();
             for (k, v) in &next {
                 if self.services.get(k) != Some(v) {
                     touched.insert(k.clone());
                 }
             }
-            touched.extend(self.services.keys().filter(|k| !next.contains_key(*k)).cloned());
+            touched.extend(
+                self.services
+                    .keys()
+                    .filter(|k| !next.contains_key(*k))
+                    .cloned(),
+            );
             self.services = next;
         } else {
             for s in &update.upserts {

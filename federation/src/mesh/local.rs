@@ -29,7 +29,12 @@ pub struct LocalCatalog {
 }
 
 impl LocalCatalog {
-    pub fn new(epoch: String, version: u64, exported_at: BTreeMap<ServiceKey, i64>, zone: Zone) -> Self {
+    pub fn new(
+        epoch: String,
+        version: u64,
+        exported_at: BTreeMap<ServiceKey, i64>,
+        zone: Zone,
+    ) -> Self {
         Self {
             epoch,
             version,
@@ -48,7 +53,10 @@ impl LocalCatalog {
         file: &CatalogFile,
         registered: &BTreeMap<ServiceKey, Vec<Endpoint>>,
         now_ms: i64,
-    ) -> (BTreeMap<ServiceKey, ExportedService>, BTreeMap<ServiceKey, i64>) {
+    ) -> (
+        BTreeMap<ServiceKey, ExportedService>,
+        BTreeMap<ServiceKey, i64>,
+    ) {
         let mut fresh = BTreeMap::new();
         let exports = file
             .exports
@@ -70,7 +78,11 @@ impl LocalCatalog {
     }
 
     /// Replaces the export set; returns the keys that changed (and bumps the version if any).
-    pub fn set_exports(&mut self, exports: BTreeMap<ServiceKey, ExportedService>, fresh: BTreeMap<ServiceKey, i64>) -> Vec<ServiceKey> {
+    pub fn set_exports(
+        &mut self,
+        exports: BTreeMap<ServiceKey, ExportedService>,
+        fresh: BTreeMap<ServiceKey, i64>,
+    ) -> Vec<ServiceKey> {
         self.exported_at.extend(fresh);
         let mut changed: Vec<ServiceKey> = Vec::new();
         for (key, svc) in &exports {
@@ -115,12 +127,19 @@ impl LocalCatalog {
 
     /// What `peer` may see of `key` now.
     pub fn view_for(&self, peer: &ClusterName, key: &ServiceKey) -> Option<ServiceSummary> {
-        self.exports.get(key).filter(|s| s.visible_to(peer)).map(|s| s.summary(&self.zone))
+        self.exports
+            .get(key)
+            .filter(|s| s.visible_to(peer))
+            .map(|s| s.summary(&self.zone))
     }
 
     /// Everything `peer` may see.
     pub fn snapshot_for(&self, peer: &ClusterName) -> Vec<ServiceSummary> {
-        self.exports.values().filter(|s| s.visible_to(peer)).map(|s| s.summary(&self.zone)).collect()
+        self.exports
+            .values()
+            .filter(|s| s.visible_to(peer))
+            .map(|s| s.summary(&self.zone))
+            .collect()
     }
 
     pub fn since(&self, version: u64) -> Since<ServiceKey> {

@@ -7,4 +7,6 @@ pub mod view;
 
 pub use imported::{PeerCatalog, StoredDelta};
 pub use local::LocalCatalog;
-pub use view::{ClusterPlace, ClusterRoute, LocalSide, MeshView, PeerSide, PeerStatus, Route, merge_key};
+pub use view::{
+    ClusterPlace, ClusterRoute, LocalSide, MeshView, PeerSide, PeerStatus, Route, merge_key,
+};

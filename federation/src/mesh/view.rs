@@ -12,8 +12,8 @@ use serde::Serialize;
 
 use crate::identity::{TrustBundle, TrustDomain};
 use crate::model::{
-    ClusterExport, ClusterName, ExportedService, ImportRule, Region, ServiceKey, ServicePort, ServiceSummary, Zone,
-    import_allowed, merge,
+    ClusterExport, ClusterName, ExportedService, ImportRule, Region, ServiceKey, ServicePort,
+    ServiceSummary, Zone, import_allowed, merge,
 };
 use crate::peering::update::GatewayAddr;
 use crate::vip::VipAssignment;
@@ -96,7 +96,9 @@ pub fn merge_key(
         sides.push((r.clone(), s));
     }
     for p in peers {
-        let Some(summary) = p.services.get(key) else { continue };
+        let Some(summary) = p.services.get(key) else {
+            continue;
+        };
         if !import_allowed(rules, &p.place.cluster, key) {
             continue;
         }
@@ -112,8 +114,13 @@ pub fn merge_key(
             summary,
         ));
     }
-    let exports: Vec<ClusterExport<'_>> =
-        sides.iter().map(|(r, s)| ClusterExport { cluster: &r.place.cluster, summary: s }).collect();
+    let exports: Vec<ClusterExport<'_>> = sides
+        .iter()
+        .map(|(r, s)| ClusterExport {
+            cluster: &r.place.cluster,
+            summary: s,
+        })
+        .collect();
     let merged = merge(key, &exports)?;
     let spec = merged.spec()?.clone();
     let clusters = sides

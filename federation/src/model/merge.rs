@@ -30,18 +30,19 @@ pub struct MergedService {
 
 impl MergedService {
     pub fn spec(&self) -> Option<&ServiceSummary> {
-        self.clusters.iter().find(|(c, _)| *c == self.defined_by).map(|(_, s)| s)
+        self.clusters
+            .iter()
+            .find(|(c, _)| *c == self.defined_by)
+            .map(|(_, s)| s)
     }
 }
 
 /// Merges the exports of one key. Returns `None` when nobody exports it.
 /// Winner: smallest `exported_at_ms`, ties broken by cluster name (deterministic everywhere).
 pub fn merge(key: &ServiceKey, exports: &[ClusterExport<'_>]) -> Option<MergedService> {
-    let winner = exports
-        .iter()
-        .min_by(|a, b| {
-            (a.summary.exported_at_ms, a.cluster).cmp(&(b.summary.exported_at_ms, b.cluster))
-        })?;
+    let winner = exports.iter().min_by(|a, b| {
+        (a.summary.exported_at_ms, a.cluster).cmp(&(b.summary.exported_at_ms, b.cluster))
+    })?;
     let mut clusters = BTreeMap::new();
     let mut conflicts = Vec::new();
     for e in exports {
@@ -68,7 +69,11 @@ mod tests {
     fn summary(port: u16, at: i64) -> ServiceSummary {
         ServiceSummary {
             key: ServiceKey::parse("shop/cart").expect("key"),
-            ports: vec![ServicePort { name: None, port, protocol: Protocol::Http }],
+            ports: vec![ServicePort {
+                name: None,
+                port,
+                protocol: Protocol::Http,
+            }],
             zones: BTreeMap::new(),
             weight: 100,
             metadata: BTreeMap::new(),
@@ -87,9 +92,18 @@ mod tests {
         );
         let (a, b, c) = (summary(80, 30), summary(80, 20), summary(8080, 10));
         let exports = [
-            ClusterExport { cluster: &east, summary: &a },
-            ClusterExport { cluster: &west, summary: &b },
-            ClusterExport { cluster: &south, summary: &c },
+            ClusterExport {
+                cluster: &east,
+                summary: &a,
+            },
+            ClusterExport {
+                cluster: &west,
+                summary: &b,
+            },
+            ClusterExport {
+                cluster: &south,
+                summary: &c,
+            },
         ];
         let m = merge(&key, &exports).expect("merged");
         // south exported first, with port 8080: it defines the service; east and west conflict.
@@ -98,24 +112,48 @@ mod tests {
         assert_eq!(m.clusters.len(), 1);
 
         let exports = [
-            ClusterExport { cluster: &east, summary: &a },
-            ClusterExport { cluster: &west, summary: &b },
+            ClusterExport {
+                cluster: &east,
+                summary: &a,
+            },
+            ClusterExport {
+                cluster: &west,
+                summary: &b,
+            },
         ];
         let m = merge(&key, &exports).expect("merged");
         assert_eq!(m.defined_by, west);
         assert!(m.conflicts.is_empty());
-        assert_eq!(m.clusters.iter().map(|(c, _)| c.as_str()).collect::<Vec<_>>(), ["east", "west"]);
+        assert_eq!(
+            m.clusters
+                .iter()
+                .map(|(c, _)| c.as_str())
+                .collect::<Vec<_>>(),
+            ["east", "west"]
+        );
         assert!(merge(&key, &[]).is_none());
     }
 
     #[test]
     fn ties_break_by_cluster_name() {
         let key = ServiceKey::parse("shop/cart").expect("key");
-        let (east, west) = (ClusterName::new("east").expect("c"), ClusterName::new("west").expect("c"));
+        let (east, west) = (
+            ClusterName::new("east").expect("c"),
+            ClusterName::new("west").expect("c"),
+        );
         let (a, b) = (summary(80, 10), summary(81, 10));
         let m = merge(
             &key,
-            &[ClusterExport { cluster: &west, summary: &b }, ClusterExport { cluster: &east, summary: &a }],
+            &[
+                ClusterExport {
+                    cluster: &west,
+                    summary: &b,
+                },
+                ClusterExport {
+                    cluster: &east,
+                    summary: &a,
+                },
+            ],
         )
         .expect("merged");
         assert_eq!(m.defined_by, east);

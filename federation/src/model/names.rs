@@ -22,14 +22,21 @@ pub struct NameError {
 /// Checks an RFC 1123 label: 1-63 characters of `a-z`, `0-9` and `-`, starting and ending with an
 /// alphanumeric character.
 pub fn check_label(kind: &'static str, value: &str) -> Result<(), NameError> {
-    let err = |reason| NameError { kind, value: value.chars().take(80).collect(), reason };
+    let err = |reason| NameError {
+        kind,
+        value: value.chars().take(80).collect(),
+        reason,
+    };
     if value.is_empty() {
         return Err(err("must not be empty"));
     }
     if value.len() > 63 {
         return Err(err("must be at most 63 characters"));
     }
-    if !value.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+    if !value
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
         return Err(err("may contain only lowercase letters, digits and '-'"));
     }
     if value.starts_with('-') || value.ends_with('-') {
@@ -115,8 +122,9 @@ label_type!(
     "zone"
 );
 
-/// A service's identity within a cluster set: `<name>.<namespace>`.
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+/// A service's identity within a cluster set. Serialized as `<namespace>/<name>`, so it can key
+/// a JSON map.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ServiceKey {
     pub namespace: Namespace,
     pub name: ServiceName,
@@ -134,7 +142,10 @@ impl ServiceKey {
             value: s.chars().take(80).collect(),
             reason: "expected <namespace>/<name>",
         })?;
-        Ok(Self { namespace: ns.parse()?, name: name.parse()? })
+        Ok(Self {
+            namespace: ns.parse()?,
+            name: name.parse()?,
+        })
     }
 
     /// The clusterset DNS name: `<svc>.<ns>.svc.<zone>`.
@@ -145,6 +156,19 @@ impl ServiceKey {
     /// Stable text used in store keys: `<ns>/<name>` (both are labels, so `/` cannot occur).
     pub fn path(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+impl Serialize for ServiceKey {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for ServiceKey {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Self::parse(&s).map_err(serde::de::Error::custom)
     }
 }
 
@@ -191,7 +215,10 @@ mod tests {
         let key = ServiceKey::parse("shop/cart").expect("valid");
         assert_eq!(key.namespace.as_str(), "shop");
         assert_eq!(key.name.as_str(), "cart");
-        assert_eq!(key.dns_name("clusterset.local"), "cart.shop.svc.clusterset.local");
+        assert_eq!(
+            key.dns_name("clusterset.local"),
+            "cart.shop.svc.clusterset.local"
+        );
         assert_eq!(key.to_string(), "shop/cart");
         for bad in ["cart", "shop/", "/cart", "shop/Cart", "a/b/c"] {
             assert!(ServiceKey::parse(bad).is_err(), "{bad}");

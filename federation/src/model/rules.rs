@@ -25,7 +25,11 @@ impl<T: PartialEq> Selector<T> {
 impl<T: std::str::FromStr<Err = NameError>> std::str::FromStr for Selector<T> {
     type Err = NameError;
     fn from_str(s: &str) -> Result<Self, NameError> {
-        if s == "*" { Ok(Selector::Any) } else { s.parse().map(Selector::One) }
+        if s == "*" {
+            Ok(Selector::Any)
+        } else {
+            s.parse().map(Selector::One)
+        }
     }
 }
 
@@ -59,7 +63,10 @@ impl ImportRule {
     pub fn allows(&self, peer: &ClusterName, key: &ServiceKey) -> bool {
         self.peer.matches(peer)
             && self.namespaces.iter().any(|ns| ns.matches(&key.namespace))
-            && self.services.as_ref().is_none_or(|names| names.contains(&key.name))
+            && self
+                .services
+                .as_ref()
+                .is_none_or(|names| names.contains(&key.name))
     }
 }
 
@@ -96,7 +103,11 @@ mod tests {
             let key = ServiceKey::parse(key).expect("key");
             assert_eq!(import_allowed(&rules, peer, &key), want, "{peer} {key}");
         }
-        assert!(!import_allowed(&[], &west, &ServiceKey::parse("shop/cart").expect("key")));
+        assert!(!import_allowed(
+            &[],
+            &west,
+            &ServiceKey::parse("shop/cart").expect("key")
+        ));
     }
 
     #[test]

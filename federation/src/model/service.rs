@@ -138,7 +138,9 @@ impl ExportedService {
 /// Checks a port list: non-empty, bounded, ports 1-65535, no duplicate numbers or names.
 pub fn validate_ports(ports: &[ServicePort]) -> Result<(), ModelError> {
     if ports.is_empty() {
-        return Err(ModelError::Invalid("a service needs at least one port".into()));
+        return Err(ModelError::Invalid(
+            "a service needs at least one port".into(),
+        ));
     }
     if ports.len() > MAX_PORTS {
         return Err(ModelError::Invalid(format!("more than {MAX_PORTS} ports")));
@@ -147,7 +149,9 @@ pub fn validate_ports(ports: &[ServicePort]) -> Result<(), ModelError> {
     let mut names = BTreeSet::new();
     for p in ports {
         if p.port == 0 {
-            return Err(ModelError::Invalid("port 0 is not a valid service port".into()));
+            return Err(ModelError::Invalid(
+                "port 0 is not a valid service port".into(),
+            ));
         }
         if !numbers.insert(p.port) {
             return Err(ModelError::Invalid(format!("port {} listed twice", p.port)));
@@ -155,7 +159,9 @@ pub fn validate_ports(ports: &[ServicePort]) -> Result<(), ModelError> {
         if let Some(name) = &p.name {
             super::names::check_label("port name", name)?;
             if !names.insert(name.as_str()) {
-                return Err(ModelError::Invalid(format!("port name {name:?} listed twice")));
+                return Err(ModelError::Invalid(format!(
+                    "port name {name:?} listed twice"
+                )));
             }
         }
     }
@@ -196,10 +202,17 @@ impl ServiceSummary {
             zones: self
                 .zones
                 .iter()
-                .map(|(zone, healthy)| proto::ZoneCount { zone: zone.to_string(), healthy: *healthy })
+                .map(|(zone, healthy)| proto::ZoneCount {
+                    zone: zone.to_string(),
+                    healthy: *healthy,
+                })
                 .collect(),
             weight: self.weight,
-            metadata: self.metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            metadata: self
+                .metadata
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
             headless: self.headless,
             exported_at_ms: self.exported_at_ms,
         }
@@ -208,16 +221,25 @@ impl ServiceSummary {
     /// Validates a summary received from a peer.
     pub fn from_proto(p: &proto::ServiceSummary) -> Result<Self, ModelError> {
         let key = key_from_proto(p.key.as_ref())?;
-        let ports = p.ports.iter().map(port_from_proto).collect::<Result<Vec<_>, _>>()?;
+        let ports = p
+            .ports
+            .iter()
+            .map(port_from_proto)
+            .collect::<Result<Vec<_>, _>>()?;
         validate_ports(&ports).map_err(|e| e.context(&key))?;
         if p.zones.len() > MAX_ZONES {
-            return Err(ModelError::Invalid(format!("{key}: more than {MAX_ZONES} zones")));
+            return Err(ModelError::Invalid(format!(
+                "{key}: more than {MAX_ZONES} zones"
+            )));
         }
         let mut zones = BTreeMap::new();
         for z in &p.zones {
             let zone: Zone = z.zone.parse()?;
             if zones.insert(zone, z.healthy).is_some() {
-                return Err(ModelError::Invalid(format!("{key}: zone {} listed twice", z.zone)));
+                return Err(ModelError::Invalid(format!(
+                    "{key}: zone {} listed twice",
+                    z.zone
+                )));
             }
         }
         let meta_bytes: usize = p.metadata.iter().map(|(k, v)| k.len() + v.len()).sum();
@@ -231,7 +253,11 @@ impl ServiceSummary {
             ports,
             zones,
             weight: p.weight,
-            metadata: p.metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            metadata: p
+                .metadata
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
             headless: p.headless,
             exported_at_ms: p.exported_at_ms,
         })
@@ -239,12 +265,18 @@ impl ServiceSummary {
 }
 
 pub fn key_to_proto(key: &ServiceKey) -> proto::ServiceKey {
-    proto::ServiceKey { namespace: key.namespace.to_string(), name: key.name.to_string() }
+    proto::ServiceKey {
+        namespace: key.namespace.to_string(),
+        name: key.name.to_string(),
+    }
 }
 
 pub fn key_from_proto(key: Option<&proto::ServiceKey>) -> Result<ServiceKey, ModelError> {
     let key = key.ok_or_else(|| ModelError::Invalid("service key missing".into()))?;
-    Ok(ServiceKey::new(Namespace::new(key.namespace.clone())?, ServiceName::new(key.name.clone())?))
+    Ok(ServiceKey::new(
+        Namespace::new(key.namespace.clone())?,
+        ServiceName::new(key.name.clone())?,
+    ))
 }
 
 pub fn port_to_proto(p: &ServicePort) -> proto::ServicePort {
@@ -288,13 +320,19 @@ mod tests {
 
     fn summary() -> proto::ServiceSummary {
         proto::ServiceSummary {
-            key: Some(proto::ServiceKey { namespace: "shop".into(), name: "cart".into() }),
+            key: Some(proto::ServiceKey {
+                namespace: "shop".into(),
+                name: "cart".into(),
+            }),
             ports: vec![proto::ServicePort {
                 name: "http".into(),
                 port: 8080,
                 protocol: proto::Protocol::Http as i32,
             }],
-            zones: vec![proto::ZoneCount { zone: "a".into(), healthy: 2 }],
+            zones: vec![proto::ZoneCount {
+                zone: "a".into(),
+                healthy: 2,
+            }],
             weight: 100,
             metadata: Default::default(),
             headless: false,
@@ -314,14 +352,21 @@ mod tests {
         type Mutate = fn(&mut proto::ServiceSummary);
         let cases: &[(&str, Mutate)] = &[
             ("no key", |s| s.key = None),
-            ("bad name", |s| s.key.as_mut().expect("key").name = "Cart!".into()),
-            ("bad namespace", |s| s.key.as_mut().expect("key").namespace = String::new()),
+            ("bad name", |s| {
+                s.key.as_mut().expect("key").name = "Cart!".into()
+            }),
+            ("bad namespace", |s| {
+                s.key.as_mut().expect("key").namespace = String::new()
+            }),
             ("port 0", |s| s.ports[0].port = 0),
             ("port > 65535", |s| s.ports[0].port = 70000),
             ("no ports", |s| s.ports.clear()),
             ("duplicate port", |s| {
                 let p = s.ports[0].clone();
-                s.ports.push(proto::ServicePort { name: String::new(), ..p })
+                s.ports.push(proto::ServicePort {
+                    name: String::new(),
+                    ..p
+                })
             }),
             ("unknown protocol", |s| s.ports[0].protocol = 99),
             ("unspecified protocol", |s| s.ports[0].protocol = 0),
@@ -345,7 +390,10 @@ mod tests {
         for (what, mutate) in cases {
             let mut s = summary();
             mutate(&mut s);
-            assert!(ServiceSummary::from_proto(&s).is_err(), "{what} must be refused");
+            assert!(
+                ServiceSummary::from_proto(&s).is_err(),
+                "{what} must be refused"
+            );
         }
     }
 
@@ -354,11 +402,30 @@ mod tests {
         let zone_a = Zone::new("a").expect("zone");
         let svc = ExportedService {
             key: ServiceKey::parse("shop/cart").expect("key"),
-            ports: vec![ServicePort { name: None, port: 80, protocol: Protocol::Http }],
+            ports: vec![ServicePort {
+                name: None,
+                port: 80,
+                protocol: Protocol::Http,
+            }],
             endpoints: vec![
-                Endpoint { address: "10.0.0.1:80".parse().expect("addr"), ready: true, zone: None, weight: 1 },
-                Endpoint { address: "[fd00::1]:80".parse().expect("addr"), ready: true, zone: Some(Zone::new("b").expect("z")), weight: 1 },
-                Endpoint { address: "10.0.0.3:80".parse().expect("addr"), ready: false, zone: None, weight: 1 },
+                Endpoint {
+                    address: "10.0.0.1:80".parse().expect("addr"),
+                    ready: true,
+                    zone: None,
+                    weight: 1,
+                },
+                Endpoint {
+                    address: "[fd00::1]:80".parse().expect("addr"),
+                    ready: true,
+                    zone: Some(Zone::new("b").expect("z")),
+                    weight: 1,
+                },
+                Endpoint {
+                    address: "10.0.0.3:80".parse().expect("addr"),
+                    ready: false,
+                    zone: None,
+                    weight: 1,
+                },
             ],
             headless: false,
             weight: 100,

@@ -65,11 +65,17 @@ impl AdminHandler for AdminOps {
                 "peering.token" => {
                     let PeerArg { peer } = parse(body)?;
                     if peer == node.me.cluster {
-                        return Err(AdminError::BadRequest("a cluster cannot peer with itself".into()));
+                        return Err(AdminError::BadRequest(
+                            "a cluster cannot peer with itself".into(),
+                        ));
                     }
-                    let bundle = node.trust.get(&node.td).ok_or_else(|| AdminError::Internal("own bundle missing".into()))?;
-                    let ttl = i64::try_from(node.cfg.peering.token_ttl.as_millis()).unwrap_or(i64::MAX);
-                    let address = node.cfg.listen.peering.advertised().map_err(|e| AdminError::BadRequest(e.to_string()))?;
+                    let bundle = node
+                        .trust
+                        .get(&node.td)
+                        .ok_or_else(|| AdminError::Internal("own bundle missing".into()))?;
+                    let ttl =
+                        i64::try_from(node.cfg.peering.token_ttl.as_millis()).unwrap_or(i64::MAX);
+                    let address = node.advertised_peering.clone();
                     let (t, record) = token::issue(
                         node.me.cluster.clone(),
                         node.td.clone(),
@@ -80,19 +86,37 @@ impl AdminHandler for AdminOps {
                         now_ms().saturating_add(ttl),
                     )
                     .map_err(|e| AdminError::Internal(e.to_string()))?;
-                    let value = serde_json::to_vec(&record).map_err(|e| AdminError::Internal(e.to_string()))?;
-                    node.store.commit(Vec::new(), vec![Op::Put { key: keys::token(&record.id), value }]).await.map_err(unavailable)?;
+                    let value = serde_json::to_vec(&record)
+                        .map_err(|e| AdminError::Internal(e.to_string()))?;
+                    node.store
+                        .commit(
+                            Vec::new(),
+                            vec![Op::Put {
+                                key: keys::token(&record.id),
+                                value,
+                            }],
+                        )
+                        .await
+                        .map_err(unavailable)?;
                     tracing::info!(token.id = %record.id, peer = %peer, "peering token created");
-                    let encoded = t.encode().map_err(|e| AdminError::Internal(e.to_string()))?;
+                    let encoded = t
+                        .encode()
+                        .map_err(|e| AdminError::Internal(e.to_string()))?;
                     Ok(json!({ "token": encoded, "peer": peer, "expires_at_ms": t.expires_at_ms }))
                 }
                 "peering.establish" => {
                     let TokenArg { token } = parse(body)?;
-                    let record = crate::peering::dialer::establish(node, &token).await.map_err(|e| match e {
-                        crate::peering::dialer::EstablishError::Connect { .. } => AdminError::Unavailable(e.to_string()),
-                        crate::peering::dialer::EstablishError::Collision(_) => AdminError::Conflict(e.to_string()),
-                        _ => AdminError::BadRequest(e.to_string()),
-                    })?;
+                    let record = crate::peering::dialer::establish(node, &token)
+                        .await
+                        .map_err(|e| match e {
+                            crate::peering::dialer::EstablishError::Connect { .. } => {
+                                AdminError::Unavailable(e.to_string())
+                            }
+                            crate::peering::dialer::EstablishError::Collision(_) => {
+                                AdminError::Conflict(e.to_string())
+                            }
+                            _ => AdminError::BadRequest(e.to_string()),
+                        })?;
                     Ok(json!({ "peer": record.cluster, "trust_domain": record.trust_domain }))
                 }
                 "peering.list" => Ok(json!({ "peers": peers(node).await })),
@@ -106,7 +130,9 @@ impl AdminHandler for AdminOps {
                 }
                 "peering.remove" => {
                     let PeerArg { peer } = parse(body)?;
-                    let removed = crate::peering::dialer::remove(node, &peer).await.map_err(unavailable)?;
+                    let removed = crate::peering::dialer::remove(node, &peer)
+                        .await
+                        .map_err(unavailable)?;
                     if !removed {
                         return Err(AdminError::NotFound(format!("no peer named {peer}")));
                     }
@@ -114,13 +140,37 @@ impl AdminHandler for AdminOps {
                 }
                 "gateway.bootstrap" => {
                     let GatewayArg { name } = parse(body)?;
-                    crate::model::names::check_label("gateway name", &name).map_err(|e| AdminError::BadRequest(e.to_string()))?;
+                    crate::model::names::check_label("gateway name", &name)
+                        .map_err(|e| AdminError::BadRequest(e.to_string()))?;
                     let secret = bootstrap::new_token().map_err(AdminError::Internal)?;
-                    let record = GatewayToken { gateway: name.clone(), token_sha256: bootstrap::hash(&secret), created_at_ms: now_ms() };
-                    let value = serde_json::to_vec(&record).map_err(|e| AdminError::Internal(e.to_string()))?;
-                    node.store.commit(Vec::new(), vec![Op::Put { key: keys::gw_token(&name), value }]).await.map_err(unavailable)?;
-                    let bundle = node.trust.get(&node.td).ok_or_else(|| AdminError::Internal("own bundle missing".into()))?;
-                    let api = node.cfg.listen.api.advertise.clone().unwrap_or_else(|| self.bound.api.to_string());
+                    let record = GatewayToken {
+                        gateway: name.clone(),
+                        token_sha256: bootstrap::hash(&secret),
+                        created_at_ms: now_ms(),
+                    };
+                    let value = serde_json::to_vec(&record)
+                        .map_err(|e| AdminError::Internal(e.to_string()))?;
+                    node.store
+                        .commit(
+                            Vec::new(),
+                            vec![Op::Put {
+                                key: keys::gw_token(&name),
+                                value,
+                            }],
+                        )
+                        .await
+                        .map_err(unavailable)?;
+                    let bundle = node
+                        .trust
+                        .get(&node.td)
+                        .ok_or_else(|| AdminError::Internal("own bundle missing".into()))?;
+                    let api = node
+                        .cfg
+                        .listen
+                        .api
+                        .advertise
+                        .clone()
+                        .unwrap_or_else(|| self.bound.api.to_string());
                     let file = BootstrapFile {
                         gateway: name,
                         cluster: node.me.cluster.to_string(),
@@ -134,20 +184,36 @@ impl AdminHandler for AdminOps {
                 "gateway.revoke" => {
                     let GatewayArg { name } = parse(body)?;
                     node.store
-                        .commit(Vec::new(), vec![Op::Delete { key: keys::gw_token(&name) }, Op::Delete { key: keys::gateway(&name) }])
+                        .commit(
+                            Vec::new(),
+                            vec![
+                                Op::Delete {
+                                    key: keys::gw_token(&name),
+                                },
+                                Op::Delete {
+                                    key: keys::gateway(&name),
+                                },
+                            ],
+                        )
                         .await
                         .map_err(unavailable)?;
                     Ok(json!({ "revoked": name }))
                 }
                 "gateway.list" => {
-                    let gws = node.gateways.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                    let gws = node
+                        .gateways
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .clone();
                     Ok(json!({ "gateways": gws }))
                 }
                 "ca.status" => Ok(ca_status(node).await),
                 "ca.rotate" => {
                     {
                         let mut ca = node.ca.lock().await;
-                        ca.begin_rotation(&node.store).await.map_err(|e| AdminError::Conflict(e.to_string()))?;
+                        ca.begin_rotation(&node.store)
+                            .await
+                            .map_err(|e| AdminError::Conflict(e.to_string()))?;
                         node.trust.set(ca.bundle());
                     }
                     node.bump_local(|s| {
@@ -160,10 +226,16 @@ impl AdminHandler for AdminOps {
                     Ok(ca_status(node).await)
                 }
                 "ca.retire" => {
-                    let RetireArg { force } = if body.is_null() { RetireArg::default() } else { parse(body)? };
+                    let RetireArg { force } = if body.is_null() {
+                        RetireArg::default()
+                    } else {
+                        parse(body)?
+                    };
                     {
                         let mut ca = node.ca.lock().await;
-                        ca.retire_old(&node.store, force).await.map_err(|e| AdminError::Conflict(e.to_string()))?;
+                        ca.retire_old(&node.store, force)
+                            .await
+                            .map_err(|e| AdminError::Conflict(e.to_string()))?;
                         node.trust.set(ca.bundle());
                     }
                     node.bump_local(|s| {
@@ -273,7 +345,9 @@ pub async fn rotation_driver(node: Arc<Node>) {
             ca.bundle().sequence()
         };
         let peers: Vec<ClusterName> = node.state.lock().await.peers.keys().cloned().collect();
-        let peers_acked = peers.iter().all(|p| node.link(p).acked_bundle_sequence >= seq);
+        let peers_acked = peers
+            .iter()
+            .all(|p| node.link(p).acked_bundle_sequence >= seq);
         let gateways_acked = node
             .gateways
             .lock()
@@ -301,6 +375,9 @@ pub async fn rotation_driver(node: Arc<Node>) {
                 true
             })
             .await;
-        tracing::info!(bundle_sequence = seq, "every peer and gateway ACKed the new root: signing switched");
+        tracing::info!(
+            bundle_sequence = seq,
+            "every peer and gateway ACKed the new root: signing switched"
+        );
     }
 }

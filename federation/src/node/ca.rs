@@ -50,8 +50,10 @@ pub struct CaRuntime {
 /// Reads the KEK from `ca.kek_file`, else `ISTHMUS_KEK`.
 pub fn load_kek(cfg: &FederationConfig) -> Result<Kek, CaError> {
     let text = match &cfg.ca.kek_file {
-        Some(path) => std::fs::read_to_string(path)
-            .map_err(|e| CaError::Read { path: path.display().to_string(), detail: e.to_string() })?,
+        Some(path) => std::fs::read_to_string(path).map_err(|e| CaError::Read {
+            path: path.display().to_string(),
+            detail: e.to_string(),
+        })?,
         None => std::env::var("ISTHMUS_KEK").map_err(|_| CaError::NoKek)?,
     };
     Ok(Kek::parse(text.trim())?)
@@ -59,19 +61,32 @@ pub fn load_kek(cfg: &FederationConfig) -> Result<Kek, CaError> {
 
 impl CaRuntime {
     /// Loads the CA from the store, or creates it (generated root or operator intermediate).
-    pub async fn open(store: &AnyStore, cfg: &FederationConfig, kek: &Kek) -> Result<Self, CaError> {
+    pub async fn open(
+        store: &AnyStore,
+        cfg: &FederationConfig,
+        kek: &Kek,
+    ) -> Result<Self, CaError> {
         let td = cfg.trust_domain();
         let stored: Option<CaState> = match store.get(keys::CA_STATE).await? {
-            Some(bytes) => Some(serde_json::from_slice(&bytes).map_err(|e| CaError::Corrupt(e.to_string()))?),
+            Some(bytes) => {
+                Some(serde_json::from_slice(&bytes).map_err(|e| CaError::Corrupt(e.to_string()))?)
+            }
             None => None,
         };
         let ca = match (&cfg.ca.intermediate, stored) {
             (Some(files), previous) => {
                 let read = |p: &std::path::Path| {
-                    std::fs::read_to_string(p)
-                        .map_err(|e| CaError::Read { path: p.display().to_string(), detail: e.to_string() })
+                    std::fs::read_to_string(p).map_err(|e| CaError::Read {
+                        path: p.display().to_string(),
+                        detail: e.to_string(),
+                    })
                 };
-                let mut ca = Ca::from_intermediate(td, &read(&files.cert)?, &read(&files.key)?, &read(&files.chain)?)?;
+                let mut ca = Ca::from_intermediate(
+                    td,
+                    &read(&files.cert)?,
+                    &read(&files.key)?,
+                    &read(&files.chain)?,
+                )?;
                 if let Some(previous) = previous {
                     ca.continue_from(&previous);
                 }
@@ -84,22 +99,41 @@ impl CaRuntime {
             }
         };
         let meta: RotationMeta = match store.get(ROTATION).await? {
-            Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| CaError::Corrupt(e.to_string()))?,
+            Some(bytes) => {
+                serde_json::from_slice(&bytes).map_err(|e| CaError::Corrupt(e.to_string()))?
+            }
             None => RotationMeta::default(),
         };
-        let rt = Self { ca, kek: kek.clone(), leaf_lifetime: cfg.ca.leaf_lifetime, switched_at_ms: meta.switched_at_ms };
+        let rt = Self {
+            ca,
+            kek: kek.clone(),
+            leaf_lifetime: cfg.ca.leaf_lifetime,
+            switched_at_ms: meta.switched_at_ms,
+        };
         rt.persist(store).await?;
         Ok(rt)
     }
 
     async fn persist(&self, store: &AnyStore) -> Result<(), CaError> {
-        let state = serde_json::to_vec(&self.ca.state()).map_err(|e| CaError::Corrupt(e.to_string()))?;
-        let meta = serde_json::to_vec(&RotationMeta { switched_at_ms: self.switched_at_ms })
-            .map_err(|e| CaError::Corrupt(e.to_string()))?;
+        let state =
+            serde_json::to_vec(&self.ca.state()).map_err(|e| CaError::Corrupt(e.to_string()))?;
+        let meta = serde_json::to_vec(&RotationMeta {
+            switched_at_ms: self.switched_at_ms,
+        })
+        .map_err(|e| CaError::Corrupt(e.to_string()))?;
         store
             .commit(
                 Vec::new(),
-                vec![Op::Put { key: keys::CA_STATE.into(), value: state }, Op::Put { key: ROTATION.into(), value: meta }],
+                vec![
+                    Op::Put {
+                        key: keys::CA_STATE.into(),
+                        value: state,
+                    },
+                    Op::Put {
+                        key: ROTATION.into(),
+                        value: meta,
+                    },
+                ],
             )
             .await?;
         Ok(())
@@ -162,7 +196,8 @@ impl CaRuntime {
     pub async fn retire_old(&mut self, store: &AnyStore, force: bool) -> Result<(), CaError> {
         if self.ca.rotation() != Rotation::NewRootSigning {
             return Err(CaError::NotYet(
-                "no root to retire: `isthmus ca rotate` first and wait until signing switched".into(),
+                "no root to retire: `isthmus ca rotate` first and wait until signing switched"
+                    .into(),
             ));
         }
         let wait_ms = i64::try_from(self.leaf_lifetime.as_millis()).unwrap_or(i64::MAX);

@@ -29,7 +29,10 @@ use self::ca::CaRuntime;
 use self::state::{MeshState, StateError};
 
 pub fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 /// Live status of the peering stream with one peer (not persisted).
@@ -60,6 +63,8 @@ pub struct Node {
     pub me: ClusterPlace,
     pub td: TrustDomain,
     pub id: SpiffeId,
+    /// What peers dial: the configured advertised address, else the bound one.
+    pub advertised_peering: String,
     pub store: AnyStore,
     /// Our bundle and every peer's, for the verifiers.
     pub trust: TrustStore,
@@ -85,7 +90,11 @@ impl Node {
     /// Clusters whose stream is down: their catalog is last-known.
     pub fn stale_peers(&self) -> BTreeSet<ClusterName> {
         let links = self.links.lock().unwrap_or_else(|p| p.into_inner());
-        links.iter().filter(|(_, l)| !l.connected).map(|(c, _)| c.clone()).collect()
+        links
+            .iter()
+            .filter(|(_, l)| !l.connected)
+            .map(|(c, _)| c.clone())
+            .collect()
     }
 
     pub fn link_update(&self, peer: &ClusterName, f: impl FnOnce(&mut LinkInfo)) {
@@ -131,9 +140,15 @@ impl Node {
     }
 
     /// Stores and installs a checked update from a peer, then republishes.
-    pub async fn receive_update(&self, peer: &ClusterName, update: &PeerUpdate) -> Result<(), StateError> {
+    pub async fn receive_update(
+        &self,
+        peer: &ClusterName,
+        update: &PeerUpdate,
+    ) -> Result<(), StateError> {
         let mut state = self.state.lock().await;
-        let touched = state.apply_peer_update(&self.store, peer, update, now_ms()).await?;
+        let touched = state
+            .apply_peer_update(&self.store, peer, update, now_ms())
+            .await?;
         if let Some(bundle) = &update.bundle {
             self.trust.set(bundle.clone());
         }
@@ -151,16 +166,23 @@ impl Node {
             return Ok(());
         }
         let stale = self.stale_peers();
-        state.recompute(Some(changed.into_iter().collect()), &stale, now_ms()).await?;
+        state
+            .recompute(Some(changed.into_iter().collect()), &stale, now_ms())
+            .await?;
         self.local_version.send_replace(state.local.version);
-        self.metrics.exported_services.set(state.local.exports.len() as i64);
+        self.metrics
+            .exported_services
+            .set(state.local.exports.len() as i64);
         self.publish(&mut state);
         Ok(())
     }
 
     /// Something about us that peers must learn changed (bundle, gateways): bump the catalog
     /// version so every session sends an update.
-    pub async fn bump_local(&self, f: impl FnOnce(&mut MeshState) -> bool) -> Result<(), StateError> {
+    pub async fn bump_local(
+        &self,
+        f: impl FnOnce(&mut MeshState) -> bool,
+    ) -> Result<(), StateError> {
         let mut state = self.state.lock().await;
         if !f(&mut state) {
             return Ok(());

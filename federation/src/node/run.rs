@@ -13,7 +13,9 @@ use tokio::sync::{Mutex, watch};
 use crate::admin::{AdminHttpState, serve_admin_http, serve_admin_socket};
 use crate::catalog::{CatalogFile, FileSource, RegistryConfig, RegistryService};
 use crate::config::FederationConfig;
-use crate::identity::{Accept, CertStore, SpiffeClientVerifier, SpiffeId, TrustBundle, TrustStore, tls, transport};
+use crate::identity::{
+    Accept, CertStore, SpiffeClientVerifier, SpiffeId, TrustBundle, TrustStore, tls, transport,
+};
 use crate::mesh::{ClusterPlace, LocalCatalog, MeshView};
 use crate::metrics::Metrics;
 use crate::model::ServiceKey;
@@ -45,7 +47,11 @@ pub enum StartError {
     #[error("state: {0}")]
     State(#[from] crate::node::state::StateError),
     #[error("cannot listen on {addr} for {what}: {detail} (is another process using it?)")]
-    Bind { what: &'static str, addr: String, detail: String },
+    Bind {
+        what: &'static str,
+        addr: String,
+        detail: String,
+    },
     #[error("{0}")]
     Other(String),
 }
@@ -73,9 +79,10 @@ impl Running {
         for t in self.tasks {
             let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
         }
-        let sessions: Vec<_> = std::mem::take(&mut *self.node.sessions.lock().unwrap_or_else(|p| p.into_inner()))
-            .into_values()
-            .collect();
+        let sessions: Vec<_> =
+            std::mem::take(&mut *self.node.sessions.lock().unwrap_or_else(|p| p.into_inner()))
+                .into_values()
+                .collect();
         for s in sessions {
             s.abort();
         }
@@ -83,9 +90,11 @@ impl Running {
 }
 
 async fn bind(what: &'static str, addr: std::net::SocketAddr) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|e| StartError::Bind { what, addr: addr.to_string(), detail: e.to_string() })
+    TcpListener::bind(addr).await.map_err(|e| StartError::Bind {
+        what,
+        addr: addr.to_string(),
+        detail: e.to_string(),
+    })
 }
 
 fn random_epoch() -> String {
@@ -96,11 +105,21 @@ fn random_epoch() -> String {
 
 pub async fn start(cfg: FederationConfig) -> Result<Running, StartError> {
     cfg.validate()?;
-    std::fs::create_dir_all(&cfg.data_dir)
-        .map_err(|e| StartError::Other(format!("cannot create data dir {}: {e}", cfg.data_dir.display())))?;
+    std::fs::create_dir_all(&cfg.data_dir).map_err(|e| {
+        StartError::Other(format!(
+            "cannot create data dir {}: {e}",
+            cfg.data_dir.display()
+        ))
+    })?;
     let td = cfg.trust_domain();
-    let me = ClusterPlace { cluster: cfg.cluster.clone(), trust_domain: td.clone(), region: cfg.region.clone(), zone: cfg.zone.clone() };
-    let id = SpiffeId::federation(&td, cfg.cluster.as_str()).map_err(|e| StartError::Other(e.to_string()))?;
+    let me = ClusterPlace {
+        cluster: cfg.cluster.clone(),
+        trust_domain: td.clone(),
+        region: cfg.region.clone(),
+        zone: cfg.zone.clone(),
+    };
+    let id = SpiffeId::federation(&td, cfg.cluster.as_str())
+        .map_err(|e| StartError::Other(e.to_string()))?;
     let store = AnyStore::open(&cfg.store_config()).await?;
     tracing::info!(backend = store.backend(), cluster = %cfg.cluster, trust_domain = %td, "store open");
 
@@ -111,20 +130,38 @@ pub async fn start(cfg: FederationConfig) -> Result<Running, StartError> {
     trust.set(ca.bundle());
     let certs = CertStore::new();
     let (own, key) = ca.issue_own(&id)?;
-    certs.set_from_pem(&own.chain_pem, &key).map_err(|e| StartError::Other(e.to_string()))?;
+    certs
+        .set_from_pem(&own.chain_pem, &key)
+        .map_err(|e| StartError::Other(e.to_string()))?;
 
     // Local catalog meta.
     let meta: LocalMeta = match store.get(keys::LOCAL_META).await? {
-        Some(b) => serde_json::from_slice(&b).map_err(|e| StartError::Other(format!("local/meta: {e}")))?,
+        Some(b) => {
+            serde_json::from_slice(&b).map_err(|e| StartError::Other(format!("local/meta: {e}")))?
+        }
         None => {
-            let m = LocalMeta { epoch: random_epoch(), version: 0 };
-            store.commit(Vec::new(), vec![Op::Put { key: keys::LOCAL_META.into(), value: json(&m)? }]).await?;
+            let m = LocalMeta {
+                epoch: random_epoch(),
+                version: 0,
+            };
+            store
+                .commit(
+                    Vec::new(),
+                    vec![Op::Put {
+                        key: keys::LOCAL_META.into(),
+                        value: json(&m)?,
+                    }],
+                )
+                .await?;
             m
         }
     };
     let mut exported_at = BTreeMap::new();
     for (k, v) in store.list(keys::EXPORTED_AT).await? {
-        if let (Ok(key), Ok(at)) = (ServiceKey::parse(k.trim_start_matches(keys::EXPORTED_AT)), serde_json::from_slice::<i64>(&v)) {
+        if let (Ok(key), Ok(at)) = (
+            ServiceKey::parse(k.trim_start_matches(keys::EXPORTED_AT)),
+            serde_json::from_slice::<i64>(&v),
+        ) {
             exported_at.insert(key, at);
         }
     }
@@ -136,20 +173,32 @@ pub async fn start(cfg: FederationConfig) -> Result<Running, StartError> {
         if !k.ends_with("/record") {
             continue;
         }
-        let record: PeerRecord = serde_json::from_slice(&v).map_err(|e| StartError::Other(format!("{k}: {e}")))?;
+        let record: PeerRecord =
+            serde_json::from_slice(&v).map_err(|e| StartError::Other(format!("{k}: {e}")))?;
         let bundle = TrustBundle::from_spiffe_json(&record.trust_domain, &record.bundle)
             .map_err(|e| StartError::Other(format!("bundle of peer {}: {e}", record.cluster)))?;
         trust.set(bundle);
         let (catalog, deltas) = load_peer_catalog(&store, &record.cluster).await?;
         tracing::info!(peer.cluster = %record.cluster, services = catalog.services.len(), version = catalog.version,
             age_ms = now_ms() - catalog.stored_at_ms, "restored peer catalog (last known)");
-        peers.insert(record.cluster.clone(), PeerEntry { place: place_of(&record), record, catalog, deltas });
+        peers.insert(
+            record.cluster.clone(),
+            PeerEntry {
+                place: place_of(&record),
+                record,
+                catalog,
+                deltas,
+            },
+        );
     }
 
     // VIPs.
     let (v4, v6) = cfg.vip_ranges()?;
-    let pool = VipPool::new(v4, v6, cfg.vips.quarantine).map_err(|e| StartError::Other(e.to_string()))?;
-    let vips = VipTable::load(store.clone(), pool).await.map_err(|e| StartError::Other(e.to_string()))?;
+    let pool =
+        VipPool::new(v4, v6, cfg.vips.quarantine).map_err(|e| StartError::Other(e.to_string()))?;
+    let vips = VipTable::load(store.clone(), pool)
+        .await
+        .map_err(|e| StartError::Other(e.to_string()))?;
 
     // Catalog sources.
     let (file_rx, file_stats) = match &cfg.catalog.file {
@@ -167,10 +216,27 @@ pub async fn start(cfg: FederationConfig) -> Result<Running, StartError> {
         default_ttl: cfg.registry.default_ttl,
         ..RegistryConfig::default()
     };
-    let (registry, registered_rx) = RegistryService::new(store.clone(), td.clone(), file_rx.clone(), registry_cfg)
-        .await
-        .map_err(|e| StartError::Catalog(e.to_string()))?;
+    let (registry, registered_rx) =
+        RegistryService::new(store.clone(), td.clone(), file_rx.clone(), registry_cfg)
+            .await
+            .map_err(|e| StartError::Catalog(e.to_string()))?;
 
+    // Listeners.
+    let peering_listener = bind("peering", cfg.listen.peering.bind).await?;
+    let api_listener = bind("gateway API", cfg.listen.api.bind).await?;
+    let admin_listener = bind("admin", cfg.listen.admin).await?;
+    let bound = Bound {
+        peering: peering_listener
+            .local_addr()
+            .map_err(|e| StartError::Other(e.to_string()))?,
+        api: api_listener
+            .local_addr()
+            .map_err(|e| StartError::Other(e.to_string()))?,
+        admin: admin_listener
+            .local_addr()
+            .map_err(|e| StartError::Other(e.to_string()))?,
+        admin_socket: cfg.admin_socket(),
+    };
     let (stop_tx, stop_rx) = watch::channel(false);
     let state = MeshState {
         me: me.clone(),
@@ -183,13 +249,23 @@ pub async fn start(cfg: FederationConfig) -> Result<Running, StartError> {
         view_version: 0,
     };
     let local_version = state.local.version;
-    let links = state.peers.keys().map(|c| (c.clone(), Default::default())).collect();
+    let links = state
+        .peers
+        .keys()
+        .map(|c| (c.clone(), Default::default()))
+        .collect();
     let metrics = Metrics::default();
     let node = Arc::new(Node {
         cfg: cfg.clone(),
         me: me.clone(),
         td: td.clone(),
         id,
+        advertised_peering: cfg
+            .listen
+            .peering
+            .advertise
+            .clone()
+            .unwrap_or_else(|| bound.peering.to_string()),
         store: store.clone(),
         trust: trust.clone(),
         certs: certs.clone(),
@@ -215,26 +291,20 @@ pub async fn start(cfg: FederationConfig) -> Result<Running, StartError> {
     }
 
     let mut tasks = Vec::new();
-    // Listeners.
-    let peering_listener = bind("peering", cfg.listen.peering.bind).await?;
-    let api_listener = bind("gateway API", cfg.listen.api.bind).await?;
-    let admin_listener = bind("admin", cfg.listen.admin).await?;
-    let bound = Bound {
-        peering: peering_listener.local_addr().map_err(|e| StartError::Other(e.to_string()))?,
-        api: api_listener.local_addr().map_err(|e| StartError::Other(e.to_string()))?,
-        admin: admin_listener.local_addr().map_err(|e| StartError::Other(e.to_string()))?,
-        admin_socket: cfg.admin_socket(),
-    };
     let alpn: &[&[u8]] = &[b"h2"];
     let peering_tls = tls::server_config(
         &certs,
-        SpiffeClientVerifier::new(trust.clone(), Accept::peers_of(td.clone())).with_mandatory(false).into_arc(),
+        SpiffeClientVerifier::new(trust.clone(), Accept::peers_of(td.clone()))
+            .with_mandatory(false)
+            .into_arc(),
         alpn,
     )
     .map_err(|e| StartError::Other(e.to_string()))?;
     let api_tls = tls::server_config(
         &certs,
-        SpiffeClientVerifier::new(trust.clone(), Accept::only(td.clone())).with_mandatory(false).into_arc(),
+        SpiffeClientVerifier::new(trust.clone(), Accept::only(td.clone()))
+            .with_mandatory(false)
+            .into_arc(),
         alpn,
     )
     .map_err(|e| StartError::Other(e.to_string()))?;
@@ -297,7 +367,10 @@ pub async fn start(cfg: FederationConfig) -> Result<Running, StartError> {
         })
         .await;
     }));
-    let handler = Arc::new(crate::node::admin_ops::AdminOps { node: node.clone(), bound: bound.clone() });
+    let handler = Arc::new(crate::node::admin_ops::AdminOps {
+        node: node.clone(),
+        bound: bound.clone(),
+    });
     let socket = bound.admin_socket.clone();
     let mut stop = stop_rx.clone();
     let (socket_ready_tx, socket_ready_rx) = tokio::sync::oneshot::channel();
@@ -314,22 +387,39 @@ pub async fn start(cfg: FederationConfig) -> Result<Running, StartError> {
     let _ = socket_ready_rx.await;
 
     // Background loops.
-    tasks.push(tokio::spawn(follow_sources(node.clone(), file_rx, registered_rx, file_stats)));
+    tasks.push(tokio::spawn(follow_sources(
+        node.clone(),
+        file_rx,
+        registered_rx,
+        file_stats,
+    )));
     tasks.push(tokio::spawn(follow_gateways(node.clone())));
     tasks.push(tokio::spawn(renew_own_certificate(node.clone())));
-    tasks.push(tokio::spawn(crate::node::admin_ops::rotation_driver(node.clone())));
+    tasks.push(tokio::spawn(crate::node::admin_ops::rotation_driver(
+        node.clone(),
+    )));
     tasks.push(tokio::spawn(count_links(node.clone())));
 
     // Dial the peers we dial.
     let dialed: Vec<_> = {
         let state = node.state.lock().await;
-        state.peers.values().filter(|p| p.record.dial_address.is_some()).map(|p| p.record.cluster.clone()).collect()
+        state
+            .peers
+            .values()
+            .filter(|p| p.record.dial_address.is_some())
+            .map(|p| p.record.cluster.clone())
+            .collect()
     };
     for peer in dialed {
         spawn_dialer(node.clone(), peer);
     }
     tracing::info!(peering = %bound.peering, api = %bound.api, admin = %bound.admin, socket = %bound.admin_socket.display(), "federation running");
-    Ok(Running { node, bound, stop: stop_tx, tasks })
+    Ok(Running {
+        node,
+        bound,
+        stop: stop_tx,
+        tasks,
+    })
 }
 
 fn read_gateways(items: &[(String, Vec<u8>)]) -> Vec<crate::peering::update::GatewayAddr> {
@@ -338,7 +428,11 @@ fn read_gateways(items: &[(String, Vec<u8>)]) -> Vec<crate::peering::update::Gat
         .filter_map(|(k, v)| {
             let name = k.trim_start_matches(keys::GATEWAYS).to_string();
             let reg: crate::gwapi::service::GatewayRegistration = serde_json::from_slice(v).ok()?;
-            Some(crate::peering::update::GatewayAddr { name, address: reg.address, zone: reg.zone.and_then(|z| z.parse().ok()) })
+            Some(crate::peering::update::GatewayAddr {
+                name,
+                address: reg.address,
+                zone: reg.zone.and_then(|z| z.parse().ok()),
+            })
         })
         .collect()
 }
@@ -359,7 +453,9 @@ async fn follow_sources(
         }
         if let Some(s) = &stats {
             let failures = s.reload_failures.load(std::sync::atomic::Ordering::Relaxed);
-            node.metrics.catalog_reload_failures.set(i64::try_from(failures).unwrap_or(i64::MAX));
+            node.metrics
+                .catalog_reload_failures
+                .set(i64::try_from(failures).unwrap_or(i64::MAX));
         }
         {
             let mut state = node.state.lock().await;
@@ -461,17 +557,37 @@ async fn renew_own_certificate(node: Arc<Node>) {
 }
 
 pub async fn renew_now(node: &Arc<Node>) -> Result<(), String> {
-    let (cert, key) = node.ca.lock().await.issue_own(&node.id).map_err(|e| e.to_string())?;
-    node.certs.set_from_pem(&cert.chain_pem, &key).map_err(|e| e.to_string())?;
-    node.metrics.certificates_issued.get_or_create(&crate::metrics::ReasonLabels { reason: "federation".into() }).inc();
+    let (cert, key) = node
+        .ca
+        .lock()
+        .await
+        .issue_own(&node.id)
+        .map_err(|e| e.to_string())?;
+    node.certs
+        .set_from_pem(&cert.chain_pem, &key)
+        .map_err(|e| e.to_string())?;
+    node.metrics
+        .certificates_issued
+        .get_or_create(&crate::metrics::ReasonLabels {
+            reason: "federation".into(),
+        })
+        .inc();
     Ok(())
 }
 
 async fn count_links(node: Arc<Node>) {
     let mut stop = node.shutdown.clone();
     loop {
-        let up = node.links.lock().unwrap_or_else(|p| p.into_inner()).values().filter(|l| l.connected).count();
-        node.metrics.peers_connected.set(i64::try_from(up).unwrap_or(0));
+        let up = node
+            .links
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|l| l.connected)
+            .count();
+        node.metrics
+            .peers_connected
+            .set(i64::try_from(up).unwrap_or(0));
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             _ = stop.changed() => return,

@@ -6,7 +6,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use crate::catalog::CatalogFile;
-use crate::mesh::{ClusterPlace, LocalCatalog, LocalSide, MeshView, PeerCatalog, PeerSide, PeerStatus, Route, StoredDelta, merge_key};
+use crate::mesh::{
+    ClusterPlace, LocalCatalog, LocalSide, MeshView, PeerCatalog, PeerSide, PeerStatus, Route,
+    StoredDelta, merge_key,
+};
 use crate::model::{ClusterName, Endpoint, ServiceKey};
 use crate::node::keys::{self, LocalMeta};
 use crate::peering::PeerRecord;
@@ -71,7 +74,10 @@ pub async fn commit_chunked(store: &AnyStore, ops: Vec<Op>) -> Result<(), StoreE
 }
 
 /// Loads one peer's catalog: the blob, then the deltas after it.
-pub async fn load_peer_catalog(store: &AnyStore, peer: &ClusterName) -> Result<(PeerCatalog, usize), StateError> {
+pub async fn load_peer_catalog(
+    store: &AnyStore,
+    peer: &ClusterName,
+) -> Result<(PeerCatalog, usize), StateError> {
     let mut catalog: PeerCatalog = match store.get_blob(&keys::peer_catalog(peer)).await? {
         Some(bytes) => serde_json::from_slice(&bytes)
             .map_err(|e| StateError::Encode(format!("catalog of {peer}: {e}")))?,
@@ -80,8 +86,8 @@ pub async fn load_peer_catalog(store: &AnyStore, peer: &ClusterName) -> Result<(
     let deltas = store.list(&keys::peer_deltas(peer)).await?;
     let n = deltas.len();
     for (_, value) in deltas {
-        let d: StoredDelta =
-            serde_json::from_slice(&value).map_err(|e| StateError::Encode(format!("delta of {peer}: {e}")))?;
+        let d: StoredDelta = serde_json::from_slice(&value)
+            .map_err(|e| StateError::Encode(format!("delta of {peer}: {e}")))?;
         catalog.replay(&d);
     }
     Ok((catalog, n))
@@ -96,7 +102,10 @@ impl MeshState {
         update: &PeerUpdate,
         now_ms: i64,
     ) -> Result<BTreeSet<ServiceKey>, StateError> {
-        let entry = self.peers.get(peer).ok_or_else(|| StateError::Rejected(format!("{peer} is not a peer")))?;
+        let entry = self
+            .peers
+            .get(peer)
+            .ok_or_else(|| StateError::Rejected(format!("{peer} is not a peer")))?;
         if !update.snapshot && !entry.catalog.accepts_delta(&update.epoch, update.version) {
             if entry.catalog.epoch == update.epoch && update.version <= entry.catalog.version {
                 // Already stored (a resend after a lost ACK): idempotent.
@@ -121,10 +130,17 @@ impl MeshState {
         let mut deltas = entry.deltas + 1;
         if update.snapshot || deltas > COMPACT_AFTER {
             // Fold everything into a fresh blob, then drop the delta log.
-            store.put_blob(&keys::peer_catalog(peer), &json(&next)?, Vec::new()).await?;
-            let mut ops = vec![Op::DeletePrefix { prefix: keys::peer_deltas(peer) }];
+            store
+                .put_blob(&keys::peer_catalog(peer), &json(&next)?, Vec::new())
+                .await?;
+            let mut ops = vec![Op::DeletePrefix {
+                prefix: keys::peer_deltas(peer),
+            }];
             if bundle_changed {
-                ops.push(Op::Put { key: keys::peer_record(peer), value: json(&record)? });
+                ops.push(Op::Put {
+                    key: keys::peer_record(peer),
+                    value: json(&record)?,
+                });
             }
             store.commit(Vec::new(), ops).await?;
             deltas = 0;
@@ -134,7 +150,10 @@ impl MeshState {
                 value: json(&StoredDelta::of(update, now_ms))?,
             }];
             if bundle_changed {
-                ops.push(Op::Put { key: keys::peer_record(peer), value: json(&record)? });
+                ops.push(Op::Put {
+                    key: keys::peer_record(peer),
+                    value: json(&record)?,
+                });
             }
             store.commit(Vec::new(), ops).await?;
         }
@@ -148,7 +167,11 @@ impl MeshState {
 
     /// Recomputes the exports from the sources; persists first-export times and the catalog
     /// version. Returns the keys whose export changed.
-    pub async fn refresh_local(&mut self, store: &AnyStore, now_ms: i64) -> Result<Vec<ServiceKey>, StateError> {
+    pub async fn refresh_local(
+        &mut self,
+        store: &AnyStore,
+        now_ms: i64,
+    ) -> Result<Vec<ServiceKey>, StateError> {
         let (exports, fresh) = self.local.desired(&self.file, &self.registered, now_ms);
         let mut next = self.local.clone();
         let changed = next.set_exports(exports, fresh.clone());
@@ -157,14 +180,32 @@ impl MeshState {
         }
         let mut ops: Vec<Op> = fresh
             .iter()
-            .map(|(k, at)| Ok(Op::Put { key: keys::exported_at(k), value: json(at)? }))
+            .map(|(k, at)| {
+                Ok(Op::Put {
+                    key: keys::exported_at(k),
+                    value: json(at)?,
+                })
+            })
             .collect::<Result<_, StateError>>()?;
         // Forget first-export times of services no longer exported (a re-export is a new export).
-        for k in self.local.exports.keys().filter(|k| !next.exports.contains_key(*k)) {
-            ops.push(Op::Delete { key: keys::exported_at(k) });
+        for k in self
+            .local
+            .exports
+            .keys()
+            .filter(|k| !next.exports.contains_key(*k))
+        {
+            ops.push(Op::Delete {
+                key: keys::exported_at(k),
+            });
             next.exported_at.remove(k);
         }
-        ops.push(Op::Put { key: keys::LOCAL_META.into(), value: json(&LocalMeta { epoch: next.epoch.clone(), version: next.version })? });
+        ops.push(Op::Put {
+            key: keys::LOCAL_META.into(),
+            value: json(&LocalMeta {
+                epoch: next.epoch.clone(),
+                version: next.version,
+            })?,
+        });
         commit_chunked(store, ops).await?;
         self.local = next;
         Ok(changed)
@@ -172,8 +213,19 @@ impl MeshState {
 
     /// Persists the catalog version after a non-service change (bundle, gateways).
     pub async fn persist_local_meta(&self, store: &AnyStore) -> Result<(), StateError> {
-        let meta = LocalMeta { epoch: self.local.epoch.clone(), version: self.local.version };
-        store.commit(Vec::new(), vec![Op::Put { key: keys::LOCAL_META.into(), value: json(&meta)? }]).await?;
+        let meta = LocalMeta {
+            epoch: self.local.epoch.clone(),
+            version: self.local.version,
+        };
+        store
+            .commit(
+                Vec::new(),
+                vec![Op::Put {
+                    key: keys::LOCAL_META.into(),
+                    value: json(&meta)?,
+                }],
+            )
+            .await?;
         Ok(())
     }
 
@@ -240,7 +292,10 @@ impl MeshState {
                 None => changed |= self.routes.remove(&key).is_some(),
                 Some(mut route) => {
                     let pool = self.vips.pool();
-                    route.vips = pool.get(&service_vip_name(&key)).cloned().unwrap_or_default();
+                    route.vips = pool
+                        .get(&service_vip_name(&key))
+                        .cloned()
+                        .unwrap_or_default();
                     route.cluster_vips = route
                         .clusters
                         .iter()
@@ -260,13 +315,22 @@ impl MeshState {
     }
 
     /// Builds the immutable view to publish.
-    pub fn view(&mut self, bundles: Vec<crate::identity::TrustBundle>, peers: Vec<PeerStatus>) -> Arc<MeshView> {
+    pub fn view(
+        &mut self,
+        bundles: Vec<crate::identity::TrustBundle>,
+        peers: Vec<PeerStatus>,
+    ) -> Arc<MeshView> {
         self.view_version += 1;
         Arc::new(MeshView {
             version: self.view_version,
             me: self.me.clone(),
             routes: self.routes.clone(),
-            exports: self.local.exports.iter().map(|(k, v)| (k.clone(), Arc::new(v.clone()))).collect(),
+            exports: self
+                .local
+                .exports
+                .iter()
+                .map(|(k, v)| (k.clone(), Arc::new(v.clone())))
+                .collect(),
             bundles,
             peers,
             policies: self.file.policies.clone(),

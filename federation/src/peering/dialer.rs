@@ -28,7 +28,10 @@ pub enum EstablishError {
     #[error("{0}")]
     Token(#[from] crate::peering::token::TokenError),
     #[error("this token was issued for peer {expected}, but this cluster is {me}")]
-    NotForUs { expected: ClusterName, me: ClusterName },
+    NotForUs {
+        expected: ClusterName,
+        me: ClusterName,
+    },
     #[error("{0}")]
     Collision(String),
     #[error("the token's bundle is not usable: {0}")]
@@ -42,7 +45,10 @@ pub enum EstablishError {
 }
 
 /// The federation's SPIFFE ID for a peer cluster.
-pub fn federation_id(td: &crate::identity::TrustDomain, cluster: &ClusterName) -> Result<SpiffeId, String> {
+pub fn federation_id(
+    td: &crate::identity::TrustDomain,
+    cluster: &ClusterName,
+) -> Result<SpiffeId, String> {
     SpiffeId::federation(td, cluster.as_str()).map_err(|e| e.to_string())
 }
 
@@ -50,14 +56,26 @@ pub fn federation_id(td: &crate::identity::TrustDomain, cluster: &ClusterName) -
 pub async fn establish(node: &Arc<Node>, token_text: &str) -> Result<PeerRecord, EstablishError> {
     let token = PeeringToken::decode(token_text)?;
     if token.peer != node.me.cluster {
-        return Err(EstablishError::NotForUs { expected: token.peer, me: node.me.cluster.clone() });
+        return Err(EstablishError::NotForUs {
+            expected: token.peer,
+            me: node.me.cluster.clone(),
+        });
     }
     {
         let state = node.state.lock().await;
-        let peers: Vec<_> =
-            state.peers.values().map(|p| (p.record.cluster.clone(), p.record.trust_domain.clone())).collect();
-        crate::peering::server::check_collision(&node.me.cluster, &node.td, &peers, &token.cluster, &token.trust_domain)
-            .map_err(EstablishError::Collision)?;
+        let peers: Vec<_> = state
+            .peers
+            .values()
+            .map(|p| (p.record.cluster.clone(), p.record.trust_domain.clone()))
+            .collect();
+        crate::peering::server::check_collision(
+            &node.me.cluster,
+            &node.td,
+            &peers,
+            &token.cluster,
+            &token.trust_domain,
+        )
+        .map_err(EstablishError::Collision)?;
     }
     let their_bundle = TrustBundle::from_spiffe_json(&token.trust_domain, &token.bundle)
         .map_err(|e| EstablishError::Bundle(e.to_string()))?;
@@ -65,27 +83,42 @@ pub async fn establish(node: &Arc<Node>, token_text: &str) -> Result<PeerRecord,
     // certificate (the peer does not trust our CA yet).
     let pinned = TrustStore::new();
     pinned.set(their_bundle.clone());
-    let expected = federation_id(&token.trust_domain, &token.cluster).map_err(EstablishError::Bundle)?;
+    let expected =
+        federation_id(&token.trust_domain, &token.cluster).map_err(EstablishError::Bundle)?;
     let verifier = SpiffeServerVerifier::for_id(pinned, expected).into_arc();
-    let config = tls::client_config(None, verifier, ALPN_H2).map_err(|e| EstablishError::Bundle(e.to_string()))?;
+    let config = tls::client_config(None, verifier, ALPN_H2)
+        .map_err(|e| EstablishError::Bundle(e.to_string()))?;
     let channel = transport::connect(&token.address, config, CONNECT_TIMEOUT)
         .await
-        .map_err(|e| EstablishError::Connect { address: token.address.clone(), detail: e.to_string() })?;
-    let ours = node.trust.get(&node.td).ok_or_else(|| EstablishError::Bundle("own bundle missing".into()))?;
+        .map_err(|e| EstablishError::Connect {
+            address: token.address.clone(),
+            detail: e.to_string(),
+        })?;
+    let ours = node
+        .trust
+        .get(&node.td)
+        .ok_or_else(|| EstablishError::Bundle("own bundle missing".into()))?;
     let response = PeeringClient::new(channel)
         .establish(EstablishRequest {
             secret: format!("{}.{}", token.id, token.secret),
             cluster: node.me.cluster.to_string(),
             trust_domain: node.td.to_string(),
             region: node.me.region.to_string(),
-            zone: node.me.zone.as_ref().map(ToString::to_string).unwrap_or_default(),
-            peering_address: node.cfg.listen.peering.advertised().unwrap_or_default(),
+            zone: node
+                .me
+                .zone
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
+            peering_address: node.advertised_peering.clone(),
             bundle: Some(ours.to_proto()),
         })
         .await
         .map_err(|s| EstablishError::Refused(s.message().to_string()))?
         .into_inner();
-    if response.cluster != token.cluster.as_str() || response.trust_domain != token.trust_domain.as_str() {
+    if response.cluster != token.cluster.as_str()
+        || response.trust_domain != token.trust_domain.as_str()
+    {
         return Err(EstablishError::Refused(format!(
             "the peer answered as {}/{}, but the token is from {}/{}",
             response.cluster, response.trust_domain, token.cluster, token.trust_domain
@@ -96,13 +129,22 @@ pub async fn establish(node: &Arc<Node>, token_text: &str) -> Result<PeerRecord,
         None => their_bundle,
     };
     if bundle.trust_domain() != &token.trust_domain {
-        return Err(EstablishError::Bundle("the peer's bundle is for another trust domain".into()));
+        return Err(EstablishError::Bundle(
+            "the peer's bundle is for another trust domain".into(),
+        ));
     }
     let record = PeerRecord {
         cluster: token.cluster.clone(),
         trust_domain: token.trust_domain.clone(),
-        region: response.region.parse().map_err(|e: crate::model::NameError| EstablishError::Refused(e.to_string()))?,
-        zone: if response.zone.is_empty() { None } else { response.zone.parse().ok() },
+        region: response
+            .region
+            .parse()
+            .map_err(|e: crate::model::NameError| EstablishError::Refused(e.to_string()))?,
+        zone: if response.zone.is_empty() {
+            None
+        } else {
+            response.zone.parse().ok()
+        },
         dial_address: Some(token.address.clone()),
         bundle: bundle.to_spiffe_json(),
         bundle_sequence: bundle.sequence(),
@@ -112,16 +154,25 @@ pub async fn establish(node: &Arc<Node>, token_text: &str) -> Result<PeerRecord,
         let mut state = node.state.lock().await;
         let value = json(&record).map_err(|e| EstablishError::Store(e.to_string()))?;
         node.store
-            .commit(Vec::new(), vec![Op::Put { key: keys::peer_record(&record.cluster), value }])
+            .commit(
+                Vec::new(),
+                vec![Op::Put {
+                    key: keys::peer_record(&record.cluster),
+                    value,
+                }],
+            )
             .await
             .map_err(|e| EstablishError::Store(e.to_string()))?;
         node.trust.set(bundle);
-        let entry = state.peers.entry(record.cluster.clone()).or_insert_with(|| PeerEntry {
-            record: record.clone(),
-            place: place_of(&record),
-            catalog: Default::default(),
-            deltas: 0,
-        });
+        let entry = state
+            .peers
+            .entry(record.cluster.clone())
+            .or_insert_with(|| PeerEntry {
+                record: record.clone(),
+                place: place_of(&record),
+                catalog: Default::default(),
+                deltas: 0,
+            });
         entry.record = record.clone();
         entry.place = place_of(&record);
         node.link_update(&record.cluster, |_| {});
@@ -137,7 +188,12 @@ pub fn spawn_dialer(node: Arc<Node>, peer: ClusterName) {
     let task_node = node.clone();
     let task_peer = peer.clone();
     let handle = tokio::spawn(async move { dial_loop(task_node, task_peer).await });
-    if let Some(old) = node.sessions.lock().unwrap_or_else(|p| p.into_inner()).insert(peer, handle.abort_handle()) {
+    if let Some(old) = node
+        .sessions
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(peer, handle.abort_handle())
+    {
         old.abort();
     }
 }
@@ -158,7 +214,9 @@ async fn dial_loop(node: Arc<Node>, peer: ClusterName) {
         if started.elapsed() > Duration::from_secs(30) {
             backoff = Duration::from_millis(200);
         }
-        let jitter = Duration::from_millis(u64::from(rand_u8()) * backoff.as_millis().min(1000) as u64 / 512);
+        let jitter = Duration::from_millis(
+            u64::from(rand_u8()) * backoff.as_millis().min(1000) as u64 / 512,
+        );
         tokio::select! {
             _ = tokio::time::sleep(backoff + jitter) => {}
             _ = shutdown.changed() => return,
@@ -176,21 +234,38 @@ fn rand_u8() -> u8 {
 async fn dial_once(node: &Arc<Node>, peer: &ClusterName) -> Result<(), SessionError> {
     let (address, td) = {
         let state = node.state.lock().await;
-        let entry = state.peers.get(peer).ok_or_else(|| SessionError::Removed(peer.clone()))?;
-        (entry.record.dial_address.clone(), entry.record.trust_domain.clone())
+        let entry = state
+            .peers
+            .get(peer)
+            .ok_or_else(|| SessionError::Removed(peer.clone()))?;
+        (
+            entry.record.dial_address.clone(),
+            entry.record.trust_domain.clone(),
+        )
     };
-    let Some(address) = address else { return Err(SessionError::Removed(peer.clone())) };
-    let fail = |reason: String| SessionError::Protocol { peer: peer.clone(), reason };
+    let Some(address) = address else {
+        return Err(SessionError::Removed(peer.clone()));
+    };
+    let fail = |reason: String| SessionError::Protocol {
+        peer: peer.clone(),
+        reason,
+    };
     let expected = federation_id(&td, peer).map_err(fail)?;
     let verifier = SpiffeServerVerifier::for_id(node.trust.clone(), expected).into_arc();
-    let config = tls::client_config(Some(&node.certs), verifier, ALPN_H2).map_err(|e| fail(e.to_string()))?;
-    let channel = transport::connect(&address, config, CONNECT_TIMEOUT).await.map_err(|e| fail(e.to_string()))?;
+    let config = tls::client_config(Some(&node.certs), verifier, ALPN_H2)
+        .map_err(|e| fail(e.to_string()))?;
+    let channel = transport::connect(&address, config, CONNECT_TIMEOUT)
+        .await
+        .map_err(|e| fail(e.to_string()))?;
     let (tx, rx) = mpsc::channel::<PeerMessage>(64);
     let mut client = PeeringClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
     let inbound = client
         .sync(ReceiverStream::new(rx))
         .await
-        .map_err(|status| SessionError::Stream { peer: peer.clone(), status })?
+        .map_err(|status| SessionError::Stream {
+            peer: peer.clone(),
+            status,
+        })?
         .into_inner();
     crate::peering::session::run(node.clone(), peer.clone(), inbound, tx).await
 }
@@ -215,17 +290,37 @@ pub async fn session_ended(node: &Arc<Node>, peer: &ClusterName, result: Result<
 }
 
 /// Removes a peer: its record, catalog, bundle and stream. Its imports disappear.
-pub async fn remove(node: &Arc<Node>, peer: &ClusterName) -> Result<bool, crate::node::state::StateError> {
+pub async fn remove(
+    node: &Arc<Node>,
+    peer: &ClusterName,
+) -> Result<bool, crate::node::state::StateError> {
     let mut state = node.state.lock().await;
-    let Some(entry) = state.peers.get(peer).cloned() else { return Ok(false) };
+    let Some(entry) = state.peers.get(peer).cloned() else {
+        return Ok(false);
+    };
     node.store.delete_blob(&keys::peer_catalog(peer)).await?;
-    node.store.commit(Vec::new(), vec![Op::DeletePrefix { prefix: keys::peer_prefix(peer) }]).await?;
+    node.store
+        .commit(
+            Vec::new(),
+            vec![Op::DeletePrefix {
+                prefix: keys::peer_prefix(peer),
+            }],
+        )
+        .await?;
     state.peers.remove(peer);
     node.trust.remove(&entry.record.trust_domain);
-    if let Some(h) = node.sessions.lock().unwrap_or_else(|p| p.into_inner()).remove(peer) {
+    if let Some(h) = node
+        .sessions
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(peer)
+    {
         h.abort();
     }
-    node.links.lock().unwrap_or_else(|p| p.into_inner()).remove(peer);
+    node.links
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(peer);
     let keys = entry.catalog.services.keys().cloned().collect();
     let stale = node.stale_peers();
     state.recompute(Some(keys), &stale, now_ms()).await?;

@@ -43,7 +43,9 @@ pub fn check_collision(
         return Err(format!("cluster name {cluster} is this cluster's own name"));
     }
     if td == my_td {
-        return Err(format!("trust domain {td} is this cluster's own: every cluster needs its own trust domain"));
+        return Err(format!(
+            "trust domain {td} is this cluster's own: every cluster needs its own trust domain"
+        ));
     }
     for (c, t) in peers {
         if c == cluster && t == td {
@@ -53,7 +55,9 @@ pub fn check_collision(
             return Err(format!("trust domain {td} already belongs to peer {c}"));
         }
         if c == cluster {
-            return Err(format!("a peer named {c} already exists with trust domain {t}: remove it first"));
+            return Err(format!(
+                "a peer named {c} already exists with trust domain {t}: remove it first"
+            ));
         }
     }
     Ok(())
@@ -61,17 +65,33 @@ pub fn check_collision(
 
 #[tonic::async_trait]
 impl Peering for PeeringService {
-    async fn establish(&self, request: Request<EstablishRequest>) -> Result<Response<EstablishResponse>, Status> {
+    async fn establish(
+        &self,
+        request: Request<EstablishRequest>,
+    ) -> Result<Response<EstablishResponse>, Status> {
         let node = &self.node;
         let req = request.into_inner();
         let cluster: ClusterName = req.cluster.parse().map_err(|e| bad("cluster", e))?;
-        let td: TrustDomain = req.trust_domain.parse().map_err(|e| bad("trust_domain", e))?;
+        let td: TrustDomain = req
+            .trust_domain
+            .parse()
+            .map_err(|e| bad("trust_domain", e))?;
         let region: Region = req.region.parse().map_err(|e| bad("region", e))?;
-        let zone: Option<Zone> = if req.zone.is_empty() { None } else { Some(req.zone.parse().map_err(|e| bad("zone", e))?) };
-        let bundle = req.bundle.as_ref().ok_or_else(|| bad("bundle", "missing"))?;
+        let zone: Option<Zone> = if req.zone.is_empty() {
+            None
+        } else {
+            Some(req.zone.parse().map_err(|e| bad("zone", e))?)
+        };
+        let bundle = req
+            .bundle
+            .as_ref()
+            .ok_or_else(|| bad("bundle", "missing"))?;
         if bundle.trust_domain != td.as_str() {
             node.metrics.refused("bundle_trust_domain");
-            return Err(bad("bundle", format!("is for trust domain {}, not {td}", bundle.trust_domain)));
+            return Err(bad(
+                "bundle",
+                format!("is for trust domain {}, not {td}", bundle.trust_domain),
+            ));
         }
         let bundle = TrustBundle::from_proto(bundle).map_err(|e| bad("bundle", e))?;
         let (id, secret) = token::split_presented(&req.secret).ok_or_else(|| {
@@ -81,8 +101,11 @@ impl Peering for PeeringService {
 
         // Token checks and the peer record are one serialized step.
         let mut state = node.state.lock().await;
-        let peers: Vec<(ClusterName, TrustDomain)> =
-            state.peers.values().map(|p| (p.record.cluster.clone(), p.record.trust_domain.clone())).collect();
+        let peers: Vec<(ClusterName, TrustDomain)> = state
+            .peers
+            .values()
+            .map(|p| (p.record.cluster.clone(), p.record.trust_domain.clone()))
+            .collect();
         if let Err(reason) = check_collision(&node.me.cluster, &node.td, &peers, &cluster, &td) {
             node.metrics.refused("collision");
             tracing::warn!(peer.cluster = %cluster, trust_domain = %td, %reason, "refused a peering");
@@ -95,10 +118,12 @@ impl Peering for PeeringService {
             .map_err(|e| Status::unavailable(e.to_string()))?
             .ok_or_else(|| {
                 node.metrics.refused("token");
-                Status::unauthenticated("unknown peering token: create one with `isthmus peering token`")
+                Status::unauthenticated(
+                    "unknown peering token: create one with `isthmus peering token`",
+                )
             })?;
-        let mut record: TokenRecord =
-            serde_json::from_slice(&record_bytes).map_err(|e| Status::internal(format!("token record: {e}")))?;
+        let mut record: TokenRecord = serde_json::from_slice(&record_bytes)
+            .map_err(|e| Status::internal(format!("token record: {e}")))?;
         if let Err(e) = token::check(&record, secret, &cluster, now_ms()) {
             node.metrics.refused("token");
             tracing::warn!(peer.cluster = %cluster, token.id = %record.id, reason = %e, "refused a peering token");
@@ -117,45 +142,76 @@ impl Peering for PeeringService {
             established_at_ms: existing.map(|e| e.established_at_ms).unwrap_or_else(now_ms),
         };
         let ops = vec![
-            Op::Put { key: keys::token(id), value: json(&record).map_err(|e| Status::internal(e.to_string()))? },
-            Op::Put { key: keys::peer_record(&cluster), value: json(&peer).map_err(|e| Status::internal(e.to_string()))? },
+            Op::Put {
+                key: keys::token(id),
+                value: json(&record).map_err(|e| Status::internal(e.to_string()))?,
+            },
+            Op::Put {
+                key: keys::peer_record(&cluster),
+                value: json(&peer).map_err(|e| Status::internal(e.to_string()))?,
+            },
         ];
-        node.store.commit(Vec::new(), ops).await.map_err(|e| Status::unavailable(e.to_string()))?;
+        node.store
+            .commit(Vec::new(), ops)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
         node.trust.set(bundle);
         let place = place_of(&peer);
-        let entry = state.peers.entry(cluster.clone()).or_insert_with(|| PeerEntry {
-            record: peer.clone(),
-            place: place.clone(),
-            catalog: Default::default(),
-            deltas: 0,
-        });
+        let entry = state
+            .peers
+            .entry(cluster.clone())
+            .or_insert_with(|| PeerEntry {
+                record: peer.clone(),
+                place: place.clone(),
+                catalog: Default::default(),
+                deltas: 0,
+            });
         entry.record = peer;
         entry.place = place;
         node.link_update(&cluster, |_| {});
         node.publish(&mut state);
         drop(state);
         tracing::info!(peer.cluster = %cluster, trust_domain = %td, "peering established (they dial us)");
-        let ours = node.trust.get(&node.td).ok_or_else(|| Status::internal("own bundle missing"))?;
+        let ours = node
+            .trust
+            .get(&node.td)
+            .ok_or_else(|| Status::internal("own bundle missing"))?;
         Ok(Response::new(EstablishResponse {
             cluster: node.me.cluster.to_string(),
             trust_domain: node.td.to_string(),
             region: node.me.region.to_string(),
-            zone: node.me.zone.as_ref().map(ToString::to_string).unwrap_or_default(),
+            zone: node
+                .me
+                .zone
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
             bundle: Some(ours.to_proto()),
         }))
     }
 
     type SyncStream = Pin<Box<dyn Stream<Item = Result<PeerMessage, Status>> + Send>>;
 
-    async fn sync(&self, request: Request<Streaming<PeerMessage>>) -> Result<Response<Self::SyncStream>, Status> {
+    async fn sync(
+        &self,
+        request: Request<Streaming<PeerMessage>>,
+    ) -> Result<Response<Self::SyncStream>, Status> {
         let node = self.node.clone();
-        let caller = request.extensions().get::<PeerInfo>().and_then(|p| p.id.clone()).ok_or_else(|| {
-            node.metrics.refused("no_client_certificate");
-            Status::unauthenticated("a peering stream needs a client certificate from a peered trust domain")
-        })?;
+        let caller = request
+            .extensions()
+            .get::<PeerInfo>()
+            .and_then(|p| p.id.clone())
+            .ok_or_else(|| {
+                node.metrics.refused("no_client_certificate");
+                Status::unauthenticated(
+                    "a peering stream needs a client certificate from a peered trust domain",
+                )
+            })?;
         if !matches!(caller.kind(), IdKind::Federation { .. }) {
             node.metrics.refused("not_a_federation");
-            return Err(Status::permission_denied(format!("{caller} is not a federation identity")));
+            return Err(Status::permission_denied(format!(
+                "{caller} is not a federation identity"
+            )));
         }
         let peer = {
             let state = node.state.lock().await;
@@ -167,18 +223,28 @@ impl Peering for PeeringService {
         };
         let Some(peer) = peer else {
             node.metrics.refused("not_a_peer");
-            return Err(Status::permission_denied(format!("trust domain {} is not a peer", caller.trust_domain())));
+            return Err(Status::permission_denied(format!(
+                "trust domain {} is not a peer",
+                caller.trust_domain()
+            )));
         };
         let inbound = request.into_inner();
         let (tx, rx) = mpsc::channel::<PeerMessage>(64);
         let task_node = node.clone();
         let task_peer = peer.clone();
         let handle = tokio::spawn(async move {
-            let result = crate::peering::session::run(task_node.clone(), task_peer.clone(), inbound, tx).await;
+            let result =
+                crate::peering::session::run(task_node.clone(), task_peer.clone(), inbound, tx)
+                    .await;
             crate::peering::dialer::session_ended(&task_node, &task_peer, result).await;
         });
         // One stream per peer: a reconnect replaces the old session.
-        if let Some(old) = node.sessions.lock().unwrap_or_else(|p| p.into_inner()).insert(peer, handle.abort_handle()) {
+        if let Some(old) = node
+            .sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(peer, handle.abort_handle())
+        {
             old.abort();
         }
         let out = futures_util::StreamExt::map(ReceiverStream::new(rx), Ok::<_, Status>);

@@ -53,7 +53,12 @@ fn msg(body: Body) -> PeerMessage {
 }
 
 /// Runs one session until the stream ends. `out` feeds the outgoing half of the stream.
-pub async fn run<S>(node: Arc<Node>, peer: ClusterName, mut inbound: S, out: mpsc::Sender<PeerMessage>) -> Result<(), SessionError>
+pub async fn run<S>(
+    node: Arc<Node>,
+    peer: ClusterName,
+    mut inbound: S,
+    out: mpsc::Sender<PeerMessage>,
+) -> Result<(), SessionError>
 where
     S: Stream<Item = Result<PeerMessage, Status>> + Unpin + Send,
 {
@@ -63,39 +68,61 @@ where
     // 1. Hellos.
     let (their_epoch, their_version, record_td) = {
         let state = node.state.lock().await;
-        let entry = state.peers.get(&peer).ok_or_else(|| SessionError::Removed(peer.clone()))?;
-        (entry.catalog.epoch.clone(), entry.catalog.version, entry.record.trust_domain.clone())
+        let entry = state
+            .peers
+            .get(&peer)
+            .ok_or_else(|| SessionError::Removed(peer.clone()))?;
+        (
+            entry.catalog.epoch.clone(),
+            entry.catalog.version,
+            entry.record.trust_domain.clone(),
+        )
     };
     let hello = proto::PeerHello {
         protocol_version: PROTOCOL_VERSION,
         cluster: node.me.cluster.to_string(),
         trust_domain: node.td.to_string(),
         region: node.me.region.to_string(),
-        zone: node.me.zone.as_ref().map(ToString::to_string).unwrap_or_default(),
+        zone: node
+            .me
+            .zone
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
         resume_after: their_version,
         epoch: their_epoch,
     };
-    out.send(msg(Body::Hello(hello))).await.map_err(|_| closed())?;
+    out.send(msg(Body::Hello(hello)))
+        .await
+        .map_err(|_| closed())?;
     let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.next())
         .await
         .map_err(|_| SessionError::NoHello(peer.clone()))?;
     let their_hello = match first {
-        Some(Ok(PeerMessage { body: Some(Body::Hello(h)) })) => h,
+        Some(Ok(PeerMessage {
+            body: Some(Body::Hello(h)),
+        })) => h,
         Some(Ok(_)) => return Err(protocol(&peer, "the first message must be a hello")),
         Some(Err(status)) => return Err(SessionError::Stream { peer, status }),
         None => return Err(closed()),
     };
     if their_hello.protocol_version != PROTOCOL_VERSION {
-        return Err(protocol(&peer, &format!(
-            "it speaks peering protocol {}, this federation speaks {PROTOCOL_VERSION}: upgrade one side",
-            their_hello.protocol_version
-        )));
+        return Err(protocol(
+            &peer,
+            &format!(
+                "it speaks peering protocol {}, this federation speaks {PROTOCOL_VERSION}: upgrade one side",
+                their_hello.protocol_version
+            ),
+        ));
     }
     if their_hello.cluster != peer.as_str() || their_hello.trust_domain != record_td.as_str() {
-        return Err(protocol(&peer, &format!(
-            "hello names cluster {:?} / trust domain {:?}, but this peering is with {peer} / {record_td}",
-            their_hello.cluster, their_hello.trust_domain
-        )));
+        return Err(protocol(
+            &peer,
+            &format!(
+                "hello names cluster {:?} / trust domain {:?}, but this peering is with {peer} / {record_td}",
+                their_hello.cluster, their_hello.trust_domain
+            ),
+        ));
     }
     node.link_update(&peer, |l| {
         l.connected = true;
@@ -103,14 +130,28 @@ where
         l.connected_since_ms = now_ms();
         l.last_error = None;
     });
-    node.metrics.peer_connects.get_or_create(&crate::metrics::PeerLabels { peer: peer.to_string() }).inc();
+    node.metrics
+        .peer_connects
+        .get_or_create(&crate::metrics::PeerLabels {
+            peer: peer.to_string(),
+        })
+        .inc();
     node.link_changed(&peer).await;
     tracing::info!(peer.cluster = %peer, resume_after = their_hello.resume_after, "peering stream up");
 
     // 2. Catch the peer up.
-    let mut sender = Sender { node: node.clone(), peer: peer.clone(), out: out.clone(), sent: 0, bundle_at: BTreeMap::new(), force_snapshot: false };
+    let mut sender = Sender {
+        node: node.clone(),
+        peer: peer.clone(),
+        out: out.clone(),
+        sent: 0,
+        bundle_at: BTreeMap::new(),
+        force_snapshot: false,
+    };
     let mut local_rx = node.local_version.subscribe();
-    sender.catch_up(Some((&their_hello.epoch, their_hello.resume_after))).await?;
+    sender
+        .catch_up(Some((&their_hello.epoch, their_hello.resume_after)))
+        .await?;
 
     // 3. Steady state.
     let mut reassembly = Reassembly::default();
@@ -166,7 +207,10 @@ where
 }
 
 fn protocol(peer: &ClusterName, reason: &str) -> SessionError {
-    SessionError::Protocol { peer: peer.clone(), reason: reason.to_string() }
+    SessionError::Protocol {
+        peer: peer.clone(),
+        reason: reason.to_string(),
+    }
 }
 
 async fn reject(
@@ -177,12 +221,20 @@ async fn reject(
     code: i32,
     reason: String,
 ) -> Result<(), SessionError> {
-    let result = if code == CODE_INVALID_ARGUMENT { "nacked_invalid" } else { "nacked_store" };
+    let result = if code == CODE_INVALID_ARGUMENT {
+        "nacked_invalid"
+    } else {
+        "nacked_store"
+    };
     node.metrics.update(peer.as_str(), result);
     tracing::warn!(peer.cluster = %peer, version, code, %reason, "refused a catalog update from a peer; state unchanged");
-    out.send(msg(Body::Nack(proto::Nack { version, reason, code })))
-        .await
-        .map_err(|_| SessionError::Closed(peer.clone()))
+    out.send(msg(Body::Nack(proto::Nack {
+        version,
+        reason,
+        code,
+    })))
+    .await
+    .map_err(|_| SessionError::Closed(peer.clone()))
 }
 
 async fn receive(
@@ -204,7 +256,9 @@ async fn receive(
                 .await
                 .map_err(|_| SessionError::Closed(peer.clone()))
         }
-        Err(StateError::Rejected(reason)) => reject(node, peer, out, version, CODE_INVALID_ARGUMENT, reason).await,
+        Err(StateError::Rejected(reason)) => {
+            reject(node, peer, out, version, CODE_INVALID_ARGUMENT, reason).await
+        }
         Err(e) => reject(node, peer, out, version, CODE_UNAVAILABLE, e.to_string()).await,
     }
 }
@@ -245,7 +299,9 @@ impl Sender {
                 upserts: Vec::new(),
                 removals: Vec::new(),
                 bundle: Some(bundle.to_proto()),
-                gateways: Some(proto::GatewaySet { gateways: local.gateways.iter().map(|g| g.to_proto()).collect() }),
+                gateways: Some(proto::GatewaySet {
+                    gateways: local.gateways.iter().map(|g| g.to_proto()).collect(),
+                }),
                 more: false,
                 cluster: self.node.me.cluster.to_string(),
             };
@@ -264,7 +320,11 @@ impl Sender {
                 }
                 Since::TooOld => {
                     u.snapshot = true;
-                    u.upserts = local.snapshot_for(&self.peer).iter().map(|s| s.to_proto()).collect();
+                    u.upserts = local
+                        .snapshot_for(&self.peer)
+                        .iter()
+                        .map(|s| s.to_proto())
+                        .collect();
                 }
             }
             self.bundle_at.insert(local.version, bundle.sequence());
@@ -272,12 +332,22 @@ impl Sender {
         };
         let version = update.version;
         for part in update::split(update) {
-            self.out.send(msg(Body::Update(part))).await.map_err(|_| SessionError::Closed(self.peer.clone()))?;
+            self.out
+                .send(msg(Body::Update(part)))
+                .await
+                .map_err(|_| SessionError::Closed(self.peer.clone()))?;
         }
         self.sent = version;
         self.force_snapshot = false;
-        self.node.metrics.peer_updates_sent.get_or_create(&crate::metrics::PeerLabels { peer: self.peer.to_string() }).inc();
-        self.node.link_update(&self.peer, |l| l.sent_version = version);
+        self.node
+            .metrics
+            .peer_updates_sent
+            .get_or_create(&crate::metrics::PeerLabels {
+                peer: self.peer.to_string(),
+            })
+            .inc();
+        self.node
+            .link_update(&self.peer, |l| l.sent_version = version);
         Ok(())
     }
 

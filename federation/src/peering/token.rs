@@ -51,18 +51,21 @@ impl PeeringToken {
         if text.len() > MAX_TOKEN_BYTES {
             return Err(TokenError::Malformed("token is too large".into()));
         }
-        let body = text
-            .strip_prefix(PREFIX)
-            .ok_or_else(|| TokenError::Malformed(format!("a peering token starts with {PREFIX:?}")))?;
-        let json = URL_SAFE_NO_PAD
-            .decode(body)
-            .map_err(|_| TokenError::Malformed("not base64url: was the token copied whole?".into()))?;
+        let body = text.strip_prefix(PREFIX).ok_or_else(|| {
+            TokenError::Malformed(format!("a peering token starts with {PREFIX:?}"))
+        })?;
+        let json = URL_SAFE_NO_PAD.decode(body).map_err(|_| {
+            TokenError::Malformed("not base64url: was the token copied whole?".into())
+        })?;
         serde_json::from_slice(&json).map_err(|e| TokenError::Malformed(e.to_string()))
     }
 
     /// Redacted form for logs and `config_dump`.
     pub fn describe(&self) -> String {
-        format!("peering token {} from {} for {} (expires {} ms)", self.id, self.cluster, self.peer, self.expires_at_ms)
+        format!(
+            "peering token {} from {} for {} (expires {} ms)",
+            self.id, self.cluster, self.peer, self.expires_at_ms
+        )
     }
 }
 
@@ -82,12 +85,19 @@ pub struct TokenRecord {
 pub enum TokenError {
     #[error("malformed peering token: {0}")]
     Malformed(String),
-    #[error("the peering token is not valid: create a new one with `isthmus peering token --peer <name>` on the other cluster")]
+    #[error(
+        "the peering token is not valid: create a new one with `isthmus peering token --peer <name>` on the other cluster"
+    )]
     Invalid,
-    #[error("the peering token expired: create a new one with `isthmus peering token --peer <name>` on the other cluster")]
+    #[error(
+        "the peering token expired: create a new one with `isthmus peering token --peer <name>` on the other cluster"
+    )]
     Expired,
     #[error("the peering token was issued for peer {expected}, not {presented}")]
-    WrongPeer { expected: ClusterName, presented: ClusterName },
+    WrongPeer {
+        expected: ClusterName,
+        presented: ClusterName,
+    },
     #[error("the peering token was already used by {0}: a token is single-use")]
     Spent(ClusterName),
     #[error("no secure random numbers available")]
@@ -142,11 +152,17 @@ pub fn check(
     if now_ms >= record.expires_at_ms {
         return Err(TokenError::Expired);
     }
-    if !constant_time_eq(sha256_hex(presented_secret).as_bytes(), record.secret_sha256.as_bytes()) {
+    if !constant_time_eq(
+        sha256_hex(presented_secret).as_bytes(),
+        record.secret_sha256.as_bytes(),
+    ) {
         return Err(TokenError::Invalid);
     }
     if &record.peer != caller {
-        return Err(TokenError::WrongPeer { expected: record.peer.clone(), presented: caller.clone() });
+        return Err(TokenError::WrongPeer {
+            expected: record.peer.clone(),
+            presented: caller.clone(),
+        });
     }
     match &record.used_by {
         Some(user) if user != caller => Err(TokenError::Spent(user.clone())),
@@ -160,7 +176,11 @@ pub fn split_presented(presented: &str) -> Option<(&str, &str)> {
 }
 
 fn sha256_hex(text: &str) -> String {
-    digest(&SHA256, text.as_bytes()).as_ref().iter().map(|b| format!("{b:02x}")).collect()
+    digest(&SHA256, text.as_bytes())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Compares without an early exit, so timing does not reveal how many bytes matched.
@@ -197,11 +217,20 @@ mod tests {
         let (t, r) = token();
         let text = t.encode().expect("encode");
         assert_eq!(PeeringToken::decode(&text).expect("decode"), t);
-        assert_eq!(PeeringToken::decode(&format!("  {text}\n")).expect("trim"), t);
+        assert_eq!(
+            PeeringToken::decode(&format!("  {text}\n")).expect("trim"),
+            t
+        );
         let record_json = serde_json::to_string(&r).expect("json");
         assert!(!record_json.contains(&t.secret));
         assert!(!t.describe().contains(&t.secret));
-        for bad in ["", "isthmus-peering-v1.", "isthmus-peering-v1.!!!", "other.abc", &text[..text.len() - 4]] {
+        for bad in [
+            "",
+            "isthmus-peering-v1.",
+            "isthmus-peering-v1.!!!",
+            "other.abc",
+            &text[..text.len() - 4],
+        ] {
             assert!(PeeringToken::decode(bad).is_err(), "{bad}");
         }
     }
@@ -210,13 +239,25 @@ mod tests {
     fn check_table() {
         let (t, mut r) = token();
         assert_eq!(check(&r, &t.secret, &name("west"), 0), Ok(()));
-        assert_eq!(check(&r, "nope", &name("west"), 0), Err(TokenError::Invalid));
-        assert_eq!(check(&r, &t.secret, &name("west"), 10_000), Err(TokenError::Expired));
-        assert!(matches!(check(&r, &t.secret, &name("south"), 0), Err(TokenError::WrongPeer { .. })));
+        assert_eq!(
+            check(&r, "nope", &name("west"), 0),
+            Err(TokenError::Invalid)
+        );
+        assert_eq!(
+            check(&r, &t.secret, &name("west"), 10_000),
+            Err(TokenError::Expired)
+        );
+        assert!(matches!(
+            check(&r, &t.secret, &name("south"), 0),
+            Err(TokenError::WrongPeer { .. })
+        ));
         r.used_by = Some(name("west"));
         // The same peer may retry until expiry.
         assert_eq!(check(&r, &t.secret, &name("west"), 5), Ok(()));
         r.used_by = Some(name("south"));
-        assert_eq!(check(&r, &t.secret, &name("west"), 5), Err(TokenError::Spent(name("south"))));
+        assert_eq!(
+            check(&r, &t.secret, &name("west"), 5),
+            Err(TokenError::Spent(name("south")))
+        );
     }
 }

@@ -32,7 +32,11 @@ impl GatewayAddr {
         proto::GatewayAddress {
             name: self.name.clone(),
             address: self.address.to_string(),
-            zone: self.zone.as_ref().map(ToString::to_string).unwrap_or_default(),
+            zone: self
+                .zone
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
         }
     }
 
@@ -45,8 +49,20 @@ impl GatewayAddr {
         if address.port() == 0 {
             return Err(format!("gateway {}: port 0", g.name));
         }
-        let zone = if g.zone.is_empty() { None } else { Some(g.zone.parse().map_err(|e: crate::model::NameError| e.to_string())?) };
-        Ok(Self { name: g.name.clone(), address, zone })
+        let zone = if g.zone.is_empty() {
+            None
+        } else {
+            Some(
+                g.zone
+                    .parse()
+                    .map_err(|e: crate::model::NameError| e.to_string())?,
+            )
+        };
+        Ok(Self {
+            name: g.name.clone(),
+            address,
+            zone,
+        })
     }
 }
 
@@ -76,7 +92,10 @@ pub fn validate(
     peer: &ClusterName,
     peer_td: &TrustDomain,
 ) -> Result<PeerUpdate, UpdateError> {
-    let fail = |reason: String| UpdateError { peer: peer.clone(), reason };
+    let fail = |reason: String| UpdateError {
+        peer: peer.clone(),
+        reason,
+    };
     if update.cluster != peer.as_str() {
         return Err(fail(format!(
             "it carries the catalog of cluster {:?}: a peer may publish only its own cluster's services",
@@ -89,8 +108,11 @@ pub fn validate(
     if update.epoch.is_empty() || update.epoch.len() > 64 {
         return Err(fail("epoch must be 1-64 characters".into()));
     }
-    if update.upserts.len() > MAX_SERVICES_PER_PEER || update.removals.len() > MAX_SERVICES_PER_PEER {
-        return Err(fail(format!("more than {MAX_SERVICES_PER_PEER} services in one update")));
+    if update.upserts.len() > MAX_SERVICES_PER_PEER || update.removals.len() > MAX_SERVICES_PER_PEER
+    {
+        return Err(fail(format!(
+            "more than {MAX_SERVICES_PER_PEER} services in one update"
+        )));
     }
     let mut seen = BTreeSet::new();
     let mut upserts = Vec::with_capacity(update.upserts.len());
@@ -130,13 +152,20 @@ pub fn validate(
             if set.gateways.len() > MAX_GATEWAYS {
                 return Err(fail(format!("more than {MAX_GATEWAYS} gateways")));
             }
-            let mut list = set.gateways.iter().map(GatewayAddr::from_proto).collect::<Result<Vec<_>, _>>().map_err(fail)?;
+            let mut list = set
+                .gateways
+                .iter()
+                .map(GatewayAddr::from_proto)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(fail)?;
             list.sort();
             Some(list)
         }
     };
     if update.snapshot && (bundle.is_none() || gateways.is_none()) {
-        return Err(fail("a snapshot must carry the bundle and the gateway set".into()));
+        return Err(fail(
+            "a snapshot must carry the bundle and the gateway set".into(),
+        ));
     }
     Ok(PeerUpdate {
         version: update.version,
@@ -158,12 +187,18 @@ pub struct Reassembly {
 
 impl Reassembly {
     /// Returns the whole update when `part` completes it.
-    pub fn push(&mut self, part: proto::CatalogUpdate) -> Result<Option<proto::CatalogUpdate>, String> {
+    pub fn push(
+        &mut self,
+        part: proto::CatalogUpdate,
+    ) -> Result<Option<proto::CatalogUpdate>, String> {
         let more = part.more;
         let whole = match self.pending.take() {
             None => part,
             Some(mut acc) => {
-                if acc.version != part.version || acc.epoch != part.epoch || acc.snapshot != part.snapshot {
+                if acc.version != part.version
+                    || acc.epoch != part.epoch
+                    || acc.snapshot != part.snapshot
+                {
                     return Err(format!(
                         "part of version {} arrived while version {} was incomplete",
                         part.version, acc.version
@@ -172,7 +207,9 @@ impl Reassembly {
                 if acc.upserts.len() + part.upserts.len() > MAX_SERVICES_PER_PEER
                     || acc.removals.len() + part.removals.len() > MAX_SERVICES_PER_PEER
                 {
-                    return Err(format!("more than {MAX_SERVICES_PER_PEER} services in one update"));
+                    return Err(format!(
+                        "more than {MAX_SERVICES_PER_PEER} services in one update"
+                    ));
                 }
                 acc.upserts.extend(part.upserts);
                 acc.removals.extend(part.removals);
@@ -204,7 +241,14 @@ pub fn split(update: proto::CatalogUpdate) -> Vec<proto::CatalogUpdate> {
     let mut parts = Vec::new();
     let mut upserts = update.upserts.into_iter().peekable();
     let mut removals = update.removals.into_iter().peekable();
-    let template = proto::CatalogUpdate { upserts: vec![], removals: vec![], bundle: None, gateways: None, more: true, ..update };
+    let template = proto::CatalogUpdate {
+        upserts: vec![],
+        removals: vec![],
+        bundle: None,
+        gateways: None,
+        more: true,
+        ..update
+    };
     let mut first = true;
     while upserts.peek().is_some() || removals.peek().is_some() {
         let mut part = template.clone();

@@ -60,6 +60,14 @@ pub struct EmbeddedStore {
     inner: Arc<Inner>,
 }
 
+impl std::fmt::Debug for EmbeddedStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedStore")
+            .field("path", &self.inner.path)
+            .finish()
+    }
+}
+
 struct Inner {
     db: Database,
     path: PathBuf,

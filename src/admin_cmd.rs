@@ -1,0 +1,96 @@
+//! Subcommands that talk to a running federation over its admin socket.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use serde_json::{Value, json};
+
+use crate::Target;
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+pub fn socket_path(target: &Target) -> anyhow::Result<PathBuf> {
+    if let Some(p) = &target.admin_socket {
+        return Ok(p.clone());
+    }
+    if let Some(c) = &target.config {
+        let cfg = isthmus_federation::config::FederationConfig::load(c)?;
+        return Ok(cfg.admin_socket());
+    }
+    anyhow::bail!(
+        "say which federation: --config <file> (or ISTHMUS_CONFIG), or --admin-socket <path>"
+    )
+}
+
+pub async fn call(target: &Target, op: &str, body: Value) -> anyhow::Result<Value> {
+    let socket = socket_path(target)?;
+    Ok(isthmus_federation::admin::admin_call(&socket, op, &body, TIMEOUT).await?)
+}
+
+pub async fn call_and_print(target: &Target, op: &str, body: Value) -> anyhow::Result<()> {
+    let value = call(target, op, body).await?;
+    if target.json {
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(());
+    }
+    match op {
+        "peering.token" => println!("{}", value["token"].as_str().unwrap_or_default()),
+        "peering.list" => print_peers(
+            value["peers"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default(),
+        ),
+        _ => println!("{}", serde_json::to_string_pretty(&value)?),
+    }
+    Ok(())
+}
+
+fn print_peers(peers: &[Value]) {
+    println!(
+        "{:<12} {:<24} {:<13} {:>9} {:>10} {:>8} {:>6}",
+        "PEER", "TRUST DOMAIN", "STATE", "SERVICES", "AGE(ms)", "VERSION", "LAG"
+    );
+    for p in peers {
+        println!(
+            "{:<12} {:<24} {:<13} {:>9} {:>10} {:>8} {:>6}",
+            p["cluster"].as_str().unwrap_or("?"),
+            p["trust_domain"].as_str().unwrap_or("?"),
+            p["state"].as_str().unwrap_or("?"),
+            p["their_catalog"]["services"],
+            p["their_catalog"]["age_ms"],
+            p["their_catalog"]["version"],
+            p["our_catalog"]["lag"],
+        );
+    }
+}
+
+pub async fn gateway_bootstrap(
+    target: &Target,
+    name: &str,
+    out: Option<&Path>,
+) -> anyhow::Result<()> {
+    let file = call(target, "gateway.bootstrap", json!({ "name": name })).await?;
+    let text = serde_json::to_string_pretty(&file)?;
+    match out {
+        None => println!("{text}"),
+        Some(path) => {
+            use std::io::Write as _;
+            use std::os::unix::fs::OpenOptionsExt as _;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(path)
+                .with_context(|| format!("writing {}", path.display()))?;
+            f.write_all(text.as_bytes())?;
+            eprintln!(
+                "wrote bootstrap file for gateway {name} to {}",
+                path.display()
+            );
+        }
+    }
+    Ok(())
+}
