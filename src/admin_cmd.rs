@@ -94,3 +94,56 @@ pub async fn gateway_bootstrap(
     }
     Ok(())
 }
+
+/// `isthmus workload issue`: sends a CSR (PEM or DER) and prints or writes the signed chain.
+pub async fn workload_issue(
+    target: &Target,
+    namespace: &str,
+    service_account: &str,
+    csr: &Path,
+    out: Option<&Path>,
+) -> anyhow::Result<()> {
+    use base64::Engine as _;
+    let engine = base64::engine::general_purpose::STANDARD;
+    let bytes = std::fs::read(csr).with_context(|| format!("reading {}", csr.display()))?;
+    let der = match std::str::from_utf8(&bytes) {
+        Ok(text) if text.contains("-----BEGIN") => {
+            let body: String = text
+                .lines()
+                .filter(|l| !l.starts_with("-----"))
+                .collect::<Vec<_>>()
+                .concat();
+            engine
+                .decode(body.trim())
+                .with_context(|| format!("{} is not a PEM CSR", csr.display()))?
+        }
+        _ => bytes,
+    };
+    let value = call(
+        target,
+        "workload.issue",
+        json!({
+            "namespace": namespace,
+            "service_account": service_account,
+            "csr_der_b64": engine.encode(der),
+        }),
+    )
+    .await?;
+    if target.json {
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(());
+    }
+    let chain = value["chain_pem"].as_str().unwrap_or_default();
+    match out {
+        None => print!("{chain}"),
+        Some(path) => {
+            std::fs::write(path, chain).with_context(|| format!("writing {}", path.display()))?;
+            eprintln!(
+                "wrote the certificate for {} to {}",
+                value["spiffe_id"].as_str().unwrap_or("?"),
+                path.display()
+            );
+        }
+    }
+    Ok(())
+}

@@ -72,6 +72,13 @@ enum Command {
         #[command(subcommand)]
         op: GatewayOp,
     },
+    /// Workload certificates (for VMs registering endpoints with the registry).
+    Workload {
+        #[command(flatten)]
+        target: Target,
+        #[command(subcommand)]
+        op: WorkloadOp,
+    },
     /// Start three clusters on loopback, peer them, and show them converge.
     Demo {
         /// Where the demo keeps its data (default: a fresh temp dir).
@@ -134,6 +141,24 @@ enum GatewayOp {
     List,
 }
 
+#[derive(Subcommand)]
+enum WorkloadOp {
+    /// Sign a workload's CSR for spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>.
+    /// The key stays on the workload: only the CSR (PEM or DER) is sent.
+    Issue {
+        #[arg(long, env = "ISTHMUS_WORKLOAD_NAMESPACE")]
+        namespace: String,
+        #[arg(long, env = "ISTHMUS_WORKLOAD_SERVICE_ACCOUNT")]
+        service_account: String,
+        /// The CSR file (PEM or DER).
+        #[arg(long, env = "ISTHMUS_WORKLOAD_CSR")]
+        csr: PathBuf,
+        /// Write the certificate chain (PEM) here instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
 fn main() -> anyhow::Result<()> {
     // One crypto provider for the whole process, before anything touches TLS.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -190,6 +215,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 admin_cmd::call_and_print(&target, "gateway.list", json!(null)).await
             }
         },
+        Command::Workload {
+            target,
+            op:
+                WorkloadOp::Issue {
+                    namespace,
+                    service_account,
+                    csr,
+                    out,
+                },
+        } => {
+            admin_cmd::workload_issue(&target, &namespace, &service_account, &csr, out.as_deref())
+                .await
+        }
         Command::Demo { dir, exit } => demo::run(dir, exit).await,
     }
 }

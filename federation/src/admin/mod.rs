@@ -17,7 +17,9 @@ pub mod socket;
 
 pub use client::{AdminClientError, admin_call};
 pub use http::{AdminHttpConfig, AdminHttpState, redact_secrets, serve_admin_http};
-pub use socket::{AdminError, AdminHandler, serve_admin_socket};
+pub use socket::{
+    AdminError, AdminHandler, BoundAdminSocket, bind_admin_socket, serve_admin_socket,
+};
 
 use std::convert::Infallible;
 use std::future::Future;

@@ -104,6 +104,21 @@ pub async fn serve_admin_socket(
     handler: Arc<dyn AdminHandler>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), AdminError> {
+    bind_admin_socket(path)
+        .await?
+        .serve(handler, shutdown)
+        .await
+}
+
+/// A bound (listening) admin socket, not yet serving: lets a caller report readiness only once
+/// clients can connect.
+pub struct BoundAdminSocket {
+    listener: UnixListener,
+    socket_file: SocketFile,
+}
+
+/// Binds the admin socket at `path` (see [`serve_admin_socket`] for what is replaced or refused).
+pub async fn bind_admin_socket(path: &Path) -> Result<BoundAdminSocket, AdminError> {
     remove_stale_socket(path).await?;
     let listener = UnixListener::bind(path).map_err(|e| bind_error(path, &e))?;
     // From here on the file is ours: remove it on every exit path, including errors below.
@@ -114,29 +129,48 @@ pub async fn serve_admin_socket(
             path.display()
         ))
     })?;
-    let owner = socket_file.owner_uid;
     tracing::info!(path = %path.display(), "admin socket listening");
+    Ok(BoundAdminSocket {
+        listener,
+        socket_file,
+    })
+}
 
-    let admit = move |stream: &UnixStream| match stream.peer_cred() {
-        Ok(cred) if cred.uid() == owner || cred.uid() == 0 => true,
-        Ok(cred) => {
-            tracing::warn!(
-                peer.uid = cred.uid(),
-                "admin socket: refused a connection from another user"
-            );
-            false
-        }
-        Err(error) => {
-            tracing::warn!(%error, "admin socket: cannot read the peer's credentials; refused");
-            false
-        }
-    };
-    let (ops, ops_done) = in_flight();
-    let handle = move |req: Request<Incoming>| route(Arc::clone(&handler), ops.clone(), req);
-    serve_http1(listener, admit, handle, shutdown, ops_done.wait()).await;
-    drop(socket_file);
-    tracing::info!(path = %path.display(), "admin socket stopped");
-    Ok(())
+impl BoundAdminSocket {
+    /// Serves until `shutdown` resolves, drains in-flight calls, removes the socket file.
+    pub async fn serve(
+        self,
+        handler: Arc<dyn AdminHandler>,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), AdminError> {
+        let BoundAdminSocket {
+            listener,
+            socket_file,
+        } = self;
+        let path = socket_file.path.clone();
+        let owner = socket_file.owner_uid;
+
+        let admit = move |stream: &UnixStream| match stream.peer_cred() {
+            Ok(cred) if cred.uid() == owner || cred.uid() == 0 => true,
+            Ok(cred) => {
+                tracing::warn!(
+                    peer.uid = cred.uid(),
+                    "admin socket: refused a connection from another user"
+                );
+                false
+            }
+            Err(error) => {
+                tracing::warn!(%error, "admin socket: cannot read the peer's credentials; refused");
+                false
+            }
+        };
+        let (ops, ops_done) = in_flight();
+        let handle = move |req: Request<Incoming>| route(Arc::clone(&handler), ops.clone(), req);
+        serve_http1(listener, admit, handle, shutdown, ops_done.wait()).await;
+        drop(socket_file);
+        tracing::info!(path = %path.display(), "admin socket stopped");
+        Ok(())
+    }
 }
 
 /// Clears the way for `bind`: nothing there is fine, a dead socket is removed, anything else is

@@ -48,6 +48,15 @@ struct GatewayArg {
     name: String,
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WorkloadIssueArg {
+    namespace: String,
+    service_account: String,
+    /// The workload's CSR (DER, standard base64). Its key never leaves the workload.
+    csr_der_b64: String,
+}
+
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RetireArg {
@@ -206,6 +215,41 @@ impl AdminHandler for AdminOps {
                         .unwrap_or_else(|p| p.into_inner())
                         .clone();
                     Ok(json!({ "gateways": gws }))
+                }
+                "workload.issue" => {
+                    use base64::Engine as _;
+                    let WorkloadIssueArg {
+                        namespace,
+                        service_account,
+                        csr_der_b64,
+                    } = parse(body)?;
+                    let id =
+                        crate::identity::SpiffeId::workload(&node.td, &namespace, &service_account)
+                            .map_err(|e| AdminError::BadRequest(e.to_string()))?;
+                    let csr = base64::engine::general_purpose::STANDARD
+                        .decode(csr_der_b64.trim())
+                        .map_err(|e| {
+                            AdminError::BadRequest(format!(
+                                "csr_der_b64 is not standard base64: {e}"
+                            ))
+                        })?;
+                    let issued = node
+                        .ca
+                        .lock()
+                        .await
+                        .sign(&csr, &id)
+                        .map_err(|e| AdminError::BadRequest(e.to_string()))?;
+                    let not_after_ms = issued
+                        .not_after
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+                        .unwrap_or(0);
+                    tracing::info!(spiffe_id = %id, "issued a workload certificate");
+                    Ok(json!({
+                        "spiffe_id": id.to_string(),
+                        "chain_pem": issued.chain_pem,
+                        "not_after_ms": not_after_ms,
+                    }))
                 }
                 "ca.status" => Ok(ca_status(node).await),
                 "ca.rotate" => {

@@ -10,7 +10,7 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::{Mutex, watch};
 
-use crate::admin::{AdminHttpState, serve_admin_http, serve_admin_socket};
+use crate::admin::{AdminHttpState, bind_admin_socket, serve_admin_http};
 use crate::catalog::{CatalogFile, FileSource, RegistryConfig, RegistryService};
 use crate::config::FederationConfig;
 use crate::identity::{
@@ -134,15 +134,21 @@ pub async fn start(cfg: FederationConfig) -> Result<Running, StartError> {
         .set_from_pem(&own.chain_pem, &key)
         .map_err(|e| StartError::Other(e.to_string()))?;
 
-    // Local catalog meta.
+    // Local catalog meta. A fresh catalog (even an empty one) is version 1: peers refuse
+    // version 0 as "no catalog", and a cluster that exports nothing must still be able to send
+    // its snapshot (bundle and gateways) instead of being NACKed forever.
     let meta: LocalMeta = match store.get(keys::LOCAL_META).await? {
         Some(b) => {
-            serde_json::from_slice(&b).map_err(|e| StartError::Other(format!("local/meta: {e}")))?
+            let mut m: LocalMeta = serde_json::from_slice(&b)
+                .map_err(|e| StartError::Other(format!("local/meta: {e}")))?;
+            // Written by an older version that started at 0; no peer can have stored version 0.
+            m.version = m.version.max(1);
+            m
         }
         None => {
             let m = LocalMeta {
                 epoch: random_epoch(),
-                version: 0,
+                version: 1,
             };
             store
                 .commit(
@@ -373,18 +379,19 @@ pub async fn start(cfg: FederationConfig) -> Result<Running, StartError> {
     });
     let socket = bound.admin_socket.clone();
     let mut stop = stop_rx.clone();
-    let (socket_ready_tx, socket_ready_rx) = tokio::sync::oneshot::channel();
+    // Bound before `start` returns, so the ready line means the admin socket accepts calls (an
+    // async fn's body, bind included, runs only when first polled).
+    let admin_socket = bind_admin_socket(&socket)
+        .await
+        .map_err(|e| StartError::Other(format!("admin socket: {e}")))?;
     tasks.push(tokio::spawn(async move {
         let shutdown = async move {
             let _ = stop.wait_for(|s| *s).await;
         };
-        let fut = serve_admin_socket(&socket, handler, shutdown);
-        let _ = socket_ready_tx.send(());
-        if let Err(e) = fut.await {
+        if let Err(e) = admin_socket.serve(handler, shutdown).await {
             tracing::error!(error = %e, path = %socket.display(), "admin socket failed");
         }
     }));
-    let _ = socket_ready_rx.await;
 
     // Background loops.
     tasks.push(tokio::spawn(follow_sources(
@@ -457,21 +464,28 @@ async fn follow_sources(
                 .catalog_reload_failures
                 .set(i64::try_from(failures).unwrap_or(i64::MAX));
         }
-        {
+        let rules_changed = {
             let mut state = node.state.lock().await;
-            state.file = file.borrow_and_update().clone();
+            let next = file.borrow_and_update().clone();
+            let rules_changed =
+                next.imports != state.file.imports || next.policies != state.file.policies;
+            state.file = next;
             state.registered = registered.borrow_and_update().clone();
-        }
-        // Import rules may have changed too: recompute every route, not just changed exports.
+            rules_changed
+        };
         if let Err(e) = node.refresh_local().await {
             tracing::error!(error = %e, "applying a catalog change failed; retrying on the next change");
             continue;
         }
+        if !rules_changed {
+            continue;
+        }
+        // Import rules decide which peers' services are installed: recompute every route.
         let mut state = node.state.lock().await;
         let stale = node.stale_peers();
+        // Published even when no route changed: policies travel in the view too.
         match state.recompute(None, &stale, now_ms()).await {
-            Ok(true) => node.publish(&mut state),
-            Ok(false) => {}
+            Ok(_) => node.publish(&mut state),
             Err(e) => tracing::error!(error = %e, "recomputing routes failed"),
         }
     }

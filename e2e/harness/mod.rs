@@ -1,0 +1,118 @@
+//! The e2e harness: federation processes ([`federation`]), reading their JSON views, and a fake
+//! peer that speaks the peering protocol with its own CA ([`fake_peer`]).
+
+pub mod fake_peer;
+pub mod federation;
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+pub use federation::{Backend, Federation, Spec};
+
+/// Convergence and lease-expiry deadlines (a loaded 2-core machine: generous).
+pub const CONVERGE: Duration = Duration::from_secs(20);
+
+/// The route for `ns/name` in a `catalog` dump.
+pub fn route<'a>(catalog: &'a Value, key: &str) -> Option<&'a Value> {
+    catalog["routes"].get(key)
+}
+
+pub fn has_route(catalog: &Value, key: &str) -> bool {
+    route(catalog, key).is_some()
+}
+
+/// Healthy endpoints of `key` served by `cluster` in a `catalog` dump; `None` when `cluster`
+/// does not serve it.
+pub fn healthy(catalog: &Value, key: &str, cluster: &str) -> Option<u64> {
+    let clusters = route(catalog, key)?["clusters"].as_array()?;
+    let c = clusters
+        .iter()
+        .find(|c| c["place"]["cluster"].as_str() == Some(cluster))?;
+    Some(
+        c["summary"]["zones"]
+            .as_object()
+            .map(|z| z.values().filter_map(Value::as_u64).sum())
+            .unwrap_or(0),
+    )
+}
+
+/// One line per route: key, VIP, and serving clusters with healthy counts.
+pub fn summarize(catalog: &Value) -> String {
+    let mut out = String::new();
+    if let Some(routes) = catalog["routes"].as_object() {
+        for (k, r) in routes {
+            let clusters: Vec<String> = r["clusters"]
+                .as_array()
+                .map(|cs| {
+                    cs.iter()
+                        .map(|c| {
+                            format!(
+                                "{}({})",
+                                c["place"]["cluster"].as_str().unwrap_or("?"),
+                                c["summary"]["zones"]
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            out.push_str(&format!(
+                "  {k} vip={} served_by={}\n",
+                r["vips"]["v4"],
+                clusters.join(",")
+            ));
+        }
+    }
+    if out.is_empty() {
+        out = format!("  (no routes) {catalog}");
+    }
+    out
+}
+
+/// The state of `peer` in a `peering.list` answer (`"absent"` when not listed).
+pub fn peer_state(list: &Value, peer: &str) -> String {
+    list["peers"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["cluster"].as_str() == Some(peer)))
+        .and_then(|p| p["state"].as_str())
+        .unwrap_or("absent")
+        .to_string()
+}
+
+/// Peers `b` with `a` the way an operator does: a token from `a`'s CLI, established with `b`'s.
+pub async fn peer_via_cli(a: &Federation, b: &Federation) {
+    let token = a.cli_ok(&["peering", "token", "--peer", b.name]).await;
+    let token = token.trim();
+    assert!(
+        token.starts_with("isthmus-peering-v1."),
+        "unexpected token output {token:?}"
+    );
+    b.cli_ok(&["peering", "establish", token]).await;
+}
+
+/// A catalog file with the given exports (YAML list items) and import rules.
+pub fn catalog(exports: &[String], imports: &str) -> String {
+    let mut s = String::from("exports:\n");
+    if exports.is_empty() {
+        s = String::from("exports: []\n");
+    }
+    for e in exports {
+        s.push_str(e);
+    }
+    s.push_str(imports);
+    s
+}
+
+/// One export item of a catalog file (static endpoint; optional `export_to`).
+pub fn export(ns: &str, name: &str, port: u16, export_to: Option<&[&str]>) -> String {
+    let mut s = format!(
+        "  - namespace: {ns}\n    name: {name}\n    ports: [{{port: {port}, protocol: tcp}}]\n    endpoints: [{{address: \"10.1.2.3:{port}\"}}]\n"
+    );
+    if let Some(to) = export_to {
+        s.push_str(&format!("    export_to: [{}]\n", to.join(", ")));
+    }
+    s
+}
+
+/// Imports every namespace from every peer.
+pub const IMPORT_ALL: &str = "imports:\n  - peer: \"*\"\n    namespaces: [\"*\"]\n";

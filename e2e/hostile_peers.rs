@@ -1,0 +1,283 @@
+//! Scenario 5: hostile peers at the network level, against a real federation process.
+
+use std::time::Duration;
+
+use isthmus_federation::identity::{SpiffeId, TrustBundle};
+use isthmus_federation::proto;
+use serde_json::{Value, json};
+
+use crate::harness::fake_peer::{FakeCluster, Verdict, bundle_of, leaf, open_sync, td, token_for};
+use crate::harness::{Federation, IMPORT_ALL, Spec, catalog, export, has_route, peer_via_cli};
+
+/// What east holds for `peer`: (services, catalog version, bundle sequence).
+async fn view_of(east: &Federation, peer: &str) -> (u64, u64, u64) {
+    let p = east.admin("peering.show", json!({ "peer": peer })).await;
+    (
+        p["their_catalog"]["services"].as_u64().unwrap_or(u64::MAX),
+        p["their_catalog"]["version"].as_u64().unwrap_or(u64::MAX),
+        p["bundle_sequence"].as_u64().unwrap_or(u64::MAX),
+    )
+}
+
+/// 5a: `Sync` without a client certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_without_client_certificate() {
+    let east = Federation::start(Spec::new("east", 61).catalog(&catalog(&[], IMPORT_ALL))).await;
+    let bundle = bundle_of(&east).await;
+    let fake = FakeCluster::new("anon", "anon.mesh");
+    let r = open_sync(&east, &bundle, None, fake.hello())
+        .await
+        .expect("TLS without a client certificate is allowed on the peering port");
+    match r {
+        Err(s) if s.code() == tonic::Code::Unauthenticated => {}
+        Err(s) => east.fail(&format!("expected UNAUTHENTICATED, got {s:?}")),
+        Ok(_) => east.fail("a Sync stream without a client certificate was accepted"),
+    }
+}
+
+/// 5b: a peered fake cluster sends crafted updates: each is NACKed (code 3) and changes
+/// nothing; a valid snapshot is ACKed and imported; a bundle that is not newer is ignored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crafted_updates_are_nacked() {
+    let east = Federation::start(Spec::new("east", 62).catalog(&catalog(&[], IMPORT_ALL))).await;
+    let east_bundle = bundle_of(&east).await;
+    let mallory = FakeCluster::new("mallory", "mallory.mesh");
+    let resp = mallory.establish(&east).await.expect("establish mallory");
+    assert_eq!(resp.cluster, "east");
+    let certs = leaf(&mallory.ca, &mallory.id());
+    let mut sync = open_sync(&east, &east_bundle, Some(&certs), mallory.hello())
+        .await
+        .expect("connect")
+        .unwrap_or_else(|s| east.fail(&format!("mallory's Sync refused: {s:?}")));
+    sync.expect_hello().await;
+    east.wait_connected(&["mallory"]).await;
+    let unchanged = view_of(&east, "mallory").await;
+    assert_eq!(unchanged.0, 0, "nothing from mallory yet");
+
+    let base = |v: u64| mallory.snapshot(v, &[("shop", "evil")]);
+    let mut cases: Vec<(&str, Vec<proto::CatalogUpdate>, Vec<u64>)> = Vec::new();
+    let mut u = base(101);
+    u.cluster = "east".into();
+    cases.push(("another cluster's catalog", vec![u], vec![101]));
+    let mut u = base(102);
+    if let Some(b) = u.bundle.as_mut() {
+        b.trust_domain = "west.mesh".into();
+    }
+    cases.push(("a bundle for west.mesh", vec![u], vec![102]));
+    let mut u = base(103);
+    u.upserts[0] = crate::harness::fake_peer::summary("shop", "Bad_Name!", 80);
+    cases.push(("an invalid service name", vec![u], vec![103]));
+    let mut u = base(104);
+    u.upserts[0] = crate::harness::fake_peer::summary("shop", "evil", 0);
+    cases.push(("port 0", vec![u], vec![104]));
+    let mut u = base(105);
+    u.upserts[0] = crate::harness::fake_peer::summary("shop", "evil", 70_000);
+    cases.push(("port 70000", vec![u], vec![105]));
+    let mut u = base(106);
+    let dup = u.upserts[0].clone();
+    u.upserts.push(dup);
+    cases.push(("the same key twice", vec![u], vec![106]));
+    let mut first = base(107);
+    first.more = true;
+    let mut second = base(108);
+    second.upserts = vec![crate::harness::fake_peer::summary("shop", "evil2", 80)];
+    cases.push((
+        "a split update whose version changes mid-way",
+        vec![first, second],
+        vec![107, 108],
+    ));
+    for (what, parts, versions) in cases {
+        match sync.send(parts, &versions).await {
+            Verdict::Nack { code: 3, reason } => eprintln!("{what}: NACK 3 ({reason})"),
+            other => east.fail(&format!("{what}: expected NACK code 3, got {other:?}")),
+        }
+        assert_eq!(
+            view_of(&east, "mallory").await,
+            unchanged,
+            "{what} changed east's view of mallory"
+        );
+        let c = east.catalog().await;
+        assert!(
+            !has_route(&c, "shop/evil") && !has_route(&c, "shop/evil2"),
+            "{what}: mallory's service reached east's catalog: {c}"
+        );
+    }
+
+    // The same peer's valid snapshot is ACKed and imported: the refusals were about content.
+    match sync.send(vec![base(200)], &[200]).await {
+        Verdict::Ack => {}
+        other => east.fail(&format!("a valid snapshot was refused: {other:?}")),
+    }
+    east.wait_catalog("east imports mallory's shop/evil", |c| {
+        has_route(c, "shop/evil")
+    })
+    .await;
+    let accepted = view_of(&east, "mallory").await;
+    assert_eq!((accepted.0, accepted.1), (1, 200), "{accepted:?}");
+
+    // A bundle whose sequence is not newer (different roots, same sequence) is ignored.
+    let impostor = FakeCluster::new("mallory", "mallory.mesh");
+    let same_seq = TrustBundle::new(
+        mallory.td.clone(),
+        mallory.bundle.sequence(),
+        impostor.bundle.roots().to_vec(),
+    )
+    .expect("bundle");
+    let mut delta = base(201);
+    delta.snapshot = false;
+    delta.upserts.clear();
+    delta.bundle = Some(same_seq.to_proto());
+    let verdict = sync.send(vec![delta], &[201]).await;
+    let after = view_of(&east, "mallory").await;
+    assert_eq!(
+        after.2, accepted.2,
+        "a bundle with a sequence that is not newer replaced mallory's ({verdict:?})"
+    );
+    // And east still trusts only the original root: a leaf from the impostor CA is refused.
+    let impostor_certs = leaf(&impostor.ca, &impostor.id());
+    eprintln!("a bundle that is not newer: {verdict:?}");
+    match open_sync(&east, &east_bundle, Some(&impostor_certs), impostor.hello()).await {
+        Err(_) | Ok(Err(_)) => {}
+        Ok(Ok(mut s)) => {
+            let got = tokio::time::timeout(Duration::from_secs(5), s.rx.message()).await;
+            if let Ok(Ok(Some(m))) = got {
+                east.fail(&format!(
+                    "a leaf from a CA mallory never had ACKed was accepted: {m:?}"
+                ));
+            }
+        }
+    }
+}
+
+/// 5c: trust-domain collisions, token reuse by another cluster, expired tokens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn establish_refusals() {
+    let east = Federation::start(Spec::new("east", 63).catalog(&catalog(&[], IMPORT_ALL))).await;
+    let west = Federation::start(Spec::new("west", 64).catalog(&catalog(&[], IMPORT_ALL))).await;
+    peer_via_cli(&east, &west).await;
+
+    // A second cluster claiming west's trust domain.
+    let south2 = Federation::start(
+        Spec::new("south2", 65)
+            .extra(json!({ "trust_domain": "west.mesh" }))
+            .catalog(&catalog(&[], IMPORT_ALL)),
+    )
+    .await;
+    let token = east.cli_ok(&["peering", "token", "--peer", "south2"]).await;
+    let (ok, out, err) = south2.cli(&["peering", "establish", token.trim()]).await;
+    assert!(!ok, "a duplicate trust domain was accepted: {out}");
+    assert!(
+        err.contains("west.mesh") && err.contains("already belongs to peer west"),
+        "unclear error for a duplicate trust domain: {err}"
+    );
+    let peers = east.admin("peering.list", Value::Null).await;
+    assert_eq!(
+        crate::harness::peer_state(&peers, "south2"),
+        "absent",
+        "{peers}"
+    );
+
+    // A token used twice by two different clusters: the second is refused.
+    let (_, t) = token_for(&east, "south").await;
+    let south = FakeCluster::new("south", "south.mesh");
+    south
+        .establish_with(&east, &t, "south")
+        .await
+        .expect("first use of the token");
+    // The same cluster may retry (a lost response must not strand it).
+    south
+        .establish_with(&east, &t, "south")
+        .await
+        .expect("a retry by the same cluster");
+    let impostor = FakeCluster::new("south", "south-two.mesh");
+    let second = impostor.establish_with(&east, &t, "south").await;
+    assert!(
+        second.is_err(),
+        "a second cluster (south-two.mesh) used south's token"
+    );
+    let other = FakeCluster::new("thief", "thief.mesh");
+    match other.establish_with(&east, &t, "thief").await {
+        Err(s) if s.code() == tonic::Code::PermissionDenied => {}
+        r => east.fail(&format!(
+            "a spent token for south, presented by thief: {r:?}"
+        )),
+    }
+    let p = east.admin("peering.show", json!({ "peer": "south" })).await;
+    assert_eq!(p["trust_domain"], "south.mesh", "{p}");
+
+    // An expired token.
+    let north = Federation::start(
+        Spec::new("north", 66)
+            .extra(json!({ "peering": { "token_ttl": "1s" } }))
+            .catalog(&catalog(&[], IMPORT_ALL)),
+    )
+    .await;
+    let token = north.cli_ok(&["peering", "token", "--peer", "west"]).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (ok, out, err) = west.cli(&["peering", "establish", token.trim()]).await;
+    assert!(!ok, "an expired token was accepted: {out}");
+    assert!(
+        err.contains("expired"),
+        "unclear error for an expired token: {err}"
+    );
+    let peers = north.admin("peering.list", Value::Null).await;
+    assert_eq!(
+        crate::harness::peer_state(&peers, "west"),
+        "absent",
+        "{peers}"
+    );
+}
+
+/// 5d: a certificate for south's federation ID signed by mallory's CA (whose root east holds
+/// in mallory's bundle) is refused: roots are picked by the trust domain in the ID.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_identity_from_another_peers_ca() {
+    let east = Federation::start(
+        Spec::new("east", 68).catalog(&catalog(&[export("shop", "x", 80, None)], IMPORT_ALL)),
+    )
+    .await;
+    let east_bundle = bundle_of(&east).await;
+    let south = FakeCluster::new("south", "south.mesh");
+    south.establish(&east).await.expect("establish south");
+    // Mallory's bundle carries its own root and a root of a CA it made for south.mesh.
+    let mut mallory = FakeCluster::new("mallory", "mallory.mesh");
+    let forger = FakeCluster::new("south", "south.mesh");
+    let mut roots = mallory.bundle.roots().to_vec();
+    roots.extend(forger.bundle.roots().iter().cloned());
+    mallory.bundle = TrustBundle::new(mallory.td.clone(), 1, roots).expect("bundle");
+    mallory.establish(&east).await.expect("establish mallory");
+    let before = view_of(&east, "south").await;
+
+    let forged = leaf(
+        &forger.ca,
+        &SpiffeId::federation(&td("south.mesh"), "south").expect("id"),
+    );
+    match open_sync(&east, &east_bundle, Some(&forged), south.hello()).await {
+        Err(_) => {}
+        Ok(Err(s)) => assert!(
+            matches!(
+                s.code(),
+                tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
+            ),
+            "expected a TLS failure (UNAVAILABLE), got {s:?}: did the verifier accept the chain?"
+        ),
+        Ok(Ok(mut s)) => {
+            if let Ok(Ok(Some(m))) =
+                tokio::time::timeout(Duration::from_secs(5), s.rx.message()).await
+            {
+                east.fail(&format!("the forged south certificate was accepted: {m:?}"));
+            }
+        }
+    }
+    assert_eq!(view_of(&east, "south").await, before);
+    let p = east.admin("peering.show", json!({ "peer": "south" })).await;
+    assert_eq!(p["state"], "disconnected", "{p}");
+
+    // Control: south's genuine certificate opens the stream.
+    let genuine = leaf(&south.ca, &south.id());
+    let mut s = open_sync(&east, &east_bundle, Some(&genuine), south.hello())
+        .await
+        .expect("connect")
+        .unwrap_or_else(|s| east.fail(&format!("south's genuine Sync refused: {s:?}")));
+    s.expect_hello().await;
+}

@@ -1,0 +1,16 @@
+//! Multi-process end-to-end scenarios: the real `isthmus` binary as separate federation
+//! processes on loopback, a real etcd, real TLS clients (a VM registering with a workload
+//! certificate, hand-driven hostile peers). One test binary; each scenario is a `#[tokio::test]`.
+//!
+//! A scenario that needs etcd fails loudly when the `etcd` binary is missing (install
+//! `etcd-server` or set `ISTHMUS_ETCD_BIN`). When a scenario fails, the log tail of every
+//! federation it started is printed; `ISTHMUS_E2E_LOG` sets their log filter (default `info`).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod catalog_sync;
+mod crash_recovery;
+mod harness;
+mod hostile_peers;
+mod registry_lease;
+mod root_rotation;
