@@ -152,6 +152,8 @@ pub struct VipPool {
     quarantine: Duration,
     names: HashMap<String, VipAssignment>,
     owners: HashMap<IpAddr, String>,
+    /// Names that lost their last held address to a reclaim since the last drain.
+    reclaimed: Vec<String>,
 }
 
 impl VipPool {
@@ -170,6 +172,7 @@ impl VipPool {
             quarantine,
             names: HashMap::new(),
             owners: HashMap::new(),
+            reclaimed: Vec::new(),
         })
     }
 
@@ -180,6 +183,11 @@ impl VipPool {
             self.owners.insert(addr, name.clone());
         }
         self.names.insert(name, assignment);
+    }
+
+    /// Whether an assignment has an address in every configured family.
+    pub fn complete(&self, a: &VipAssignment) -> bool {
+        (self.v4.is_none() || a.v4.is_some()) && (self.v6.is_none() || a.v6.is_some())
     }
 
     pub fn get(&self, name: &str) -> Option<&VipAssignment> {
@@ -301,6 +309,7 @@ impl VipPool {
             }
             if old.v4.is_none() && old.v6.is_none() {
                 self.names.remove(&old_name);
+                self.reclaimed.push(old_name);
             }
         }
         self.owners.remove(&addr);
@@ -347,44 +356,41 @@ impl VipTable {
         &self.pool
     }
 
-    /// Makes exactly `wanted` the set of active names: assigns new ones, releases vanished ones,
-    /// and persists every change (in commits of at most the store's op limit) before returning.
-    /// On a store error nothing in memory changes.
-    pub async fn reconcile(
+    /// Applies a change to the set of active names: assigns `added` (or reactivates their held
+    /// addresses), releases `removed`, and persists every change (in commits of at most the
+    /// store's op limit) before returning. Costs O(changed names), not O(all names); on a store
+    /// error nothing in memory changes.
+    pub async fn apply(
         &mut self,
-        wanted: &BTreeMap<String, ()>,
+        added: &[String],
+        removed: &[String],
         now_ms: i64,
     ) -> Result<bool, VipError> {
+        let needs_work = added
+            .iter()
+            .any(|n| self.pool.get(n).is_none_or(|a| !self.pool.complete(a)))
+            || removed.iter().any(|n| self.pool.get(n).is_some());
+        if !needs_work {
+            return Ok(false);
+        }
         let mut next = self.pool.clone();
         let mut changed: Vec<(String, VipAssignment)> = Vec::new();
-        for name in wanted.keys() {
+        for name in added {
             let (a, fresh) = next.assign(name, now_ms)?;
             if fresh {
                 changed.push((name.clone(), a));
             }
         }
-        let gone: Vec<String> = next
-            .active_names()
-            .filter(|n| !wanted.contains_key(*n))
-            .map(str::to_string)
-            .collect();
-        for name in gone {
-            if let Some(a) = next.release(&name, now_ms) {
-                changed.push((name, a));
+        for name in removed {
+            if !added.contains(name)
+                && let Some(a) = next.release(name, now_ms)
+            {
+                changed.push((name.clone(), a));
             }
         }
-        // Reclaimed names vanish from `next.names`: delete their keys.
-        let removed: Vec<String> = self
-            .pool
-            .names
-            .keys()
-            .filter(|n| !next.names.contains_key(*n))
-            .cloned()
-            .collect();
-        if changed.is_empty() && removed.is_empty() {
-            return Ok(false);
-        }
-        let mut ops: Vec<Op> = Vec::with_capacity(changed.len() + removed.len());
+        // Names whose held addresses were reclaimed vanish from `next`: delete their keys.
+        let reclaimed: Vec<String> = next.reclaimed.drain(..).collect();
+        let mut ops: Vec<Op> = Vec::with_capacity(changed.len() + reclaimed.len());
         for (name, a) in &changed {
             let value = serde_json::to_vec(a).map_err(|e| VipError::Corrupt {
                 name: name.clone(),
@@ -395,7 +401,7 @@ impl VipTable {
                 value,
             });
         }
-        ops.extend(removed.into_iter().map(|n| Op::Delete {
+        ops.extend(reclaimed.into_iter().map(|n| Op::Delete {
             key: format!("{PREFIX}{n}"),
         }));
         for chunk in ops.chunks(crate::store::MAX_OPS_PER_COMMIT) {
@@ -403,6 +409,23 @@ impl VipTable {
         }
         self.pool = next;
         Ok(true)
+    }
+
+    /// Makes exactly `wanted` the set of active names (O(all names); used when everything may
+    /// have changed).
+    pub async fn reconcile(
+        &mut self,
+        wanted: &BTreeMap<String, ()>,
+        now_ms: i64,
+    ) -> Result<bool, VipError> {
+        let added: Vec<String> = wanted.keys().cloned().collect();
+        let removed: Vec<String> = self
+            .pool
+            .active_names()
+            .filter(|n| !wanted.contains_key(*n))
+            .map(str::to_string)
+            .collect();
+        self.apply(&added, &removed, now_ms).await
     }
 }
 

@@ -692,13 +692,11 @@ async fn embedded_lease_expired_while_closed_is_swept_at_open() {
 
 const CHILD_DIR_ENV: &str = "ISTHMUS_STORE_CRASH_CHILD_DIR";
 
-/// Helper process for `embedded_kill9_loses_nothing_acknowledged`: writes until killed and
-/// prints every acknowledged write.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "helper process, run by embedded_kill9_loses_nothing_acknowledged"]
-async fn embedded_kill9_child_writer() {
+/// The writer half of `embedded_kill9_loses_nothing_acknowledged`, run in a child process (the
+/// test re-executes itself with `CHILD_DIR_ENV` set): writes until killed and prints every
+/// acknowledged write.
+async fn kill9_child_writer(dir: std::ffi::OsString) {
     use std::io::Write;
-    let dir = std::env::var_os(CHILD_DIR_ENV).expect("run by the kill -9 test");
     let s = EmbeddedStore::open(dir).await.unwrap();
     let mut out = std::io::stdout();
     for i in 0u64.. {
@@ -723,12 +721,16 @@ async fn embedded_kill9_child_writer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_kill9_loses_nothing_acknowledged() {
     use std::io::BufRead;
+    if let Some(dir) = std::env::var_os(CHILD_DIR_ENV) {
+        // We are the child: write until the parent kills us.
+        kill9_child_writer(dir).await;
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let mut child = std::process::Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
-            "embedded_kill9_child_writer",
-            "--ignored",
+            "embedded_kill9_loses_nothing_acknowledged",
             "--nocapture",
             "--test-threads=1",
         ])

@@ -263,7 +263,7 @@ pub enum CatalogError {
         limit: u64,
     },
     /// Not YAML, or YAML of the wrong shape (unknown field, wrong type, invalid name).
-    #[error("{}: {detail}\nfix the YAML and save the file again", origin(.path.as_deref()))]
+    #[error("{}: {detail}\nfix the document and save the file again", origin(.path.as_deref()))]
     Syntax {
         path: Option<PathBuf>,
         detail: String,
@@ -333,13 +333,71 @@ struct RawCatalog {
     policies: Option<BTreeMap<String, serde_json::Value>>,
 }
 
-/// Parses and validates a catalog document. Pure: no I/O, no clock.
-/// An empty document is an empty catalog (nothing exported, nothing imported).
+/// The same document in JSON (which is also YAML): no line numbers, but parsed far faster, for
+/// large generated catalogs.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JsonCatalog {
+    #[serde(default)]
+    exports: Option<Vec<ExportSpec>>,
+    #[serde(default)]
+    imports: Option<Vec<ImportRule>>,
+    #[serde(default)]
+    policies: Option<BTreeMap<String, serde_json::Value>>,
+}
+
+/// Entries with the line they start on (0 when unknown: JSON documents).
+struct Located {
+    exports: Vec<(u64, ExportSpec)>,
+    imports: Vec<(u64, ImportRule)>,
+    policies: BTreeMap<String, serde_json::Value>,
+}
+
+fn read_document(text: &str) -> Result<Located, CatalogError> {
+    let syntax = |detail: String| CatalogError::Syntax { path: None, detail };
+    // A document that starts with `{` is JSON: serde_json parses it two orders of magnitude
+    // faster than a YAML parser, which matters for catalogs of thousands of services.
+    if text.trim_start().starts_with('{') {
+        let raw: JsonCatalog = serde_json::from_str(text).map_err(|e| syntax(e.to_string()))?;
+        return Ok(Located {
+            exports: raw
+                .exports
+                .unwrap_or_default()
+                .into_iter()
+                .map(|e| (0, e))
+                .collect(),
+            imports: raw
+                .imports
+                .unwrap_or_default()
+                .into_iter()
+                .map(|r| (0, r))
+                .collect(),
+            policies: raw.policies.unwrap_or_default(),
+        });
+    }
+    let raw: RawCatalog = serde_saphyr::from_str(text)
+        .map_err(|e| syntax(e.to_string().trim_start_matches("error: ").to_owned()))?;
+    Ok(Located {
+        exports: raw
+            .exports
+            .unwrap_or_default()
+            .into_iter()
+            .map(|s| (s.referenced.line(), s.value))
+            .collect(),
+        imports: raw
+            .imports
+            .unwrap_or_default()
+            .into_iter()
+            .map(|s| (s.referenced.line(), s.value))
+            .collect(),
+        policies: raw.policies.unwrap_or_default(),
+    })
+}
+
+/// Parses and validates a catalog document (YAML, or JSON for large generated catalogs). Pure:
+/// no I/O, no clock. An empty document is an empty catalog (nothing exported, nothing imported).
 pub fn parse_catalog(text: &str) -> Result<CatalogFile, CatalogError> {
-    let raw: RawCatalog = serde_saphyr::from_str(text).map_err(|e| CatalogError::Syntax {
-        path: None,
-        detail: e.to_string().trim_start_matches("error: ").to_owned(),
-    })?;
+    let raw = read_document(text)?;
     let invalid = |line: u64, field: String, reason: String| CatalogError::Invalid {
         path: None,
         line,
@@ -349,9 +407,7 @@ pub fn parse_catalog(text: &str) -> Result<CatalogFile, CatalogError> {
 
     let mut exports = Vec::new();
     let mut seen: BTreeMap<ServiceKey, u64> = BTreeMap::new();
-    for (i, spanned) in raw.exports.unwrap_or_default().into_iter().enumerate() {
-        let line = spanned.referenced.line();
-        let export = spanned.value;
+    for (i, (line, export)) in raw.exports.into_iter().enumerate() {
         let key = export.key();
         export
             .validate()
@@ -367,9 +423,7 @@ pub fn parse_catalog(text: &str) -> Result<CatalogFile, CatalogError> {
     }
 
     let mut imports = Vec::new();
-    for (i, spanned) in raw.imports.unwrap_or_default().into_iter().enumerate() {
-        let line = spanned.referenced.line();
-        let rule = spanned.value;
+    for (i, (line, rule)) in raw.imports.into_iter().enumerate() {
         if rule.namespaces.is_empty() {
             return Err(invalid(
                 line,
@@ -390,13 +444,37 @@ pub fn parse_catalog(text: &str) -> Result<CatalogFile, CatalogError> {
     Ok(CatalogFile {
         exports,
         imports,
-        policies: raw.policies.unwrap_or_default(),
+        policies: raw.policies,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_documents_parse_like_yaml() {
+        let yaml = "exports:\n  - namespace: shop\n    name: cart\n    ports: [{port: 80, protocol: http}]\n    export_to: [west]\nimports:\n  - peer: west\n    namespaces: [shop]\n";
+        let json = r#"{"exports": [{"namespace": "shop", "name": "cart", "ports": [{"port": 80, "protocol": "http"}], "export_to": ["west"]}],
+                      "imports": [{"peer": "west", "namespaces": ["shop"]}]}"#;
+        assert_eq!(
+            parse_catalog(yaml).expect("yaml"),
+            parse_catalog(json).expect("json")
+        );
+        let unknown = r#"{"exports": [{"namespace": "shop", "name": "cart", "ports": [{"port": 80, "protocol": "http"}], "weigth": 5}]}"#;
+        let err = parse_catalog(unknown)
+            .expect_err("unknown field")
+            .to_string();
+        assert!(err.contains("weigth"), "{err}");
+        let dup = r#"{"exports": [{"namespace": "a", "name": "b", "ports": [{"port": 1, "protocol": "tcp"}]},
+                                  {"namespace": "a", "name": "b", "ports": [{"port": 1, "protocol": "tcp"}]}]}"#;
+        assert!(
+            parse_catalog(dup)
+                .expect_err("duplicate")
+                .to_string()
+                .contains("already exported")
+        );
+    }
 
     const GOOD: &str = r#"
 exports:

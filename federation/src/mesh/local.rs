@@ -5,6 +5,7 @@
 //! Pure state; persistence of the version/epoch and first-export times is done by the caller.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use crate::catalog::CatalogFile;
 use crate::changelog::{ChangeLog, Since};
@@ -19,7 +20,8 @@ pub struct LocalCatalog {
     /// Identifies this catalog's version history (a new epoch = versions restarted).
     pub epoch: String,
     pub version: u64,
-    pub exports: BTreeMap<ServiceKey, ExportedService>,
+    /// Shared with published views: an unchanged export keeps its `Arc`.
+    pub exports: BTreeMap<ServiceKey, Arc<ExportedService>>,
     /// Our gateways' advertised addresses (sent to peers).
     pub gateways: Vec<GatewayAddr>,
     /// When each service was first exported (MCS conflict resolution), persisted by the caller.
@@ -85,22 +87,30 @@ impl LocalCatalog {
     ) -> Vec<ServiceKey> {
         self.exported_at.extend(fresh);
         let mut changed: Vec<ServiceKey> = Vec::new();
-        for (key, svc) in &exports {
-            if self.exports.get(key) != Some(svc) {
-                changed.push(key.clone());
+        let mut next = BTreeMap::new();
+        for (key, svc) in exports {
+            match self.exports.get(&key) {
+                Some(old) if **old == svc => {
+                    next.insert(key, old.clone());
+                }
+                _ => {
+                    changed.push(key.clone());
+                    next.insert(key, Arc::new(svc));
+                }
             }
         }
-        for key in self.exports.keys() {
-            if !exports.contains_key(key) {
-                changed.push(key.clone());
-            }
-        }
+        changed.extend(
+            self.exports
+                .keys()
+                .filter(|k| !next.contains_key(*k))
+                .cloned(),
+        );
         if !changed.is_empty() {
             self.version += 1;
             for key in &changed {
                 self.log.record(self.version, Some(key.clone()));
             }
-            self.exports = exports;
+            self.exports = next;
         }
         changed
     }

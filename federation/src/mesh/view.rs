@@ -67,7 +67,7 @@ pub struct PeerSide<'a> {
 #[derive(Debug, Clone)]
 pub struct LocalSide<'a> {
     pub me: &'a ClusterPlace,
-    pub exports: &'a BTreeMap<ServiceKey, ExportedService>,
+    pub exports: &'a BTreeMap<ServiceKey, Arc<ExportedService>>,
     pub zone: &'a Zone,
     pub gateways: &'a [GatewayAddr],
 }

@@ -274,18 +274,22 @@ impl MeshState {
             next_routes.insert(key.clone(), route);
         }
         drop(sides);
-        // VIP names that must exist after this change.
-        let mut wanted: BTreeMap<String, ()> = BTreeMap::new();
-        for (key, route) in &self.routes {
-            if keys.contains(key) {
-                continue;
-            }
-            add_vip_names(&mut wanted, route);
+        // VIP names that appear and disappear with this change (each name belongs to one key).
+        let mut added: Vec<String> = Vec::new();
+        let mut removed: Vec<String> = Vec::new();
+        for (key, route) in &next_routes {
+            let before: BTreeSet<String> = self
+                .routes
+                .get(key)
+                .map(|r| vip_names(r))
+                .unwrap_or_default();
+            let after: BTreeSet<String> = route.as_ref().map(vip_names).unwrap_or_default();
+            added.extend(after.difference(&before).cloned());
+            // Names already held stay assigned; `apply` skips them cheaply.
+            added.extend(after.intersection(&before).cloned());
+            removed.extend(before.difference(&after).cloned());
         }
-        for route in next_routes.values().flatten() {
-            add_vip_names(&mut wanted, route);
-        }
-        self.vips.reconcile(&wanted, now_ms).await?;
+        self.vips.apply(&added, &removed, now_ms).await?;
         let mut changed = false;
         for (key, route) in next_routes {
             match route {
@@ -325,12 +329,7 @@ impl MeshState {
             version: self.view_version,
             me: self.me.clone(),
             routes: self.routes.clone(),
-            exports: self
-                .local
-                .exports
-                .iter()
-                .map(|(k, v)| (k.clone(), Arc::new(v.clone())))
-                .collect(),
+            exports: self.local.exports.clone(),
             bundles,
             peers,
             policies: self.file.policies.clone(),
@@ -338,9 +337,13 @@ impl MeshState {
     }
 }
 
-fn add_vip_names(wanted: &mut BTreeMap<String, ()>, route: &Route) {
-    wanted.insert(service_vip_name(&route.key), ());
-    for c in &route.clusters {
-        wanted.insert(cluster_vip_name(&c.place.cluster, &route.key), ());
-    }
+fn vip_names(route: &Route) -> BTreeSet<String> {
+    std::iter::once(service_vip_name(&route.key))
+        .chain(
+            route
+                .clusters
+                .iter()
+                .map(|c| cluster_vip_name(&c.place.cluster, &route.key)),
+        )
+        .collect()
 }

@@ -30,6 +30,8 @@ use crate::proto::{self, PeerMessage, peer_message::Body};
 
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 const CODE_INVALID_ARGUMENT: i32 = 3;
+const MIN_NACK_BACKOFF: Duration = Duration::from_millis(500);
+const MAX_NACK_BACKOFF: Duration = Duration::from_secs(30);
 const CODE_UNAVAILABLE: i32 = 14;
 
 #[derive(Debug, thiserror::Error)]
@@ -158,6 +160,8 @@ where
     let mut heartbeat = tokio::time::interval(cfg.heartbeat);
     heartbeat.tick().await;
     let mut shutdown = node.shutdown.clone();
+    let mut retry_backoff = MIN_NACK_BACKOFF;
+    let mut retry_at: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             next = tokio::time::timeout(cfg.silence_timeout, inbound.next()) => {
@@ -180,11 +184,21 @@ where
                             Ok(Some(whole)) => receive(&node, &peer, &record_td, &out, whole).await?,
                         }
                     }
-                    Some(Body::Ack(ack)) => sender.acked(ack.version),
+                    Some(Body::Ack(ack)) => {
+                        if ack.version >= sender.sent && sender.sent > 0 {
+                            retry_backoff = MIN_NACK_BACKOFF;
+                        }
+                        sender.acked(ack.version);
+                    }
                     Some(Body::Nack(nack)) => {
-                        tracing::warn!(peer.cluster = %peer, version = nack.version, code = nack.code, reason = %nack.reason, "peer refused our catalog update; a snapshot follows");
+                        // Resend a snapshot, but only after a backoff: a lasting disagreement
+                        // (e.g. validation that differs across versions) must not spin.
+                        let wait = retry_backoff;
+                        retry_backoff = (retry_backoff * 2).min(MAX_NACK_BACKOFF);
+                        tracing::warn!(peer.cluster = %peer, version = nack.version, code = nack.code, reason = %nack.reason,
+                            retry_in_ms = wait.as_millis() as u64, "peer refused our catalog update; a snapshot follows");
                         sender.force_snapshot = true;
-                        sender.catch_up(None).await?;
+                        retry_at = Some(tokio::time::Instant::now() + wait);
                     }
                     Some(Body::Hello(_)) => return Err(protocol(&peer, "a second hello")),
                     None => return Err(protocol(&peer, "an empty message")),
@@ -200,6 +214,10 @@ where
                 let stored = node.state.lock().await.peers.get(&peer).map(|p| p.catalog.version);
                 let Some(stored) = stored else { return Err(SessionError::Removed(peer.clone())) };
                 out.send(msg(Body::Ack(proto::Ack { version: stored }))).await.map_err(|_| closed())?;
+            }
+            _ = tokio::time::sleep_until(retry_at.unwrap_or_else(tokio::time::Instant::now)), if retry_at.is_some() => {
+                retry_at = None;
+                sender.catch_up(None).await?;
             }
             _ = shutdown.changed() => return Err(closed()),
         }

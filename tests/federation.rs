@@ -1,0 +1,172 @@
+//! In-process integration tests: several federations in one process, real listeners, real mTLS,
+//! real stores. What is easiest to observe from inside (counters, the published view) is tested
+//! here; `e2e/` drives the real binary.
+
+use std::path::Path;
+use std::time::Duration;
+
+use isthmus_federation::config::FederationConfig;
+use isthmus_federation::metrics::PeerLabels;
+use isthmus_federation::node::run::{Running, start};
+use serde_json::json;
+
+fn config(dir: &Path, name: &str, index: u8) -> FederationConfig {
+    let kek = isthmus_federation::identity::Kek::generate().expect("kek");
+    std::fs::write(dir.join("kek"), kek.to_base64().as_bytes()).expect("write kek");
+    let value = json!({
+        "cluster": name,
+        "region": "r1",
+        "data_dir": dir,
+        "listen": { "peering": { "bind": "127.0.0.1:0" }, "api": { "bind": "127.0.0.1:0" }, "admin": "127.0.0.1:0" },
+        "vips": { "ipv4": format!("127.{}.0.0/24", 90 + index) },
+        "catalog": { "file": dir.join("catalog.yaml"), "poll_interval": "50ms" },
+        "ca": { "kek_file": dir.join("kek") },
+        "peering": { "heartbeat": "1s", "silence_timeout": "5s", "reconnect_max_backoff": "1s" },
+    });
+    FederationConfig::from_yaml("test", &value.to_string()).expect("config")
+}
+
+fn catalog(services: &[&str]) -> String {
+    let mut s = String::from("imports:\n  - peer: \"*\"\n    namespaces: [\"*\"]\nexports:\n");
+    for name in services {
+        s.push_str(&format!(
+            "  - {{namespace: shop, name: {name}, ports: [{{port: 80, protocol: http}}]}}\n"
+        ));
+    }
+    s
+}
+
+async fn admin(r: &Running, op: &str, body: serde_json::Value) -> serde_json::Value {
+    isthmus_federation::admin::admin_call(&r.bound.admin_socket, op, &body, Duration::from_secs(20))
+        .await
+        .unwrap_or_else(|e| panic!("{op}: {e}"))
+}
+
+async fn wait_for(what: &str, mut f: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !f().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn has_route(r: &Running, key: &str) -> bool {
+    r.node
+        .view
+        .borrow()
+        .routes
+        .keys()
+        .any(|k| k.to_string() == key)
+}
+
+fn updates_sent(r: &Running, peer: &str) -> u64 {
+    r.node
+        .metrics
+        .peer_updates_sent
+        .get_or_create(&PeerLabels { peer: peer.into() })
+        .get()
+}
+
+fn connected(r: &Running, peer: &str) -> bool {
+    r.node
+        .links
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .any(|(c, l)| c.as_str() == peer && l.connected)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnect_resumes_without_a_full_resend() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let (east_dir, west_dir) = (
+        tempfile::tempdir().expect("dir"),
+        tempfile::tempdir().expect("dir"),
+    );
+    std::fs::write(
+        east_dir.path().join("catalog.yaml"),
+        catalog(&["cart", "pay"]),
+    )
+    .expect("catalog");
+    std::fs::write(west_dir.path().join("catalog.yaml"), catalog(&[])).expect("catalog");
+    let east = start(config(east_dir.path(), "east", 1))
+        .await
+        .expect("east");
+    let west_cfg = config(west_dir.path(), "west", 2);
+    let west = start(west_cfg.clone()).await.expect("west");
+
+    let token = admin(&east, "peering.token", json!({ "peer": "west" })).await;
+    admin(
+        &west,
+        "peering.establish",
+        json!({ "token": token["token"] }),
+    )
+    .await;
+    wait_for("west to import east's services", async || {
+        has_route(&west, "shop/cart") && has_route(&west, "shop/pay")
+    })
+    .await;
+    wait_for("east to see west's ACK", async || connected(&east, "west")).await;
+    let vip_before = west
+        .node
+        .view
+        .borrow()
+        .routes
+        .values()
+        .find(|r| r.key.to_string() == "shop/cart")
+        .map(|r| r.vips.clone());
+
+    // Restart west. East's catalog did not change, so the resumed stream must carry no update.
+    let sent_before = updates_sent(&east, "west");
+    west.shutdown().await;
+    wait_for("east to notice west left", async || {
+        !connected(&east, "west")
+    })
+    .await;
+    let west = start(west_cfg).await.expect("west again");
+    assert!(
+        has_route(&west, "shop/cart"),
+        "a restarted federation serves its last-known view at once"
+    );
+    wait_for("the stream to come back", async || {
+        connected(&east, "west") && connected(&west, "east")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        updates_sent(&east, "west"),
+        sent_before,
+        "a resumed stream re-sent the catalog"
+    );
+    let vip_after = west
+        .node
+        .view
+        .borrow()
+        .routes
+        .values()
+        .find(|r| r.key.to_string() == "shop/cart")
+        .map(|r| r.vips.clone());
+    assert_eq!(vip_before, vip_after, "VIPs must survive a restart");
+
+    // A change after the resume arrives as one delta.
+    std::fs::write(
+        east_dir.path().join("catalog.yaml"),
+        catalog(&["cart", "pay", "ship"]),
+    )
+    .expect("catalog");
+    wait_for("the new export at west", async || {
+        has_route(&west, "shop/ship")
+    })
+    .await;
+    assert_eq!(
+        updates_sent(&east, "west"),
+        sent_before + 1,
+        "exactly one delta for one change"
+    );
+
+    west.shutdown().await;
+    east.shutdown().await;
+}
