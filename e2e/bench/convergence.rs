@@ -83,7 +83,10 @@ async fn start(exe: &Path, root: &Path, i: usize, services: usize) -> anyhow::Re
     let mut child = Command::new(exe)
         .args(["federation", "--config"])
         .arg(&cfg_path)
-        .env("ISTHMUS_LOG", "warn")
+        .env(
+            "ISTHMUS_LOG",
+            std::env::var("ISTHMUS_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdout(Stdio::piped())
         .stderr(Stdio::from(std::fs::File::create(dir.join("log"))?))
         .kill_on_drop(true)
@@ -159,6 +162,9 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     let root = tempfile::tempdir()?;
+    if std::env::var_os("ISTHMUS_BENCH_KEEP").is_some() {
+        eprintln!("keeping logs under {}", root.path().display());
+    }
     let mut feds = Vec::new();
     for i in 0..clusters {
         feds.push(start(&exe, root.path(), i, services).await?);
@@ -247,7 +253,10 @@ async fn main() -> anyhow::Result<()> {
         extra.push(name.clone());
         let text = catalog(services, &extra);
         let t0 = Instant::now();
-        std::fs::write(&feds[0].catalog, text)?;
+        // Generated catalogs are replaced atomically (write, then rename over the path).
+        let tmp = feds[0].catalog.with_extension("tmp");
+        std::fs::write(&tmp, text)?;
+        std::fs::rename(&tmp, &feds[0].catalog)?;
         loop {
             let arrived: Vec<Instant> = {
                 let s = seen.lock().unwrap_or_else(|p| p.into_inner());
@@ -271,6 +280,9 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     samples.sort_by(|a, b| a.total_cmp(b));
+    if std::env::var_os("ISTHMUS_BENCH_KEEP").is_some() {
+        let _ = root.keep();
+    }
     println!(
         "clusters={clusters} services={services} changes={changes}: arrival p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} samples)",
         pct(&samples, 0.5),

@@ -154,6 +154,14 @@ pub struct VipPool {
     owners: HashMap<IpAddr, String>,
     /// Names that lost their last held address to a reclaim since the last drain.
     reclaimed: Vec<String>,
+    /// While a change is being persisted: every name's previous value, to roll back.
+    journal: Option<Journal>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Journal {
+    names: Vec<(String, Option<VipAssignment>)>,
+    cursors: (Option<u64>, Option<u64>),
 }
 
 impl VipPool {
@@ -173,6 +181,7 @@ impl VipPool {
             names: HashMap::new(),
             owners: HashMap::new(),
             reclaimed: Vec::new(),
+            journal: None,
         })
     }
 
@@ -183,6 +192,54 @@ impl VipPool {
             self.owners.insert(addr, name.clone());
         }
         self.names.insert(name, assignment);
+    }
+
+    /// Starts recording changes so that [`VipPool::rollback`] can undo them.
+    fn begin(&mut self) {
+        self.journal = Some(Journal {
+            names: Vec::new(),
+            cursors: (
+                self.v4.as_ref().map(|f| f.next),
+                self.v6.as_ref().map(|f| f.next),
+            ),
+        });
+    }
+
+    /// Records `name`'s current value before it changes (while a journal is open).
+    fn note(&mut self, name: &str) {
+        let previous = self.names.get(name).cloned();
+        if let Some(j) = self.journal.as_mut() {
+            j.names.push((name.to_string(), previous));
+        }
+    }
+
+    fn commit(&mut self) {
+        self.journal = None;
+    }
+
+    /// Undoes everything since [`VipPool::begin`].
+    fn rollback(&mut self) {
+        let Some(j) = self.journal.take() else { return };
+        for (name, previous) in j.names.into_iter().rev() {
+            if let Some(current) = self.names.remove(&name) {
+                for addr in current.addrs() {
+                    self.owners.remove(&addr);
+                }
+            }
+            if let Some(prev) = previous {
+                for addr in prev.addrs() {
+                    self.owners.insert(addr, name.clone());
+                }
+                self.names.insert(name, prev);
+            }
+        }
+        if let (Some(f), Some(n)) = (self.v4.as_mut(), j.cursors.0) {
+            f.next = n;
+        }
+        if let (Some(f), Some(n)) = (self.v6.as_mut(), j.cursors.1) {
+            f.next = n;
+        }
+        self.reclaimed.clear();
     }
 
     /// Whether an assignment has an address in every configured family.
@@ -215,6 +272,7 @@ impl VipPool {
                 return Ok((existing, false));
             }
         }
+        self.note(name);
         let mut a = self.names.get(name).cloned().unwrap_or_default();
         a.released_at_ms = None;
         if a.v4.is_none()
@@ -242,10 +300,11 @@ impl VipPool {
 
     /// Marks `name` gone; its addresses stay held for the quarantine.
     pub fn release(&mut self, name: &str, now_ms: i64) -> Option<VipAssignment> {
-        let a = self.names.get_mut(name)?;
-        if a.released_at_ms.is_some() {
+        if self.names.get(name)?.released_at_ms.is_some() {
             return None;
         }
+        self.note(name);
+        let a = self.names.get_mut(name)?;
         a.released_at_ms = Some(now_ms);
         Some(a.clone())
     }
@@ -373,23 +432,42 @@ impl VipTable {
         if !needs_work {
             return Ok(false);
         }
-        let mut next = self.pool.clone();
+        self.pool.begin();
+        match self.apply_journaled(added, removed, now_ms).await {
+            Ok(changed) => {
+                self.pool.commit();
+                Ok(changed)
+            }
+            Err(e) => {
+                self.pool.rollback();
+                Err(e)
+            }
+        }
+    }
+
+    async fn apply_journaled(
+        &mut self,
+        added: &[String],
+        removed: &[String],
+        now_ms: i64,
+    ) -> Result<bool, VipError> {
         let mut changed: Vec<(String, VipAssignment)> = Vec::new();
         for name in added {
-            let (a, fresh) = next.assign(name, now_ms)?;
+            let (a, fresh) = self.pool.assign(name, now_ms)?;
             if fresh {
                 changed.push((name.clone(), a));
             }
         }
+        let added_set: std::collections::HashSet<&str> = added.iter().map(String::as_str).collect();
         for name in removed {
-            if !added.contains(name)
-                && let Some(a) = next.release(name, now_ms)
+            if !added_set.contains(name.as_str())
+                && let Some(a) = self.pool.release(name, now_ms)
             {
                 changed.push((name.clone(), a));
             }
         }
-        // Names whose held addresses were reclaimed vanish from `next`: delete their keys.
-        let reclaimed: Vec<String> = next.reclaimed.drain(..).collect();
+        // Names whose held addresses were reclaimed vanish from the pool: delete their keys.
+        let reclaimed: Vec<String> = self.pool.reclaimed.drain(..).collect();
         let mut ops: Vec<Op> = Vec::with_capacity(changed.len() + reclaimed.len());
         for (name, a) in &changed {
             let value = serde_json::to_vec(a).map_err(|e| VipError::Corrupt {
@@ -407,7 +485,6 @@ impl VipTable {
         for chunk in ops.chunks(crate::store::MAX_OPS_PER_COMMIT) {
             self.store.commit(Vec::new(), chunk.to_vec()).await?;
         }
-        self.pool = next;
         Ok(true)
     }
 
@@ -487,6 +564,38 @@ mod tests {
         let (x, _) = p.assign("x.shop", 40_000 + 60_000).expect("reuse");
         assert_eq!(x.v4, a.v4);
         assert!(p.get("cart.shop").is_none());
+    }
+
+    #[test]
+    fn rollback_restores_everything() {
+        let mut p = pool("127.77.0.0/29", 0); // six addresses
+        for n in ["a", "b", "c", "d", "e", "f"] {
+            p.assign(n, 0).expect("assign");
+        }
+        p.release("a", 0);
+        let before = format!(
+            "{:?}",
+            (
+                &p.names.iter().collect::<BTreeMap<_, _>>(),
+                &p.owners.iter().collect::<BTreeMap<_, _>>()
+            )
+        );
+        p.begin();
+        p.release("b", 1);
+        p.assign("a", 1).expect("reactivate");
+        p.release("a", 2);
+        let (g, _) = p.assign("g", 3).expect("reclaims a released address");
+        assert!(g.v4.is_some());
+        p.rollback();
+        let after = format!(
+            "{:?}",
+            (
+                &p.names.iter().collect::<BTreeMap<_, _>>(),
+                &p.owners.iter().collect::<BTreeMap<_, _>>()
+            )
+        );
+        assert_eq!(before, after);
+        assert!(p.get("g").is_none());
     }
 
     #[test]

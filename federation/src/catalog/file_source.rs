@@ -31,6 +31,12 @@ pub const MAX_CATALOG_BYTES: u64 = 16 * 1024 * 1024;
 /// some file systems keep mtimes in whole (or even two) seconds.
 const MTIME_GRANULARITY: Duration = Duration::from_secs(2);
 
+/// A file rewritten in place (truncate, then write) can be read half-written — even empty, which
+/// would parse as "export nothing". Content changed in place is accepted only when a second read
+/// this much later sees the same bytes. A file replaced atomically (written elsewhere, then
+/// renamed over the path: a new inode) is complete by construction and accepted at once.
+const SETTLE: Duration = Duration::from_millis(50);
+
 /// Counters for `/metrics`.
 #[derive(Debug, Default)]
 pub struct FileSourceStats {
@@ -150,6 +156,8 @@ enum Seen {
         size: u64,
         read_at: SystemTime,
         digest: [u8; 32],
+        /// The file's inode: a new one means the file was replaced (rename), not rewritten.
+        inode: u64,
     },
 }
 
@@ -187,10 +195,36 @@ impl Poller {
             }
             Read::Content(seen, text) => (seen, text),
         };
-        let same_content = match (&self.seen, &seen) {
-            (Some(Seen::Content { digest: a, .. }), Seen::Content { digest: b, .. }) => a == b,
-            _ => false,
+        let (same_content, same_inode) = match (&self.seen, &seen) {
+            (
+                Some(Seen::Content {
+                    digest: a,
+                    inode: i,
+                    ..
+                }),
+                Seen::Content {
+                    digest: b,
+                    inode: j,
+                    ..
+                },
+            ) => (a == b, i == j),
+            _ => (false, false),
         };
+        if !same_content && same_inode {
+            tokio::time::sleep(SETTLE).await;
+            let again = self.read().await.map_err(|e| e.to_string())?;
+            let settled = match (&again, &seen) {
+                (
+                    Read::Content(Seen::Content { digest: a, .. }, _),
+                    Seen::Content { digest: b, .. },
+                ) => a == b,
+                _ => false,
+            };
+            if !settled {
+                // Still being written: leave `seen` as it was, so the next poll reads it again.
+                return Ok(None);
+            }
+        }
         self.seen = Some(seen);
         if same_content && self.problem.is_none() {
             return Ok(None);
@@ -261,6 +295,7 @@ impl Poller {
                 size,
                 read_at,
                 digest,
+                inode: std::os::unix::fs::MetadataExt::ino(&meta),
             },
             text,
         ))
@@ -316,6 +351,57 @@ mod tests {
             .clone();
         assert!(started.elapsed() < DEADLINE);
         got
+    }
+
+    #[tokio::test]
+    async fn a_half_written_file_is_never_published() {
+        use std::io::Write as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("catalog.yaml");
+        std::fs::write(&path, catalog_with(&["a0", "b", "c"])).expect("write");
+        let source = FileSource::start(path.clone(), Duration::from_millis(5))
+            .await
+            .expect("start");
+        let mut rx = source.catalog.clone();
+        let sizes = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let collected = sizes.clone();
+        let collector = tokio::spawn(async move {
+            while rx.changed().await.is_ok() {
+                let n = rx.borrow_and_update().exports.len();
+                collected.lock().expect("lock").push(n);
+            }
+        });
+        // Rewrite in place with a visible gap: truncate, pause, write. A poller that trusts
+        // one read publishes the empty file as "export nothing".
+        for i in 1..=8 {
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .truncate(true)
+                .open(&path)
+                .expect("open");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            f.write_all(catalog_with(&[&format!("a{i}"), "b", "c"]).as_bytes())
+                .expect("write");
+            drop(f);
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+        let mut rx = source.catalog.clone();
+        let last = tokio::time::timeout(
+            DEADLINE,
+            rx.wait_for(|c| names(c).contains(&"a8".to_string())),
+        )
+        .await
+        .expect("the last edit is published")
+        .expect("watcher alive")
+        .clone();
+        assert_eq!(last.exports.len(), 3);
+        collector.abort();
+        let sizes = sizes.lock().expect("lock").clone();
+        assert!(!sizes.is_empty(), "no edit was published at all");
+        assert!(
+            sizes.iter().all(|n| *n == 3),
+            "a half-written catalog was published: {sizes:?}"
+        );
     }
 
     #[tokio::test]

@@ -145,26 +145,37 @@ impl Node {
         peer: &ClusterName,
         update: &PeerUpdate,
     ) -> Result<(), StateError> {
+        let started = std::time::Instant::now();
         let mut state = self.state.lock().await;
+        let locked = started.elapsed();
         let touched = state
             .apply_peer_update(&self.store, peer, update, now_ms())
             .await?;
+        let stored = started.elapsed();
         if let Some(bundle) = &update.bundle {
             self.trust.set(bundle.clone());
         }
         let stale = self.stale_peers();
+        let n = touched.len();
         state.recompute(Some(touched), &stale, now_ms()).await?;
+        let recomputed = started.elapsed();
         self.publish(&mut state);
+        tracing::debug!(peer.cluster = %peer, version = update.version, services = n,
+            lock_us = locked.as_micros() as u64, store_us = (stored - locked).as_micros() as u64,
+            recompute_us = (recomputed - stored).as_micros() as u64, total_us = started.elapsed().as_micros() as u64,
+            "peer update applied");
         Ok(())
     }
 
     /// Re-reads the local sources into the catalog; wakes peer sessions and republishes.
     pub async fn refresh_local(&self) -> Result<(), StateError> {
+        let started = std::time::Instant::now();
         let mut state = self.state.lock().await;
         let changed = state.refresh_local(&self.store, now_ms()).await?;
         if changed.is_empty() {
             return Ok(());
         }
+        let refreshed = started.elapsed();
         let stale = self.stale_peers();
         state
             .recompute(Some(changed.into_iter().collect()), &stale, now_ms())
@@ -174,6 +185,12 @@ impl Node {
             .exported_services
             .set(state.local.exports.len() as i64);
         self.publish(&mut state);
+        tracing::debug!(
+            version = state.local.version,
+            refresh_us = refreshed.as_micros() as u64,
+            total_us = started.elapsed().as_micros() as u64,
+            "local catalog change applied"
+        );
         Ok(())
     }
 

@@ -249,6 +249,8 @@ pub async fn start(cfg: FederationConfig) -> Result<Running, StartError> {
         local,
         file: file_rx.borrow().clone(),
         registered: registered_rx.borrow().clone(),
+        applied_file: Arc::default(),
+        applied_registered: Arc::default(),
         peers,
         vips,
         routes: BTreeMap::new(),

@@ -34,6 +34,9 @@ pub struct MeshState {
     pub local: LocalCatalog,
     pub file: Arc<CatalogFile>,
     pub registered: Arc<BTreeMap<ServiceKey, Vec<Endpoint>>>,
+    /// The sources the local exports were last built from (see [`LocalCatalog::changes`]).
+    pub applied_file: Arc<CatalogFile>,
+    pub applied_registered: Arc<BTreeMap<ServiceKey, Vec<Endpoint>>>,
     pub peers: BTreeMap<ClusterName, PeerEntry>,
     pub vips: VipTable,
     pub routes: BTreeMap<ServiceKey, Arc<Route>>,
@@ -116,8 +119,6 @@ impl MeshState {
                 update.version, update.epoch, entry.catalog.version, entry.catalog.epoch
             )));
         }
-        let mut next = entry.catalog.clone();
-        let touched = next.apply(update, now_ms);
         let mut record = entry.record.clone();
         let bundle_changed = match &update.bundle {
             Some(b) if b.sequence() > record.bundle_sequence => {
@@ -127,56 +128,106 @@ impl MeshState {
             }
             _ => false,
         };
-        let mut deltas = entry.deltas + 1;
-        if update.snapshot || deltas > COMPACT_AFTER {
-            // Fold everything into a fresh blob, then drop the delta log.
+        let record_op = if bundle_changed {
+            Some(Op::Put {
+                key: keys::peer_record(peer),
+                value: json(&record)?,
+            })
+        } else {
+            None
+        };
+        if update.snapshot {
+            // A snapshot replaces everything: write it as the new blob, then drop the delta log.
+            let mut next = PeerCatalog::default();
+            let touched = {
+                let old = &entry.catalog;
+                next.apply(update, now_ms);
+                let mut t: BTreeSet<ServiceKey> = next
+                    .services
+                    .iter()
+                    .filter(|(k, v)| old.services.get(*k) != Some(*v))
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                t.extend(
+                    old.services
+                        .keys()
+                        .filter(|k| !next.services.contains_key(*k))
+                        .cloned(),
+                );
+                t
+            };
             store
                 .put_blob(&keys::peer_catalog(peer), &json(&next)?, Vec::new())
                 .await?;
             let mut ops = vec![Op::DeletePrefix {
                 prefix: keys::peer_deltas(peer),
             }];
-            if bundle_changed {
-                ops.push(Op::Put {
-                    key: keys::peer_record(peer),
-                    value: json(&record)?,
-                });
-            }
+            ops.extend(record_op);
             store.commit(Vec::new(), ops).await?;
-            deltas = 0;
-        } else {
-            let mut ops = vec![Op::Put {
-                key: keys::peer_delta(peer, update.version),
-                value: json(&StoredDelta::of(update, now_ms))?,
-            }];
-            if bundle_changed {
-                ops.push(Op::Put {
-                    key: keys::peer_record(peer),
-                    value: json(&record)?,
-                });
+            if let Some(e) = self.peers.get_mut(peer) {
+                e.catalog = next;
+                e.record = record;
+                e.deltas = 0;
             }
-            store.commit(Vec::new(), ops).await?;
+            return Ok(touched);
         }
-        if let Some(e) = self.peers.get_mut(peer) {
-            e.catalog = next;
-            e.record = record;
-            e.deltas = deltas;
+        // A delta: one small commit (the delta and, if it changed, the bundle), then memory.
+        let mut ops = vec![Op::Put {
+            key: keys::peer_delta(peer, update.version),
+            value: json(&StoredDelta::of(update, now_ms))?,
+        }];
+        ops.extend(record_op);
+        store.commit(Vec::new(), ops).await?;
+        let Some(e) = self.peers.get_mut(peer) else {
+            return Ok(BTreeSet::new());
+        };
+        let touched = e.catalog.apply(update, now_ms);
+        e.record = record;
+        e.deltas += 1;
+        if e.deltas > COMPACT_AFTER {
+            // Fold the log into a fresh blob. Failing here loses nothing: the deltas stay.
+            let folded = async {
+                store
+                    .put_blob(&keys::peer_catalog(peer), &json(&e.catalog)?, Vec::new())
+                    .await?;
+                store
+                    .commit(
+                        Vec::new(),
+                        vec![Op::DeletePrefix {
+                            prefix: keys::peer_deltas(peer),
+                        }],
+                    )
+                    .await?;
+                Ok::<_, StateError>(())
+            };
+            match folded.await {
+                Ok(()) => e.deltas = 0,
+                Err(err) => {
+                    tracing::warn!(peer.cluster = %peer, error = %err, "compacting the delta log failed; retrying later")
+                }
+            }
         }
         Ok(touched)
     }
 
     /// Recomputes the exports from the sources; persists first-export times and the catalog
-    /// version. Returns the keys whose export changed.
+    /// version, then applies the change in memory. Returns the keys whose export changed.
     pub async fn refresh_local(
         &mut self,
         store: &AnyStore,
         now_ms: i64,
     ) -> Result<Vec<ServiceKey>, StateError> {
-        let (exports, fresh) = self.local.desired(&self.file, &self.registered, now_ms);
-        let mut next = self.local.clone();
-        let changed = next.set_exports(exports, fresh.clone());
-        if changed.is_empty() {
-            return Ok(changed);
+        let (changes, fresh) = self.local.changes(
+            &self.applied_file,
+            &self.applied_registered,
+            &self.file,
+            &self.registered,
+            now_ms,
+        );
+        if changes.is_empty() {
+            self.applied_file = self.file.clone();
+            self.applied_registered = self.registered.clone();
+            return Ok(Vec::new());
         }
         let mut ops: Vec<Op> = fresh
             .iter()
@@ -187,28 +238,24 @@ impl MeshState {
                 })
             })
             .collect::<Result<_, StateError>>()?;
-        // Forget first-export times of services no longer exported (a re-export is a new export).
-        for k in self
-            .local
-            .exports
-            .keys()
-            .filter(|k| !next.exports.contains_key(*k))
-        {
+        // A service no longer exported forgets its first-export time (a re-export is new).
+        for (k, _) in changes.iter().filter(|(_, svc)| svc.is_none()) {
             ops.push(Op::Delete {
                 key: keys::exported_at(k),
             });
-            next.exported_at.remove(k);
         }
+        let meta = LocalMeta {
+            epoch: self.local.epoch.clone(),
+            version: self.local.version + 1,
+        };
         ops.push(Op::Put {
             key: keys::LOCAL_META.into(),
-            value: json(&LocalMeta {
-                epoch: next.epoch.clone(),
-                version: next.version,
-            })?,
+            value: json(&meta)?,
         });
         commit_chunked(store, ops).await?;
-        self.local = next;
-        Ok(changed)
+        self.applied_file = self.file.clone();
+        self.applied_registered = self.registered.clone();
+        Ok(self.local.apply(changes, fresh))
     }
 
     /// Persists the catalog version after a non-service change (bundle, gateways).
