@@ -46,6 +46,11 @@ const META_NEXT_LEASE: &str = "next_lease";
 const SCHEMA: u64 = 1;
 
 /// File name inside the data dir.
+/// redb's page cache. Its default (1 GiB) would let the cache grow past everything else the
+/// federation holds; the working set here (catalogs, VIPs, leases) is small and read mostly at
+/// start, so a modest cache costs nothing measurable.
+const CACHE_BYTES: usize = 32 * 1024 * 1024;
+
 pub const FILE_NAME: &str = "isthmus.redb";
 /// Events kept in memory for watches that resume from a recent revision.
 pub const HISTORY_EVENTS: usize = 4096;
@@ -234,7 +239,10 @@ impl Inner {
         let path = dir.join(FILE_NAME);
         let started = std::time::Instant::now();
         let db = loop {
-            match Database::builder().create(&path) {
+            match Database::builder()
+                .set_cache_size(CACHE_BYTES)
+                .create(&path)
+            {
                 Ok(db) => break db,
                 Err(redb::DatabaseError::DatabaseAlreadyOpen) if started.elapsed() < LOCK_WAIT => {
                     std::thread::sleep(Duration::from_millis(50));
