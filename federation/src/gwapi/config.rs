@@ -24,12 +24,7 @@ fn route_to_proto(r: &Route) -> proto::ImportedRoute {
                 cluster: c.place.cluster.to_string(),
                 trust_domain: c.place.trust_domain.to_string(),
                 region: c.place.region.to_string(),
-                zone: c
-                    .place
-                    .zone
-                    .as_ref()
-                    .map(ToString::to_string)
-                    .unwrap_or_default(),
+                zone: c.place.zone_text(),
                 gateways: c.gateways.iter().map(|g| g.to_proto()).collect(),
                 summary: Some(c.summary.to_proto()),
                 age_ms: u64::try_from(crate::node::now_ms().saturating_sub(c.confirmed_at_ms))
@@ -74,12 +69,7 @@ fn header(view: &MeshView, snapshot: bool) -> proto::GatewayConfig {
         cluster: view.me.cluster.to_string(),
         trust_domain: view.me.trust_domain.to_string(),
         region: view.me.region.to_string(),
-        zone: view
-            .me
-            .zone
-            .as_ref()
-            .map(ToString::to_string)
-            .unwrap_or_default(),
+        zone: view.me.zone_text(),
         bundles: view.bundles.iter().map(|b| b.to_proto()).collect(),
         peers: view
             .peers
@@ -88,12 +78,7 @@ fn header(view: &MeshView, snapshot: bool) -> proto::GatewayConfig {
                 cluster: p.place.cluster.to_string(),
                 trust_domain: p.place.trust_domain.to_string(),
                 region: p.place.region.to_string(),
-                zone: p
-                    .place
-                    .zone
-                    .as_ref()
-                    .map(ToString::to_string)
-                    .unwrap_or_default(),
+                zone: p.place.zone_text(),
             })
             .collect(),
         policies: view

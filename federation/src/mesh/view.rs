@@ -27,6 +27,16 @@ pub struct ClusterPlace {
     pub zone: Option<Zone>,
 }
 
+impl ClusterPlace {
+    /// The zone as the wire carries it (empty when unset).
+    pub fn zone_text(&self) -> String {
+        self.zone
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default()
+    }
+}
+
 /// One cluster serving a route.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ClusterRoute {

@@ -260,12 +260,7 @@ impl AdminHandler for AdminOps {
                             .map_err(|e| AdminError::Conflict(e.to_string()))?;
                         node.trust.set(ca.bundle());
                     }
-                    node.bump_local(|s| {
-                        s.local.bump();
-                        true
-                    })
-                    .await
-                    .map_err(unavailable)?;
+                    announce_bundle(node).await.map_err(unavailable)?;
                     tracing::info!("root rotation started: new root published beside the old");
                     Ok(ca_status(node).await)
                 }
@@ -282,12 +277,7 @@ impl AdminHandler for AdminOps {
                             .map_err(|e| AdminError::Conflict(e.to_string()))?;
                         node.trust.set(ca.bundle());
                     }
-                    node.bump_local(|s| {
-                        s.local.bump();
-                        true
-                    })
-                    .await
-                    .map_err(unavailable)?;
+                    announce_bundle(node).await.map_err(unavailable)?;
                     tracing::info!("old root retired");
                     Ok(ca_status(node).await)
                 }
@@ -301,6 +291,16 @@ impl AdminHandler for AdminOps {
             }
         })
     }
+}
+
+/// Our bundle changed: bump the catalog version so every peer session sends it (and gateways get
+/// it with the next view).
+async fn announce_bundle(node: &Node) -> Result<(), crate::node::state::StateError> {
+    node.bump_local(|s| {
+        s.local.bump();
+        true
+    })
+    .await
 }
 
 async fn peers(node: &Node) -> Vec<Value> {
@@ -413,12 +413,7 @@ pub async fn rotation_driver(node: Arc<Node>) {
         if let Err(e) = crate::node::run::renew_now(&node).await {
             tracing::error!(error = %e, "renewing after the signing switch failed");
         }
-        let _ = node
-            .bump_local(|s| {
-                s.local.bump();
-                true
-            })
-            .await;
+        let _ = announce_bundle(&node).await;
         tracing::info!(
             bundle_sequence = seq,
             "every peer and gateway ACKed the new root: signing switched"

@@ -104,12 +104,7 @@ pub async fn establish(node: &Arc<Node>, token_text: &str) -> Result<PeerRecord,
             cluster: node.me.cluster.to_string(),
             trust_domain: node.td.to_string(),
             region: node.me.region.to_string(),
-            zone: node
-                .me
-                .zone
-                .as_ref()
-                .map(ToString::to_string)
-                .unwrap_or_default(),
+            zone: node.me.zone_text(),
             peering_address: node.advertised_peering.clone(),
             bundle: Some(ours.to_proto()),
         })

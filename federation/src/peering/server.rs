@@ -180,12 +180,7 @@ impl Peering for PeeringService {
             cluster: node.me.cluster.to_string(),
             trust_domain: node.td.to_string(),
             region: node.me.region.to_string(),
-            zone: node
-                .me
-                .zone
-                .as_ref()
-                .map(ToString::to_string)
-                .unwrap_or_default(),
+            zone: node.me.zone_text(),
             bundle: Some(ours.to_proto()),
         }))
     }
