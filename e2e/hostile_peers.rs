@@ -103,6 +103,18 @@ async fn crafted_updates_are_nacked() {
         );
     }
 
+    // Every refusal is counted (and logged) where operators look.
+    let refused = east
+        .metric(
+            "isthmus_federation_peer_updates",
+            &["peer=\"mallory\"", "result=\"nacked_invalid\""],
+        )
+        .await;
+    assert_eq!(
+        refused, 7.0,
+        "each refused update counts once in isthmus_federation_peer_updates"
+    );
+
     // The same peer's valid snapshot is ACKed and imported: the refusals were about content.
     match sync.send(vec![base(200)], &[200]).await {
         Verdict::Ack => {}

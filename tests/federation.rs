@@ -170,3 +170,175 @@ async fn reconnect_resumes_without_a_full_resend() {
     west.shutdown().await;
     east.shutdown().await;
 }
+
+/// The gateway API end to end: bootstrap by token, the certificate's identity, renewal only for
+/// the same identity, a leased registration that peers see and that expires, the config stream
+/// (snapshot, then a delta), and revocation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_api_bootstrap_renewal_registration_stream_and_revocation() {
+    use isthmus_federation::gwapi::BootstrapFile;
+    use isthmus_federation::identity::{SpiffeId, tls};
+    use isthmus_federation::proto::{RegisterGatewayRequest, SignCsrRequest, SubscribeRequest};
+    use isthmus_gateway::control::ControlClient;
+
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let (east_dir, west_dir) = (
+        tempfile::tempdir().expect("dir"),
+        tempfile::tempdir().expect("dir"),
+    );
+    std::fs::write(east_dir.path().join("catalog.yaml"), catalog(&["cart"])).expect("catalog");
+    std::fs::write(west_dir.path().join("catalog.yaml"), catalog(&[])).expect("catalog");
+    let mut east_cfg = config(east_dir.path(), "east", 3);
+    east_cfg.gateways.min_ttl = Duration::from_secs(1);
+    let east = start(east_cfg).await.expect("east");
+    let west = start(config(west_dir.path(), "west", 4))
+        .await
+        .expect("west");
+    let token = admin(&east, "peering.token", json!({ "peer": "west" })).await;
+    admin(
+        &west,
+        "peering.establish",
+        json!({ "token": token["token"] }),
+    )
+    .await;
+    wait_for("west imports east's cart", async || {
+        has_route(&west, "shop/cart")
+    })
+    .await;
+
+    // Bootstrap: a wrong token is refused; the right one yields exactly the gateway's identity.
+    let file: BootstrapFile =
+        serde_json::from_value(admin(&east, "gateway.bootstrap", json!({ "name": "gw-1" })).await)
+            .expect("file");
+    let forged = BootstrapFile {
+        token: "not-the-token".into(),
+        ..file.clone()
+    };
+    assert!(
+        ControlClient::bootstrap(&forged).await.is_err(),
+        "a wrong bootstrap token must be refused"
+    );
+    let other = BootstrapFile {
+        gateway: "gw-2".into(),
+        ..file.clone()
+    };
+    assert!(
+        ControlClient::bootstrap(&other).await.is_err(),
+        "a token obtains only its own gateway's identity"
+    );
+    let gw = ControlClient::bootstrap(&file).await.expect("bootstrap");
+    let td = "east.mesh".parse().expect("td");
+    let id = SpiffeId::gateway(&td, "gw-1").expect("id");
+    assert_eq!(gw.certs.id(), Some(id.clone()));
+
+    // Renewal with the current certificate: the same identity only.
+    let mut client = gw.client();
+    let (_key, csr) = tls::generate_key_and_csr(&id).expect("csr");
+    let renewed = client
+        .sign_csr(SignCsrRequest { csr_der: csr })
+        .await
+        .expect("renewal")
+        .into_inner();
+    assert!(renewed.chain_pem.contains("BEGIN CERTIFICATE"));
+    let (_key, csr) =
+        tls::generate_key_and_csr(&SpiffeId::gateway(&td, "gw-2").expect("id")).expect("csr");
+    assert!(
+        client
+            .sign_csr(SignCsrRequest { csr_der: csr })
+            .await
+            .is_err(),
+        "renewal for another identity"
+    );
+
+    // Registration: only under its own name; peers see the advertised address; it expires.
+    let register = |name: &str| RegisterGatewayRequest {
+        name: name.into(),
+        advertise_address: "198.51.100.7:15443".into(),
+        zone: "a".into(),
+        ttl_seconds: 2,
+    };
+    assert!(
+        client.register_gateway(register("gw-9")).await.is_err(),
+        "registering as another gateway"
+    );
+    client
+        .register_gateway(register("gw-1"))
+        .await
+        .expect("register");
+    let advertised = |r: &Running| {
+        r.node.view.borrow().routes.values().any(|route| {
+            route.clusters.iter().any(|c| {
+                c.gateways
+                    .iter()
+                    .any(|g| g.address.to_string() == "198.51.100.7:15443")
+            })
+        })
+    };
+    wait_for("west to see east's gateway", async || advertised(&west)).await;
+
+    // The config stream: a snapshot with the current view, then a delta for a new export.
+    let mut stream = client
+        .subscribe(SubscribeRequest {
+            gateway: "gw-1".into(),
+            known_version: 0,
+        })
+        .await
+        .expect("subscribe")
+        .into_inner();
+    let first = stream.message().await.expect("stream").expect("snapshot");
+    assert!(first.snapshot);
+    assert!(
+        first
+            .exports
+            .iter()
+            .any(|e| e.key.as_ref().is_some_and(|k| k.name == "cart"))
+    );
+    assert!(
+        first.bundles.iter().any(|b| b.trust_domain == "west.mesh"),
+        "peers' bundles reach the gateway"
+    );
+    std::fs::write(
+        east_dir.path().join("catalog.yaml"),
+        catalog(&["cart", "ship"]),
+    )
+    .expect("catalog");
+    let delta = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let m = stream.message().await.expect("stream").expect("message");
+            if m.imports
+                .iter()
+                .any(|r| r.key.as_ref().is_some_and(|k| k.name == "ship"))
+            {
+                return m;
+            }
+        }
+    })
+    .await
+    .expect("a delta with the new export");
+    assert!(
+        !delta.snapshot,
+        "a change arrives as a delta, not a new snapshot"
+    );
+
+    // Without keep-alives the registration's lease expires and peers stop seeing the address.
+    wait_for("the gateway registration to expire at west", async || {
+        !advertised(&west)
+    })
+    .await;
+
+    // Revocation: renewals and the old bootstrap token stop working.
+    admin(&east, "gateway.revoke", json!({ "name": "gw-1" })).await;
+    let (_key, csr) = tls::generate_key_and_csr(&id).expect("csr");
+    let refused = client
+        .sign_csr(SignCsrRequest { csr_der: csr })
+        .await
+        .expect_err("revoked");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+    assert!(
+        ControlClient::bootstrap(&file).await.is_err(),
+        "a revoked token must not bootstrap"
+    );
+
+    west.shutdown().await;
+    east.shutdown().await;
+}

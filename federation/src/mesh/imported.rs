@@ -81,8 +81,12 @@ impl PeerCatalog {
                 }
             }
         }
-        if let Some(g) = &update.gateways {
+        if let Some(g) = &update.gateways
+            && *g != self.gateways
+        {
             self.gateways = g.clone();
+            // Every route through this peer carries its gateway addresses.
+            touched.extend(self.services.keys().cloned());
         }
         self.epoch = update.epoch.clone();
         self.version = update.version;

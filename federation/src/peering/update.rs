@@ -267,3 +267,177 @@ pub fn split(update: proto::CatalogUpdate) -> Vec<proto::CatalogUpdate> {
     }
     parts
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::{Ca, Kek};
+
+    fn peer() -> (ClusterName, TrustDomain, proto::TrustBundle) {
+        let td: TrustDomain = "west.mesh".parse().expect("td");
+        let kek = Kek::generate().expect("kek");
+        let ca = Ca::generate(td.clone(), &kek, std::time::Duration::from_secs(3600)).expect("ca");
+        (
+            ClusterName::new("west").expect("name"),
+            td,
+            ca.bundle().to_proto(),
+        )
+    }
+
+    fn summary(name: &str, port: u32) -> proto::ServiceSummary {
+        proto::ServiceSummary {
+            key: Some(proto::ServiceKey {
+                namespace: "shop".into(),
+                name: name.into(),
+            }),
+            ports: vec![proto::ServicePort {
+                name: String::new(),
+                port,
+                protocol: proto::Protocol::Http as i32,
+            }],
+            weight: 100,
+            ..Default::default()
+        }
+    }
+
+    fn snapshot(bundle: &proto::TrustBundle) -> proto::CatalogUpdate {
+        proto::CatalogUpdate {
+            version: 5,
+            epoch: "e1".into(),
+            snapshot: true,
+            upserts: vec![summary("cart", 80), summary("pay", 81)],
+            removals: vec![],
+            bundle: Some(bundle.clone()),
+            gateways: Some(proto::GatewaySet {
+                gateways: vec![proto::GatewayAddress {
+                    name: "gw-1".into(),
+                    address: "127.0.0.1:15443".into(),
+                    zone: "a".into(),
+                }],
+            }),
+            more: false,
+            cluster: "west".into(),
+        }
+    }
+
+    #[test]
+    fn a_valid_snapshot_is_accepted() {
+        let (name, td, bundle) = peer();
+        let u = validate(&snapshot(&bundle), &name, &td).expect("valid");
+        assert_eq!((u.version, u.upserts.len(), u.snapshot), (5, 2, true));
+        assert_eq!(u.gateways.as_ref().map(Vec::len), Some(1));
+    }
+
+    #[test]
+    fn hostile_updates_are_refused_whole() {
+        let (name, td, bundle) = peer();
+        type Mutate = fn(&mut proto::CatalogUpdate);
+        let cases: &[(&str, Mutate)] = &[
+            ("another cluster's catalog", |u| u.cluster = "east".into()),
+            ("no cluster", |u| u.cluster = String::new()),
+            ("version 0", |u| u.version = 0),
+            ("empty epoch", |u| u.epoch = String::new()),
+            ("huge epoch", |u| u.epoch = "e".repeat(65)),
+            ("the same key twice", |u| {
+                u.upserts.push(summary("cart", 80))
+            }),
+            ("upsert and removal of one key", |u| {
+                u.snapshot = false;
+                u.removals.push(proto::ServiceKey {
+                    namespace: "shop".into(),
+                    name: "cart".into(),
+                })
+            }),
+            ("a snapshot with removals", |u| {
+                u.removals.push(proto::ServiceKey {
+                    namespace: "shop".into(),
+                    name: "gone".into(),
+                })
+            }),
+            ("a snapshot without its bundle", |u| u.bundle = None),
+            ("a snapshot without its gateways", |u| u.gateways = None),
+            ("a bundle for another trust domain", |u| {
+                if let Some(b) = u.bundle.as_mut() {
+                    b.trust_domain = "east.mesh".into();
+                }
+            }),
+            ("a corrupt bundle", |u| {
+                if let Some(b) = u.bundle.as_mut() {
+                    b.spiffe_json = "{not json".into();
+                }
+            }),
+            ("an invalid service name", |u| {
+                u.upserts[0] = summary("Cart!", 80)
+            }),
+            ("port 0", |u| u.upserts[0] = summary("cart", 0)),
+            ("port 70000", |u| u.upserts[0] = summary("cart", 70_000)),
+            ("a gateway without a port", |u| {
+                if let Some(g) = u.gateways.as_mut() {
+                    g.gateways[0].address = "127.0.0.1".into();
+                }
+            }),
+            ("too many gateways", |u| {
+                if let Some(g) = u.gateways.as_mut() {
+                    let one = g.gateways[0].clone();
+                    g.gateways = vec![one; MAX_GATEWAYS + 1];
+                }
+            }),
+            ("too many services", |u| {
+                u.upserts = (0..=MAX_SERVICES_PER_PEER)
+                    .map(|i| summary(&format!("s{i}"), 80))
+                    .collect()
+            }),
+        ];
+        for (what, mutate) in cases {
+            let mut u = snapshot(&bundle);
+            mutate(&mut u);
+            let err = validate(&u, &name, &td).expect_err(what);
+            assert_eq!(err.peer, name, "{what}");
+            assert!(!err.reason.is_empty(), "{what}");
+        }
+    }
+
+    #[test]
+    fn split_and_reassemble_round_trip() {
+        let (_, _, bundle) = peer();
+        let mut big = snapshot(&bundle);
+        big.upserts = (0..(SERVICES_PER_MESSAGE * 2 + 7))
+            .map(|i| summary(&format!("s{i}"), 80))
+            .collect();
+        let parts = split(big.clone());
+        assert_eq!(parts.len(), 3);
+        assert!(parts[..2].iter().all(|p| p.more) && !parts[2].more);
+        assert!(parts[0].bundle.is_some() && parts[1].bundle.is_none());
+        let mut r = Reassembly::default();
+        let mut whole = None;
+        for p in parts {
+            whole = r.push(p).expect("parts fit");
+        }
+        assert_eq!(whole.expect("complete"), big);
+    }
+
+    #[test]
+    fn truncated_and_oversized_multi_part_updates_are_refused() {
+        let (_, _, bundle) = peer();
+        // A part of another version while one is incomplete (the first was truncated).
+        let mut r = Reassembly::default();
+        let mut first = snapshot(&bundle);
+        first.more = true;
+        assert_eq!(r.push(first).expect("first part"), None);
+        let mut other = snapshot(&bundle);
+        other.version = 6;
+        assert!(r.push(other).is_err());
+        // Parts that add up to more than a peer may send.
+        let mut r = Reassembly::default();
+        let chunk: Vec<_> = (0..100_001)
+            .map(|i| summary(&format!("s{i}"), 80))
+            .collect();
+        let mut a = snapshot(&bundle);
+        a.upserts = chunk.clone();
+        a.more = true;
+        let mut b = a.clone();
+        b.more = false;
+        assert_eq!(r.push(a).expect("first half"), None);
+        assert!(r.push(b).is_err(), "over MAX_SERVICES_PER_PEER in total");
+    }
+}
