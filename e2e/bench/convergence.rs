@@ -105,6 +105,18 @@ async fn start(exe: &Path, root: &Path, i: usize, services: usize) -> anyhow::Re
     })
 }
 
+/// SIGTERM every federation and wait for it, so they shut down cleanly (profilers write out).
+async fn stop(feds: Vec<Fed>) {
+    for mut f in feds {
+        if let Some(pid) = f.child.id() {
+            let _ = std::process::Command::new("kill")
+                .arg(pid.to_string())
+                .status();
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(60), f.child.wait()).await;
+    }
+}
+
 fn pct(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -244,6 +256,7 @@ async fn main() -> anyhow::Result<()> {
             "federation holding {services} imported services: RSS {} MiB",
             rss_kib(pid) / 1024
         );
+        stop(feds).await;
         return Ok(());
     }
     let mut samples = Vec::new();

@@ -2,6 +2,7 @@
 //! service summaries and its gateways. Applying an update is pure; storing it is the caller's.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -12,7 +13,8 @@ use crate::peering::update::{GatewayAddr, PeerUpdate};
 pub struct PeerCatalog {
     pub epoch: String,
     pub version: u64,
-    pub services: BTreeMap<ServiceKey, ServiceSummary>,
+    /// Shared with the routes built from them.
+    pub services: BTreeMap<ServiceKey, Arc<ServiceSummary>>,
     pub gateways: Vec<GatewayAddr>,
     /// When the last update was stored (unix ms).
     pub stored_at_ms: i64,
@@ -52,15 +54,17 @@ impl PeerCatalog {
     pub fn apply(&mut self, update: &PeerUpdate, now_ms: i64) -> BTreeSet<ServiceKey> {
         let mut touched = BTreeSet::new();
         if update.snapshot {
-            let next: BTreeMap<ServiceKey, ServiceSummary> = update
-                .upserts
-                .iter()
-                .map(|s| (s.key.clone(), s.clone()))
-                .collect();
-            for (k, v) in &next {
-                if self.services.get(k) != Some(v) {
-                    touched.insert(k.clone());
-                }
+            // Unchanged entries keep their `Arc`, so routes built from them stay shared.
+            let mut next: BTreeMap<ServiceKey, Arc<ServiceSummary>> = BTreeMap::new();
+            for s in &update.upserts {
+                let entry = match self.services.get(&s.key) {
+                    Some(old) if **old == *s => old.clone(),
+                    _ => {
+                        touched.insert(s.key.clone());
+                        Arc::new(s.clone())
+                    }
+                };
+                next.insert(s.key.clone(), entry);
             }
             touched.extend(
                 self.services
@@ -71,7 +75,8 @@ impl PeerCatalog {
             self.services = next;
         } else {
             for s in &update.upserts {
-                if self.services.insert(s.key.clone(), s.clone()).as_ref() != Some(s) {
+                if self.services.get(&s.key).is_none_or(|old| **old != *s) {
+                    self.services.insert(s.key.clone(), Arc::new(s.clone()));
                     touched.insert(s.key.clone());
                 }
             }
@@ -100,7 +105,7 @@ impl PeerCatalog {
             return;
         }
         for s in &d.upserts {
-            self.services.insert(s.key.clone(), s.clone());
+            self.services.insert(s.key.clone(), Arc::new(s.clone()));
         }
         for k in &d.removals {
             self.services.remove(k);

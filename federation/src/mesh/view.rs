@@ -37,13 +37,14 @@ impl ClusterPlace {
     }
 }
 
-/// One cluster serving a route.
+/// One cluster serving a route. Placement, gateway list and summary are shared with the peer's
+/// catalog (and between routes), not copied per route: a federation may hold 100,000 routes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ClusterRoute {
-    pub place: ClusterPlace,
+    pub place: Arc<ClusterPlace>,
     pub local: bool,
-    pub gateways: Vec<GatewayAddr>,
-    pub summary: ServiceSummary,
+    pub gateways: Arc<[GatewayAddr]>,
+    pub summary: Arc<ServiceSummary>,
     /// Our peering stream to that cluster is down (its catalog is last-known, not live).
     pub stale: bool,
     /// When its catalog was last confirmed (unix ms).
@@ -60,15 +61,17 @@ pub struct Route {
     pub clusters: Vec<ClusterRoute>,
     pub conflicts: Vec<ClusterName>,
     pub vips: VipAssignment,
-    pub cluster_vips: BTreeMap<ClusterName, VipAssignment>,
+    /// The VIP of each `<cluster>.<svc>.<ns>` name, in `clusters` order (a small vector, not a
+    /// map: most services are served by a handful of clusters).
+    pub cluster_vips: Vec<(ClusterName, VipAssignment)>,
 }
 
 /// What the merge needs to know about a peer.
 #[derive(Debug, Clone)]
 pub struct PeerSide<'a> {
-    pub place: &'a ClusterPlace,
-    pub services: &'a BTreeMap<ServiceKey, ServiceSummary>,
-    pub gateways: &'a [GatewayAddr],
+    pub place: &'a Arc<ClusterPlace>,
+    pub services: &'a BTreeMap<ServiceKey, Arc<ServiceSummary>>,
+    pub gateways: Arc<[GatewayAddr]>,
     pub stale: bool,
     pub confirmed_at_ms: i64,
 }
@@ -76,10 +79,10 @@ pub struct PeerSide<'a> {
 /// What the merge needs to know about this cluster.
 #[derive(Debug, Clone)]
 pub struct LocalSide<'a> {
-    pub me: &'a ClusterPlace,
+    pub me: &'a Arc<ClusterPlace>,
     pub exports: &'a BTreeMap<ServiceKey, Arc<ExportedService>>,
     pub zone: &'a Zone,
-    pub gateways: &'a [GatewayAddr],
+    pub gateways: Arc<[GatewayAddr]>,
 }
 
 /// Merges one key across our exports and the imports the rules allow. `None`: nobody (allowed)
@@ -91,19 +94,16 @@ pub fn merge_key(
     rules: &[ImportRule],
     now_ms: i64,
 ) -> Option<Route> {
-    let (me, local_gateways) = (local.me, local.gateways);
-    let local_summary = local.exports.get(key).map(|s| s.summary(local.zone));
-    let mut sides: Vec<(ClusterRoute, &ServiceSummary)> = Vec::new();
-    let local_route = local_summary.as_ref().map(|s| ClusterRoute {
-        place: me.clone(),
-        local: true,
-        gateways: local_gateways.to_vec(),
-        summary: s.clone(),
-        stale: false,
-        confirmed_at_ms: now_ms,
-    });
-    if let (Some(r), Some(s)) = (&local_route, &local_summary) {
-        sides.push((r.clone(), s));
+    let mut sides: Vec<ClusterRoute> = Vec::new();
+    if let Some(export) = local.exports.get(key) {
+        sides.push(ClusterRoute {
+            place: local.me.clone(),
+            local: true,
+            gateways: local.gateways.clone(),
+            summary: Arc::new(export.summary(local.zone)),
+            stale: false,
+            confirmed_at_ms: now_ms,
+        });
     }
     for p in peers {
         let Some(summary) = p.services.get(key) else {
@@ -112,31 +112,28 @@ pub fn merge_key(
         if !import_allowed(rules, &p.place.cluster, key) {
             continue;
         }
-        sides.push((
-            ClusterRoute {
-                place: p.place.clone(),
-                local: false,
-                gateways: p.gateways.to_vec(),
-                summary: summary.clone(),
-                stale: p.stale,
-                confirmed_at_ms: p.confirmed_at_ms,
-            },
-            summary,
-        ));
+        sides.push(ClusterRoute {
+            place: p.place.clone(),
+            local: false,
+            gateways: p.gateways.clone(),
+            summary: summary.clone(),
+            stale: p.stale,
+            confirmed_at_ms: p.confirmed_at_ms,
+        });
     }
     let exports: Vec<ClusterExport<'_>> = sides
         .iter()
-        .map(|(r, s)| ClusterExport {
+        .map(|r| ClusterExport {
             cluster: &r.place.cluster,
-            summary: s,
+            summary: &r.summary,
         })
         .collect();
     let merged = merge(key, &exports)?;
     let spec = merged.spec()?.clone();
     let clusters = sides
         .iter()
-        .filter(|(r, _)| !merged.conflicts.contains(&r.place.cluster))
-        .map(|(r, _)| r.clone())
+        .filter(|r| !merged.conflicts.contains(&r.place.cluster))
+        .cloned()
         .collect();
     Some(Route {
         key: key.clone(),
@@ -146,7 +143,7 @@ pub fn merge_key(
         clusters,
         conflicts: merged.conflicts,
         vips: VipAssignment::default(),
-        cluster_vips: BTreeMap::new(),
+        cluster_vips: Vec::new(),
     })
 }
 

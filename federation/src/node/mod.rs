@@ -115,7 +115,7 @@ impl Node {
             .map(|p| {
                 let l = links.get(&p.place.cluster).cloned().unwrap_or_default();
                 PeerStatus {
-                    place: p.place.clone(),
+                    place: (*p.place).clone(),
                     connected: l.connected,
                     catalog_version: p.catalog.version,
                     services: p.catalog.services.len(),

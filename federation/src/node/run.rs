@@ -245,7 +245,7 @@ pub async fn start(cfg: FederationConfig) -> Result<Running, StartError> {
     };
     let (stop_tx, stop_rx) = watch::channel(false);
     let state = MeshState {
-        me: me.clone(),
+        me: Arc::new(me.clone()),
         local,
         file: file_rx.borrow().clone(),
         registered: registered_rx.borrow().clone(),

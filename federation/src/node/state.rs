@@ -24,13 +24,13 @@ const COMPACT_AFTER: usize = 256;
 #[derive(Debug, Clone)]
 pub struct PeerEntry {
     pub record: PeerRecord,
-    pub place: ClusterPlace,
+    pub place: Arc<ClusterPlace>,
     pub catalog: PeerCatalog,
     pub deltas: usize,
 }
 
 pub struct MeshState {
-    pub me: ClusterPlace,
+    pub me: Arc<ClusterPlace>,
     pub local: LocalCatalog,
     pub file: Arc<CatalogFile>,
     pub registered: Arc<BTreeMap<ServiceKey, Vec<Endpoint>>>,
@@ -59,13 +59,13 @@ pub fn json<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, StateError> {
     serde_json::to_vec(v).map_err(|e| StateError::Encode(e.to_string()))
 }
 
-pub fn place_of(record: &PeerRecord) -> ClusterPlace {
-    ClusterPlace {
+pub fn place_of(record: &PeerRecord) -> Arc<ClusterPlace> {
+    Arc::new(ClusterPlace {
         cluster: record.cluster.clone(),
         trust_domain: record.trust_domain.clone(),
         region: record.region.clone(),
         zone: record.zone.clone(),
-    }
+    })
 }
 
 /// Commits ops in chunks the store accepts.
@@ -304,19 +304,19 @@ impl MeshState {
             .map(|p| PeerSide {
                 place: &p.place,
                 services: &p.catalog.services,
-                gateways: &p.catalog.gateways,
+                gateways: p.catalog.gateways.clone().into(),
                 stale: stale.contains(&p.place.cluster),
                 confirmed_at_ms: p.catalog.stored_at_ms,
             })
             .collect();
         let mut next_routes: BTreeMap<ServiceKey, Option<Route>> = BTreeMap::new();
+        let local = LocalSide {
+            me: &self.me,
+            exports: &self.local.exports,
+            zone: self.local.zone(),
+            gateways: self.local.gateways.clone().into(),
+        };
         for key in &keys {
-            let local = LocalSide {
-                me: &self.me,
-                exports: &self.local.exports,
-                zone: self.local.zone(),
-                gateways: &self.local.gateways,
-            };
             let route = merge_key(key, &local, &sides, &self.file.imports, now_ms);
             next_routes.insert(key.clone(), route);
         }
@@ -374,7 +374,7 @@ impl MeshState {
         self.view_version += 1;
         Arc::new(MeshView {
             version: self.view_version,
-            me: self.me.clone(),
+            me: (*self.me).clone(),
             routes: self.routes.clone(),
             exports: self.local.exports.clone(),
             bundles,
