@@ -50,21 +50,22 @@ impl PeerCatalog {
         self.epoch == epoch && version > self.version
     }
 
-    /// Applies a checked update; returns the keys whose entry changed.
-    pub fn apply(&mut self, update: &PeerUpdate, now_ms: i64) -> BTreeSet<ServiceKey> {
+    /// Applies a checked update (consumed: its summaries move in, uncopied); returns the keys
+    /// whose entry changed.
+    pub fn apply(&mut self, update: PeerUpdate, now_ms: i64) -> BTreeSet<ServiceKey> {
         let mut touched = BTreeSet::new();
         if update.snapshot {
             // Unchanged entries keep their `Arc`, so routes built from them stay shared.
             let mut next: BTreeMap<ServiceKey, Arc<ServiceSummary>> = BTreeMap::new();
-            for s in &update.upserts {
+            for s in update.upserts {
                 let entry = match self.services.get(&s.key) {
-                    Some(old) if **old == *s => old.clone(),
+                    Some(old) if **old == s => old.clone(),
                     _ => {
                         touched.insert(s.key.clone());
-                        Arc::new(s.clone())
+                        Arc::new(s)
                     }
                 };
-                next.insert(s.key.clone(), entry);
+                next.insert(entry.key.clone(), entry);
             }
             touched.extend(
                 self.services
@@ -74,10 +75,10 @@ impl PeerCatalog {
             );
             self.services = next;
         } else {
-            for s in &update.upserts {
-                if self.services.get(&s.key).is_none_or(|old| **old != *s) {
-                    self.services.insert(s.key.clone(), Arc::new(s.clone()));
+            for s in update.upserts {
+                if self.services.get(&s.key).is_none_or(|old| **old != s) {
                     touched.insert(s.key.clone());
+                    self.services.insert(s.key.clone(), Arc::new(s));
                 }
             }
             for k in &update.removals {
@@ -86,14 +87,14 @@ impl PeerCatalog {
                 }
             }
         }
-        if let Some(g) = &update.gateways
-            && *g != self.gateways
+        if let Some(g) = update.gateways
+            && g != self.gateways
         {
-            self.gateways = g.clone();
+            self.gateways = g;
             // Every route through this peer carries its gateway addresses.
             touched.extend(self.services.keys().cloned());
         }
-        self.epoch = update.epoch.clone();
+        self.epoch = update.epoch;
         self.version = update.version;
         self.stored_at_ms = now_ms;
         touched

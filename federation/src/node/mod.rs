@@ -143,8 +143,9 @@ impl Node {
     pub async fn receive_update(
         &self,
         peer: &ClusterName,
-        update: &PeerUpdate,
+        update: PeerUpdate,
     ) -> Result<(), StateError> {
+        let (version, bundle) = (update.version, update.bundle.clone());
         let started = std::time::Instant::now();
         let mut state = self.state.lock().await;
         let locked = started.elapsed();
@@ -152,15 +153,15 @@ impl Node {
             .apply_peer_update(&self.store, peer, update, now_ms())
             .await?;
         let stored = started.elapsed();
-        if let Some(bundle) = &update.bundle {
-            self.trust.set(bundle.clone());
+        if let Some(bundle) = bundle {
+            self.trust.set(bundle);
         }
         let stale = self.stale_peers();
         let n = touched.len();
         state.recompute(Some(touched), &stale, now_ms()).await?;
         let recomputed = started.elapsed();
         self.publish(&mut state);
-        tracing::debug!(peer.cluster = %peer, version = update.version, services = n,
+        tracing::debug!(peer.cluster = %peer, version, services = n,
             lock_us = locked.as_micros() as u64, store_us = (stored - locked).as_micros() as u64,
             recompute_us = (recomputed - stored).as_micros() as u64, total_us = started.elapsed().as_micros() as u64,
             "peer update applied");

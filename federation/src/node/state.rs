@@ -102,7 +102,7 @@ impl MeshState {
         &mut self,
         store: &AnyStore,
         peer: &ClusterName,
-        update: &PeerUpdate,
+        update: PeerUpdate,
         now_ms: i64,
     ) -> Result<BTreeSet<ServiceKey>, StateError> {
         let entry = self
@@ -174,7 +174,7 @@ impl MeshState {
         // A delta: one small commit (the delta and, if it changed, the bundle), then memory.
         let mut ops = vec![Op::Put {
             key: keys::peer_delta(peer, update.version),
-            value: json(&StoredDelta::of(update, now_ms))?,
+            value: json(&StoredDelta::of(&update, now_ms))?,
         }];
         ops.extend(record_op);
         store.commit(Vec::new(), ops).await?;

@@ -262,7 +262,7 @@ async fn receive(
         Ok(u) => u,
         Err(e) => return reject(node, peer, out, version, CODE_INVALID_ARGUMENT, e.reason).await,
     };
-    match node.receive_update(peer, &checked).await {
+    match node.receive_update(peer, checked).await {
         Ok(()) => {
             node.metrics.update(peer.as_str(), "acked");
             out.send(msg(Body::Ack(proto::Ack { version })))
