@@ -90,11 +90,35 @@ fn header(view: &MeshView, snapshot: bool) -> proto::GatewayConfig {
     }
 }
 
-pub fn snapshot(view: &MeshView) -> proto::GatewayConfig {
-    let mut c = header(view, true);
-    c.imports = view.routes.values().map(|r| route_to_proto(r)).collect();
-    c.exports = view.exports.values().map(|e| export_to_proto(e)).collect();
-    c
+/// Routes per message of a snapshot: keeps each message (and the memory to build it) small.
+pub const ROUTES_PER_MESSAGE: usize = 2_000;
+
+/// The whole view as a snapshot, in parts: the first carries the header, the exports and the
+/// first routes; every part but the last has `more = true`. Parts are built one at a time, as
+/// the caller asks for them, so a 100,000-route view never exists as one message.
+pub fn snapshot_parts(view: &MeshView) -> impl Iterator<Item = proto::GatewayConfig> + '_ {
+    let routes: Vec<&std::sync::Arc<Route>> = view.routes.values().collect();
+    let chunks = routes.len().div_ceil(ROUTES_PER_MESSAGE).max(1);
+    (0..chunks).map(move |i| {
+        let mut c = if i == 0 {
+            let mut h = header(view, true);
+            h.exports = view.exports.values().map(|e| export_to_proto(e)).collect();
+            h
+        } else {
+            proto::GatewayConfig {
+                version: view.version,
+                snapshot: true,
+                ..Default::default()
+            }
+        };
+        let end = ((i + 1) * ROUTES_PER_MESSAGE).min(routes.len());
+        c.imports = routes[i * ROUTES_PER_MESSAGE..end]
+            .iter()
+            .map(|r| route_to_proto(r))
+            .collect();
+        c.more = i + 1 < chunks;
+        c
+    })
 }
 
 /// `None` when nothing a gateway sees changed.
@@ -132,4 +156,73 @@ pub fn delta(old: &MeshView, new: &MeshView) -> Option<proto::GatewayConfig> {
         .collect();
     c.removed_exports = removed_exports.iter().map(key_to_proto).collect();
     Some(c)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::mesh::ClusterPlace;
+    use crate::model::{ClusterName, ServiceKey};
+
+    fn view(routes: usize) -> MeshView {
+        let me = ClusterPlace {
+            cluster: ClusterName::new("east").expect("c"),
+            trust_domain: "east.mesh".parse().expect("td"),
+            region: "r1".parse().expect("region"),
+            zone: None,
+        };
+        let mut v = MeshView::empty(me.clone());
+        v.version = 9;
+        v.routes = (0..routes)
+            .map(|i| {
+                let key = ServiceKey::parse(&format!("ns/s{i}")).expect("key");
+                let route = Route {
+                    key: key.clone(),
+                    defined_by: me.cluster.clone(),
+                    ports: vec![],
+                    headless: false,
+                    clusters: vec![],
+                    conflicts: vec![],
+                    vips: Default::default(),
+                    cluster_vips: vec![],
+                };
+                (key, Arc::new(route))
+            })
+            .collect::<BTreeMap<_, _>>();
+        v
+    }
+
+    #[test]
+    fn snapshots_come_in_bounded_parts() {
+        let v = view(2 * ROUTES_PER_MESSAGE + 500);
+        let parts: Vec<_> = snapshot_parts(&v).collect();
+        assert_eq!(parts.len(), 3);
+        assert_eq!(
+            parts.iter().map(|p| p.more).collect::<Vec<_>>(),
+            [true, true, false]
+        );
+        assert!(parts.iter().all(|p| p.snapshot && p.version == 9));
+        assert!(parts.iter().all(|p| p.imports.len() <= ROUTES_PER_MESSAGE));
+        assert_eq!(parts[0].cluster, "east");
+        assert!(parts[1].cluster.is_empty(), "the header travels once");
+        let mut names: Vec<String> = parts
+            .iter()
+            .flat_map(|p| p.imports.iter())
+            .filter_map(|r| r.key.as_ref().map(|k| k.name.clone()))
+            .collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(
+            names.len(),
+            2 * ROUTES_PER_MESSAGE + 500,
+            "every route exactly once"
+        );
+        // An empty view is still one (complete) snapshot message.
+        let empty: Vec<_> = snapshot_parts(&view(0)).collect();
+        assert_eq!(empty.len(), 1);
+        assert!(!empty[0].more && empty[0].snapshot);
+    }
 }

@@ -237,8 +237,10 @@ impl GatewayControl for GatewayService {
         let stream = async_stream(
             move |tx| async move {
                 let mut last = rx.borrow_and_update().clone();
-                if tx.send(Ok(config::snapshot(&last))).await.is_err() {
-                    return;
+                for part in config::snapshot_parts(&last) {
+                    if tx.send(Ok(part)).await.is_err() {
+                        return;
+                    }
                 }
                 while rx.changed().await.is_ok() {
                     let next = rx.borrow_and_update().clone();
