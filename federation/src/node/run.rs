@@ -36,15 +36,15 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("config: {0}")]
+    #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
-    #[error("store: {0}")]
+    #[error(transparent)]
     Store(#[from] crate::store::StoreError),
-    #[error("CA: {0}")]
+    #[error(transparent)]
     Ca(#[from] crate::node::ca::CaError),
     #[error("catalog: {0}")]
     Catalog(String),
-    #[error("state: {0}")]
+    #[error(transparent)]
     State(#[from] crate::node::state::StateError),
     #[error("cannot listen on {addr} for {what}: {detail} (is another process using it?)")]
     Bind {

@@ -25,7 +25,7 @@ pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EstablishError {
-    #[error("{0}")]
+    #[error(transparent)]
     Token(#[from] crate::peering::token::TokenError),
     #[error("this token was issued for peer {expected}, but this cluster is {me}")]
     NotForUs {
