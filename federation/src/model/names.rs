@@ -48,14 +48,16 @@ pub fn check_label(kind: &'static str, value: &str) -> Result<(), NameError> {
 macro_rules! label_type {
     ($(#[$doc:meta])* $name:ident, $kind:literal) => {
         $(#[$doc])*
+        // Immutable and shared: cloning a name (and so a `ServiceKey`, a map of routes) is a
+        // reference-count increment, not an allocation.
         #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-        pub struct $name(String);
+        pub struct $name(std::sync::Arc<str>);
 
         impl $name {
             pub fn new(value: impl Into<String>) -> Result<Self, NameError> {
                 let value = value.into();
                 check_label($kind, &value)?;
-                Ok(Self(value))
+                Ok(Self(value.into()))
             }
             pub fn as_str(&self) -> &str {
                 &self.0
