@@ -126,6 +126,11 @@ async fn reconnect_resumes_without_a_full_resend() {
         !connected(&east, "west")
     })
     .await;
+    assert_eq!(
+        east.node.metrics.peers_connected.get(),
+        0,
+        "the gauge follows the link down"
+    );
     let west = start(west_cfg).await.expect("west again");
     assert!(
         has_route(&west, "shop/cart"),
@@ -140,6 +145,11 @@ async fn reconnect_resumes_without_a_full_resend() {
         updates_sent(&east, "west"),
         sent_before,
         "a resumed stream re-sent the catalog"
+    );
+    assert_eq!(
+        east.node.metrics.peers_connected.get(),
+        1,
+        "the gauge follows the link up"
     );
     let vip_after = west
         .node

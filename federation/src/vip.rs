@@ -10,7 +10,7 @@
 //!
 //! [`VipPool`] is the pure allocator; [`VipTable`] persists it in the store.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
@@ -487,28 +487,12 @@ impl VipTable {
         }
         Ok(true)
     }
-
-    /// Makes exactly `wanted` the set of active names (O(all names); used when everything may
-    /// have changed).
-    pub async fn reconcile(
-        &mut self,
-        wanted: &BTreeMap<String, ()>,
-        now_ms: i64,
-    ) -> Result<bool, VipError> {
-        let added: Vec<String> = wanted.keys().cloned().collect();
-        let removed: Vec<String> = self
-            .pool
-            .active_names()
-            .filter(|n| !wanted.contains_key(*n))
-            .map(str::to_string)
-            .collect();
-        self.apply(&added, &removed, now_ms).await
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
 
     fn pool(v4: &str, quarantine_s: u64) -> VipPool {
         VipPool::new(
@@ -617,19 +601,19 @@ mod tests {
         let cfg = crate::store::StoreConfig::Embedded {
             data_dir: dir.path().to_path_buf(),
         };
-        let wanted: BTreeMap<String, ()> = ["cart.shop", "east.cart.shop", "pay.shop"]
+        let wanted: Vec<String> = ["cart.shop", "east.cart.shop", "pay.shop"]
             .iter()
-            .map(|n| (n.to_string(), ()))
+            .map(|n| n.to_string())
             .collect();
         let first = {
             let store = AnyStore::open(&cfg).await.expect("store");
             let mut t = VipTable::load(store, pool("127.77.0.0/24", 60))
                 .await
                 .expect("load");
-            assert!(t.reconcile(&wanted, 0).await.expect("reconcile"));
-            assert!(!t.reconcile(&wanted, 1).await.expect("idempotent"));
+            assert!(t.apply(&wanted, &[], 0).await.expect("apply"));
+            assert!(!t.apply(&wanted, &[], 1).await.expect("idempotent"));
             wanted
-                .keys()
+                .iter()
                 .map(|n| t.pool().get(n).cloned())
                 .collect::<Vec<_>>()
         };
@@ -638,11 +622,12 @@ mod tests {
         let mut t = VipTable::load(store, pool("127.77.0.0/24", 60))
             .await
             .expect("load");
-        let mut more = wanted.clone();
-        more.insert("aaa.shop".into(), ());
-        t.reconcile(&more, 2).await.expect("reconcile");
+        // A new name first: allocation order must not disturb the restored ones.
+        let mut more = vec!["aaa.shop".to_string()];
+        more.extend(wanted.iter().cloned());
+        t.apply(&more, &[], 2).await.expect("apply");
         let after = wanted
-            .keys()
+            .iter()
             .map(|n| t.pool().get(n).cloned())
             .collect::<Vec<_>>();
         assert_eq!(first, after);

@@ -12,6 +12,7 @@ use crate::admin::{AdminError, AdminHandler};
 use crate::gwapi::bootstrap::{self, BootstrapFile, GatewayToken};
 use crate::identity::ca::Rotation;
 use crate::model::ClusterName;
+use crate::node::ca::{CaStep, StepError};
 use crate::node::run::Bound;
 use crate::node::{Node, keys, now_ms};
 use crate::peering::token;
@@ -253,14 +254,9 @@ impl AdminHandler for AdminOps {
                 }
                 "ca.status" => Ok(ca_status(node).await),
                 "ca.rotate" => {
-                    {
-                        let mut ca = node.ca.lock().await;
-                        ca.begin_rotation(&node.store)
-                            .await
-                            .map_err(|e| AdminError::Conflict(e.to_string()))?;
-                        node.trust.set(ca.bundle());
-                    }
-                    announce_bundle(node).await.map_err(unavailable)?;
+                    node.ca_step(CaStep::BeginRotation)
+                        .await
+                        .map_err(step_error)?;
                     tracing::info!("root rotation started: new root published beside the old");
                     Ok(ca_status(node).await)
                 }
@@ -270,14 +266,9 @@ impl AdminHandler for AdminOps {
                     } else {
                         parse(body)?
                     };
-                    {
-                        let mut ca = node.ca.lock().await;
-                        ca.retire_old(&node.store, force)
-                            .await
-                            .map_err(|e| AdminError::Conflict(e.to_string()))?;
-                        node.trust.set(ca.bundle());
-                    }
-                    announce_bundle(node).await.map_err(unavailable)?;
+                    node.ca_step(CaStep::RetireOld { force })
+                        .await
+                        .map_err(step_error)?;
                     tracing::info!("old root retired");
                     Ok(ca_status(node).await)
                 }
@@ -293,14 +284,13 @@ impl AdminHandler for AdminOps {
     }
 }
 
-/// Our bundle changed: bump the catalog version so every peer session sends it (and gateways get
-/// it with the next view).
-async fn announce_bundle(node: &Node) -> Result<(), crate::node::state::StateError> {
-    node.bump_local(|s| {
-        s.local.bump();
-        true
-    })
-    .await
+/// A CA step refused for its order or timing is a conflict; one that could not be stored or
+/// announced is unavailable (retry).
+fn step_error(e: StepError) -> AdminError {
+    match e {
+        StepError::Ca(e) => AdminError::Conflict(e.to_string()),
+        StepError::Announce(e) => AdminError::Unavailable(e.to_string()),
+    }
 }
 
 async fn peers(node: &Node) -> Vec<Value> {
@@ -402,18 +392,10 @@ pub async fn rotation_driver(node: Arc<Node>) {
         if !(peers_acked && gateways_acked) {
             continue;
         }
-        {
-            let mut ca = node.ca.lock().await;
-            if let Err(e) = ca.switch_signing(&node.store).await {
-                tracing::error!(error = %e, "switching signing to the new root failed; retrying");
-                continue;
-            }
-            node.trust.set(ca.bundle());
+        if let Err(e) = node.ca_step(CaStep::SwitchSigning).await {
+            tracing::error!(error = %e, "switching signing to the new root failed; retrying");
+            continue;
         }
-        if let Err(e) = crate::node::run::renew_now(&node).await {
-            tracing::error!(error = %e, "renewing after the signing switch failed");
-        }
-        let _ = announce_bundle(&node).await;
         tracing::info!(
             bundle_sequence = seq,
             "every peer and gateway ACKed the new root: signing switched"

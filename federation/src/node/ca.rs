@@ -216,3 +216,47 @@ impl CaRuntime {
         r
     }
 }
+
+/// A step of the CA's life that peers and gateways must learn about.
+#[derive(Debug, Clone, Copy)]
+pub enum CaStep {
+    BeginRotation,
+    SwitchSigning,
+    RetireOld { force: bool },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    #[error(transparent)]
+    Ca(#[from] CaError),
+    #[error(transparent)]
+    Announce(#[from] crate::node::state::StateError),
+}
+
+impl crate::node::Node {
+    /// Runs a CA step and makes it visible, in the one order that is safe: persist the CA state,
+    /// trust the new bundle locally, re-issue our own certificate after a signing switch, then
+    /// bump the catalog version so every peer session and gateway stream carries the bundle.
+    pub async fn ca_step(&self, step: CaStep) -> Result<(), StepError> {
+        {
+            let mut ca = self.ca.lock().await;
+            match step {
+                CaStep::BeginRotation => ca.begin_rotation(&self.store).await?,
+                CaStep::SwitchSigning => ca.switch_signing(&self.store).await?,
+                CaStep::RetireOld { force } => ca.retire_old(&self.store, force).await?,
+            }
+            self.trust.set(ca.bundle());
+        }
+        if matches!(step, CaStep::SwitchSigning)
+            && let Err(e) = crate::node::run::renew_now(self).await
+        {
+            tracing::error!(error = %e, "renewing our certificate after the signing switch failed; the renewal loop retries");
+        }
+        self.bump_local(|s| {
+            s.local.bump();
+            true
+        })
+        .await?;
+        Ok(())
+    }
+}

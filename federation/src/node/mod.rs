@@ -100,6 +100,22 @@ impl Node {
     pub fn link_update(&self, peer: &ClusterName, f: impl FnOnce(&mut LinkInfo)) {
         let mut links = self.links.lock().unwrap_or_else(|p| p.into_inner());
         f(links.entry(peer.clone()).or_default());
+        self.count_connected(&links);
+    }
+
+    /// Forgets a removed peer's link.
+    pub fn link_forget(&self, peer: &ClusterName) {
+        let mut links = self.links.lock().unwrap_or_else(|p| p.into_inner());
+        links.remove(peer);
+        self.count_connected(&links);
+    }
+
+    /// Link state changes only through `link_update` and `link_forget`: the gauge is kept there.
+    fn count_connected(&self, links: &BTreeMap<ClusterName, LinkInfo>) {
+        let up = links.values().filter(|l| l.connected).count();
+        self.metrics
+            .peers_connected
+            .set(i64::try_from(up).unwrap_or(i64::MAX));
     }
 
     pub fn link(&self, peer: &ClusterName) -> LinkInfo {

@@ -407,7 +407,6 @@ pub async fn start(cfg: FederationConfig) -> Result<Running, StartError> {
     tasks.push(tokio::spawn(crate::node::admin_ops::rotation_driver(
         node.clone(),
     )));
-    tasks.push(tokio::spawn(count_links(node.clone())));
 
     // Dial the peers we dial.
     let dialed: Vec<_> = {
@@ -572,7 +571,7 @@ async fn renew_own_certificate(node: Arc<Node>) {
     }
 }
 
-pub async fn renew_now(node: &Arc<Node>) -> Result<(), String> {
+pub async fn renew_now(node: &Node) -> Result<(), String> {
     let (cert, key) = node
         .ca
         .lock()
@@ -589,24 +588,4 @@ pub async fn renew_now(node: &Arc<Node>) -> Result<(), String> {
         })
         .inc();
     Ok(())
-}
-
-async fn count_links(node: Arc<Node>) {
-    let mut stop = node.shutdown.clone();
-    loop {
-        let up = node
-            .links
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .filter(|l| l.connected)
-            .count();
-        node.metrics
-            .peers_connected
-            .set(i64::try_from(up).unwrap_or(0));
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            _ = stop.changed() => return,
-        }
-    }
 }

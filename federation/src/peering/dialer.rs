@@ -312,10 +312,7 @@ pub async fn remove(
     {
         h.abort();
     }
-    node.links
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .remove(peer);
+    node.link_forget(peer);
     let keys = entry.catalog.services.keys().cloned().collect();
     let stale = node.stale_peers();
     state.recompute(Some(keys), &stale, now_ms()).await?;
