@@ -36,6 +36,24 @@ fn catalog(services: &[&str]) -> String {
     s
 }
 
+/// A data dir whose catalog exports `services` (and imports everything).
+fn data_dir(services: &[&str]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("catalog.yaml"), catalog(services)).expect("catalog");
+    dir
+}
+
+/// `issuer` creates a token for `joiner`, which establishes the peering with it (as the CLI does).
+async fn peer(issuer: &Running, joiner: &Running, joiner_name: &str) {
+    let token = admin(issuer, "peering.token", json!({ "peer": joiner_name })).await;
+    admin(
+        joiner,
+        "peering.establish",
+        json!({ "token": token["token"] }),
+    )
+    .await;
+}
+
 async fn admin(r: &Running, op: &str, body: serde_json::Value) -> serde_json::Value {
     isthmus_federation::admin::admin_call(&r.bound.admin_socket, op, &body, Duration::from_secs(20))
         .await
@@ -82,29 +100,13 @@ fn connected(r: &Running, peer: &str) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconnect_resumes_without_a_full_resend() {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let (east_dir, west_dir) = (
-        tempfile::tempdir().expect("dir"),
-        tempfile::tempdir().expect("dir"),
-    );
-    std::fs::write(
-        east_dir.path().join("catalog.yaml"),
-        catalog(&["cart", "pay"]),
-    )
-    .expect("catalog");
-    std::fs::write(west_dir.path().join("catalog.yaml"), catalog(&[])).expect("catalog");
+    let (east_dir, west_dir) = (data_dir(&["cart", "pay"]), data_dir(&[]));
     let east = start(config(east_dir.path(), "east", 1))
         .await
         .expect("east");
     let west_cfg = config(west_dir.path(), "west", 2);
     let west = start(west_cfg.clone()).await.expect("west");
-
-    let token = admin(&east, "peering.token", json!({ "peer": "west" })).await;
-    admin(
-        &west,
-        "peering.establish",
-        json!({ "token": token["token"] }),
-    )
-    .await;
+    peer(&east, &west, "west").await;
     wait_for("west to import east's services", async || {
         has_route(&west, "shop/cart") && has_route(&west, "shop/pay")
     })
@@ -192,25 +194,14 @@ async fn gateway_api_bootstrap_renewal_registration_stream_and_revocation() {
     use isthmus_gateway::control::ControlClient;
 
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let (east_dir, west_dir) = (
-        tempfile::tempdir().expect("dir"),
-        tempfile::tempdir().expect("dir"),
-    );
-    std::fs::write(east_dir.path().join("catalog.yaml"), catalog(&["cart"])).expect("catalog");
-    std::fs::write(west_dir.path().join("catalog.yaml"), catalog(&[])).expect("catalog");
+    let (east_dir, west_dir) = (data_dir(&["cart"]), data_dir(&[]));
     let mut east_cfg = config(east_dir.path(), "east", 3);
     east_cfg.gateways.min_ttl = Duration::from_secs(1);
     let east = start(east_cfg).await.expect("east");
     let west = start(config(west_dir.path(), "west", 4))
         .await
         .expect("west");
-    let token = admin(&east, "peering.token", json!({ "peer": "west" })).await;
-    admin(
-        &west,
-        "peering.establish",
-        json!({ "token": token["token"] }),
-    )
-    .await;
+    peer(&east, &west, "west").await;
     wait_for("west imports east's cart", async || {
         has_route(&west, "shop/cart")
     })
