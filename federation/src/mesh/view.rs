@@ -129,7 +129,10 @@ pub fn merge_key(
         })
         .collect();
     let merged = merge(key, &exports)?;
-    let spec = merged.spec()?.clone();
+    let spec = sides
+        .iter()
+        .find(|r| r.place.cluster == merged.defined_by)
+        .map(|r| r.summary.clone())?;
     let clusters = sides
         .iter()
         .filter(|r| !merged.conflicts.contains(&r.place.cluster))
@@ -138,7 +141,7 @@ pub fn merge_key(
     Some(Route {
         key: key.clone(),
         defined_by: merged.defined_by,
-        ports: spec.ports,
+        ports: spec.ports.clone(),
         headless: spec.headless,
         clusters,
         conflicts: merged.conflicts,

@@ -2,8 +2,6 @@
 //! Multi-Cluster Services rules: the oldest export defines the service's properties (ports,
 //! headless); a cluster whose export disagrees is in conflict, reported, and not routed to.
 
-use std::collections::BTreeMap;
-
 use serde::Serialize;
 
 use super::names::{ClusterName, ServiceKey};
@@ -22,19 +20,11 @@ pub struct MergedService {
     pub key: ServiceKey,
     /// The cluster whose (oldest) export defines the properties.
     pub defined_by: ClusterName,
-    /// Clusters that serve it, in name order, with their summaries.
-    pub clusters: Vec<(ClusterName, ServiceSummary)>,
+    /// Clusters that serve it, in name order. The caller has their summaries: the merge names
+    /// clusters and never copies a summary.
+    pub clusters: Vec<ClusterName>,
     /// Clusters whose export conflicts with the winner (not routed to).
     pub conflicts: Vec<ClusterName>,
-}
-
-impl MergedService {
-    pub fn spec(&self) -> Option<&ServiceSummary> {
-        self.clusters
-            .iter()
-            .find(|(c, _)| *c == self.defined_by)
-            .map(|(_, s)| s)
-    }
 }
 
 /// Merges the exports of one key. Returns `None` when nobody exports it.
@@ -43,20 +33,22 @@ pub fn merge(key: &ServiceKey, exports: &[ClusterExport<'_>]) -> Option<MergedSe
     let winner = exports.iter().min_by(|a, b| {
         (a.summary.exported_at_ms, a.cluster).cmp(&(b.summary.exported_at_ms, b.cluster))
     })?;
-    let mut clusters = BTreeMap::new();
+    let mut clusters = Vec::new();
     let mut conflicts = Vec::new();
     for e in exports {
         if e.summary.compatible_with(winner.summary) {
-            clusters.insert(e.cluster.clone(), e.summary.clone());
+            clusters.push(e.cluster.clone());
         } else {
             conflicts.push(e.cluster.clone());
         }
     }
+    clusters.sort();
+    clusters.dedup();
     conflicts.sort();
     Some(MergedService {
         key: key.clone(),
         defined_by: winner.cluster.clone(),
-        clusters: clusters.into_iter().collect(),
+        clusters,
         conflicts,
     })
 }
@@ -65,6 +57,7 @@ pub fn merge(key: &ServiceKey, exports: &[ClusterExport<'_>]) -> Option<MergedSe
 mod tests {
     use super::*;
     use crate::model::service::{Protocol, ServicePort};
+    use std::collections::BTreeMap;
 
     fn summary(port: u16, at: i64) -> ServiceSummary {
         ServiceSummary {
@@ -125,10 +118,7 @@ mod tests {
         assert_eq!(m.defined_by, west);
         assert!(m.conflicts.is_empty());
         assert_eq!(
-            m.clusters
-                .iter()
-                .map(|(c, _)| c.as_str())
-                .collect::<Vec<_>>(),
+            m.clusters.iter().map(|c| c.as_str()).collect::<Vec<_>>(),
             ["east", "west"]
         );
         assert!(merge(&key, &[]).is_none());
