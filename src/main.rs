@@ -30,7 +30,7 @@ pub struct Target {
     #[arg(long, env = "ISTHMUS_ADMIN_SOCKET", global = true)]
     admin_socket: Option<PathBuf>,
     /// Print JSON instead of text.
-    #[arg(long, global = true)]
+    #[arg(long, env = "ISTHMUS_JSON", global = true)]
     json: bool,
 }
 
@@ -98,13 +98,24 @@ enum PeeringOp {
         peer: String,
     },
     /// Complete a peering with a token from the other cluster.
-    Establish { token: String },
+    Establish {
+        /// The token printed by `isthmus peering token` on the other cluster (or ISTHMUS_PEERING_TOKEN,
+        /// which keeps it out of shell history).
+        #[arg(env = "ISTHMUS_PEERING_TOKEN", hide_env_values = true)]
+        token: String,
+    },
     /// Every peer: state, last sync, lag, revisions.
     List,
     /// One peer in detail.
-    Show { peer: String },
+    Show {
+        #[arg(env = "ISTHMUS_PEER")]
+        peer: String,
+    },
     /// Remove a peer, its catalog and its trust bundle.
-    Remove { peer: String },
+    Remove {
+        #[arg(env = "ISTHMUS_PEER")]
+        peer: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -117,7 +128,7 @@ enum CaOp {
     Rotate,
     /// Remove the old root (after the longest leaf lifetime since the switch).
     Retire {
-        #[arg(long)]
+        #[arg(long, env = "ISTHMUS_CA_RETIRE_FORCE")]
         force: bool,
     },
 }
@@ -129,12 +140,12 @@ enum GatewayOp {
         #[arg(long, env = "ISTHMUS_GATEWAY_NAME")]
         name: String,
         /// Write the bootstrap file here (mode 0600) instead of stdout.
-        #[arg(long)]
+        #[arg(long, env = "ISTHMUS_BOOTSTRAP_OUT")]
         out: Option<PathBuf>,
     },
     /// Revoke a gateway's bootstrap token and registration.
     Revoke {
-        #[arg(long)]
+        #[arg(long, env = "ISTHMUS_GATEWAY_NAME")]
         name: String,
     },
     /// Registered gateways.
@@ -154,7 +165,7 @@ enum WorkloadOp {
         #[arg(long, env = "ISTHMUS_WORKLOAD_CSR")]
         csr: PathBuf,
         /// Write the certificate chain (PEM) here instead of stdout.
-        #[arg(long)]
+        #[arg(long, env = "ISTHMUS_WORKLOAD_OUT")]
         out: Option<PathBuf>,
     },
 }

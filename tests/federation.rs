@@ -179,6 +179,30 @@ async fn reconnect_resumes_without_a_full_resend() {
         "exactly one delta for one change"
     );
 
+    // Removing the peer withdraws its imports, its trust and its stream.
+    admin(&west, "peering.remove", json!({ "peer": "east" })).await;
+    assert!(
+        !has_route(&west, "shop/cart"),
+        "a removed peer's imports stay in the view"
+    );
+    let east_td = "east.mesh".parse().expect("td");
+    assert!(
+        west.node.trust.get(&east_td).is_none(),
+        "a removed peer's bundle is still trusted"
+    );
+    wait_for("east to see the stream end", async || {
+        !connected(&east, "west")
+    })
+    .await;
+    let shown = isthmus_federation::admin::admin_call(
+        &west.bound.admin_socket,
+        "peering.show",
+        &json!({ "peer": "east" }),
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(shown.is_err(), "a removed peer is still shown: {shown:?}");
+
     west.shutdown().await;
     east.shutdown().await;
 }
