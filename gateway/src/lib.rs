@@ -1,8 +1,29 @@
 //! Isthmus east-west gateway: the data plane. It subscribes to its federation's gateway config
-//! stream (`isthmus_federation::proto::gateway_control_client`) for routes, VIPs, bundles and
-//! policies, and carries traffic between clusters over pooled mTLS HTTP/2.
+//! stream for routes, VIPs, bundles and policies, and carries traffic between clusters over
+//! pooled mTLS HTTP/2: local clients reach the outbound side ([`outbound`]) on a service's VIP
+//! or the proxy port; peer gateways reach the inbound side ([`inbound`]), which forwards to
+//! local endpoints only.
 //!
 //! It depends on `isthmus-federation` with default features off: it uses the model, the wire API
-//! and the SPIFFE verifiers, never a store backend.
+//! and the SPIFFE verifiers, never a store backend. The control plane reaches the request path
+//! only through a `watch::Receiver<Arc<table::Snapshot>>`.
 
+pub mod accesslog;
+pub mod body;
+pub mod config;
 pub mod control;
+pub mod h1guard;
+pub mod headers;
+pub mod inbound;
+pub mod lb;
+pub mod metrics;
+pub mod outbound;
+pub mod pool;
+pub mod run;
+pub mod serve;
+pub mod sync;
+pub mod table;
+pub mod tunnel;
+
+pub use config::GatewayConfig;
+pub use run::{Bound, Running, StartError, start};

@@ -1,0 +1,108 @@
+//! Access logs: one JSON line per request or TCP stream, on both sides, written to stdout when
+//! the exchange ends (so bytes and duration are final). Off with `access_log: false`.
+
+use std::io::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Side {
+    Outbound,
+    Inbound,
+}
+
+/// One exchange in progress. Fill the fields as they become known; [`Entry::finish`] writes the
+/// line (the response body or the tunnel calls it when the exchange ends).
+#[derive(Debug, Serialize)]
+pub struct Entry {
+    #[serde(skip)]
+    enabled: bool,
+    #[serde(skip)]
+    started: Instant,
+    pub ts_ms: u64,
+    pub side: Side,
+    pub protocol: &'static str,
+    pub src_cluster: Arc<str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dst_cluster: Option<Arc<str>>,
+    pub service: Option<Arc<str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// HTTP status (or 200 for a completed tunnel, 502/503 for a refused one).
+    pub status: u16,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub duration_ms: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<String>,
+    /// Why the gateway answered itself, failed over, or refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Earlier clusters tried for this request, when it failed over.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub failed_over_from: Vec<Arc<str>>,
+    #[serde(skip)]
+    pub counters: Arc<Counters>,
+}
+
+/// Bytes counted by the body and tunnel wrappers while the exchange runs.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub bytes_in: Arc<AtomicU64>,
+    pub bytes_out: Arc<AtomicU64>,
+}
+
+impl Entry {
+    pub fn new(enabled: bool, side: Side, protocol: &'static str, src_cluster: Arc<str>) -> Self {
+        Self {
+            enabled,
+            started: Instant::now(),
+            ts_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            side,
+            protocol,
+            src_cluster,
+            dst_cluster: None,
+            service: None,
+            method: None,
+            path: None,
+            status: 0,
+            bytes_in: 0,
+            bytes_out: 0,
+            duration_ms: 0.0,
+            peer: None,
+            upstream: None,
+            reason: None,
+            failed_over_from: Vec::new(),
+            counters: Arc::default(),
+        }
+    }
+
+    pub fn elapsed(&self) -> std::time::Duration {
+        self.started.elapsed()
+    }
+
+    /// Writes the line now.
+    pub fn finish(mut self) {
+        if !self.enabled {
+            return;
+        }
+        self.bytes_in = self.counters.bytes_in.load(Ordering::Relaxed);
+        self.bytes_out = self.counters.bytes_out.load(Ordering::Relaxed);
+        self.duration_ms = (self.started.elapsed().as_secs_f64() * 1e6).round() / 1e3;
+        if let Ok(mut line) = serde_json::to_vec(&self) {
+            line.push(b'\n');
+            // A closed stdout must not take the data path down with it.
+            let _ = std::io::stdout().lock().write_all(&line);
+        }
+    }
+}

@@ -1,0 +1,285 @@
+//! The gateway's config file (YAML). Unknown fields are refused with the field named; values are
+//! checked once at start by [`GatewayConfig::validate`].
+//!
+//! bind ≠ advertise: the inbound listener (the only port other clusters reach) has a bind address
+//! and a separately configured advertised address, which the gateway registers with its
+//! federation under a lease.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use isthmus_federation::config::Listener;
+use isthmus_federation::duration;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {reason}")]
+    Parse { path: String, reason: String },
+    #[error("{path}: cannot read: {source} (does the file exist and is it readable?)")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("config field `{field}`: {reason}")]
+    Invalid { field: String, reason: String },
+}
+
+fn d(secs: u64) -> Duration {
+    Duration::from_secs(secs)
+}
+
+/// One gateway process.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// The file written by `isthmus gateway bootstrap --name <gw>` (token + CA bundle).
+    pub bootstrap_file: PathBuf,
+    pub listen: GatewayListeners,
+    /// Write one JSON access-log line per request or TCP stream to stdout.
+    #[serde(default = "yes")]
+    pub access_log: bool,
+    #[serde(default)]
+    pub limits: Limits,
+    /// How long in-flight requests may finish after SIGTERM.
+    #[serde(default = "default_drain", with = "duration")]
+    pub drain_timeout: Duration,
+    /// The lease of the gateway's registration with its federation (renewed at a third of it).
+    #[serde(default = "default_lease", with = "duration")]
+    pub registration_ttl: Duration,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_drain() -> Duration {
+    d(20)
+}
+
+fn default_lease() -> Duration {
+    d(15)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayListeners {
+    /// mTLS from peer clusters' gateways (the only port exposed to other clusters).
+    pub inbound: Listener,
+    /// The HTTP proxy port for local clients (absolute-form requests and CONNECT).
+    #[serde(default = "default_proxy")]
+    pub proxy: SocketAddr,
+    /// Read-only admin HTTP: /healthz /readyz /metrics /config_dump.
+    #[serde(default = "default_admin")]
+    pub admin: SocketAddr,
+    /// Listen on every imported service's VIP:port (off when VIPs are not local addresses, e.g.
+    /// when only the proxy port is used).
+    #[serde(default = "yes")]
+    pub vips: bool,
+}
+
+fn default_proxy() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 15001))
+}
+
+fn default_admin() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 15021))
+}
+
+/// Protections on every listener. Defaults follow what Envoy and Istio ship.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Total size of a request's header block (431 above it).
+    pub max_header_bytes: usize,
+    /// Number of request headers (431 above it).
+    pub max_headers: usize,
+    /// Time to read a request's headers on HTTP/1.
+    #[serde(with = "duration")]
+    pub header_read_timeout: Duration,
+    /// A connection with no bytes moving for this long is closed.
+    #[serde(with = "duration")]
+    pub idle_timeout: Duration,
+    #[serde(with = "duration")]
+    pub handshake_timeout: Duration,
+    /// Open connections per listener; more are refused until some close.
+    pub max_connections: usize,
+    /// HTTP/2 streams per connection.
+    pub max_concurrent_streams: u32,
+    /// Per-stream HTTP/2 flow-control window (bounds memory per stream).
+    pub stream_window: u32,
+    /// Per-connection HTTP/2 flow-control window.
+    pub connection_window: u32,
+    /// Time to wait for a response's headers from the next hop.
+    #[serde(with = "duration")]
+    pub request_timeout: Duration,
+    /// Time to connect to the next hop (TCP + TLS).
+    #[serde(with = "duration")]
+    pub connect_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_header_bytes: 60 * 1024,
+            max_headers: 100,
+            header_read_timeout: d(10),
+            idle_timeout: d(300),
+            handshake_timeout: d(10),
+            max_connections: 10_000,
+            max_concurrent_streams: 1_000,
+            stream_window: 1024 * 1024,
+            connection_window: 4 * 1024 * 1024,
+            request_timeout: d(30),
+            connect_timeout: d(5),
+        }
+    }
+}
+
+impl GatewayConfig {
+    pub fn from_yaml(path: &str, text: &str) -> Result<Self, ConfigError> {
+        let cfg: Self = serde_saphyr::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_string(),
+            reason: e.to_string(),
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn load(path: &std::path::Path) -> Result<Self, ConfigError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        Self::from_yaml(&shown, &text)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field: &str, reason: &str| {
+            Err(ConfigError::Invalid {
+                field: field.into(),
+                reason: reason.into(),
+            })
+        };
+        if let Some(a) = &self.listen.inbound.advertise
+            && a.parse::<SocketAddr>().is_err()
+            && !a.contains(':')
+        {
+            return invalid("listen.inbound.advertise", "expected host:port");
+        }
+        let l = &self.limits;
+        if l.max_header_bytes < 1024 {
+            return invalid("limits.max_header_bytes", "at least 1024");
+        }
+        if l.max_headers == 0 {
+            return invalid("limits.max_headers", "at least 1");
+        }
+        if l.max_connections == 0 {
+            return invalid("limits.max_connections", "at least 1");
+        }
+        if l.max_concurrent_streams == 0 {
+            return invalid("limits.max_concurrent_streams", "at least 1");
+        }
+        if l.stream_window < 65_535 || l.connection_window < l.stream_window {
+            return invalid(
+                "limits.stream_window",
+                "at least 65535 and not above limits.connection_window",
+            );
+        }
+        for (field, value) in [
+            ("limits.header_read_timeout", l.header_read_timeout),
+            ("limits.idle_timeout", l.idle_timeout),
+            ("limits.handshake_timeout", l.handshake_timeout),
+            ("limits.request_timeout", l.request_timeout),
+            ("limits.connect_timeout", l.connect_timeout),
+            ("registration_ttl", self.registration_ttl),
+        ] {
+            if value.is_zero() {
+                return invalid(field, "must be above zero");
+            }
+        }
+        Ok(())
+    }
+
+    /// The address peers dial for the inbound listener, once it is bound to `bound`.
+    pub fn advertised_inbound(&self, bound: SocketAddr) -> Result<String, ConfigError> {
+        match &self.listen.inbound.advertise {
+            Some(a) => Ok(a.clone()),
+            None if !bound.ip().is_unspecified() => Ok(bound.to_string()),
+            None => Err(ConfigError::Invalid {
+                field: "listen.inbound.advertise".into(),
+                reason: format!(
+                    "bind address {bound} is a wildcard: set the address peer gateways should dial"
+                ),
+            }),
+        }
+    }
+
+    /// The config as `/config_dump` shows it (no secrets live in it: the token is in the
+    /// bootstrap file, which is only named).
+    pub fn dump(&self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "bootstrap_file: /var/lib/isthmus/gw.json\nlisten:\n  inbound:\n    bind: 127.0.0.1:15443\n";
+
+    #[test]
+    fn minimal_config_takes_defaults() {
+        let cfg = GatewayConfig::from_yaml("gw.yaml", MINIMAL).expect("valid");
+        assert_eq!(cfg.listen.proxy, default_proxy());
+        assert!(cfg.access_log);
+        assert_eq!(cfg.limits, Limits::default());
+        assert_eq!(
+            cfg.advertised_inbound("127.0.0.1:15443".parse().expect("addr"))
+                .expect("advertised"),
+            "127.0.0.1:15443"
+        );
+    }
+
+    #[test]
+    fn bad_configs_name_the_field() {
+        let cases = [
+            (format!("{MINIMAL}colour: blue\n"), "colour"),
+            (
+                format!("{MINIMAL}limits:\n  max_headers: 0\n"),
+                "limits.max_headers",
+            ),
+            (
+                format!("{MINIMAL}limits:\n  stream_window: 10\n"),
+                "limits.stream_window",
+            ),
+            (
+                format!("{MINIMAL}limits:\n  idle_timeout: 0s\n"),
+                "limits.idle_timeout",
+            ),
+            (format!("{MINIMAL}limits:\n  max_header: 5\n"), "max_header"),
+            (
+                "listen:\n  inbound:\n    bind: 127.0.0.1:1\n".to_string(),
+                "bootstrap_file",
+            ),
+        ];
+        for (text, field) in cases {
+            let err = GatewayConfig::from_yaml("gw.yaml", &text)
+                .expect_err(&text)
+                .to_string();
+            assert!(err.contains(field), "{text:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn wildcard_bind_needs_an_advertised_address() {
+        let text = "bootstrap_file: gw.json\nlisten:\n  inbound:\n    bind: 0.0.0.0:15443\n";
+        let cfg = GatewayConfig::from_yaml("gw.yaml", text).expect("valid");
+        let err = cfg
+            .advertised_inbound("0.0.0.0:15443".parse().expect("addr"))
+            .expect_err("wildcard");
+        assert!(err.to_string().contains("listen.inbound.advertise"));
+    }
+}

@@ -1,0 +1,379 @@
+//! Request-smuggling guard for HTTP/1 listeners. hyper, like RFC 9112 allows, treats a request
+//! carrying both `Content-Length` and `Transfer-Encoding` as chunked and closes afterwards; a
+//! proxy in front of other parsers must refuse it outright (400, connection closed), so that no
+//! two hops can ever frame the same bytes differently.
+//!
+//! [`H1Guard`] wraps a connection's read side and tracks HTTP/1 request framing (head, then a
+//! `Content-Length` or chunked body). Each head is held back until it is complete: a conflicting
+//! one never reaches hyper; the guard writes the 400 itself and ends the stream. An HTTP/2
+//! preface, an upgrade or CONNECT, or a head too large to hold switches it to pass-through
+//! (hyper then applies its own limits, e.g. 431).
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+const REJECT: &[u8] = b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\ncontent-length: 64\r\nconnection: close\r\nx-isthmus-error: conflicting framing headers\r\n\r\nrequest has both Content-Length and Transfer-Encoding: refused\r\n";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    /// Accumulating a request head.
+    Head,
+    /// `n` body bytes left.
+    Body(u64),
+    /// Reading a chunk-size line.
+    ChunkSize,
+    /// `n` chunk bytes left, then CRLF.
+    ChunkData(u64),
+    ChunkCrlf,
+    /// After the last chunk: trailer lines until an empty one.
+    Trailers,
+    /// No more framing to check (HTTP/2, upgrades, oversize heads).
+    PassThrough,
+    /// Writing the 400, then EOF.
+    Rejecting(usize),
+    Done,
+}
+
+pub struct H1Guard<T> {
+    inner: T,
+    state: Framing,
+    /// Bytes read from the peer not yet handed on (a partial head, or a line).
+    held: Vec<u8>,
+    /// Bytes ready to hand on.
+    out: Vec<u8>,
+    out_pos: usize,
+    max_head: usize,
+    first: bool,
+}
+
+impl<T> H1Guard<T> {
+    pub fn new(inner: T, max_head: usize) -> Self {
+        Self {
+            inner,
+            state: Framing::Head,
+            held: Vec::new(),
+            out: Vec::new(),
+            out_pos: 0,
+            max_head,
+            first: true,
+        }
+    }
+
+    /// Feeds bytes read from the peer through the framing tracker into `out`.
+    fn feed(&mut self, mut input: &[u8]) {
+        while !input.is_empty() {
+            match self.state {
+                Framing::PassThrough => {
+                    self.out.extend_from_slice(input);
+                    return;
+                }
+                Framing::Rejecting(_) | Framing::Done => return,
+                Framing::Body(n) => {
+                    let take = usize::try_from(n).unwrap_or(usize::MAX).min(input.len());
+                    self.out.extend_from_slice(&input[..take]);
+                    input = &input[take..];
+                    let left = n - take as u64;
+                    self.state = if left == 0 {
+                        Framing::Head
+                    } else {
+                        Framing::Body(left)
+                    };
+                }
+                Framing::ChunkData(n) => {
+                    let take = usize::try_from(n).unwrap_or(usize::MAX).min(input.len());
+                    self.out.extend_from_slice(&input[..take]);
+                    input = &input[take..];
+                    let left = n - take as u64;
+                    self.state = if left == 0 {
+                        Framing::ChunkCrlf
+                    } else {
+                        Framing::ChunkData(left)
+                    };
+                }
+                Framing::Head | Framing::ChunkSize | Framing::ChunkCrlf | Framing::Trailers => {
+                    let byte = input[0];
+                    input = &input[1..];
+                    self.held.push(byte);
+                    self.step_line();
+                    if self.held.len() > self.max_head {
+                        // Too large to judge: hyper refuses it with 431.
+                        self.out.append(&mut self.held);
+                        self.state = Framing::PassThrough;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Advances after one byte was held, at line or head boundaries.
+    fn step_line(&mut self) {
+        match self.state {
+            Framing::Head => {
+                if self.first && self.held.len() == 4 && self.held == b"PRI " {
+                    // The HTTP/2 preface (h2c with prior knowledge).
+                    self.out.append(&mut self.held);
+                    self.state = Framing::PassThrough;
+                    return;
+                }
+                if self.held == b"\r\n" {
+                    // Stray CRLF between requests is allowed (RFC 9112 §2.2).
+                    self.out.append(&mut self.held);
+                    return;
+                }
+                if self.held.ends_with(b"\r\n\r\n") {
+                    self.first = false;
+                    self.state = judge(&self.held);
+                    if !matches!(self.state, Framing::Rejecting(_)) {
+                        self.out.append(&mut self.held);
+                    }
+                }
+            }
+            Framing::ChunkSize | Framing::ChunkCrlf | Framing::Trailers => {
+                if !self.held.ends_with(b"\n") {
+                    return;
+                }
+                let line = std::mem::take(&mut self.held);
+                let text = trim_line(&line);
+                self.state = match self.state {
+                    Framing::ChunkSize => {
+                        let size = text.split(|b| *b == b';').next().unwrap_or_default();
+                        match std::str::from_utf8(size)
+                            .ok()
+                            .and_then(|s| u64::from_str_radix(s.trim(), 16).ok())
+                        {
+                            Some(0) => Framing::Trailers,
+                            Some(n) => Framing::ChunkData(n),
+                            // Malformed: hyper will refuse it; stop judging.
+                            None => Framing::PassThrough,
+                        }
+                    }
+                    Framing::ChunkCrlf => Framing::ChunkSize,
+                    _ if text.is_empty() => Framing::Head,
+                    _ => Framing::Trailers,
+                };
+                self.out.extend_from_slice(&line);
+            }
+            _ => {}
+        }
+    }
+}
+
+fn trim_line(line: &[u8]) -> &[u8] {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    line.strip_suffix(b"\r").unwrap_or(line)
+}
+
+/// What follows a complete request head.
+fn judge(head: &[u8]) -> Framing {
+    let mut lines = head.split(|b| *b == b'\n').map(trim_line);
+    let request_line = lines.next().unwrap_or_default();
+    let mut content_length: Option<u64> = None;
+    let mut chunked = false;
+    let mut has_te = false;
+    let mut has_cl = false;
+    let mut upgrade = request_line.starts_with(b"CONNECT ");
+    for line in lines {
+        let Some(colon) = line.iter().position(|b| *b == b':') else {
+            continue;
+        };
+        let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
+        if name.eq_ignore_ascii_case(b"content-length") {
+            has_cl = true;
+            content_length = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok());
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            has_te = true;
+            chunked = value
+                .rsplit(|b| *b == b',')
+                .next()
+                .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        } else if name.eq_ignore_ascii_case(b"upgrade") {
+            upgrade = true;
+        }
+    }
+    if has_te && has_cl {
+        return Framing::Rejecting(0);
+    }
+    if upgrade {
+        return Framing::PassThrough;
+    }
+    if has_te {
+        return if chunked {
+            Framing::ChunkSize
+        } else {
+            // hyper refuses a non-chunked transfer-encoding with 400.
+            Framing::PassThrough
+        };
+    }
+    match (has_cl, content_length) {
+        (false, _) | (true, Some(0)) => Framing::Head,
+        (true, Some(n)) => Framing::Body(n),
+        // An unparsable length: hyper refuses it with 400.
+        (true, None) => Framing::PassThrough,
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for H1Guard<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            if this.out_pos < this.out.len() {
+                let n = (this.out.len() - this.out_pos).min(buf.remaining());
+                buf.put_slice(&this.out[this.out_pos..this.out_pos + n]);
+                this.out_pos += n;
+                if this.out_pos == this.out.len() {
+                    this.out.clear();
+                    this.out_pos = 0;
+                }
+                return Poll::Ready(Ok(()));
+            }
+            match this.state {
+                Framing::Rejecting(written) => {
+                    if written < REJECT.len() {
+                        let n =
+                            ready!(Pin::new(&mut this.inner).poll_write(cx, &REJECT[written..]))?;
+                        this.state = Framing::Rejecting(written + n);
+                        if n == 0 {
+                            this.state = Framing::Done;
+                        }
+                        continue;
+                    }
+                    ready!(Pin::new(&mut this.inner).poll_flush(cx))?;
+                    tracing::debug!(
+                        "refused a request with both Content-Length and Transfer-Encoding"
+                    );
+                    this.state = Framing::Done;
+                    continue;
+                }
+                Framing::Done => return Poll::Ready(Ok(())),
+                Framing::PassThrough => return Pin::new(&mut this.inner).poll_read(cx, buf),
+                _ => {}
+            }
+            let mut chunk = [0u8; 8192];
+            let mut read = ReadBuf::new(&mut chunk);
+            ready!(Pin::new(&mut this.inner).poll_read(cx, &mut read))?;
+            if read.filled().is_empty() {
+                // EOF: hand on whatever was held; hyper judges a truncated request.
+                this.out.append(&mut this.held);
+                if this.out.is_empty() {
+                    return Poll::Ready(Ok(()));
+                }
+                this.state = Framing::PassThrough;
+                continue;
+            }
+            let filled = read.filled().to_vec();
+            this.feed(&filled);
+        }
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for H1Guard<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(input: &[u8], split: usize) -> (Vec<u8>, Framing) {
+        let mut g = H1Guard::new((), 1024);
+        for part in input.chunks(split.max(1)) {
+            g.feed(part);
+        }
+        (g.out, g.state)
+    }
+
+    #[test]
+    fn well_framed_requests_pass_unchanged_in_any_split() {
+        let pipelined: &[u8] = b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhelloGET /b HTTP/1.1\r\nHost: x\r\n\r\nPOST /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3;ext=1\r\nabc\r\n0\r\nX-Trailer: y\r\n\r\nGET /d HTTP/1.1\r\n\r\n";
+        for split in [1, 2, 7, 64, 4096] {
+            let (out, state) = run(pipelined, split);
+            assert_eq!(out, pipelined, "split {split}");
+            assert_eq!(state, Framing::Head, "split {split}");
+        }
+    }
+
+    #[test]
+    fn conflicting_framing_is_held_back_and_refused_even_after_a_good_request() {
+        let cases: [&[u8]; 4] = [
+            b"POST / HTTP/1.1\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            b"POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\ncontent-length: 4\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\nContent-Length: 0\r\n\r\n",
+            b"GET /ok HTTP/1.1\r\nContent-Length: 2\r\n\r\nhiPOST / HTTP/1.1\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n",
+        ];
+        for (i, input) in cases.iter().enumerate() {
+            let (out, state) = run(input, 3);
+            assert_eq!(state, Framing::Rejecting(0), "case {i}");
+            assert!(
+                !out.windows(6).any(|w| w.eq_ignore_ascii_case(b"POST /")),
+                "case {i}: the conflicting head must not reach the parser"
+            );
+        }
+        let (out, _) = run(cases[3], 5);
+        assert_eq!(out, b"GET /ok HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi");
+    }
+
+    #[test]
+    fn h2_preface_upgrades_and_oversize_heads_pass_through() {
+        let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x12\x04";
+        assert_eq!(run(preface, 3), (preface.to_vec(), Framing::PassThrough));
+        let ws =
+            b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n\x81\x05hello";
+        assert_eq!(run(ws, 4), (ws.to_vec(), Framing::PassThrough));
+        let connect = b"CONNECT a:1 HTTP/1.1\r\nHost: a:1\r\n\r\nbinary";
+        assert_eq!(run(connect, 4).1, Framing::PassThrough);
+        let big = [b"GET / HTTP/1.1\r\nX: ".as_slice(), &[b'a'; 2000]].concat();
+        let (out, state) = run(&big, 100);
+        assert_eq!((out, state), (big, Framing::PassThrough));
+    }
+
+    #[tokio::test]
+    async fn a_conflicting_request_gets_400_and_eof() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let (client, server) = tokio::io::duplex(4096);
+        let mut guard = H1Guard::new(server, 1024);
+        let (mut rd, mut wr) = tokio::io::split(client);
+        wr.write_all(b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n")
+            .await
+            .expect("write");
+        let mut seen = Vec::new();
+        let n = guard.read_to_end(&mut seen).await.expect("read");
+        assert_eq!(n, 0, "the server side sees nothing of the request");
+        drop(guard);
+        let mut reply = Vec::new();
+        rd.read_to_end(&mut reply).await.expect("reply");
+        assert!(reply.starts_with(b"HTTP/1.1 400 "), "{reply:?}");
+    }
+}

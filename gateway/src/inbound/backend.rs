@@ -1,0 +1,313 @@
+//! The hop from the inbound side to a local endpoint (plaintext by default): pooled HTTP/1.1 or
+//! HTTP/2 (prior knowledge, for `http2` and `grpc` ports) clients, TCP for CONNECT tunnels, and
+//! an HTTP/1.1 WebSocket handshake for extended CONNECT.
+
+use std::net::SocketAddr;
+
+use base64::Engine as _;
+use http::{HeaderValue, Request, Response, StatusCode, Uri, Version, header};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+
+use crate::accesslog::Entry;
+use crate::body::{self, Body, Counted};
+use crate::config::Limits;
+use crate::headers::strip_hop_by_hop;
+use crate::lb::{InFlight, random};
+use crate::metrics::Metrics;
+use crate::table::Port;
+use crate::tunnel::pipe;
+
+/// Clients to local endpoints.
+pub struct Backends {
+    h1: Client<HttpConnector, Body>,
+    h2: Client<HttpConnector, Body>,
+    limits: Limits,
+}
+
+impl Backends {
+    pub fn new(limits: Limits) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(limits.connect_timeout));
+        let h1 = Client::builder(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(std::time::Duration::from_secs(90))
+            .build(connector.clone());
+        let h2 = Client::builder(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .http2_only(true)
+            .http2_initial_stream_window_size(limits.stream_window)
+            .http2_initial_connection_window_size(limits.connection_window)
+            .build(connector);
+        Self { h1, h2, limits }
+    }
+
+    fn fail(
+        entry: &mut Entry,
+        metrics: &Metrics,
+        status: StatusCode,
+        reason: String,
+    ) -> Response<Body> {
+        tracing::debug!(service = ?entry.service, upstream = ?entry.upstream, %reason, "local endpoint failed");
+        entry.status = status.as_u16();
+        entry.reason = Some(reason.clone());
+        metrics.request(entry.side, status.as_u16());
+        body::error(status, &reason)
+    }
+
+    /// Forwards an HTTP request to `endpoint`, streaming both bodies.
+    pub async fn forward_http(
+        &self,
+        req: Request<Incoming>,
+        endpoint: SocketAddr,
+        port: Port,
+        in_flight: InFlight,
+        mut entry: Entry,
+        metrics: &std::sync::Arc<Metrics>,
+    ) -> Response<Body> {
+        let (mut parts, incoming) = req.into_parts();
+        let authority = parts.uri.authority().map(|a| a.as_str().to_string());
+        let path = parts
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_string();
+        parts.uri = match Uri::builder()
+            .scheme("http")
+            .authority(endpoint.to_string())
+            .path_and_query(path)
+            .build()
+        {
+            Ok(u) => u,
+            Err(e) => {
+                let r = Self::fail(&mut entry, metrics, StatusCode::BAD_REQUEST, e.to_string());
+                entry.finish();
+                return r;
+            }
+        };
+        let client = if port.protocol.is_h2() {
+            parts.version = Version::HTTP_2;
+            &self.h2
+        } else {
+            parts.version = Version::HTTP_11;
+            if let Some(a) = authority.and_then(|a| HeaderValue::from_str(&a).ok()) {
+                parts.headers.insert(header::HOST, a);
+            }
+            &self.h1
+        };
+        let counted = Counted::new(incoming, entry.counters.bytes_in.clone());
+        let req = Request::from_parts(parts, body::boxed(counted));
+        let started = tokio::time::Instant::now();
+        let response =
+            match tokio::time::timeout(self.limits.request_timeout, client.request(req)).await {
+                Ok(Ok(r)) => r,
+                Ok(Err(e)) => {
+                    let reason = format!("local endpoint {endpoint} failed: {e}");
+                    let r = Self::fail(&mut entry, metrics, StatusCode::BAD_GATEWAY, reason);
+                    entry.finish();
+                    return r;
+                }
+                Err(_) => {
+                    let reason = format!(
+                        "local endpoint {endpoint} did not answer within {} ms",
+                        self.limits.request_timeout.as_millis()
+                    );
+                    let r = Self::fail(&mut entry, metrics, StatusCode::GATEWAY_TIMEOUT, reason);
+                    entry.finish();
+                    return r;
+                }
+            };
+        in_flight.stats().observe(started.elapsed());
+        let (mut parts, incoming) = response.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        entry.status = parts.status.as_u16();
+        metrics.request(entry.side, entry.status);
+        let counted = Counted::new(incoming, entry.counters.bytes_out.clone()).on_end(move || {
+            drop(in_flight);
+            entry.finish();
+        });
+        Response::from_parts(parts, body::boxed(counted))
+    }
+
+    /// CONNECT: a TCP connection to `endpoint`, then bytes both ways.
+    pub async fn tunnel_tcp(
+        &self,
+        mut req: Request<Incoming>,
+        endpoint: SocketAddr,
+        in_flight: InFlight,
+        mut entry: Entry,
+        metrics: &std::sync::Arc<Metrics>,
+    ) -> Response<Body> {
+        let started = tokio::time::Instant::now();
+        let stream =
+            match tokio::time::timeout(self.limits.connect_timeout, TcpStream::connect(endpoint))
+                .await
+            {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    let reason = format!("local endpoint {endpoint} refused: {e}");
+                    let r = Self::fail(&mut entry, metrics, StatusCode::BAD_GATEWAY, reason);
+                    entry.finish();
+                    return r;
+                }
+                Err(_) => {
+                    let reason = format!("local endpoint {endpoint}: connect timed out");
+                    let r = Self::fail(&mut entry, metrics, StatusCode::GATEWAY_TIMEOUT, reason);
+                    entry.finish();
+                    return r;
+                }
+            };
+        in_flight.stats().observe(started.elapsed());
+        let _ = stream.set_nodelay(true);
+        entry.status = 200;
+        metrics.request(entry.side, 200);
+        let upgrade = hyper::upgrade::on(&mut req);
+        let idle = self.limits.idle_timeout;
+        tokio::spawn(async move {
+            match upgrade.await {
+                Ok(up) => {
+                    pipe(TokioIo::new(up), stream, idle, &entry.counters).await;
+                }
+                Err(e) => entry.reason = Some(format!("tunnel setup failed: {e}")),
+            }
+            drop(in_flight);
+            entry.finish();
+        });
+        Response::new(body::empty())
+    }
+
+    /// Extended CONNECT for WebSocket: an HTTP/1.1 Upgrade handshake with `endpoint` (this hop's
+    /// own key), then frames both ways untouched.
+    pub async fn tunnel_websocket(
+        &self,
+        mut req: Request<Incoming>,
+        endpoint: SocketAddr,
+        in_flight: InFlight,
+        mut entry: Entry,
+        metrics: &std::sync::Arc<Metrics>,
+    ) -> Response<Body> {
+        let started = tokio::time::Instant::now();
+        let upgrade = hyper::upgrade::on(&mut req);
+        let (parts, _) = req.into_parts();
+        let handshake = async {
+            let tcp = TcpStream::connect(endpoint)
+                .await
+                .map_err(|e| e.to_string())?;
+            let _ = tcp.set_nodelay(true);
+            let (mut sender, conn) =
+                hyper::client::conn::http1::handshake::<_, Body>(TokioIo::new(tcp))
+                    .await
+                    .map_err(|e| e.to_string())?;
+            tokio::spawn(async move {
+                let _ = conn.with_upgrades().await;
+            });
+            let mut up = Request::new(body::empty());
+            *up.uri_mut() = parts
+                .uri
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .parse()
+                .map_err(|e: http::uri::InvalidUri| e.to_string())?;
+            let mut headers = parts.headers.clone();
+            strip_hop_by_hop(&mut headers);
+            *up.headers_mut() = headers;
+            let h = up.headers_mut();
+            if let Some(a) = parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            {
+                h.insert(header::HOST, a);
+            }
+            h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+            h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+            h.insert(
+                header::SEC_WEBSOCKET_VERSION,
+                HeaderValue::from_static("13"),
+            );
+            let key = base64::engine::general_purpose::STANDARD
+                .encode([random().to_le_bytes(), random().to_le_bytes()].concat());
+            h.insert(
+                header::SEC_WEBSOCKET_KEY,
+                HeaderValue::from_str(&key).map_err(|e| e.to_string())?,
+            );
+            let response = sender.send_request(up).await.map_err(|e| e.to_string())?;
+            if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+                return Err(format!(
+                    "endpoint answered {} to the WebSocket handshake",
+                    response.status()
+                ));
+            }
+            let expected = crate::outbound::websocket_accept(key.as_bytes());
+            if response
+                .headers()
+                .get(header::SEC_WEBSOCKET_ACCEPT)
+                .and_then(|v| v.to_str().ok())
+                != Some(expected.as_str())
+            {
+                return Err("endpoint's Sec-WebSocket-Accept does not match".to_string());
+            }
+            Ok::<_, String>(response)
+        };
+        let mut backend = match tokio::time::timeout(self.limits.connect_timeout, handshake).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(reason)) => {
+                let r = Self::fail(
+                    &mut entry,
+                    metrics,
+                    StatusCode::BAD_GATEWAY,
+                    format!("local endpoint {endpoint}: {reason}"),
+                );
+                entry.finish();
+                return r;
+            }
+            Err(_) => {
+                let r = Self::fail(
+                    &mut entry,
+                    metrics,
+                    StatusCode::GATEWAY_TIMEOUT,
+                    format!("local endpoint {endpoint}: handshake timed out"),
+                );
+                entry.finish();
+                return r;
+            }
+        };
+        in_flight.stats().observe(started.elapsed());
+        let mut response = Response::new(body::empty());
+        for h in [
+            header::SEC_WEBSOCKET_PROTOCOL,
+            header::SEC_WEBSOCKET_EXTENSIONS,
+        ] {
+            if let Some(v) = backend.headers().get(&h) {
+                response.headers_mut().insert(h, v.clone());
+            }
+        }
+        entry.status = 200;
+        metrics.request(entry.side, 200);
+        let backend_upgrade = hyper::upgrade::on(&mut backend);
+        let idle = self.limits.idle_timeout;
+        tokio::spawn(async move {
+            match (upgrade.await, backend_upgrade.await) {
+                (Ok(peer), Ok(local)) => {
+                    pipe(
+                        TokioIo::new(peer),
+                        TokioIo::new(local),
+                        idle,
+                        &entry.counters,
+                    )
+                    .await;
+                }
+                _ => entry.reason = Some("WebSocket tunnel setup failed".into()),
+            }
+            drop(in_flight);
+            entry.finish();
+        });
+        response
+    }
+}

@@ -1,0 +1,224 @@
+//! The inbound side: the only port other clusters reach. mTLS is required and the caller's chain
+//! is verified against the bundle of the trust domain in its own SPIFFE ID (inside the
+//! verifier); the caller must be a gateway of a peered cluster; the target must be a service
+//! this cluster exports to that peer. Calls go to local endpoints only — never on to a third
+//! cluster — chosen by power-of-two-choices over latency and load, weights honoured.
+//!
+//! The destination service sees the caller's identity in `x-forwarded-client-cert` (the calling
+//! gateway's ID; this gateway as `By`) and the calling cluster in `x-isthmus-source-cluster`;
+//! whatever the caller sent under those names is dropped first.
+
+mod backend;
+
+use std::sync::Arc;
+
+use futures_util::StreamExt as _;
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use isthmus_federation::identity::transport::{PeerInfo, tls_incoming};
+use isthmus_federation::identity::{IdKind, SpiffeId};
+use rustls::ServerConfig;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::accesslog::{Entry, Side};
+use crate::body::{self, Body};
+use crate::config::Limits;
+use crate::headers::{
+    FORWARDED_CLIENT_CERT, SOURCE_CLUSTER, TARGET, strip_hop_by_hop, strip_identity,
+};
+use crate::lb::Balancer;
+use crate::metrics::Metrics;
+use crate::serve::{ConnLimit, Drain, http_builder, serve_connection};
+use crate::table::{Export, Port, Snapshot};
+
+pub use backend::Backends;
+
+/// Everything the inbound request path reads.
+pub struct Inbound {
+    pub table: watch::Receiver<Arc<Snapshot>>,
+    pub balancer: Balancer,
+    pub backends: Backends,
+    pub limits: Limits,
+    pub access_log: bool,
+    pub metrics: Arc<Metrics>,
+    /// This gateway's own SPIFFE ID (the `By` of forwarded client certs).
+    pub own_id: SpiffeId,
+}
+
+/// A verified caller: the peer cluster and its gateway's ID.
+struct Caller {
+    cluster: Arc<str>,
+    id: SpiffeId,
+}
+
+impl Inbound {
+    /// Accepts peer gateways until draining starts.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        tls: Arc<ServerConfig>,
+        limit: ConnLimit,
+        drain: Drain,
+    ) {
+        let builder = Arc::new(http_builder(&self.limits, true));
+        let incoming = tls_incoming(listener, tls, self.limits.handshake_timeout);
+        tokio::pin!(incoming);
+        loop {
+            let next = tokio::select! {
+                n = incoming.next() => n,
+                () = drain.signaled() => return,
+            };
+            let Some(Ok(stream)) = next else {
+                continue;
+            };
+            let Some(permit) = limit.try_acquire() else {
+                tracing::warn!(remote = %stream.info().remote, "connection limit reached: refusing a peer gateway");
+                continue;
+            };
+            let info = stream.info().clone();
+            let (this, builder, drain) = (self.clone(), builder.clone(), drain.clone());
+            tokio::spawn(async move {
+                let _permit = permit;
+                let limits = this.limits.clone();
+                let info = Arc::new(info);
+                serve_connection(stream, &builder, &limits, &drain, move |req| {
+                    this.clone().handle(info.clone(), req)
+                })
+                .await;
+            });
+        }
+    }
+
+    fn authorize(&self, snap: &Snapshot, info: &PeerInfo) -> Result<Caller, String> {
+        let id = info
+            .id
+            .clone()
+            .ok_or("no client certificate: peer gateways must present their SPIFFE certificate")?;
+        let cluster = snap
+            .peer_cluster(id.trust_domain().as_str())
+            .ok_or_else(|| {
+                format!(
+                    "trust domain {} is not a peer of this cluster",
+                    id.trust_domain()
+                )
+            })?;
+        if !matches!(id.kind(), IdKind::Gateway { .. }) {
+            return Err(format!("{id} is not a gateway identity"));
+        }
+        Ok(Caller {
+            cluster: cluster.clone(),
+            id,
+        })
+    }
+
+    /// The exported service and port a stream asks for, if this caller may reach it.
+    fn target(
+        snap: &Snapshot,
+        caller: &Caller,
+        req: &Request<Incoming>,
+    ) -> Result<(Arc<Export>, Port), (StatusCode, String)> {
+        let raw = req
+            .headers()
+            .get(TARGET)
+            .and_then(|v| v.to_str().ok())
+            .ok_or((StatusCode::BAD_REQUEST, format!("missing {TARGET} header")))?;
+        let (service, port) = raw
+            .rsplit_once(':')
+            .and_then(|(s, p)| Some((s, p.parse::<u16>().ok()?)))
+            .ok_or((StatusCode::BAD_REQUEST, format!("bad {TARGET}: {raw:?}")))?;
+        let refused = || {
+            (
+                StatusCode::FORBIDDEN,
+                format!("{service} is not exported to {}", caller.cluster),
+            )
+        };
+        let export = snap.exports.get(service).ok_or_else(refused)?;
+        if !export.allows(&caller.cluster) {
+            return Err(refused());
+        }
+        let port = export.port(port).ok_or_else(|| {
+            (
+                StatusCode::FORBIDDEN,
+                format!("{service} does not export port {port}"),
+            )
+        })?;
+        Ok((export.clone(), port))
+    }
+
+    async fn handle(
+        self: Arc<Self>,
+        info: Arc<PeerInfo>,
+        req: Request<Incoming>,
+    ) -> Response<Body> {
+        let snap = self.table.borrow().clone();
+        let mut entry = Entry::new(self.access_log, Side::Inbound, "http", "".into());
+        entry.dst_cluster = Some(snap.cluster.clone());
+        entry.method = Some(req.method().to_string());
+        entry.path = req.uri().path_and_query().map(|p| p.as_str().to_string());
+        entry.peer = info.id.as_ref().map(ToString::to_string);
+        let caller = match self.authorize(&snap, &info) {
+            Ok(c) => c,
+            Err(reason) => return self.refuse(entry, StatusCode::FORBIDDEN, reason),
+        };
+        entry.src_cluster = caller.cluster.clone();
+        let (export, port) = match Self::target(&snap, &caller, &req) {
+            Ok(t) => t,
+            Err((status, reason)) => return self.refuse(entry, status, reason),
+        };
+        entry.service = Some(export.name.clone());
+        let Some((endpoint, in_flight)) = self.balancer.pick(&export.endpoints) else {
+            let reason = format!("{} has no ready endpoint in {}", export.name, snap.cluster);
+            return self.refuse(entry, StatusCode::SERVICE_UNAVAILABLE, reason);
+        };
+        entry.upstream = Some(endpoint.to_string());
+        let (mut parts, incoming) = req.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        strip_identity(&mut parts.headers);
+        let xfcc = format!("By={};URI={}", self.own_id, caller.id);
+        if let Ok(v) = HeaderValue::from_str(&xfcc) {
+            parts.headers.insert(FORWARDED_CLIENT_CERT, v);
+        }
+        if let Ok(v) = HeaderValue::from_str(&caller.cluster) {
+            parts.headers.insert(SOURCE_CLUSTER, v);
+        }
+        let is_connect = parts.method == Method::CONNECT;
+        let protocol = parts
+            .extensions
+            .get::<hyper::ext::Protocol>()
+            .map(|p| p.as_str().to_string());
+        let req = Request::from_parts(parts, incoming);
+        match (is_connect, protocol.as_deref()) {
+            (true, None) => {
+                entry.protocol = "tcp";
+                self.backends
+                    .tunnel_tcp(req, endpoint, in_flight, entry, &self.metrics)
+                    .await
+            }
+            (true, Some("websocket")) => {
+                entry.protocol = "websocket";
+                self.backends
+                    .tunnel_websocket(req, endpoint, in_flight, entry, &self.metrics)
+                    .await
+            }
+            (true, Some(other)) => {
+                let reason = format!("unsupported CONNECT protocol {other:?}");
+                self.refuse(entry, StatusCode::BAD_REQUEST, reason)
+            }
+            (false, _) => {
+                self.backends
+                    .forward_http(req, endpoint, port, in_flight, entry, &self.metrics)
+                    .await
+            }
+        }
+    }
+
+    fn refuse(&self, mut entry: Entry, status: StatusCode, reason: String) -> Response<Body> {
+        tracing::debug!(peer = ?entry.peer, %status, %reason, "inbound call refused");
+        entry.status = status.as_u16();
+        entry.reason = Some(reason.clone());
+        self.metrics.request(Side::Inbound, status.as_u16());
+        entry.finish();
+        body::error(status, &reason)
+    }
+}

@@ -1,0 +1,114 @@
+//! The gateway's Prometheus metrics, registered once at start and served on `/metrics`.
+//! Labels stay low-cardinality (side, status code class): per-service detail lives in the
+//! access log.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::accesslog::Side;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub side: &'static str,
+    pub code: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
+}
+
+#[derive(Clone, Default)]
+pub struct Metrics {
+    /// Requests and tunnels by side and status class.
+    pub requests: Family<RequestLabels, Counter>,
+    /// Config versions applied from the federation.
+    pub config_version: Gauge,
+    pub imported_services: Gauge,
+    pub exported_services: Gauge,
+    pub vip_listeners: Gauge,
+    pub vip_listeners_failed: Gauge,
+    /// Certificate renewals by result.
+    pub renewals: Family<ResultLabels, Counter>,
+    /// Seconds until the current certificate expires.
+    pub certificate_expiry_seconds: Gauge,
+    /// 1 while the config stream from the federation is up.
+    pub control_connected: Gauge,
+}
+
+fn class(code: u16) -> &'static str {
+    match code {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+impl Metrics {
+    pub fn request(&self, side: Side, code: u16) {
+        let side = match side {
+            Side::Outbound => "outbound",
+            Side::Inbound => "inbound",
+        };
+        self.requests
+            .get_or_create(&RequestLabels {
+                side,
+                code: class(code),
+            })
+            .inc();
+    }
+
+    pub fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("isthmus_gateway");
+        r.register(
+            "requests",
+            "Requests and tunnels by side and status class",
+            self.requests.clone(),
+        );
+        r.register(
+            "config_version",
+            "The federation config version this gateway applied",
+            self.config_version.clone(),
+        );
+        r.register(
+            "imported_services",
+            "Services this gateway routes to other clusters",
+            self.imported_services.clone(),
+        );
+        r.register(
+            "exported_services",
+            "Local services this gateway serves to peers",
+            self.exported_services.clone(),
+        );
+        r.register(
+            "vip_listeners",
+            "Open VIP:port listeners",
+            self.vip_listeners.clone(),
+        );
+        r.register(
+            "vip_listeners_failed",
+            "VIP:port listeners that could not be opened",
+            self.vip_listeners_failed.clone(),
+        );
+        r.register(
+            "certificate_renewals",
+            "Certificate renewals by result",
+            self.renewals.clone(),
+        );
+        r.register(
+            "certificate_expiry_seconds",
+            "Seconds until the gateway's certificate expires",
+            self.certificate_expiry_seconds.clone(),
+        );
+        r.register(
+            "control_connected",
+            "1 while the config stream from the federation is up",
+            self.control_connected.clone(),
+        );
+    }
+}

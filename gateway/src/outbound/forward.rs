@@ -1,0 +1,429 @@
+//! Carrying a resolved call to a peer cluster: HTTP requests as HTTP/2 streams, TCP as HTTP/2
+//! CONNECT tunnels, WebSocket as extended CONNECT (RFC 8441). A cluster whose gateway cannot be
+//! reached (or whose connection refuses the stream before it is sent) is skipped for the next
+//! in [`cluster_order`]; a request already sent is never replayed here.
+
+use std::sync::Arc;
+
+use base64::Engine as _;
+use http::uri::{Authority, Scheme};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use super::{Outbound, Resolved};
+use crate::accesslog::Entry;
+use crate::body::{self, Body, Counted};
+use crate::headers::{TARGET, strip_hop_by_hop, strip_identity};
+use crate::lb::{cluster_order, random};
+use crate::table::Snapshot;
+use crate::tunnel::pipe;
+
+const WS_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+
+/// `Sec-WebSocket-Accept` for a client's `Sec-WebSocket-Key` (RFC 6455 §4.2.2).
+pub(crate) fn websocket_accept(key: &[u8]) -> String {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY);
+    ctx.update(key);
+    ctx.update(WS_GUID.as_bytes());
+    base64::engine::general_purpose::STANDARD.encode(ctx.finish())
+}
+
+fn target_value(resolved: &Resolved) -> HeaderValue {
+    HeaderValue::from_str(&format!(
+        "{}:{}",
+        resolved.target.import.name, resolved.port
+    ))
+    .unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}
+
+impl Outbound {
+    /// Sends `req` to the first cluster that takes it. On failure: the response to give the
+    /// client (503 when no cluster could be reached, 502/504 when the chosen one failed).
+    async fn send(
+        &self,
+        snap: &Snapshot,
+        resolved: &Resolved,
+        mut req: Request<Body>,
+        entry: &mut Entry,
+    ) -> Result<Response<Incoming>, Response<Body>> {
+        let order = cluster_order(&resolved.target, &snap.region, random);
+        if order.is_empty() {
+            let reason = match &resolved.target.pinned {
+                Some(c) => format!("{c} does not serve {} now", resolved.target.import.name),
+                None => format!("no healthy cluster serves {}", resolved.target.import.name),
+            };
+            return Err(self.refuse(entry, StatusCode::SERVICE_UNAVAILABLE, reason));
+        }
+        let mut last = String::new();
+        for backend in order {
+            let gateway = &backend.gateways[(random() as usize) % backend.gateways.len()];
+            let mut sender = match self.pool.get(backend, gateway).await {
+                Ok(s) => s,
+                Err(e) => {
+                    last = e.to_string();
+                    entry.failed_over_from.push(backend.cluster.clone());
+                    continue;
+                }
+            };
+            entry.dst_cluster = Some(backend.cluster.clone());
+            entry.upstream = Some(gateway.address.to_string());
+            let sent =
+                tokio::time::timeout(self.limits.request_timeout, sender.try_send_request(req))
+                    .await;
+            match sent {
+                Ok(Ok(response)) => {
+                    if !entry.failed_over_from.is_empty() {
+                        entry.reason = Some(format!("failed over: {last}"));
+                    }
+                    return Ok(response);
+                }
+                Ok(Err(mut e)) => match e.take_message() {
+                    // Not sent: the connection was closing. Try the next cluster.
+                    Some(back) => {
+                        last = format!("connection to {} closed: {}", backend.cluster, e.error());
+                        entry.failed_over_from.push(backend.cluster.clone());
+                        req = back;
+                    }
+                    None => {
+                        let reason =
+                            format!("peer gateway of {} failed: {}", backend.cluster, e.error());
+                        return Err(self.refuse(entry, StatusCode::BAD_GATEWAY, reason));
+                    }
+                },
+                Err(_) => {
+                    let reason = format!(
+                        "{} did not answer within {} ms",
+                        backend.cluster,
+                        self.limits.request_timeout.as_millis()
+                    );
+                    return Err(self.refuse(entry, StatusCode::GATEWAY_TIMEOUT, reason));
+                }
+            }
+        }
+        entry.dst_cluster = None;
+        let reason = format!(
+            "no cluster serving {} is reachable: {last}",
+            resolved.target.import.name
+        );
+        Err(self.refuse(entry, StatusCode::SERVICE_UNAVAILABLE, reason))
+    }
+
+    fn refuse(&self, entry: &mut Entry, status: StatusCode, reason: String) -> Response<Body> {
+        tracing::debug!(service = ?entry.service, %status, %reason, "outbound call refused");
+        entry.status = status.as_u16();
+        entry.reason = Some(reason.clone());
+        self.metrics.request(entry.side, status.as_u16());
+        body::error(status, &reason)
+    }
+
+    /// Finishes the log entry and metrics when `response`'s body ends.
+    fn respond(&self, response: Response<Incoming>, mut entry: Entry) -> Response<Body> {
+        let (mut parts, incoming) = response.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        entry.status = parts.status.as_u16();
+        self.metrics.request(entry.side, parts.status.as_u16());
+        let counter = entry.counters.bytes_out.clone();
+        let counted = Counted::new(incoming, counter).on_end(move || entry.finish());
+        Response::from_parts(parts, body::boxed(counted))
+    }
+
+    pub(super) async fn forward(
+        &self,
+        snap: &Snapshot,
+        resolved: Resolved,
+        req: Request<Incoming>,
+        mut entry: Entry,
+    ) -> Response<Body> {
+        let (mut parts, incoming) = req.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        strip_identity(&mut parts.headers);
+        parts.headers.remove(header::HOST);
+        let path = parts
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_string();
+        parts.uri = match build_uri(&resolved.authority, &path) {
+            Ok(u) => u,
+            Err(reason) => return self.refuse(&mut entry, StatusCode::BAD_REQUEST, reason),
+        };
+        parts.version = Version::HTTP_2;
+        parts.headers.insert(TARGET, target_value(&resolved));
+        let counted = Counted::new(incoming, entry.counters.bytes_in.clone());
+        let req = Request::from_parts(parts, body::boxed(counted));
+        match self.send(snap, &resolved, req, &mut entry).await {
+            Ok(response) => self.respond(response, entry),
+            Err(refused) => {
+                entry.finish();
+                refused
+            }
+        }
+    }
+
+    /// Opens a byte stream to the service on some cluster: an HTTP/2 CONNECT (or, with
+    /// `protocol`, an extended CONNECT) stream through that cluster's gateway.
+    async fn open_stream(
+        &self,
+        snap: &Snapshot,
+        resolved: &Resolved,
+        protocol: Option<&'static str>,
+        path: &str,
+        extra: http::HeaderMap,
+        entry: &mut Entry,
+    ) -> Result<Response<Incoming>, Response<Body>> {
+        let uri = match protocol {
+            Some(_) => build_uri(&resolved.authority, path),
+            None => Uri::builder()
+                .authority(format!("{}:{}", resolved.target.import.name, resolved.port))
+                .build()
+                .map_err(|e| e.to_string()),
+        };
+        let uri = match uri {
+            Ok(u) => u,
+            Err(reason) => return Err(self.refuse(entry, StatusCode::BAD_REQUEST, reason)),
+        };
+        let mut req = Request::new(body::empty());
+        *req.method_mut() = Method::CONNECT;
+        *req.uri_mut() = uri;
+        *req.version_mut() = Version::HTTP_2;
+        *req.headers_mut() = extra;
+        req.headers_mut().insert(TARGET, target_value(resolved));
+        if let Some(p) = protocol {
+            req.extensions_mut()
+                .insert(hyper::ext::Protocol::from_static(p));
+        }
+        let response = self.send(snap, resolved, req, entry).await?;
+        if response.status() != StatusCode::OK {
+            // The peer refused (not exported, no endpoint, ...): pass its answer on.
+            let (mut parts, incoming) = response.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            entry.status = parts.status.as_u16();
+            entry.reason = parts
+                .headers
+                .get(body::ERROR_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            self.metrics.request(entry.side, entry.status);
+            return Err(Response::from_parts(parts, body::boxed(incoming)));
+        }
+        Ok(response)
+    }
+
+    pub(super) async fn proxy_connect(
+        &self,
+        snap: &Snapshot,
+        resolved: Resolved,
+        mut req: Request<Incoming>,
+        mut entry: Entry,
+    ) -> Response<Body> {
+        let client = hyper::upgrade::on(&mut req);
+        let upstream = match self
+            .open_stream(
+                snap,
+                &resolved,
+                None,
+                "/",
+                http::HeaderMap::new(),
+                &mut entry,
+            )
+            .await
+        {
+            Ok(r) => r,
+            Err(refused) => {
+                entry.finish();
+                return refused;
+            }
+        };
+        entry.status = 200;
+        self.metrics.request(entry.side, 200);
+        let idle = self.limits.idle_timeout;
+        tokio::spawn(async move {
+            match (client.await, hyper::upgrade::on(upstream).await) {
+                (Ok(c), Ok(u)) => {
+                    pipe(TokioIo::new(c), TokioIo::new(u), idle, &entry.counters).await;
+                }
+                (c, u) => {
+                    entry.reason = Some(format!(
+                        "tunnel setup failed: client {:?}, upstream {:?}",
+                        c.err().map(|e| e.to_string()),
+                        u.err().map(|e| e.to_string())
+                    ));
+                }
+            }
+            entry.finish();
+        });
+        Response::new(body::empty())
+    }
+
+    /// A raw TCP connection to a service VIP: tunnelled whole; refused with a reset when no
+    /// cluster can take it.
+    pub async fn tcp(self: Arc<Self>, stream: TcpStream, resolved_port: (std::net::IpAddr, u16)) {
+        let snap = self.snapshot();
+        let (ip, port) = resolved_port;
+        let mut entry = Entry::new(
+            self.access_log,
+            crate::accesslog::Side::Outbound,
+            "tcp",
+            snap.cluster.clone(),
+        );
+        let Some(target) = snap.vips.get(&ip).cloned() else {
+            reset(stream);
+            return;
+        };
+        entry.service = Some(target.import.name.clone());
+        let resolved = Resolved {
+            authority: format!("{}:{port}", target.import.name),
+            target,
+            port,
+        };
+        let upstream = match self
+            .open_stream(
+                &snap,
+                &resolved,
+                None,
+                "/",
+                http::HeaderMap::new(),
+                &mut entry,
+            )
+            .await
+        {
+            Ok(r) => r,
+            Err(_) => {
+                reset(stream);
+                entry.finish();
+                return;
+            }
+        };
+        entry.status = 200;
+        self.metrics.request(entry.side, 200);
+        match hyper::upgrade::on(upstream).await {
+            Ok(u) => {
+                pipe(
+                    stream,
+                    TokioIo::new(u),
+                    self.limits.idle_timeout,
+                    &entry.counters,
+                )
+                .await;
+            }
+            Err(e) => {
+                entry.reason = Some(format!("tunnel setup failed: {e}"));
+                reset(stream);
+            }
+        }
+        entry.finish();
+    }
+
+    /// WebSocket: the client's HTTP/1.1 Upgrade (or HTTP/2 extended CONNECT) becomes an
+    /// extended CONNECT to the peer gateway; each hop does its own handshake (the key/accept
+    /// pair is per hop, RFC 8441 §5), and frames pass through untouched.
+    pub(super) async fn websocket(
+        &self,
+        snap: &Snapshot,
+        resolved: Resolved,
+        mut req: Request<Incoming>,
+        mut entry: Entry,
+    ) -> Response<Body> {
+        let h1 = req.version() <= Version::HTTP_11;
+        let key = req.headers().get("sec-websocket-key").cloned();
+        if h1 && key.is_none() {
+            return self.refuse(
+                &mut entry,
+                StatusCode::BAD_REQUEST,
+                "WebSocket upgrade without Sec-WebSocket-Key".into(),
+            );
+        }
+        let client = hyper::upgrade::on(&mut req);
+        let path = req
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_string();
+        let mut extra = req.headers().clone();
+        strip_hop_by_hop(&mut extra);
+        strip_identity(&mut extra);
+        for h in [
+            header::HOST,
+            header::SEC_WEBSOCKET_KEY,
+            header::SEC_WEBSOCKET_ACCEPT,
+        ] {
+            extra.remove(h);
+        }
+        let upstream = match self
+            .open_stream(snap, &resolved, Some("websocket"), &path, extra, &mut entry)
+            .await
+        {
+            Ok(r) => r,
+            Err(refused) => {
+                entry.finish();
+                return refused;
+            }
+        };
+        let mut response = Response::new(body::empty());
+        for h in [
+            header::SEC_WEBSOCKET_PROTOCOL,
+            header::SEC_WEBSOCKET_EXTENSIONS,
+        ] {
+            if let Some(v) = upstream.headers().get(&h) {
+                response.headers_mut().insert(h, v.clone());
+            }
+        }
+        if let Some(key) = key.filter(|_| h1) {
+            *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+            let h = response.headers_mut();
+            h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+            h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+            if let Ok(v) = HeaderValue::from_str(&websocket_accept(key.as_bytes())) {
+                h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+            }
+        }
+        entry.status = response.status().as_u16();
+        self.metrics.request(entry.side, entry.status);
+        let idle = self.limits.idle_timeout;
+        tokio::spawn(async move {
+            match (client.await, hyper::upgrade::on(upstream).await) {
+                (Ok(c), Ok(u)) => {
+                    pipe(TokioIo::new(c), TokioIo::new(u), idle, &entry.counters).await;
+                }
+                _ => entry.reason = Some("WebSocket tunnel setup failed".into()),
+            }
+            entry.finish();
+        });
+        response
+    }
+}
+
+fn build_uri(authority: &str, path: &str) -> Result<Uri, String> {
+    let authority: Authority = authority
+        .parse()
+        .map_err(|e| format!("bad authority {authority:?}: {e}"))?;
+    Uri::builder()
+        .scheme(Scheme::HTTP)
+        .authority(authority)
+        .path_and_query(path)
+        .build()
+        .map_err(|e| format!("bad request target: {e}"))
+}
+
+/// Closes a TCP connection with RST: the client learns at once that nobody serves it.
+fn reset(stream: TcpStream) {
+    // SO_LINGER blocks on drop only with a non-zero timeout; zero means "send RST now".
+    #[allow(deprecated)]
+    let _ = stream.set_linger(Some(std::time::Duration::ZERO));
+    drop(stream);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn websocket_accept_matches_rfc_6455_example() {
+        assert_eq!(
+            websocket_accept(b"dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+    }
+}

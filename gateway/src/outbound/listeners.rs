@@ -1,0 +1,152 @@
+//! The outbound listeners: the proxy port, and one listener per imported service VIP and port,
+//! reconciled whenever the routing table changes (a new import starts listening, a removed one
+//! stops; connections already open finish).
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+use super::{Origin, Outbound};
+use crate::h1guard::H1Guard;
+use crate::serve::{ConnLimit, Drain, http_builder, serve_connection};
+use crate::table::{Port, Snapshot};
+
+/// Accepts local clients on `listener` until draining starts.
+pub async fn accept_loop(
+    outbound: Arc<Outbound>,
+    listener: TcpListener,
+    origin: Origin,
+    tcp: bool,
+    limit: ConnLimit,
+    drain: Drain,
+) {
+    let builder = Arc::new(http_builder(&outbound.limits, false));
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            () = drain.signaled() => return,
+        };
+        let (stream, remote) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, "accepting a local connection failed; retrying");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Some(permit) = limit.try_acquire() else {
+            tracing::warn!(%remote, "connection limit reached: refusing a local connection");
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let (outbound, builder, drain) = (outbound.clone(), builder.clone(), drain.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            if tcp {
+                if let Origin::Vip(ip, port) = origin {
+                    outbound.tcp(stream, (ip, port)).await;
+                }
+                return;
+            }
+            serve_local(outbound, stream, origin, &builder, &drain).await;
+        });
+    }
+}
+
+async fn serve_local(
+    outbound: Arc<Outbound>,
+    stream: TcpStream,
+    origin: Origin,
+    builder: &hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
+    drain: &Drain,
+) {
+    let limits = outbound.limits.clone();
+    let guarded = H1Guard::new(stream, limits.max_header_bytes);
+    serve_connection(guarded, builder, &limits, drain, move |req| {
+        outbound.clone().handle(origin, req)
+    })
+    .await;
+}
+
+/// The VIP listeners currently open.
+pub struct VipListeners {
+    outbound: Arc<Outbound>,
+    limit: ConnLimit,
+    drain: Drain,
+    open: HashMap<(IpAddr, Port), JoinHandle<()>>,
+    /// Addresses that failed to bind, reported once each.
+    failed: HashMap<(IpAddr, Port), String>,
+}
+
+impl VipListeners {
+    pub fn new(outbound: Arc<Outbound>, limit: ConnLimit, drain: Drain) -> Self {
+        Self {
+            outbound,
+            limit,
+            drain,
+            open: HashMap::new(),
+            failed: HashMap::new(),
+        }
+    }
+
+    /// Opens listeners for new VIP:ports and closes those no longer in `snap`.
+    pub async fn reconcile(&mut self, snap: &Snapshot) {
+        let want: HashMap<(IpAddr, Port), ()> = snap.listeners().map(|k| (k, ())).collect();
+        self.open.retain(|key, task| {
+            let keep = want.contains_key(key);
+            if !keep {
+                tracing::info!(vip = %key.0, port = key.1.port, "closing VIP listener");
+                task.abort();
+            }
+            keep
+        });
+        self.failed.retain(|key, _| want.contains_key(key));
+        for key in want.into_keys() {
+            if self.open.contains_key(&key) {
+                continue;
+            }
+            let (ip, port) = key;
+            match TcpListener::bind(SocketAddr::new(ip, port.port)).await {
+                Ok(listener) => {
+                    tracing::debug!(vip = %ip, port = port.port, protocol = ?port.protocol, "VIP listener open");
+                    self.failed.remove(&key);
+                    let task = tokio::spawn(accept_loop(
+                        self.outbound.clone(),
+                        listener,
+                        Origin::Vip(ip, port.port),
+                        !port.protocol.is_http(),
+                        self.limit.clone(),
+                        self.drain.clone(),
+                    ));
+                    self.open.insert(key, task);
+                }
+                Err(e) => {
+                    let reason = e.to_string();
+                    if self.failed.get(&key) != Some(&reason) {
+                        tracing::warn!(vip = %ip, port = port.port, error = %reason, "cannot listen on a service VIP (is the VIP range a local address here?); the proxy port still serves it");
+                        self.failed.insert(key, reason);
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn open_count(&self) -> usize {
+        self.open.len()
+    }
+
+    pub fn failed_count(&self) -> usize {
+        self.failed.len()
+    }
+}
+
+impl Drop for VipListeners {
+    fn drop(&mut self) {
+        for task in self.open.values() {
+            task.abort();
+        }
+    }
+}

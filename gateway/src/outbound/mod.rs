@@ -1,0 +1,205 @@
+//! The outbound side: local clients connect to a service's VIP on the service's own port (HTTP,
+//! h2c, gRPC, WebSocket or raw TCP), or use the proxy port (absolute-form requests and CONNECT).
+//! The gateway picks a cluster that serves the service and carries the call there over the
+//! pooled mTLS HTTP/2 connection to that cluster's gateway.
+//!
+//! It never reads endpoint addresses of other clusters (it has none); it routes to gateways.
+
+mod forward;
+pub(crate) use forward::websocket_accept;
+pub mod listeners;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use http::{Method, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use tokio::sync::watch;
+
+use crate::accesslog::{Entry, Side};
+use crate::body::{self, Body};
+use crate::config::Limits;
+use crate::metrics::Metrics;
+use crate::pool::PeerPool;
+use crate::table::{Snapshot, Target};
+
+/// Where a local connection arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// A service VIP and port.
+    Vip(IpAddr, u16),
+    /// The HTTP proxy port.
+    Proxy,
+}
+
+/// Everything the outbound request path reads.
+pub struct Outbound {
+    pub table: watch::Receiver<Arc<Snapshot>>,
+    pub pool: Arc<PeerPool>,
+    pub limits: Limits,
+    pub access_log: bool,
+    pub metrics: Arc<Metrics>,
+}
+
+/// What a request addressed, resolved against the table.
+struct Resolved {
+    target: Target,
+    port: u16,
+    /// The authority the client used (kept for the destination's Host header).
+    authority: String,
+}
+
+impl Outbound {
+    fn snapshot(&self) -> Arc<Snapshot> {
+        self.table.borrow().clone()
+    }
+
+    /// Handles one request from a local client.
+    pub async fn handle(self: Arc<Self>, origin: Origin, req: Request<Incoming>) -> Response<Body> {
+        let snap = self.snapshot();
+        let mut entry = Entry::new(
+            self.access_log,
+            Side::Outbound,
+            "http",
+            snap.cluster.clone(),
+        );
+        entry.method = Some(req.method().to_string());
+        entry.path = req.uri().path_and_query().map(|p| p.as_str().to_string());
+        let resolved = match resolve(&snap, origin, &req) {
+            Ok(r) => r,
+            Err((status, reason)) => {
+                entry.status = status.as_u16();
+                entry.reason = Some(reason.clone());
+                self.metrics.request(Side::Outbound, status.as_u16());
+                entry.finish();
+                return body::error(status, &reason);
+            }
+        };
+        entry.service = Some(resolved.target.import.name.clone());
+        let is_connect = req.method() == Method::CONNECT;
+        let ext_connect = req.extensions().get::<hyper::ext::Protocol>().is_some();
+        if is_connect && !ext_connect {
+            entry.protocol = "tcp";
+            return self.proxy_connect(&snap, resolved, req, entry).await;
+        }
+        if ext_connect || is_websocket_upgrade(&req) {
+            entry.protocol = "websocket";
+            return self.websocket(&snap, resolved, req, entry).await;
+        }
+        self.forward(&snap, resolved, req, entry).await
+    }
+}
+
+fn is_websocket_upgrade<B>(req: &Request<B>) -> bool {
+    req.headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+}
+
+/// `host[:port]` split; IPv6 literals keep their brackets off.
+fn split_authority(authority: &str) -> (&str, Option<u16>) {
+    if let Some(rest) = authority.strip_prefix('[') {
+        let (host, after) = rest.split_once(']').unwrap_or((rest, ""));
+        return (host, after.strip_prefix(':').and_then(|p| p.parse().ok()));
+    }
+    match authority.rsplit_once(':') {
+        Some((h, p)) => (h, p.parse().ok()),
+        None => (authority, None),
+    }
+}
+
+fn resolve<B>(
+    snap: &Snapshot,
+    origin: Origin,
+    req: &Request<B>,
+) -> Result<Resolved, (StatusCode, String)> {
+    let host_header = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let uri_authority = req.uri().authority().map(|a| a.as_str().to_string());
+    match origin {
+        Origin::Vip(ip, port) => {
+            let target = snap.vips.get(&ip).cloned().ok_or_else(|| {
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("no service behind {ip}: its import was removed"),
+                )
+            })?;
+            let authority = host_header.or(uri_authority).unwrap_or_else(|| {
+                format!(
+                    "{}.{}:{port}",
+                    target.import.name,
+                    crate::table::CLUSTERSET_ZONE
+                )
+            });
+            Ok(Resolved {
+                target,
+                port,
+                authority,
+            })
+        }
+        Origin::Proxy => {
+            let authority = uri_authority.or(host_header).ok_or_else(|| {
+                (
+                    StatusCode::BAD_REQUEST,
+                    "a proxy request needs an absolute URI, a Host header or a CONNECT authority"
+                        .to_string(),
+                )
+            })?;
+            let (host, port) = split_authority(&authority);
+            let target = snap.resolve_host(host).ok_or_else(|| {
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!(
+                        "no cluster serves {host}: it is not an imported service of this cluster"
+                    ),
+                )
+            })?;
+            let ports = &target.import.ports;
+            let port = match port {
+                Some(p) => p,
+                // No port given: the service's only HTTP port, when it has exactly one.
+                None => match ports
+                    .iter()
+                    .filter(|p| p.protocol.is_http())
+                    .collect::<Vec<_>>()[..]
+                {
+                    [only] => only.port,
+                    _ => 80,
+                },
+            };
+            if target.import.port(port).is_none() {
+                let known: Vec<String> = ports.iter().map(|p| p.port.to_string()).collect();
+                return Err((
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!(
+                        "{} has no port {port} (its ports: {})",
+                        target.import.name,
+                        known.join(", ")
+                    ),
+                ));
+            }
+            Ok(Resolved {
+                target,
+                port,
+                authority,
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn authorities_split_with_and_without_ports() {
+        assert_eq!(split_authority("a.b:80"), ("a.b", Some(80)));
+        assert_eq!(split_authority("a.b"), ("a.b", None));
+        assert_eq!(split_authority("[::1]:443"), ("::1", Some(443)));
+        assert_eq!(split_authority("[::1]"), ("::1", None));
+    }
+}

@@ -1,0 +1,209 @@
+//! Pooled, long-lived mTLS HTTP/2 connections to peer clusters' gateways: one per peer gateway,
+//! many streams each. The TLS client verifies the exact SPIFFE ID of the gateway it dials
+//! against that gateway's own trust domain bundle; it presents this gateway's current
+//! certificate (read from the live `CertStore`, so rotation needs no reconnect). Keepalive PINGs
+//! find dead connections; a failed dial backs off (doubling, capped) so a dead peer costs one
+//! fast error per request instead of a connect timeout each.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use isthmus_federation::identity::{
+    CertStore, SpiffeId, SpiffeServerVerifier, TrustDomain, TrustStore, tls,
+};
+use rustls::pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_rustls::TlsConnector;
+
+use crate::body::Body;
+use crate::config::Limits;
+use crate::table::{Backend, PeerGateway};
+
+const BACKOFF_MIN: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error("peer gateway {gateway} of {cluster} is unreachable: {reason}")]
+    Unreachable {
+        cluster: Arc<str>,
+        gateway: Arc<str>,
+        reason: String,
+    },
+}
+
+/// A peer gateway: its address and the trust domain its certificate must carry.
+type SlotKey = (Arc<str>, Arc<str>);
+
+#[derive(Default)]
+struct Slot {
+    conn: tokio::sync::Mutex<SlotState>,
+}
+
+#[derive(Default)]
+struct SlotState {
+    sender: Option<SendRequest<Body>>,
+    /// After a failed dial: when to try again, and the next backoff.
+    retry_at: Option<Instant>,
+    backoff: Duration,
+    last_error: String,
+}
+
+/// Connections to peer gateways, keyed by address and expected identity.
+pub struct PeerPool {
+    certs: CertStore,
+    trust: TrustStore,
+    limits: Limits,
+    slots: Mutex<HashMap<SlotKey, Arc<Slot>>>,
+}
+
+impl PeerPool {
+    pub fn new(certs: CertStore, trust: TrustStore, limits: Limits) -> Self {
+        Self {
+            certs,
+            trust,
+            limits,
+            slots: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A ready stream sender to `gateway` of `backend`'s cluster: the pooled connection, or a
+    /// new one. Fails fast while a recent dial to it is backing off.
+    pub async fn get(
+        &self,
+        backend: &Backend,
+        gateway: &PeerGateway,
+    ) -> Result<SendRequest<Body>, PoolError> {
+        let slot = {
+            let mut slots = match self.slots.lock() {
+                Ok(s) => s,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            slots
+                .entry((gateway.address.clone(), backend.trust_domain.clone()))
+                .or_default()
+                .clone()
+        };
+        let mut state = slot.conn.lock().await;
+        if let Some(sender) = &state.sender
+            && !sender.is_closed()
+        {
+            return Ok(sender.clone());
+        }
+        state.sender = None;
+        let unreachable = |reason: String| PoolError::Unreachable {
+            cluster: backend.cluster.clone(),
+            gateway: gateway.address.clone(),
+            reason,
+        };
+        if let Some(at) = state.retry_at
+            && Instant::now() < at
+        {
+            return Err(unreachable(format!(
+                "{} (next dial in {} ms)",
+                state.last_error,
+                at.saturating_duration_since(Instant::now()).as_millis()
+            )));
+        }
+        match self.dial(backend, gateway).await {
+            Ok(sender) => {
+                state.sender = Some(sender.clone());
+                state.retry_at = None;
+                state.backoff = Duration::ZERO;
+                Ok(sender)
+            }
+            Err(reason) => {
+                state.backoff = (state.backoff * 2).clamp(BACKOFF_MIN, BACKOFF_MAX);
+                state.retry_at = Some(Instant::now() + state.backoff);
+                state.last_error = reason.clone();
+                tracing::warn!(peer.cluster = %backend.cluster, gateway = %gateway.address, error = %reason, "dialing peer gateway failed");
+                Err(unreachable(reason))
+            }
+        }
+    }
+
+    async fn dial(
+        &self,
+        backend: &Backend,
+        gateway: &PeerGateway,
+    ) -> Result<SendRequest<Body>, String> {
+        let td: TrustDomain = backend
+            .trust_domain
+            .parse()
+            .map_err(|e| format!("bad trust domain: {e}"))?;
+        let id = SpiffeId::gateway(&td, &gateway.name).map_err(|e| e.to_string())?;
+        let verifier = SpiffeServerVerifier::for_id(self.trust.clone(), id).into_arc();
+        let config = tls::client_config(Some(&self.certs), verifier, &[tls::ALPN_H2])
+            .map_err(|e| e.to_string())?;
+        let host = gateway
+            .address
+            .rsplit_once(':')
+            .map_or(&*gateway.address, |(h, _)| h);
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let server_name = ServerName::try_from(host.to_owned())
+            .or_else(|_| ServerName::try_from("isthmus.invalid"))
+            .map_err(|e| e.to_string())?;
+        let connect = async {
+            let tcp = TcpStream::connect(&*gateway.address)
+                .await
+                .map_err(|e| format!("connect: {e} (is the peer's inbound port reachable?)"))?;
+            let _ = tcp.set_nodelay(true);
+            TlsConnector::from(config)
+                .connect(server_name, tcp)
+                .await
+                .map_err(|e| format!("TLS: {e}"))
+        };
+        let tls = tokio::time::timeout(self.limits.connect_timeout, connect)
+            .await
+            .map_err(|_| {
+                format!(
+                    "no connection within {} ms",
+                    self.limits.connect_timeout.as_millis()
+                )
+            })??;
+        let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true)
+            .initial_stream_window_size(self.limits.stream_window)
+            .initial_connection_window_size(self.limits.connection_window)
+            .max_header_list_size(u32::try_from(self.limits.max_header_bytes).unwrap_or(u32::MAX))
+            .max_send_buf_size(usize::try_from(self.limits.stream_window).unwrap_or(1 << 20))
+            .handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| format!("HTTP/2 handshake: {e}"))?;
+        let cluster = backend.cluster.clone();
+        let address = gateway.address.clone();
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(peer.cluster = %cluster, gateway = %address, error = %e, "peer gateway connection ended");
+            }
+        });
+        tracing::debug!(peer.cluster = %backend.cluster, gateway = %gateway.address, "connected to peer gateway");
+        Ok(sender)
+    }
+
+    /// Open pooled connections (for metrics).
+    pub fn open_connections(&self) -> usize {
+        let slots = match self.slots.lock() {
+            Ok(s) => s.values().cloned().collect::<Vec<_>>(),
+            Err(_) => return 0,
+        };
+        slots
+            .iter()
+            .filter(|s| {
+                s.conn
+                    .try_lock()
+                    .map(|st| st.sender.as_ref().is_some_and(|c| !c.is_closed()))
+                    .unwrap_or(true)
+            })
+            .count()
+    }
+}

@@ -1,0 +1,283 @@
+//! Starting and stopping a gateway: bootstrap its identity, bind its listeners (failing at start
+//! with the address named), follow its federation, serve, and drain on shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use isthmus_federation::admin::{AdminHttpState, serve_admin_http};
+use isthmus_federation::gwapi::BootstrapFile;
+use isthmus_federation::identity::{Accept, IdKind, SpiffeClientVerifier, SpiffeId, tls};
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::GatewayConfig;
+use crate::control::{ControlClient, ControlError};
+use crate::inbound::{Backends, Inbound};
+use crate::lb::Balancer;
+use crate::metrics::Metrics;
+use crate::outbound::listeners::{VipListeners, accept_loop};
+use crate::outbound::{Origin, Outbound};
+use crate::pool::PeerPool;
+use crate::serve::{ConnLimit, Drain};
+use crate::sync;
+use crate::table::Snapshot;
+
+/// How long start waits for the first config before serving anyway (it keeps following).
+const FIRST_CONFIG_WAIT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("bootstrap file {path}: {reason}")]
+    BootstrapFile { path: String, reason: String },
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    #[error("cannot listen on {addr} ({what}): {source} (is another process using it?)")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("TLS setup: {0}")]
+    Tls(String),
+}
+
+/// Where the gateway listens, as bound (port 0 resolved).
+#[derive(Debug, Clone, Serialize)]
+pub struct Bound {
+    pub gateway: String,
+    pub cluster: String,
+    pub inbound: SocketAddr,
+    pub advertise: String,
+    pub proxy: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+/// A running gateway.
+pub struct Running {
+    pub bound: Bound,
+    pub table: watch::Receiver<Arc<Snapshot>>,
+    drain_tx: watch::Sender<bool>,
+    limits: (ConnLimit, ConnLimit),
+    drain_timeout: Duration,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Graceful drain: stop accepting, let in-flight requests finish (HTTP/2 peers get GOAWAY
+    /// and reconnect elsewhere), bounded by `drain_timeout`; then stop everything.
+    pub async fn shutdown(self) {
+        let _ = self.drain_tx.send(true);
+        let (inbound, local) = &self.limits;
+        tokio::join!(
+            inbound.drained(self.drain_timeout),
+            local.drained(self.drain_timeout)
+        );
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { what, addr, source })
+}
+
+pub async fn start(cfg: GatewayConfig) -> Result<Running, StartError> {
+    cfg.validate()?;
+    let path = cfg.bootstrap_file.display().to_string();
+    let text =
+        std::fs::read_to_string(&cfg.bootstrap_file).map_err(|e| StartError::BootstrapFile {
+            path: path.clone(),
+            reason: format!("{e} (create it with `isthmus gateway bootstrap --name <gateway>`)"),
+        })?;
+    let file: BootstrapFile =
+        serde_json::from_str(&text).map_err(|e| StartError::BootstrapFile {
+            path,
+            reason: e.to_string(),
+        })?;
+    let inbound_listener = bind("inbound", cfg.listen.inbound.bind).await?;
+    let proxy_listener = bind("proxy", cfg.listen.proxy).await?;
+    let admin_listener = bind("admin", cfg.listen.admin).await?;
+    let inbound_addr = inbound_listener
+        .local_addr()
+        .map_err(|source| StartError::Bind {
+            what: "inbound",
+            addr: cfg.listen.inbound.bind,
+            source,
+        })?;
+    let advertise = cfg.advertised_inbound(inbound_addr)?;
+
+    let client = Arc::new(ControlClient::bootstrap(&file).await?);
+    let own_id = SpiffeId::gateway(&client.trust_domain, &client.gateway)
+        .map_err(|e| StartError::Tls(e.to_string()))?;
+    let metrics = Arc::new(Metrics::default());
+    let mut registry = Registry::default();
+    metrics.register(&mut registry);
+
+    let (tx, table) = watch::channel(Arc::new(Snapshot::default()));
+    let (drain_tx, drain) = Drain::new();
+    let mut tasks = vec![
+        tokio::spawn(sync::config_stream(client.clone(), tx, metrics.clone())),
+        tokio::spawn(sync::renew_certificates(client.clone(), metrics.clone())),
+        tokio::spawn(sync::register(
+            client.clone(),
+            advertise.clone(),
+            cfg.registration_ttl,
+        )),
+    ];
+    // Serve with the first config when it arrives quickly; otherwise serve anyway (every call
+    // gets a clear 503 until routes exist) and keep following.
+    let mut first = table.clone();
+    if tokio::time::timeout(FIRST_CONFIG_WAIT, first.wait_for(|s| s.version > 0))
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "no config from the federation yet; serving without routes until it arrives"
+        );
+    }
+
+    let own_td = client.trust_domain.clone();
+    let accept = Accept::custom(move |id: &SpiffeId| {
+        matches!(id.kind(), IdKind::Gateway { .. }) && *id.trust_domain() != own_td
+    });
+    let verifier = SpiffeClientVerifier::new(client.trust.clone(), accept).into_arc();
+    let server_tls = tls::server_config(&client.certs, verifier, &[tls::ALPN_H2])
+        .map_err(|e| StartError::Tls(e.to_string()))?;
+
+    let pool = Arc::new(PeerPool::new(
+        client.certs.clone(),
+        client.trust.clone(),
+        cfg.limits.clone(),
+    ));
+    let outbound = Arc::new(Outbound {
+        table: table.clone(),
+        pool,
+        limits: cfg.limits.clone(),
+        access_log: cfg.access_log,
+        metrics: metrics.clone(),
+    });
+    let inbound = Arc::new(Inbound {
+        table: table.clone(),
+        balancer: Balancer::default(),
+        backends: Backends::new(cfg.limits.clone()),
+        limits: cfg.limits.clone(),
+        access_log: cfg.access_log,
+        metrics: metrics.clone(),
+        own_id,
+    });
+    let inbound_limit = ConnLimit::new(cfg.limits.max_connections);
+    let local_limit = ConnLimit::new(cfg.limits.max_connections);
+    tasks.push(tokio::spawn(inbound.serve(
+        inbound_listener,
+        server_tls,
+        inbound_limit.clone(),
+        drain.clone(),
+    )));
+    let proxy_addr = proxy_listener
+        .local_addr()
+        .map_err(|source| StartError::Bind {
+            what: "proxy",
+            addr: cfg.listen.proxy,
+            source,
+        })?;
+    tasks.push(tokio::spawn(accept_loop(
+        outbound.clone(),
+        proxy_listener,
+        Origin::Proxy,
+        false,
+        local_limit.clone(),
+        drain.clone(),
+    )));
+    if cfg.listen.vips {
+        let mut vips = VipListeners::new(outbound.clone(), local_limit.clone(), drain.clone());
+        let mut changes = table.clone();
+        let metrics = metrics.clone();
+        let drain = drain.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let snap = changes.borrow_and_update().clone();
+                vips.reconcile(&snap).await;
+                metrics.vip_listeners.set(vips.open_count() as i64);
+                metrics.vip_listeners_failed.set(vips.failed_count() as i64);
+                tokio::select! {
+                    changed = changes.changed() => if changed.is_err() { return },
+                    () = drain.signaled() => return,
+                }
+            }
+        }));
+    }
+
+    let admin_addr = admin_listener
+        .local_addr()
+        .map_err(|source| StartError::Bind {
+            what: "admin",
+            addr: cfg.listen.admin,
+            source,
+        })?;
+    let ready_table = table.clone();
+    let certs = client.certs.clone();
+    let dump_cfg = cfg.clone();
+    let dump_table = table.clone();
+    let state = AdminHttpState {
+        registry: Arc::new(registry),
+        readiness: Arc::new(move || {
+            if certs.expires_at().is_none() {
+                return Err("no certificate yet".into());
+            }
+            if ready_table.borrow().version == 0 {
+                return Err("no config from the federation yet".into());
+            }
+            Ok(())
+        }),
+        config_dump: Arc::new(move || {
+            let snap = dump_table.borrow().clone();
+            serde_json::json!({
+                "config": dump_cfg.dump(),
+                "table": {
+                    "version": snap.version,
+                    "cluster": &*snap.cluster,
+                    "imports": snap.imports.keys().map(|k| k.to_string()).collect::<Vec<_>>(),
+                    "exports": snap.exports.keys().map(|k| k.to_string()).collect::<Vec<_>>(),
+                    "vips": snap.vips.iter().map(|(ip, t)| (ip.to_string(), serde_json::json!({
+                        "service": &*t.import.name,
+                        "cluster": t.pinned.as_deref(),
+                    }))).collect::<serde_json::Map<_, _>>(),
+                },
+            })
+        }),
+    };
+    let admin_drain = drain.clone();
+    tasks.push(tokio::spawn(async move {
+        let _ = serve_admin_http(admin_listener, state, async move {
+            admin_drain.signaled().await
+        })
+        .await;
+    }));
+
+    let bound = Bound {
+        gateway: client.gateway.clone(),
+        cluster: table.borrow().cluster.to_string(),
+        inbound: inbound_addr,
+        advertise,
+        proxy: proxy_addr,
+        admin: admin_addr,
+    };
+    tracing::info!(gateway = %bound.gateway, inbound = %bound.inbound, proxy = %bound.proxy, admin = %bound.admin, "gateway serving");
+    Ok(Running {
+        bound,
+        table,
+        drain_tx,
+        limits: (inbound_limit, local_limit),
+        drain_timeout: cfg.drain_timeout,
+        tasks,
+    })
+}

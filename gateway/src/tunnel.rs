@@ -1,0 +1,39 @@
+//! Byte tunnels (raw TCP over HTTP/2 CONNECT, WebSocket over extended CONNECT): copy both ways
+//! until both sides finish, close on idle, count bytes for the access log.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::accesslog::Counters;
+use crate::serve::{Activity, Tracked};
+
+/// Copies `client` <-> `upstream` until both directions end, an error occurs, or nothing moves
+/// for `idle`. Returns whether it ended cleanly.
+pub async fn pipe<A, B>(client: A, upstream: B, idle: Duration, counters: &Counters) -> bool
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let activity = Activity::new();
+    let mut client = Tracked::new(client, activity.clone());
+    let mut upstream = upstream;
+    tokio::select! {
+        result = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut upstream, 64 * 1024, 64 * 1024) => match result {
+            Ok((up, down)) => {
+                counters.bytes_in.fetch_add(up, Ordering::Relaxed);
+                counters.bytes_out.fetch_add(down, Ordering::Relaxed);
+                true
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "tunnel ended with an error");
+                false
+            }
+        },
+        () = activity.idle_for(idle) => {
+            tracing::debug!(idle_ms = idle.as_millis() as u64, "closing an idle tunnel");
+            false
+        }
+    }
+}
