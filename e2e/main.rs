@@ -10,6 +10,7 @@
 
 mod catalog_sync;
 mod crash_recovery;
+mod gateway_traffic;
 mod harness;
 mod hostile_peers;
 mod registry_lease;

@@ -3,6 +3,7 @@
 mod admin_cmd;
 mod demo;
 mod logging;
+mod sample;
 
 use std::path::PathBuf;
 
@@ -79,6 +80,18 @@ enum Command {
         #[command(subcommand)]
         op: WorkloadOp,
     },
+    /// The demo's sample services (HTTP echo, gRPC echo, TCP echo) for one cluster.
+    #[command(hide = true)]
+    SampleBackends {
+        #[arg(long, env = "ISTHMUS_SAMPLE_CLUSTER")]
+        cluster: String,
+        #[arg(long, env = "ISTHMUS_SAMPLE_HTTP")]
+        http: std::net::SocketAddr,
+        #[arg(long, env = "ISTHMUS_SAMPLE_GRPC")]
+        grpc: std::net::SocketAddr,
+        #[arg(long, env = "ISTHMUS_SAMPLE_TCP")]
+        tcp: std::net::SocketAddr,
+    },
     /// Start three clusters on loopback, peer them, and show them converge.
     Demo {
         /// Where the demo keeps its data (default: a fresh temp dir).
@@ -150,6 +163,9 @@ enum GatewayOp {
     },
     /// Registered gateways.
     List,
+    /// Run a gateway: `isthmus gateway run --config gateway.yaml` (here --config names the
+    /// gateway's own config file).
+    Run,
 }
 
 #[derive(Subcommand)]
@@ -233,6 +249,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             GatewayOp::List => {
                 admin_cmd::call_and_print(&target, "gateway.list", json!(null)).await
             }
+            GatewayOp::Run => {
+                let config = target
+                    .config
+                    .context("`isthmus gateway run` needs --config <gateway.yaml>")?;
+                run_gateway(config).await
+            }
         },
         Command::Workload {
             target,
@@ -248,6 +270,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await
         }
         Command::Demo { dir, exit } => demo::run(dir, exit).await,
+        Command::SampleBackends {
+            cluster,
+            http,
+            grpc,
+            tcp,
+        } => sample::run(cluster, http, grpc, tcp).await,
     }
 }
 
@@ -258,6 +286,16 @@ async fn run_federation(config: PathBuf) -> anyhow::Result<()> {
     println!("{}", serde_json::json!({ "ready": running.bound }));
     wait_for_signal().await;
     tracing::info!("shutting down");
+    running.shutdown().await;
+    Ok(())
+}
+
+async fn run_gateway(config: PathBuf) -> anyhow::Result<()> {
+    let cfg = isthmus_gateway::GatewayConfig::load(&config)?;
+    let running = isthmus_gateway::start(cfg).await?;
+    println!("{}", serde_json::json!({ "ready": running.bound }));
+    wait_for_signal().await;
+    tracing::info!("draining");
     running.shutdown().await;
     Ok(())
 }

@@ -73,7 +73,7 @@ pub struct Federation {
 }
 
 /// A loopback port nobody listens on right now, on `ip`.
-fn free_port(ip: Ipv4Addr) -> SocketAddr {
+pub fn free_port(ip: Ipv4Addr) -> SocketAddr {
     let l = TcpListener::bind((ip, 0)).expect("bind a free loopback port");
     l.local_addr().expect("local addr")
 }

@@ -3,6 +3,7 @@
 
 pub mod fake_peer;
 pub mod federation;
+pub mod gateway;
 
 use std::time::Duration;
 

@@ -51,15 +51,17 @@ fn weighted_index(weights: impl Iterator<Item = u64> + Clone, r: u64) -> Option<
 
 /// Whether a cluster can be tried at all: it has a gateway and its exporter reports a healthy
 /// endpoint.
-fn usable(b: &Backend) -> bool {
-    !b.gateways.is_empty() && b.healthy > 0
+fn usable(b: &Backend, my_cluster: &str) -> bool {
+    (!b.gateways.is_empty() || &*b.cluster == my_cluster) && b.healthy > 0
 }
 
 /// The clusters to try for `target`, best first: a pinned target gets only its cluster; else
-/// fresh clusters in the caller's region, then fresh ones elsewhere, then stale ones. Within a
-/// tier the first pick is weighted by the exporters' weights, the rest follow in weighted order.
+/// this cluster itself when it serves the service, then fresh clusters in the caller's region,
+/// then fresh ones elsewhere, then stale ones. Within a tier the first pick is weighted by the
+/// exporters' weights, the rest follow in weighted order.
 pub fn cluster_order<'a>(
     target: &'a Target,
+    my_cluster: &str,
     my_region: &str,
     mut rand: impl FnMut() -> u64,
 ) -> Vec<&'a Backend> {
@@ -67,19 +69,20 @@ pub fn cluster_order<'a>(
     if let Some(pinned) = &target.pinned {
         return backends
             .iter()
-            .filter(|b| &b.cluster == pinned && usable(b))
+            .filter(|b| &b.cluster == pinned && usable(b, my_cluster))
             .collect();
     }
-    let tier = |b: &Backend| match (b.stale, &*b.region == my_region) {
-        (false, true) => 0,
-        (false, false) => 1,
-        (true, _) => 2,
+    let tier = |b: &Backend| match (b.stale, &*b.cluster == my_cluster, &*b.region == my_region) {
+        (false, true, _) => 0,
+        (false, false, true) => 1,
+        (false, false, false) => 2,
+        (true, _, _) => 3,
     };
     let mut out = Vec::with_capacity(backends.len());
-    for t in 0..3 {
+    for t in 0..4 {
         let mut pool: Vec<&Backend> = backends
             .iter()
-            .filter(|b| usable(b) && tier(b) == t)
+            .filter(|b| usable(b, my_cluster) && tier(b) == t)
             .collect();
         while !pool.is_empty() {
             let i = weighted_index(pool.iter().map(|b| u64::from(b.weight)), rand()).unwrap_or(0);
@@ -212,7 +215,7 @@ mod tests {
 
     fn order(t: &Target, region: &str) -> Vec<String> {
         let mut n = 0u64;
-        cluster_order(t, region, || {
+        cluster_order(t, "here", region, || {
             n += 1;
             n
         })
@@ -267,6 +270,15 @@ mod tests {
                 "us",
                 vec![],
             ),
+            (
+                vec![
+                    backend("west", "us", 1, 1, false),
+                    backend("here", "eu", 1, 1, false),
+                ],
+                None,
+                "us",
+                vec!["here", "west"],
+            ),
         ];
         for (backends, pinned, region, want) in cases {
             let t = target(backends, pinned);
@@ -289,7 +301,7 @@ mod tests {
         );
         let mut west = 0;
         for r in 0..4000u64 {
-            let first = cluster_order(&t, "us", || r)[0].cluster.clone();
+            let first = cluster_order(&t, "here", "us", || r)[0].cluster.clone();
             if &*first == "west" {
                 west += 1;
             }

@@ -17,7 +17,6 @@ use tokio::task::JoinHandle;
 use crate::config::GatewayConfig;
 use crate::control::{ControlClient, ControlError};
 use crate::inbound::{Backends, Inbound};
-use crate::lb::Balancer;
 use crate::metrics::Metrics;
 use crate::outbound::listeners::{VipListeners, accept_loop};
 use crate::outbound::{Origin, Outbound};
@@ -158,17 +157,18 @@ pub async fn start(cfg: GatewayConfig) -> Result<Running, StartError> {
         client.trust.clone(),
         cfg.limits.clone(),
     ));
+    let backends = Arc::new(Backends::new(cfg.limits.clone()));
     let outbound = Arc::new(Outbound {
         table: table.clone(),
         pool,
+        local: backends.clone(),
         limits: cfg.limits.clone(),
         access_log: cfg.access_log,
         metrics: metrics.clone(),
     });
     let inbound = Arc::new(Inbound {
         table: table.clone(),
-        balancer: Balancer::default(),
-        backends: Backends::new(cfg.limits.clone()),
+        backends,
         limits: cfg.limits.clone(),
         access_log: cfg.access_log,
         metrics: metrics.clone(),

@@ -16,16 +16,16 @@ use crate::accesslog::Entry;
 use crate::body::{self, Body, Counted};
 use crate::config::Limits;
 use crate::headers::strip_hop_by_hop;
-use crate::lb::{InFlight, random};
+use crate::lb::{Balancer, InFlight, random};
 use crate::metrics::Metrics;
 use crate::table::Port;
-use crate::tunnel::pipe;
 
-/// Clients to local endpoints.
+/// Clients to local endpoints, and the balancer that picks among them.
 pub struct Backends {
     h1: Client<HttpConnector, Body>,
     h2: Client<HttpConnector, Body>,
     limits: Limits,
+    pub balancer: Balancer,
 }
 
 impl Backends {
@@ -45,7 +45,12 @@ impl Backends {
             .http2_initial_stream_window_size(limits.stream_window)
             .http2_initial_connection_window_size(limits.connection_window)
             .build(connector);
-        Self { h1, h2, limits }
+        Self {
+            h1,
+            h2,
+            limits,
+            balancer: Balancer::default(),
+        }
     }
 
     fn fail(
@@ -64,7 +69,7 @@ impl Backends {
     /// Forwards an HTTP request to `endpoint`, streaming both bodies.
     pub async fn forward_http(
         &self,
-        req: Request<Incoming>,
+        req: Request<Body>,
         endpoint: SocketAddr,
         port: Port,
         in_flight: InFlight,
@@ -101,8 +106,7 @@ impl Backends {
             }
             &self.h1
         };
-        let counted = Counted::new(incoming, entry.counters.bytes_in.clone());
-        let req = Request::from_parts(parts, body::boxed(counted));
+        let req = Request::from_parts(parts, incoming);
         let started = tokio::time::Instant::now();
         let response =
             match tokio::time::timeout(self.limits.request_timeout, client.request(req)).await {
@@ -135,66 +139,38 @@ impl Backends {
         Response::from_parts(parts, body::boxed(counted))
     }
 
-    /// CONNECT: a TCP connection to `endpoint`, then bytes both ways.
-    pub async fn tunnel_tcp(
+    /// A TCP connection to `endpoint` (for CONNECT tunnels and raw TCP), or the status and
+    /// reason to refuse with.
+    pub async fn connect_tcp(
         &self,
-        mut req: Request<Incoming>,
         endpoint: SocketAddr,
-        in_flight: InFlight,
-        mut entry: Entry,
-        metrics: &std::sync::Arc<Metrics>,
-    ) -> Response<Body> {
-        let started = tokio::time::Instant::now();
-        let stream =
-            match tokio::time::timeout(self.limits.connect_timeout, TcpStream::connect(endpoint))
-                .await
-            {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    let reason = format!("local endpoint {endpoint} refused: {e}");
-                    let r = Self::fail(&mut entry, metrics, StatusCode::BAD_GATEWAY, reason);
-                    entry.finish();
-                    return r;
-                }
-                Err(_) => {
-                    let reason = format!("local endpoint {endpoint}: connect timed out");
-                    let r = Self::fail(&mut entry, metrics, StatusCode::GATEWAY_TIMEOUT, reason);
-                    entry.finish();
-                    return r;
-                }
-            };
-        in_flight.stats().observe(started.elapsed());
-        let _ = stream.set_nodelay(true);
-        entry.status = 200;
-        metrics.request(entry.side, 200);
-        let upgrade = hyper::upgrade::on(&mut req);
-        let idle = self.limits.idle_timeout;
-        tokio::spawn(async move {
-            match upgrade.await {
-                Ok(up) => {
-                    pipe(TokioIo::new(up), stream, idle, &entry.counters).await;
-                }
-                Err(e) => entry.reason = Some(format!("tunnel setup failed: {e}")),
+    ) -> Result<TcpStream, (StatusCode, String)> {
+        match tokio::time::timeout(self.limits.connect_timeout, TcpStream::connect(endpoint)).await
+        {
+            Ok(Ok(s)) => {
+                let _ = s.set_nodelay(true);
+                Ok(s)
             }
-            drop(in_flight);
-            entry.finish();
-        });
-        Response::new(body::empty())
+            Ok(Err(e)) => Err((
+                StatusCode::BAD_GATEWAY,
+                format!("local endpoint {endpoint} refused: {e}"),
+            )),
+            Err(_) => Err((
+                StatusCode::GATEWAY_TIMEOUT,
+                format!("local endpoint {endpoint}: connect timed out"),
+            )),
+        }
     }
 
-    /// Extended CONNECT for WebSocket: an HTTP/1.1 Upgrade handshake with `endpoint` (this hop's
-    /// own key), then frames both ways untouched.
-    pub async fn tunnel_websocket(
+    /// An HTTP/1.1 WebSocket handshake with `endpoint` (this hop's own key), forwarding the
+    /// end-to-end headers; returns the endpoint's 101 (upgrade it to get the stream).
+    pub async fn websocket_handshake(
         &self,
-        mut req: Request<Incoming>,
         endpoint: SocketAddr,
-        in_flight: InFlight,
-        mut entry: Entry,
-        metrics: &std::sync::Arc<Metrics>,
-    ) -> Response<Body> {
-        let started = tokio::time::Instant::now();
-        let upgrade = hyper::upgrade::on(&mut req);
-        let (parts, _) = req.into_parts();
+        path: &str,
+        authority: Option<&str>,
+        mut headers: http::HeaderMap,
+    ) -> Result<Response<Incoming>, (StatusCode, String)> {
         let handshake = async {
             let tcp = TcpStream::connect(endpoint)
                 .await
@@ -208,21 +184,16 @@ impl Backends {
                 let _ = conn.with_upgrades().await;
             });
             let mut up = Request::new(body::empty());
-            *up.uri_mut() = parts
-                .uri
-                .path_and_query()
-                .map_or("/", |p| p.as_str())
+            *up.uri_mut() = path
                 .parse()
                 .map_err(|e: http::uri::InvalidUri| e.to_string())?;
-            let mut headers = parts.headers.clone();
             strip_hop_by_hop(&mut headers);
+            for h in [header::SEC_WEBSOCKET_KEY, header::SEC_WEBSOCKET_ACCEPT] {
+                headers.remove(h);
+            }
             *up.headers_mut() = headers;
             let h = up.headers_mut();
-            if let Some(a) = parts
-                .uri
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-            {
+            if let Some(a) = authority.and_then(|a| HeaderValue::from_str(a).ok()) {
                 h.insert(header::HOST, a);
             }
             h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
@@ -245,69 +216,25 @@ impl Backends {
                 ));
             }
             let expected = crate::outbound::websocket_accept(key.as_bytes());
-            if response
+            let accept = response
                 .headers()
                 .get(header::SEC_WEBSOCKET_ACCEPT)
-                .and_then(|v| v.to_str().ok())
-                != Some(expected.as_str())
-            {
+                .and_then(|v| v.to_str().ok());
+            if accept != Some(expected.as_str()) {
                 return Err("endpoint's Sec-WebSocket-Accept does not match".to_string());
             }
             Ok::<_, String>(response)
         };
-        let mut backend = match tokio::time::timeout(self.limits.connect_timeout, handshake).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(reason)) => {
-                let r = Self::fail(
-                    &mut entry,
-                    metrics,
-                    StatusCode::BAD_GATEWAY,
-                    format!("local endpoint {endpoint}: {reason}"),
-                );
-                entry.finish();
-                return r;
-            }
-            Err(_) => {
-                let r = Self::fail(
-                    &mut entry,
-                    metrics,
-                    StatusCode::GATEWAY_TIMEOUT,
-                    format!("local endpoint {endpoint}: handshake timed out"),
-                );
-                entry.finish();
-                return r;
-            }
-        };
-        in_flight.stats().observe(started.elapsed());
-        let mut response = Response::new(body::empty());
-        for h in [
-            header::SEC_WEBSOCKET_PROTOCOL,
-            header::SEC_WEBSOCKET_EXTENSIONS,
-        ] {
-            if let Some(v) = backend.headers().get(&h) {
-                response.headers_mut().insert(h, v.clone());
-            }
+        match tokio::time::timeout(self.limits.connect_timeout, handshake).await {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(reason)) => Err((
+                StatusCode::BAD_GATEWAY,
+                format!("local endpoint {endpoint}: {reason}"),
+            )),
+            Err(_) => Err((
+                StatusCode::GATEWAY_TIMEOUT,
+                format!("local endpoint {endpoint}: WebSocket handshake timed out"),
+            )),
         }
-        entry.status = 200;
-        metrics.request(entry.side, 200);
-        let backend_upgrade = hyper::upgrade::on(&mut backend);
-        let idle = self.limits.idle_timeout;
-        tokio::spawn(async move {
-            match (upgrade.await, backend_upgrade.await) {
-                (Ok(peer), Ok(local)) => {
-                    pipe(
-                        TokioIo::new(peer),
-                        TokioIo::new(local),
-                        idle,
-                        &entry.counters,
-                    )
-                    .await;
-                }
-                _ => entry.reason = Some("WebSocket tunnel setup failed".into()),
-            }
-            drop(in_flight);
-            entry.finish();
-        });
-        response
     }
 }

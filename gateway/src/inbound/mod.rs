@@ -22,28 +22,34 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::accesslog::{Entry, Side};
-use crate::body::{self, Body};
+use crate::body::{self, Body, Counted};
 use crate::config::Limits;
 use crate::headers::{
     FORWARDED_CLIENT_CERT, SOURCE_CLUSTER, TARGET, strip_hop_by_hop, strip_identity,
 };
-use crate::lb::Balancer;
 use crate::metrics::Metrics;
 use crate::serve::{ConnLimit, Drain, http_builder, serve_connection};
 use crate::table::{Export, Port, Snapshot};
+use crate::tunnel::pipe;
+use hyper_util::rt::TokioIo;
 
 pub use backend::Backends;
 
 /// Everything the inbound request path reads.
 pub struct Inbound {
     pub table: watch::Receiver<Arc<Snapshot>>,
-    pub balancer: Balancer,
-    pub backends: Backends,
+    pub backends: Arc<Backends>,
     pub limits: Limits,
     pub access_log: bool,
     pub metrics: Arc<Metrics>,
     /// This gateway's own SPIFFE ID (the `By` of forwarded client certs).
     pub own_id: SpiffeId,
+}
+
+/// The local side of a tunnel.
+enum Local {
+    Tcp(tokio::net::TcpStream),
+    Upgrade(hyper::upgrade::OnUpgrade),
 }
 
 /// A verified caller: the peer cluster and its gateway's ID.
@@ -167,7 +173,7 @@ impl Inbound {
             Err((status, reason)) => return self.refuse(entry, status, reason),
         };
         entry.service = Some(export.name.clone());
-        let Some((endpoint, in_flight)) = self.balancer.pick(&export.endpoints) else {
+        let Some((endpoint, in_flight)) = self.backends.balancer.pick(&export.endpoints) else {
             let reason = format!("{} has no ready endpoint in {}", export.name, snap.cluster);
             return self.refuse(entry, StatusCode::SERVICE_UNAVAILABLE, reason);
         };
@@ -187,30 +193,78 @@ impl Inbound {
             .extensions
             .get::<hyper::ext::Protocol>()
             .map(|p| p.as_str().to_string());
-        let req = Request::from_parts(parts, incoming);
-        match (is_connect, protocol.as_deref()) {
-            (true, None) => {
-                entry.protocol = "tcp";
-                self.backends
-                    .tunnel_tcp(req, endpoint, in_flight, entry, &self.metrics)
-                    .await
-            }
-            (true, Some("websocket")) => {
-                entry.protocol = "websocket";
-                self.backends
-                    .tunnel_websocket(req, endpoint, in_flight, entry, &self.metrics)
-                    .await
-            }
-            (true, Some(other)) => {
-                let reason = format!("unsupported CONNECT protocol {other:?}");
-                self.refuse(entry, StatusCode::BAD_REQUEST, reason)
-            }
-            (false, _) => {
-                self.backends
-                    .forward_http(req, endpoint, port, in_flight, entry, &self.metrics)
-                    .await
-            }
+        if !is_connect {
+            let counted = Counted::new(incoming, entry.counters.bytes_in.clone());
+            let req = Request::from_parts(parts, body::boxed(counted));
+            return self
+                .backends
+                .forward_http(req, endpoint, port, in_flight, entry, &self.metrics)
+                .await;
         }
+        let started = tokio::time::Instant::now();
+        let mut req = Request::from_parts(parts, incoming);
+        let peer_side = hyper::upgrade::on(&mut req);
+        let (mut response, local) = match protocol.as_deref() {
+            None => {
+                entry.protocol = "tcp";
+                match self.backends.connect_tcp(endpoint).await {
+                    Ok(stream) => (Response::new(body::empty()), Local::Tcp(stream)),
+                    Err((status, reason)) => return self.refuse(entry, status, reason),
+                }
+            }
+            Some("websocket") => {
+                entry.protocol = "websocket";
+                let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+                let authority = req.uri().authority().map(|a| a.as_str());
+                let handshake = self
+                    .backends
+                    .websocket_handshake(endpoint, path, authority, req.headers().clone())
+                    .await;
+                match handshake {
+                    Ok(mut upgraded) => {
+                        let mut response = Response::new(body::empty());
+                        for h in [
+                            http::header::SEC_WEBSOCKET_PROTOCOL,
+                            http::header::SEC_WEBSOCKET_EXTENSIONS,
+                        ] {
+                            if let Some(v) = upgraded.headers().get(&h) {
+                                response.headers_mut().insert(h, v.clone());
+                            }
+                        }
+                        (response, Local::Upgrade(hyper::upgrade::on(&mut upgraded)))
+                    }
+                    Err((status, reason)) => return self.refuse(entry, status, reason),
+                }
+            }
+            Some(other) => {
+                let reason = format!("unsupported CONNECT protocol {other:?}");
+                return self.refuse(entry, StatusCode::BAD_REQUEST, reason);
+            }
+        };
+        in_flight.stats().observe(started.elapsed());
+        *response.status_mut() = StatusCode::OK;
+        entry.status = 200;
+        self.metrics.request(Side::Inbound, 200);
+        let idle = self.limits.idle_timeout;
+        tokio::spawn(async move {
+            match peer_side.await {
+                Ok(peer) => match local {
+                    Local::Tcp(stream) => {
+                        pipe(TokioIo::new(peer), stream, idle, &entry.counters).await;
+                    }
+                    Local::Upgrade(up) => match up.await {
+                        Ok(up) => {
+                            pipe(TokioIo::new(peer), TokioIo::new(up), idle, &entry.counters).await;
+                        }
+                        Err(e) => entry.reason = Some(format!("endpoint upgrade failed: {e}")),
+                    },
+                },
+                Err(e) => entry.reason = Some(format!("tunnel setup failed: {e}")),
+            }
+            drop(in_flight);
+            entry.finish();
+        });
+        response
     }
 
     fn refuse(&self, mut entry: Entry, status: StatusCode, reason: String) -> Response<Body> {

@@ -17,7 +17,7 @@ use crate::accesslog::Entry;
 use crate::body::{self, Body, Counted};
 use crate::headers::{TARGET, strip_hop_by_hop, strip_identity};
 use crate::lb::{cluster_order, random};
-use crate::table::Snapshot;
+use crate::table::{Export, Port, Snapshot};
 use crate::tunnel::pipe;
 
 const WS_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
@@ -48,7 +48,7 @@ impl Outbound {
         mut req: Request<Body>,
         entry: &mut Entry,
     ) -> Result<Response<Incoming>, Response<Body>> {
-        let order = cluster_order(&resolved.target, &snap.region, random);
+        let order = cluster_order(&resolved.target, &snap.cluster, &snap.region, random);
         if order.is_empty() {
             let reason = match &resolved.target.pinned {
                 Some(c) => format!("{c} does not serve {} now", resolved.target.import.name),
@@ -58,6 +58,10 @@ impl Outbound {
         }
         let mut last = String::new();
         for backend in order {
+            if backend.cluster == snap.cluster {
+                // Local delivery is decided before a request is built for a peer.
+                continue;
+            }
             let gateway = &backend.gateways[(random() as usize) % backend.gateways.len()];
             let mut sender = match self.pool.get(backend, gateway).await {
                 Ok(s) => s,
@@ -149,9 +153,24 @@ impl Outbound {
             Ok(u) => u,
             Err(reason) => return self.refuse(&mut entry, StatusCode::BAD_REQUEST, reason),
         };
+        let counted = Counted::new(incoming, entry.counters.bytes_in.clone());
+        if let Some((export, port)) = self.local_first(snap, &resolved) {
+            let Some((endpoint, in_flight)) = self.local.balancer.pick(&export.endpoints) else {
+                let reason = format!("{} has no ready endpoint in this cluster", export.name);
+                let r = self.refuse(&mut entry, StatusCode::SERVICE_UNAVAILABLE, reason);
+                entry.finish();
+                return r;
+            };
+            entry.dst_cluster = Some(snap.cluster.clone());
+            entry.upstream = Some(endpoint.to_string());
+            let req = Request::from_parts(parts, body::boxed(counted));
+            return self
+                .local
+                .forward_http(req, endpoint, port, in_flight, entry, &self.metrics)
+                .await;
+        }
         parts.version = Version::HTTP_2;
         parts.headers.insert(TARGET, target_value(&resolved));
-        let counted = Counted::new(incoming, entry.counters.bytes_in.clone());
         let req = Request::from_parts(parts, body::boxed(counted));
         match self.send(snap, &resolved, req, &mut entry).await {
             Ok(response) => self.respond(response, entry),
@@ -162,8 +181,21 @@ impl Outbound {
         }
     }
 
-    /// Opens a byte stream to the service on some cluster: an HTTP/2 CONNECT (or, with
-    /// `protocol`, an extended CONNECT) stream through that cluster's gateway.
+    /// This cluster's own export of the service and the port, when this cluster serves it and
+    /// comes first in the cluster order.
+    fn local_first(&self, snap: &Snapshot, resolved: &Resolved) -> Option<(Arc<Export>, Port)> {
+        let order = cluster_order(&resolved.target, &snap.cluster, &snap.region, random);
+        if order.first()?.cluster != snap.cluster {
+            return None;
+        }
+        let export = snap.exports.get(&resolved.target.import.name)?;
+        let port = export.port(resolved.port)?;
+        Some((export.clone(), port))
+    }
+
+    /// Opens a byte stream to the service: on this cluster when it serves it (a TCP
+    /// connection, or a WebSocket handshake with the endpoint), else an HTTP/2 CONNECT (with
+    /// `protocol`, an extended CONNECT) stream through a peer cluster's gateway.
     async fn open_stream(
         &self,
         snap: &Snapshot,
@@ -172,7 +204,24 @@ impl Outbound {
         path: &str,
         extra: http::HeaderMap,
         entry: &mut Entry,
-    ) -> Result<Response<Incoming>, Response<Body>> {
+    ) -> Result<Upstream, Response<Body>> {
+        if let Some((export, _)) = self.local_first(snap, resolved) {
+            let Some((endpoint, _in_flight)) = self.local.balancer.pick(&export.endpoints) else {
+                let reason = format!("{} has no ready endpoint in this cluster", export.name);
+                return Err(self.refuse(entry, StatusCode::SERVICE_UNAVAILABLE, reason));
+            };
+            entry.dst_cluster = Some(snap.cluster.clone());
+            entry.upstream = Some(endpoint.to_string());
+            let opened = match protocol {
+                None => self.local.connect_tcp(endpoint).await.map(Upstream::Tcp),
+                Some(_) => self
+                    .local
+                    .websocket_handshake(endpoint, path, Some(&resolved.authority), extra)
+                    .await
+                    .map(Upstream::Upgrade),
+            };
+            return opened.map_err(|(status, reason)| self.refuse(entry, status, reason));
+        }
         let uri = match protocol {
             Some(_) => build_uri(&resolved.authority, path),
             None => Uri::builder()
@@ -208,7 +257,7 @@ impl Outbound {
             self.metrics.request(entry.side, entry.status);
             return Err(Response::from_parts(parts, body::boxed(incoming)));
         }
-        Ok(response)
+        Ok(Upstream::Upgrade(response))
     }
 
     pub(super) async fn proxy_connect(
@@ -240,17 +289,12 @@ impl Outbound {
         self.metrics.request(entry.side, 200);
         let idle = self.limits.idle_timeout;
         tokio::spawn(async move {
-            match (client.await, hyper::upgrade::on(upstream).await) {
-                (Ok(c), Ok(u)) => {
-                    pipe(TokioIo::new(c), TokioIo::new(u), idle, &entry.counters).await;
-                }
-                (c, u) => {
-                    entry.reason = Some(format!(
-                        "tunnel setup failed: client {:?}, upstream {:?}",
-                        c.err().map(|e| e.to_string()),
-                        u.err().map(|e| e.to_string())
-                    ));
-                }
+            let spliced = match client.await {
+                Ok(c) => upstream.splice(TokioIo::new(c), idle, &entry).await,
+                Err(e) => Err(format!("client upgrade failed: {e}")),
+            };
+            if let Err(reason) = spliced {
+                entry.reason = Some(reason);
             }
             entry.finish();
         });
@@ -298,20 +342,11 @@ impl Outbound {
         };
         entry.status = 200;
         self.metrics.request(entry.side, 200);
-        match hyper::upgrade::on(upstream).await {
-            Ok(u) => {
-                pipe(
-                    stream,
-                    TokioIo::new(u),
-                    self.limits.idle_timeout,
-                    &entry.counters,
-                )
-                .await;
-            }
-            Err(e) => {
-                entry.reason = Some(format!("tunnel setup failed: {e}"));
-                reset(stream);
-            }
+        if let Err(reason) = upstream
+            .splice(stream, self.limits.idle_timeout, &entry)
+            .await
+        {
+            entry.reason = Some(reason);
         }
         entry.finish();
     }
@@ -366,7 +401,7 @@ impl Outbound {
             header::SEC_WEBSOCKET_PROTOCOL,
             header::SEC_WEBSOCKET_EXTENSIONS,
         ] {
-            if let Some(v) = upstream.headers().get(&h) {
+            if let Some(v) = upstream.headers().and_then(|hs| hs.get(&h)) {
                 response.headers_mut().insert(h, v.clone());
             }
         }
@@ -383,15 +418,57 @@ impl Outbound {
         self.metrics.request(entry.side, entry.status);
         let idle = self.limits.idle_timeout;
         tokio::spawn(async move {
-            match (client.await, hyper::upgrade::on(upstream).await) {
-                (Ok(c), Ok(u)) => {
-                    pipe(TokioIo::new(c), TokioIo::new(u), idle, &entry.counters).await;
-                }
-                _ => entry.reason = Some("WebSocket tunnel setup failed".into()),
+            let spliced = match client.await {
+                Ok(c) => upstream.splice(TokioIo::new(c), idle, &entry).await,
+                Err(e) => Err(format!("client upgrade failed: {e}")),
+            };
+            if let Err(reason) = spliced {
+                entry.reason = Some(reason);
             }
             entry.finish();
         });
         response
+    }
+}
+
+/// The far side of a tunnel.
+enum Upstream {
+    /// A CONNECT stream through a peer gateway, or a local endpoint's WebSocket 101: upgrade it.
+    Upgrade(Response<Incoming>),
+    /// A local endpoint.
+    Tcp(TcpStream),
+}
+
+impl Upstream {
+    fn headers(&self) -> Option<&http::HeaderMap> {
+        match self {
+            Self::Upgrade(r) => Some(r.headers()),
+            Self::Tcp(_) => None,
+        }
+    }
+
+    /// Copies bytes between `client` and this upstream until both finish or go idle.
+    async fn splice<C>(
+        self,
+        client: C,
+        idle: std::time::Duration,
+        entry: &Entry,
+    ) -> Result<(), String>
+    where
+        C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        match self {
+            Self::Tcp(stream) => {
+                pipe(client, stream, idle, &entry.counters).await;
+            }
+            Self::Upgrade(response) => {
+                let up = hyper::upgrade::on(response)
+                    .await
+                    .map_err(|e| format!("upstream upgrade failed: {e}"))?;
+                pipe(client, TokioIo::new(up), idle, &entry.counters).await;
+            }
+        }
+        Ok(())
     }
 }
 

@@ -36,6 +36,8 @@ pub enum Origin {
 pub struct Outbound {
     pub table: watch::Receiver<Arc<Snapshot>>,
     pub pool: Arc<PeerPool>,
+    /// Local endpoints, for services this cluster serves itself.
+    pub local: Arc<crate::inbound::Backends>,
     pub limits: Limits,
     pub access_log: bool,
     pub metrics: Arc<Metrics>,

@@ -1,0 +1,395 @@
+//! Gateways and sample services as real processes, and a three-cluster mesh built the way an
+//! operator builds one: federations peered with tokens, a bootstrap file per gateway from
+//! `isthmus gateway bootstrap`, `isthmus gateway run --config`, and the sample services each
+//! cluster exports.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::process::{Child, Command};
+
+use super::federation::{exe, free_port};
+use super::{Federation, Spec, peer_via_cli};
+
+/// One `isthmus gateway run` process.
+pub struct Gateway {
+    pub name: String,
+    pub cluster: &'static str,
+    pub inbound: SocketAddr,
+    pub proxy: SocketAddr,
+    pub admin: SocketAddr,
+    pub dir: PathBuf,
+    config_path: PathBuf,
+    log_path: PathBuf,
+    access_path: PathBuf,
+    child: Option<Child>,
+}
+
+impl Gateway {
+    /// Bootstraps `name` with `fed` through the CLI and starts it; `extra` is merged into the
+    /// generated config (top-level keys replace).
+    pub async fn start(fed: &Federation, name: &str, extra: Value) -> Gateway {
+        let dir = fed.dir.join(format!("gateway-{name}"));
+        std::fs::create_dir_all(&dir).expect("gateway dir");
+        let bootstrap = dir.join("bootstrap.json");
+        fed.cli_ok(&[
+            "gateway",
+            "bootstrap",
+            "--name",
+            name,
+            "--out",
+            bootstrap.to_str().expect("utf-8 path"),
+        ])
+        .await;
+        let ip = match fed.peering.ip() {
+            std::net::IpAddr::V4(v4) => v4,
+            std::net::IpAddr::V6(_) => Ipv4Addr::LOCALHOST,
+        };
+        let (inbound, proxy, admin) = (free_port(ip), free_port(ip), free_port(ip));
+        let mut cfg = json!({
+            "bootstrap_file": bootstrap,
+            "listen": {
+                "inbound": { "bind": inbound.to_string() },
+                "proxy": proxy.to_string(),
+                "admin": admin.to_string(),
+            },
+            "registration_ttl": "3s",
+            "drain_timeout": "5s",
+        });
+        if let (Some(base), Some(extra)) = (cfg.as_object_mut(), extra.as_object()) {
+            for (k, v) in extra {
+                base.insert(k.clone(), v.clone());
+            }
+        }
+        let config_path = dir.join("gateway.yaml");
+        std::fs::write(
+            &config_path,
+            serde_json::to_string_pretty(&cfg).expect("json"),
+        )
+        .expect("write gateway config");
+        let mut gw = Gateway {
+            name: name.to_string(),
+            cluster: fed.name,
+            inbound,
+            proxy,
+            admin,
+            log_path: dir.join("gateway.log"),
+            access_path: dir.join("access.log"),
+            dir,
+            config_path,
+            child: None,
+        };
+        if let Err(e) = gw.spawn().await {
+            gw.fail(&format!("start: {e:#}"));
+        }
+        gw
+    }
+
+    async fn spawn(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)?;
+        let mut child = Command::new(exe())
+            .args(["gateway", "run", "--config"])
+            .arg(&self.config_path)
+            .env("ISTHMUS_LOG_FORMAT", "plain")
+            .env(
+                "ISTHMUS_LOG",
+                std::env::var("ISTHMUS_E2E_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .env_remove("RUST_BACKTRACE")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("spawning {}", exe()))?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(Duration::from_secs(40), lines.next_line())
+            .await
+            .context("no ready line within 40 s")??
+            .context("the gateway exited before it was ready")?;
+        let ready: Value = serde_json::from_str(&line).with_context(|| format!("{line:?}"))?;
+        anyhow::ensure!(
+            ready["ready"]["inbound"].as_str() == Some(self.inbound.to_string().as_str()),
+            "unexpected ready line {ready}"
+        );
+        // Access-log lines (JSON, one per request) go to their own file.
+        let access = self.access_path.clone();
+        tokio::spawn(async move {
+            let mut f = match tokio::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&access)
+                .await
+            {
+                Ok(f) => f,
+                Err(_) => return,
+            };
+            while let Ok(Some(l)) = lines.next_line().await {
+                let _ = f.write_all(format!("{l}\n").as_bytes()).await;
+                let _ = f.flush().await;
+            }
+        });
+        self.child = Some(child);
+        Ok(())
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
+    }
+
+    /// The gateway's resident memory (VmRSS) in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let pid = self.pid().unwrap_or_else(|| self.fail("not running"));
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Every access-log line written so far.
+    pub fn access_log(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.access_path)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    pub fn log_tail(&self, n: usize) -> String {
+        let log = std::fs::read_to_string(&self.log_path).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    pub fn fail(&self, msg: &str) -> ! {
+        panic!(
+            "gateway {} of {}: {msg}\n--- last lines of {} ---\n{}",
+            self.name,
+            self.cluster,
+            self.log_path.display(),
+            self.log_tail(40)
+        )
+    }
+
+    /// `/config_dump` of the admin port.
+    pub async fn config_dump(&self) -> anyhow::Result<Value> {
+        let body = http_get(self.admin, "/config_dump").await?;
+        Ok(serde_json::from_str(&body)?)
+    }
+
+    /// Waits until the gateway routes `service` (`<svc>.<ns>`) through a VIP.
+    pub async fn wait_import(&self, service: &str) {
+        let deadline = tokio::time::Instant::now() + super::CONVERGE;
+        loop {
+            let dump = self.config_dump().await.unwrap_or_default();
+            let imports = dump["table"]["imports"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            if imports.iter().any(|i| i.as_str() == Some(service)) {
+                return;
+            }
+            if tokio::time::Instant::now() > deadline {
+                self.fail(&format!(
+                    "{service} never reached the routing table: {dump}"
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// SIGTERM and wait (≤ 15 s) for a clean exit.
+    pub async fn sigterm(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        if let Some(pid) = child.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+        }
+        match tokio::time::timeout(Duration::from_secs(15), child.wait()).await {
+            Ok(Ok(status)) if status.success() => {}
+            Ok(status) => self.fail(&format!("exited badly after SIGTERM: {status:?}")),
+            Err(_) => self.fail("did not exit within 15 s of SIGTERM"),
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "\n===== gateway {} of {} log tail =====\n{}\n",
+                self.name,
+                self.cluster,
+                self.log_tail(30)
+            );
+        }
+    }
+}
+
+/// A plain HTTP/1.1 GET; the body of a 200.
+pub async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
+    use tokio::io::AsyncReadExt as _;
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
+    let mut buf = String::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut buf)).await??;
+    let (head, body) = buf.split_once("\r\n\r\n").unwrap_or((&buf, ""));
+    anyhow::ensure!(head.starts_with("HTTP/1.1 200"), "GET {path}: {head}");
+    Ok(body.to_string())
+}
+
+/// The sample services of one cluster (`isthmus sample-backends`), on fixed addresses.
+pub struct Samples {
+    pub http: SocketAddr,
+    pub grpc: SocketAddr,
+    pub tcp: SocketAddr,
+    _child: Child,
+}
+
+impl Samples {
+    pub async fn start(cluster: &str, ip: Ipv4Addr) -> Samples {
+        let (http, grpc, tcp) = (free_port(ip), free_port(ip), free_port(ip));
+        let mut child = Command::new(exe())
+            .args(["sample-backends", "--cluster", cluster])
+            .args(["--http", &http.to_string(), "--grpc", &grpc.to_string()])
+            .args(["--tcp", &tcp.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn sample backends");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+            .await
+            .expect("sample backends ready in time")
+            .expect("read")
+            .expect("sample backends exited");
+        assert!(line.contains("ready"), "{line}");
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Samples {
+            http,
+            grpc,
+            tcp,
+            _child: child,
+        }
+    }
+
+    /// The catalog file exporting the samples as `demo/echo` (http 8080), `demo/grpc-echo`
+    /// (grpc 50051), `demo/tcp-echo` (tcp 9000), plus `extra` export items; imports all.
+    pub fn catalog(&self, extra: &str) -> String {
+        format!(
+            "exports:\n\
+             \x20 - namespace: demo\n    name: echo\n    ports: [{{port: 8080, protocol: http}}]\n    endpoints: [{{address: \"{}\"}}]\n\
+             \x20 - namespace: demo\n    name: grpc-echo\n    ports: [{{port: 50051, protocol: grpc}}]\n    endpoints: [{{address: \"{}\"}}]\n\
+             \x20 - namespace: demo\n    name: tcp-echo\n    ports: [{{port: 9000, protocol: tcp}}]\n    endpoints: [{{address: \"{}\"}}]\n\
+             {extra}{}",
+            self.http,
+            self.grpc,
+            self.tcp,
+            super::IMPORT_ALL
+        )
+    }
+}
+
+/// One cluster of a [`Mesh`].
+pub struct Member {
+    pub fed: Federation,
+    pub gw: Gateway,
+    pub samples: Samples,
+}
+
+impl Member {
+    /// The VIP this cluster's federation assigned to `ns/name` (from its catalog).
+    pub async fn vip(&self, key: &str) -> std::net::IpAddr {
+        let catalog = self.fed.catalog().await;
+        let vip = super::route(&catalog, key)
+            .and_then(|r| r["vips"]["v4"].as_str())
+            .unwrap_or_else(|| self.fed.fail(&format!("no VIP for {key}")));
+        vip.parse().expect("vip")
+    }
+}
+
+/// Three clusters, peered, each with a gateway and its sample services. `east` exports only
+/// what `east_extra` adds (plus nothing of the samples), so that every call to the samples
+/// crosses to `west` or `south`; `fed_extra` is merged into every federation's config and
+/// `gw_extra` into every gateway's.
+pub async fn mesh(base: u8, east_extra: &str, fed_extra: Value, gw_extra: Value) -> Vec<Member> {
+    let names = ["east", "west", "south"];
+    let mut samples = Vec::new();
+    let mut feds = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let index = base + i as u8;
+        let ip = Ipv4Addr::new(127, 0, index, 1);
+        let s = Samples::start(name, Ipv4Addr::new(127, 0, index, 10)).await;
+        let catalog = if i == 0 {
+            format!("exports:\n{east_extra}{}", super::IMPORT_ALL)
+        } else {
+            s.catalog("")
+        };
+        let catalog = catalog
+            .replace("exports:\n\x20 ", "exports:\n  ")
+            .replace("exports:\nimports", "exports: []\nimports");
+        let _ = ip;
+        feds.push(
+            Federation::start(
+                Spec::new(name, index)
+                    .catalog(&catalog)
+                    .extra(fed_extra.clone()),
+            )
+            .await,
+        );
+        samples.push(s);
+    }
+    peer_via_cli(&feds[0], &feds[1]).await;
+    peer_via_cli(&feds[0], &feds[2]).await;
+    peer_via_cli(&feds[1], &feds[2]).await;
+    let mut members = Vec::new();
+    for (fed, s) in feds.into_iter().zip(samples) {
+        let gw = Gateway::start(&fed, "gw-1", gw_extra.clone()).await;
+        members.push(Member {
+            fed,
+            gw,
+            samples: s,
+        });
+    }
+    for m in &members {
+        for svc in ["echo.demo", "grpc-echo.demo", "tcp-echo.demo"] {
+            m.gw.wait_import(svc).await;
+        }
+    }
+    // Every cluster's gateway address must have reached every importer.
+    for m in &members {
+        m.fed
+            .wait_catalog("peer gateways are known", |c| {
+                super::route(c, "demo/echo")
+                    .and_then(|r| r["clusters"].as_array())
+                    .is_some_and(|cs| {
+                        !cs.is_empty()
+                            && cs
+                                .iter()
+                                .all(|c| c["gateways"].as_array().is_some_and(|g| !g.is_empty()))
+                    })
+            })
+            .await;
+    }
+    members
+}
