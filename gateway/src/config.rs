@@ -274,6 +274,17 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_is_valid_and_shows_the_defaults() {
+        let text = include_str!("../../deploy/examples/gateway.yaml");
+        let cfg = GatewayConfig::from_yaml("gateway.yaml", text).expect("example");
+        assert_eq!(cfg.limits, Limits::default());
+        assert_eq!(cfg.listen.proxy, default_proxy());
+        assert_eq!(cfg.listen.admin, default_admin());
+        assert_eq!(cfg.drain_timeout, default_drain());
+        assert_eq!(cfg.registration_ttl, default_lease());
+    }
+
+    #[test]
     fn wildcard_bind_needs_an_advertised_address() {
         let text = "bootstrap_file: gw.json\nlisten:\n  inbound:\n    bind: 0.0.0.0:15443\n";
         let cfg = GatewayConfig::from_yaml("gw.yaml", text).expect("valid");
