@@ -1,7 +1,8 @@
 //! `isthmus sample-backends`: the demo's sample services, one process per cluster.
 //! - HTTP (HTTP/1.1 and h2c): `GET /` answers JSON naming the cluster and what the caller's
 //!   gateway told it (caller identity, source cluster); `POST /echo` streams the body back;
-//!   `GET /bytes?n=N` streams N bytes; `GET /ws` is a WebSocket echo.
+//!   `GET /bytes?n=N` streams N bytes; `GET /slow?ms=N` answers after N ms; `GET /ws` is a
+//!   WebSocket echo.
 //! - gRPC `isthmus.demo.Echo` (h2c): `Say` (unary), `Count` (server streaming), `Chat` (bidi).
 //!   Messages are `{ string text = 1; }`.
 //! - TCP: echoes every byte.
@@ -117,6 +118,19 @@ async fn handle(cluster: Arc<str>, req: Request<Incoming>) -> Response<Body> {
             Response::new(StreamBody::new(tokio_stream_from(rx)).boxed_unsync())
         }
         "/ws" => websocket(req),
+        "/slow" => {
+            // Answers after `ms` milliseconds: an in-flight request for drain tests.
+            let ms: u64 = req
+                .uri()
+                .query()
+                .and_then(|q| q.strip_prefix("ms="))
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(1000);
+            tokio::time::sleep(std::time::Duration::from_millis(ms.min(60_000))).await;
+            Response::new(full(format!(
+                "{{\"cluster\":\"{cluster}\",\"slept_ms\":{ms}}}\n"
+            )))
+        }
         _ => {
             let h = |name: &str| {
                 req.headers()

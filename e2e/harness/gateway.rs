@@ -209,6 +209,19 @@ impl Gateway {
         }
     }
 
+    /// Waits for an exit already asked for (e.g. a SIGTERM sent by the test); fails unless it
+    /// is clean and within `limit`.
+    pub async fn wait_exit(&mut self, limit: Duration) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        match tokio::time::timeout(limit, child.wait()).await {
+            Ok(Ok(status)) if status.success() => {}
+            Ok(status) => self.fail(&format!("exited badly: {status:?}")),
+            Err(_) => self.fail(&format!("did not exit within {limit:?}")),
+        }
+    }
+
     /// SIGTERM and wait (≤ 15 s) for a clean exit.
     pub async fn sigterm(&mut self) {
         let Some(mut child) = self.child.take() else {

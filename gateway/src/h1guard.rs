@@ -8,12 +8,20 @@
 //! one never reaches hyper; the guard writes the 400 itself and ends the stream. An HTTP/2
 //! preface, an upgrade or CONNECT, or a head too large to hold switches it to pass-through
 //! (hyper then applies its own limits, e.g. 431).
+//!
+//! It also owns the header-read timeout: a request head must arrive whole within the limit from
+//! its first byte (a slow-loris defence). The clock does not run while a keep-alive connection
+//! waits for its next request; that is the idle timeout's job.
 
+use std::future::Future as _;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
+use std::time::Duration;
+
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Sleep;
 
 const REJECT: &[u8] = b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\ncontent-length: 64\r\nconnection: close\r\nx-isthmus-error: conflicting framing headers\r\n\r\nrequest has both Content-Length and Transfer-Encoding: refused\r\n";
 
@@ -47,6 +55,9 @@ pub struct H1Guard<T> {
     out_pos: usize,
     max_head: usize,
     first: bool,
+    head_timeout: Option<Duration>,
+    /// Running while a request head is partly read.
+    head_deadline: Option<Pin<Box<Sleep>>>,
 }
 
 impl<T> H1Guard<T> {
@@ -59,7 +70,20 @@ impl<T> H1Guard<T> {
             out_pos: 0,
             max_head,
             first: true,
+            head_timeout: None,
+            head_deadline: None,
         }
+    }
+
+    /// Closes the connection when a request head takes longer than `timeout` from its first
+    /// byte.
+    pub fn with_head_timeout(mut self, timeout: Duration) -> Self {
+        self.head_timeout = Some(timeout);
+        self
+    }
+
+    fn head_in_progress(&self) -> bool {
+        self.state == Framing::Head && !self.held.is_empty()
     }
 
     /// Feeds bytes read from the peer through the framing tracker into `out`.
@@ -255,6 +279,26 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for H1Guard<T> {
                 Framing::PassThrough => return Pin::new(&mut this.inner).poll_read(cx, buf),
                 _ => {}
             }
+            if this.head_in_progress() {
+                if let Some(timeout) = this.head_timeout {
+                    let deadline = this
+                        .head_deadline
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                    if deadline.as_mut().poll(cx).is_ready() {
+                        tracing::debug!(
+                            timeout_ms = timeout.as_millis() as u64,
+                            "request head not complete in time: closing"
+                        );
+                        this.state = Framing::Done;
+                        return Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "request head not complete in time",
+                        )));
+                    }
+                }
+            } else {
+                this.head_deadline = None;
+            }
             let mut chunk = [0u8; 8192];
             let mut read = ReadBuf::new(&mut chunk);
             ready!(Pin::new(&mut this.inner).poll_read(cx, &mut read))?;
@@ -375,5 +419,28 @@ mod tests {
         let mut reply = Vec::new();
         rd.read_to_end(&mut reply).await.expect("reply");
         assert!(reply.starts_with(b"HTTP/1.1 400 "), "{reply:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_head_must_arrive_in_time_but_an_idle_connection_is_not_cut() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let (mut client, server) = tokio::io::duplex(4096);
+        let mut guard = H1Guard::new(server, 1024).with_head_timeout(Duration::from_secs(1));
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .expect("write");
+        let mut buf = [0u8; 64];
+        let n = guard.read(&mut buf).await.expect("a whole head passes");
+        assert_eq!(&buf[..n], b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        // Idle between requests: no clock.
+        let idle = tokio::time::timeout(Duration::from_secs(30), guard.read(&mut buf)).await;
+        assert!(idle.is_err(), "an idle keep-alive connection stays open");
+        // Half a head, then silence: cut after the timeout.
+        client.write_all(b"GET /slow").await.expect("write");
+        let started = tokio::time::Instant::now();
+        let err = guard.read(&mut buf).await.expect_err("timed out");
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert!(started.elapsed() >= Duration::from_secs(1));
     }
 }

@@ -189,7 +189,9 @@ pub fn http_builder(limits: &Limits, h2_only: bool) -> auto::Builder<TokioExecut
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
+        // The smuggling guard runs the header-read clock from a head's first byte (hyper's would
+        // also cut idle keep-alive connections).
+        .header_read_timeout(None)
         .max_headers(limits.max_headers)
         .max_buf_size(limits.max_header_bytes.max(8192));
     b.http2()

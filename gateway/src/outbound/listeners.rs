@@ -64,7 +64,8 @@ async fn serve_local(
     drain: &Drain,
 ) {
     let limits = outbound.limits.clone();
-    let guarded = H1Guard::new(stream, limits.max_header_bytes);
+    let guarded =
+        H1Guard::new(stream, limits.max_header_bytes).with_head_timeout(limits.header_read_timeout);
     serve_connection(guarded, builder, &limits, drain, move |req| {
         outbound.clone().handle(origin, req)
     })
