@@ -75,8 +75,11 @@ impl Inbound {
                 n = incoming.next() => n,
                 () = drain.signaled() => return,
             };
-            let Some(Ok(stream)) = next else {
-                continue;
+            let stream = match next {
+                Some(Ok(stream)) => stream,
+                // Accept errors are retried inside the stream; it never ends on its own.
+                Some(Err(_)) => continue,
+                None => return,
             };
             let Some(permit) = limit.try_acquire() else {
                 tracing::warn!(remote = %stream.info().remote, "connection limit reached: refusing a peer gateway");
