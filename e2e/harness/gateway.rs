@@ -23,7 +23,6 @@ pub struct Gateway {
     pub inbound: SocketAddr,
     pub proxy: SocketAddr,
     pub admin: SocketAddr,
-    pub dir: PathBuf,
     config_path: PathBuf,
     log_path: PathBuf,
     access_path: PathBuf,
@@ -80,7 +79,6 @@ impl Gateway {
             admin,
             log_path: dir.join("gateway.log"),
             access_path: dir.join("access.log"),
-            dir,
             config_path,
             child: None,
         };
@@ -221,23 +219,6 @@ impl Gateway {
             Err(_) => self.fail(&format!("did not exit within {limit:?}")),
         }
     }
-
-    /// SIGTERM and wait (≤ 15 s) for a clean exit.
-    pub async fn sigterm(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        if let Some(pid) = child.id() {
-            let _ = std::process::Command::new("kill")
-                .args(["-TERM", &pid.to_string()])
-                .status();
-        }
-        match tokio::time::timeout(Duration::from_secs(15), child.wait()).await {
-            Ok(Ok(status)) if status.success() => {}
-            Ok(status) => self.fail(&format!("exited badly after SIGTERM: {status:?}")),
-            Err(_) => self.fail("did not exit within 15 s of SIGTERM"),
-        }
-    }
 }
 
 impl Drop for Gateway {
@@ -327,7 +308,8 @@ impl Samples {
 pub struct Member {
     pub fed: Federation,
     pub gw: Gateway,
-    pub samples: Samples,
+    /// Kept for the processes' lifetime (dropping it stops them).
+    pub _samples: Samples,
 }
 
 impl Member {
@@ -351,17 +333,14 @@ pub async fn mesh(base: u8, east_extra: &str, fed_extra: Value, gw_extra: Value)
     let mut feds = Vec::new();
     for (i, name) in names.iter().enumerate() {
         let index = base + i as u8;
-        let ip = Ipv4Addr::new(127, 0, index, 1);
         let s = Samples::start(name, Ipv4Addr::new(127, 0, index, 10)).await;
         let catalog = if i == 0 {
             format!("exports:\n{east_extra}{}", super::IMPORT_ALL)
         } else {
             s.catalog("")
         };
-        let catalog = catalog
-            .replace("exports:\n\x20 ", "exports:\n  ")
-            .replace("exports:\nimports", "exports: []\nimports");
-        let _ = ip;
+        // An empty export list must still be a list.
+        let catalog = catalog.replace("exports:\nimports", "exports: []\nimports");
         feds.push(
             Federation::start(
                 Spec::new(name, index)
@@ -381,7 +360,7 @@ pub async fn mesh(base: u8, east_extra: &str, fed_extra: Value, gw_extra: Value)
         members.push(Member {
             fed,
             gw,
-            samples: s,
+            _samples: s,
         });
     }
     for m in &members {

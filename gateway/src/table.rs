@@ -199,27 +199,79 @@ fn service_name(key: Option<&proto::ServiceKey>) -> Option<ServiceName> {
     )
 }
 
+/// An import as built once from the wire, with the VIPs that stand for it.
+#[derive(Debug)]
+struct BuiltImport {
+    import: Arc<Import>,
+    vips: Vec<(IpAddr, Option<Arc<str>>)>,
+}
+
+fn build_import(name: ServiceName, route: &proto::ImportedRoute) -> BuiltImport {
+    let import = Arc::new(Import {
+        name,
+        ports: ports(&route.ports),
+        backends: route.clusters.iter().map(backend).collect(),
+    });
+    let mut vips: Vec<(IpAddr, Option<Arc<str>>)> = route
+        .vips
+        .iter()
+        .filter_map(|v| Some((v.parse().ok()?, None)))
+        .collect();
+    for (cluster, vip) in &route.cluster_vips {
+        let pinned = import.backends.iter().find(|b| &*b.cluster == cluster);
+        if let (Ok(ip), Some(b)) = (vip.parse::<IpAddr>(), pinned) {
+            vips.push((ip, Some(b.cluster.clone())));
+        }
+    }
+    BuiltImport { import, vips }
+}
+
+fn build_export(name: ServiceName, export: &proto::LocalExport) -> Arc<Export> {
+    Arc::new(Export {
+        name,
+        ports: ports(&export.ports),
+        endpoints: export
+            .endpoints
+            .iter()
+            .filter(|e| e.ready)
+            .filter_map(|e| {
+                Some(LocalEndpoint {
+                    address: e.address.parse().ok()?,
+                    zone: e.zone.as_str().into(),
+                    weight: e.weight.max(1),
+                })
+            })
+            .collect(),
+        allowed_peers: export
+            .allowed_peers
+            .iter()
+            .map(|p| p.as_str().into())
+            .collect(),
+    })
+}
+
 /// Folds the config stream. Parts of one version accumulate until the last part (`more =
 /// false`); only then is a snapshot published, so a half-applied version is never visible.
+/// Each import and export is built once when it arrives; publishing a version clones maps of
+/// `Arc`s, never the routes themselves.
 #[derive(Debug, Default)]
 pub struct TableBuilder {
     header: proto::GatewayConfig,
-    imports: BTreeMap<ServiceName, proto::ImportedRoute>,
-    exports: BTreeMap<ServiceName, proto::LocalExport>,
+    imports: HashMap<ServiceName, BuiltImport>,
+    exports: HashMap<ServiceName, Arc<Export>>,
     bundles: BTreeMap<String, proto::TrustBundle>,
     peers: BTreeMap<String, proto::PeerInfo>,
     policies: BTreeMap<String, String>,
-    /// A snapshot in progress replaces everything when it completes.
-    pending_snapshot: bool,
 }
 
 impl TableBuilder {
     /// Applies one message; returns the new snapshot when a version is complete.
     pub fn apply(&mut self, msg: proto::GatewayConfig) -> Option<Snapshot> {
-        if msg.snapshot && !self.pending_snapshot {
+        // The first part of a snapshot (it carries the header) starts over, whatever a broken
+        // earlier stream left half-applied.
+        if msg.snapshot && !msg.cluster.is_empty() {
             self.imports.clear();
             self.exports.clear();
-            self.pending_snapshot = true;
         }
         for key in &msg.removed_imports {
             if let Some(name) = service_name(Some(key)) {
@@ -233,12 +285,13 @@ impl TableBuilder {
         }
         for route in &msg.imports {
             if let Some(name) = service_name(route.key.as_ref()) {
-                self.imports.insert(name, route.clone());
+                self.imports.insert(name.clone(), build_import(name, route));
             }
         }
         for export in &msg.exports {
             if let Some(name) = service_name(export.key.as_ref()) {
-                self.exports.insert(name, export.clone());
+                self.exports
+                    .insert(name.clone(), build_export(name, export));
             }
         }
         // Every message with a header (the first part of a snapshot, every delta) carries the
@@ -267,7 +320,6 @@ impl TableBuilder {
         if msg.more {
             return None;
         }
-        self.pending_snapshot = false;
         Some(self.build())
     }
 
@@ -280,68 +332,25 @@ impl TableBuilder {
             zone: self.header.zone.as_str().into(),
             bundles: self.bundles.values().cloned().collect(),
             policies: self.policies.clone(),
+            exports: self.exports.clone(),
             ..Default::default()
         };
         for (td, p) in &self.peers {
             snap.peers
                 .insert(td.as_str().into(), p.cluster.as_str().into());
         }
-        for (name, route) in &self.imports {
-            let import = Arc::new(Import {
-                name: name.clone(),
-                ports: ports(&route.ports),
-                backends: route.clusters.iter().map(backend).collect(),
-            });
-            for vip in &route.vips {
-                if let Ok(ip) = vip.parse::<IpAddr>() {
-                    snap.vips.insert(
-                        ip,
-                        Target {
-                            import: import.clone(),
-                            pinned: None,
-                        },
-                    );
-                }
+        snap.imports.reserve(self.imports.len());
+        for (name, built) in &self.imports {
+            for (ip, pinned) in &built.vips {
+                snap.vips.insert(
+                    *ip,
+                    Target {
+                        import: built.import.clone(),
+                        pinned: pinned.clone(),
+                    },
+                );
             }
-            for (cluster, vip) in &route.cluster_vips {
-                let pinned = import.backends.iter().find(|b| &*b.cluster == cluster);
-                if let (Ok(ip), Some(b)) = (vip.parse::<IpAddr>(), pinned) {
-                    snap.vips.insert(
-                        ip,
-                        Target {
-                            import: import.clone(),
-                            pinned: Some(b.cluster.clone()),
-                        },
-                    );
-                }
-            }
-            snap.imports.insert(name.clone(), import);
-        }
-        for (name, export) in &self.exports {
-            snap.exports.insert(
-                name.clone(),
-                Arc::new(Export {
-                    name: name.clone(),
-                    ports: ports(&export.ports),
-                    endpoints: export
-                        .endpoints
-                        .iter()
-                        .filter(|e| e.ready)
-                        .filter_map(|e| {
-                            Some(LocalEndpoint {
-                                address: e.address.parse().ok()?,
-                                zone: e.zone.as_str().into(),
-                                weight: e.weight.max(1),
-                            })
-                        })
-                        .collect(),
-                    allowed_peers: export
-                        .allowed_peers
-                        .iter()
-                        .map(|p| p.as_str().into())
-                        .collect(),
-                }),
-            );
+            snap.imports.insert(name.clone(), built.import.clone());
         }
         snap
     }
@@ -445,11 +454,14 @@ mod tests {
             ))
             .is_none()
         );
+        // Later parts carry no header.
         let snap = b
-            .apply(snapshot_msg(
-                vec![route("pay", "127.9.0.2", &["west"])],
-                false,
-            ))
+            .apply(proto::GatewayConfig {
+                version: 1,
+                snapshot: true,
+                imports: vec![route("pay", "127.9.0.2", &["west"])],
+                ..Default::default()
+            })
             .expect("complete");
         assert_eq!(snap.imports.len(), 2, "both parts are in the snapshot");
         assert_eq!(snap.peer_cluster("west.mesh").map(|c| &**c), Some("west"));
@@ -462,6 +474,34 @@ mod tests {
         assert_eq!(
             t.import.backends[0].weight, 1,
             "weight 0 means the default 1"
+        );
+    }
+
+    #[test]
+    fn a_snapshot_cut_off_midway_is_forgotten_by_the_next_one() {
+        let mut b = TableBuilder::default();
+        assert!(
+            b.apply(snapshot_msg(
+                vec![route("old", "127.9.0.9", &["west"])],
+                true
+            ))
+            .is_none()
+        );
+        // The stream broke; a new subscription sends a whole snapshot.
+        let snap = b
+            .apply(snapshot_msg(
+                vec![route("cart", "127.9.0.1", &["west"])],
+                false,
+            ))
+            .expect("snapshot");
+        assert_eq!(
+            snap.imports.keys().map(|k| &**k).collect::<Vec<_>>(),
+            ["cart.shop"]
+        );
+        assert!(
+            !snap
+                .vips
+                .contains_key(&"127.9.0.9".parse::<IpAddr>().expect("ip"))
         );
     }
 
