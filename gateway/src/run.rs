@@ -25,6 +25,9 @@ use crate::serve::{ConnLimit, Drain};
 use crate::sync;
 use crate::table::Snapshot;
 
+/// How long start retries reaching the federation for the first certificate.
+const BOOTSTRAP_RETRY: Duration = Duration::from_secs(60);
+
 /// How long start waits for the first config before serving anyway (it keeps following).
 const FIRST_CONFIG_WAIT: Duration = Duration::from_secs(30);
 
@@ -83,6 +86,25 @@ impl Running {
     }
 }
 
+/// The first certificate, retried while the federation is unreachable (it may be starting
+/// too); a refused token fails at once.
+async fn bootstrap(file: &BootstrapFile) -> Result<ControlClient, ControlError> {
+    let deadline = tokio::time::Instant::now() + BOOTSTRAP_RETRY;
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match ControlClient::bootstrap(file).await {
+            Ok(c) => return Ok(c),
+            Err(e @ ControlError::Refused(_)) => return Err(e),
+            Err(e) if tokio::time::Instant::now() + backoff > deadline => return Err(e),
+            Err(e) => {
+                tracing::warn!(federation = %file.federation, error = %e, "cannot reach the federation yet; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
     TcpListener::bind(addr)
         .await
@@ -114,7 +136,7 @@ pub async fn start(cfg: GatewayConfig) -> Result<Running, StartError> {
         })?;
     let advertise = cfg.advertised_inbound(inbound_addr)?;
 
-    let client = Arc::new(ControlClient::bootstrap(&file).await?);
+    let client = Arc::new(bootstrap(&file).await?);
     let own_id = SpiffeId::gateway(&client.trust_domain, &client.gateway)
         .map_err(|e| StartError::Tls(e.to_string()))?;
     let metrics = Arc::new(Metrics::default());
