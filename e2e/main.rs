@@ -12,6 +12,7 @@ mod catalog_sync;
 mod crash_recovery;
 mod gateway_drain;
 mod gateway_protocols;
+mod gateway_security;
 mod gateway_traffic;
 mod harness;
 mod hostile_peers;

@@ -214,6 +214,17 @@ pub fn http_builder(limits: &Limits, h2_only: bool) -> auto::Builder<TokioExecut
     b
 }
 
+/// An HTTP/1 request that may turn the connection into something else (Upgrade or CONNECT).
+fn wants_protocol_switch<B>(req: &Request<B>) -> bool {
+    req.version() <= http::Version::HTTP_11
+        && (req.method() == http::Method::CONNECT
+            || req.headers().contains_key(http::header::UPGRADE))
+}
+
+fn switched(status: http::StatusCode, connect: bool) -> bool {
+    status == http::StatusCode::SWITCHING_PROTOCOLS || (connect && status.is_success())
+}
+
 /// Serves one connection until it closes, goes idle past `limits.idle_timeout`, or the drain
 /// finishes it gracefully.
 pub async fn serve_connection<IO, F, Fut>(
@@ -230,9 +241,30 @@ pub async fn serve_connection<IO, F, Fut>(
     let activity = Activity::new();
     let io = TokioIo::new(Tracked::new(io, activity.clone()));
     let handler = Arc::new(handler);
-    let service = service_fn(move |req| {
+    let max_headers = limits.max_headers;
+    let service = service_fn(move |req: Request<Incoming>| {
         let handler = handler.clone();
-        async move { Ok::<_, std::convert::Infallible>(handler(req).await) }
+        async move {
+            // hyper counts headers on HTTP/1 only; HTTP/2 gets the same limit here.
+            if req.headers().len() > max_headers {
+                return Ok(crate::body::error(
+                    http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                    &format!("more than {max_headers} request headers"),
+                ));
+            }
+            let switch = wants_protocol_switch(&req);
+            let is_connect = req.method() == http::Method::CONNECT;
+            let mut response = handler(req).await;
+            if switch && !switched(response.status(), is_connect) {
+                // The HTTP/1 smuggling guard stops judging framing once a connection may switch
+                // protocols; when it did not, no further request may be read from it.
+                response.headers_mut().insert(
+                    http::header::CONNECTION,
+                    http::HeaderValue::from_static("close"),
+                );
+            }
+            Ok::<_, std::convert::Infallible>(response)
+        }
     });
     let conn = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
