@@ -1,0 +1,262 @@
+#!/usr/bin/env bash
+# Proxy benchmark (not a test, not in CI). One run on one machine, interleaved and repeated:
+#   direct   client -> backend
+#   isthmus  client -> Isthmus outbound -> mTLS HTTP/2 -> Isthmus inbound -> backend
+#   haproxy  client -> HAProxy -> mTLS HTTP/2 -> HAProxy -> backend
+#   nginx    client -> nginx -> mTLS HTTP/1.1 keep-alive -> nginx -> backend
+# The backend is nginx serving static 19 B / 1 KiB / 16 KiB files (HTTP/1.1 keep-alive to every
+# proxy; h2c for direct HTTP/2 runs). Servers are pinned to CPU 0, the load tool to CPU 1.
+# Access logs are off everywhere. Results: $OUT/results.jsonl and a Markdown summary on stdout.
+#
+#   e2e/bench/proxy.sh                # full run (~25 min)
+#   REPS=1 LAT_REPS=1 SECS=2 e2e/bench/proxy.sh   # quick look
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+REPS=${REPS:-3}
+LAT_REPS=${LAT_REPS:-5}
+SECS=${SECS:-4}
+LAT_SECS=${LAT_SECS:-10}
+RATE=${RATE:-2000}
+SERVER_CPU=${SERVER_CPU:-0}
+CLIENT_CPU=${CLIENT_CPU:-1}
+for tool in haproxy nginx openssl taskset python3; do
+  command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install -y haproxy nginx openssl util-linux" >&2; exit 1; }
+done
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/isthmus-release}"
+cargo build --release -j2 --bin isthmus --bench proxy >&2
+BIN="$CARGO_TARGET_DIR/release/isthmus"
+LOAD=$(ls -t "$CARGO_TARGET_DIR"/release/deps/proxy-* | grep -v '\.d$' | head -1)
+OUT=${OUT:-$(mktemp -d /tmp/isthmus-proxy-bench.XXXX)}
+mkdir -p "$OUT"
+# nginx workers run as an unprivileged user: they must be able to read the bodies.
+chmod 755 "$OUT"
+ulimit -n 65536 2>/dev/null || true
+echo "working in $OUT" >&2
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  sleep 1
+  for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+}
+trap cleanup EXIT
+# `exec` so that `$!` of `on_server ... &` is the server's own pid (for CPU and RSS readings).
+on_server() { exec taskset -c "$SERVER_CPU" "$@"; }
+
+# --- certificates for the reference chains (the same curve and key sizes Isthmus uses) -------
+cd "$OUT"
+openssl ecparam -name prime256v1 -genkey -noout -out ca.key 2>/dev/null
+openssl req -x509 -new -key ca.key -subj /CN=bench-ca -days 2 -out ca.pem 2>/dev/null
+for who in server client; do
+  openssl ecparam -name prime256v1 -genkey -noout -out $who.key 2>/dev/null
+  openssl req -new -key $who.key -subj /CN=hop2 -out $who.csr 2>/dev/null
+  printf 'subjectAltName=DNS:hop2\n' > $who.ext
+  openssl x509 -req -in $who.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile $who.ext -out $who.pem 2>/dev/null
+  cat $who.pem $who.key > $who.bundle.pem
+done
+for size in 19 1024 16384; do head -c $size /dev/zero | tr '\0' x > body-$size; done
+
+# --- backend: nginx, HTTP/1.1 on 18080, h2c on 18081 -----------------------------------------
+mkdir -p tmp
+common_http="access_log off; client_body_temp_path $OUT/tmp; proxy_temp_path $OUT/tmp; fastcgi_temp_path $OUT/tmp; uwsgi_temp_path $OUT/tmp; scgi_temp_path $OUT/tmp; keepalive_requests 10000000; keepalive_timeout 300s;"
+cat > backend.conf <<EOF
+worker_processes 1; pid $OUT/backend.pid; error_log $OUT/backend.err;
+events { worker_connections 4000; }
+http { $common_http
+  server { listen 127.0.0.1:18080; listen 127.0.0.1:18081 http2; root $OUT;
+    location = /19 { try_files /body-19 =404; } location = /1k { try_files /body-1024 =404; }
+    location = /16k { try_files /body-16384 =404; } }
+}
+EOF
+on_server nginx -c "$OUT/backend.conf" -g 'daemon off;' & PIDS+=($!)
+
+# --- HAProxy two-hop chain: 19080 (h1) / 19081 (h2c) -> mTLS h2 -> 19443 -> backend --------
+cat > haproxy1.cfg <<EOF
+global
+  nbthread 1
+  maxconn 4000
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 300s
+  timeout server 300s
+  http-reuse always
+frontend hop1
+  bind 127.0.0.1:19080
+  bind 127.0.0.1:19081 proto h2
+  default_backend hop2
+backend hop2
+  server s1 127.0.0.1:19443 ssl crt $OUT/client.bundle.pem ca-file $OUT/ca.pem verify required alpn h2 sni str(hop2)
+EOF
+cat > haproxy2.cfg <<EOF
+global
+  nbthread 1
+  maxconn 4000
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 300s
+  timeout server 300s
+  http-reuse always
+frontend hop2
+  bind 127.0.0.1:19443 ssl crt $OUT/server.bundle.pem ca-file $OUT/ca.pem verify required alpn h2
+  default_backend be
+backend be
+  server b 127.0.0.1:18080
+EOF
+on_server haproxy -db -f haproxy2.cfg & PIDS+=($!); HA2=$!
+on_server haproxy -db -f haproxy1.cfg & PIDS+=($!); HA1=$!
+
+# --- nginx two-hop chain: 20080 (h1) / 20081 (h2c) -> mTLS HTTP/1.1 keep-alive -> 20443 ------
+cat > nginx1.conf <<EOF
+worker_processes 1; pid $OUT/nginx1.pid; error_log $OUT/nginx1.err;
+events { worker_connections 4000; }
+http { $common_http
+  upstream hop2 { server 127.0.0.1:20443; keepalive 256; }
+  server { listen 127.0.0.1:20080; listen 127.0.0.1:20081 http2;
+    location / { proxy_pass https://hop2; proxy_http_version 1.1; proxy_set_header Connection "";
+      proxy_ssl_certificate $OUT/client.pem; proxy_ssl_certificate_key $OUT/client.key;
+      proxy_ssl_trusted_certificate $OUT/ca.pem; proxy_ssl_verify on; proxy_ssl_name hop2;
+      proxy_ssl_session_reuse on; } }
+}
+EOF
+cat > nginx2.conf <<EOF
+worker_processes 1; pid $OUT/nginx2.pid; error_log $OUT/nginx2.err;
+events { worker_connections 4000; }
+http { $common_http
+  upstream be { server 127.0.0.1:18080; keepalive 256; }
+  server { listen 127.0.0.1:20443 ssl; ssl_certificate $OUT/server.pem; ssl_certificate_key $OUT/server.key;
+    ssl_client_certificate $OUT/ca.pem; ssl_verify_client on;
+    location / { proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection ""; } }
+}
+EOF
+on_server nginx -c "$OUT/nginx2.conf" -g 'daemon off;' & PIDS+=($!); NG2=$!
+on_server nginx -c "$OUT/nginx1.conf" -g 'daemon off;' & PIDS+=($!); NG1=$!
+
+# --- Isthmus: east (client side) and west (exports the backend) ------------------------------
+for c in east:1 west:2; do
+  name=${c%%:*}; i=${c##*:}
+  mkdir -p "$OUT/$name"
+  "$BIN" ca kek > "$OUT/$name/kek"; chmod 600 "$OUT/$name/kek"
+  if [ "$name" = west ]; then
+    printf 'exports:\n  - namespace: bench\n    name: web\n    ports: [{port: 8080, protocol: http}]\n    endpoints: [{address: "127.0.0.1:18080"}]\nimports: []\n' > "$OUT/$name/catalog.yaml"
+  else
+    printf 'exports: []\nimports:\n  - peer: "*"\n    namespaces: [bench]\n' > "$OUT/$name/catalog.yaml"
+  fi
+  cat > "$OUT/$name/federation.yaml" <<EOF
+cluster: $name
+region: r-$name
+data_dir: $OUT/$name/data
+listen:
+  peering: { bind: "127.0.$i.1:0" }
+  api: { bind: "127.0.$i.1:0" }
+  admin: "127.0.$i.1:0"
+vips: { ipv4: "127.$((200 + i)).0.0/24" }
+catalog: { file: $OUT/$name/catalog.yaml }
+ca: { kek_file: $OUT/$name/kek }
+EOF
+  on_server "$BIN" federation --config "$OUT/$name/federation.yaml" > "$OUT/$name/ready" 2> "$OUT/$name/federation.log" & PIDS+=($!)
+done
+for name in east west; do
+  for _ in $(seq 100); do [ -s "$OUT/$name/ready" ] && break; sleep 0.1; done
+done
+sock() { echo "$OUT/$1/data/admin.sock"; }
+TOKEN=$("$BIN" peering token --peer west --admin-socket "$(sock east)")
+"$BIN" peering establish "$TOKEN" --admin-socket "$(sock west)" >/dev/null
+for name in east west; do
+  "$BIN" gateway bootstrap --name gw-1 --out "$OUT/$name/gw.json" --admin-socket "$(sock $name)" 2>/dev/null
+  i=1; [ $name = west ] && i=2
+  cat > "$OUT/$name/gateway.yaml" <<EOF
+bootstrap_file: $OUT/$name/gw.json
+access_log: false
+listen:
+  inbound: { bind: "127.0.$i.1:0" }
+  proxy: "127.0.$i.1:0"
+  admin: "127.0.$i.1:0"
+EOF
+  on_server "$BIN" gateway run --config "$OUT/$name/gateway.yaml" > "$OUT/$name/gw.ready" 2> "$OUT/$name/gateway.log" & PIDS+=($!)
+  eval "GW_${name}=$!"
+done
+for name in east west; do
+  for _ in $(seq 200); do [ -s "$OUT/$name/gw.ready" ] && break; sleep 0.1; done
+done
+"$BIN" gateway bootstrap --name gw-bench --out "$OUT/bench-gw.json" --admin-socket "$(sock east)" 2>/dev/null
+taskset -c "$CLIENT_CPU" "$LOAD" gateway-cert --bootstrap "$OUT/bench-gw.json" --out-dir "$OUT" >/dev/null
+VIP=""
+for _ in $(seq 100); do
+  VIP=$("$BIN" catalog --json --admin-socket "$(sock east)" | python3 -c 'import json,sys; r=json.load(sys.stdin)["routes"].get("bench/web"); print(r["vips"]["v4"] if r and r["clusters"] and r["clusters"][0]["gateways"] else "")')
+  [ -n "$VIP" ] && break; sleep 0.2
+done
+[ -n "$VIP" ] || { echo "Isthmus did not converge; see $OUT/*/federation.log" >&2; exit 1; }
+WEST_INBOUND=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["ready"]["inbound"])' "$OUT/west/gw.ready")
+sleep 1
+# Warm every path once (and fail early if one is broken).
+for url in http://127.0.0.1:18080/19 http://127.0.0.1:19080/19 http://127.0.0.1:20080/19 "http://$VIP:8080/19"; do
+  curl -sf -o /dev/null "$url" || { echo "warm-up failed for $url" >&2; exit 1; }
+done
+
+if [ -n "${SETUP_ONLY:-}" ]; then
+  # For profiling by hand: everything stays up until Ctrl-C.
+  echo "isthmus: http://$VIP:8080 (gateways $GW_east $GW_west)  haproxy: :19080/:19081 ($HA1 $HA2)  nginx: :20080/:20081 ($NG1 $NG2)  direct: :18080/:18081" >&2
+  sleep infinity
+fi
+children() { echo "$1 $(pgrep -P "$1" | tr '\n' ' ')"; }
+pids_of() {
+  case $1 in
+    direct) echo "" ;;
+    isthmus) echo "$GW_east $GW_west" ;;
+    haproxy) echo "$HA1 $HA2" ;;
+    nginx) echo "$(children "$NG1") $(children "$NG2")" ;;
+  esac
+}
+ticks() { local t=0; for p in $1; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo $t; }
+url_of() { # target proto path
+  case $1:$2 in
+    direct:h1) echo "http://127.0.0.1:18080$3" ;; direct:h2) echo "http://127.0.0.1:18081$3" ;;
+    haproxy:h1) echo "http://127.0.0.1:19080$3" ;; haproxy:h2) echo "http://127.0.0.1:19081$3" ;;
+    nginx:h1) echo "http://127.0.0.1:20080$3" ;; nginx:h2) echo "http://127.0.0.1:20081$3" ;;
+    isthmus:*) echo "http://$VIP:8080$3" ;;
+  esac
+}
+HZ=$(getconf CLK_TCK)
+run() { # kind rep target proto path conns extra-args...
+  local kind=$1 rep=$2 target=$3 proto=$4 path=$5 conns=$6; shift 6
+  local pids; pids=$(pids_of "$target")
+  local before; before=$(ticks "$pids")
+  local out; out=$(taskset -c "$CLIENT_CPU" "$LOAD" load --url "$(url_of "$target" "$proto" "$path")" --proto "$proto" --conns "$conns" "$@")
+  local after; after=$(ticks "$pids")
+  echo "{\"kind\":\"$kind\",\"rep\":$rep,\"target\":\"$target\",\"proto\":\"$proto\",\"body\":\"$path\",\"conns\":$conns,\"cpu_ms\":$(( (after - before) * 1000 / HZ )),\"result\":$out}" | tee -a results.jsonl >&2
+}
+
+: > results.jsonl
+for rep in $(seq "$REPS"); do
+  for proto in h1 h2; do for path in /19 /1k /16k; do for conns in 16 64; do
+    for target in direct isthmus haproxy nginx; do
+      run saturated "$rep" $target $proto $path $conns --seconds "$SECS"
+    done
+  done; done; done
+done
+for rep in $(seq "$LAT_REPS"); do
+  for proto in h1 h2; do for target in direct isthmus haproxy nginx; do
+    run latency "$rep" $target $proto /1k 16 --seconds "$LAT_SECS" --rate "$RATE"
+  done; done
+done
+for rep in $(seq 3); do
+  for t in "isthmus $WEST_INBOUND $OUT/cert.pem $OUT/key.pem" "haproxy 127.0.0.1:19443 $OUT/client.pem $OUT/client.key" "nginx 127.0.0.1:20443 $OUT/client.pem $OUT/client.key"; do
+    set -- $t
+    pid=$GW_west; [ "$1" = haproxy ] && pid=$HA2; [ "$1" = nginx ] && pid="$(children "$NG2")"
+    before=$(ticks "$pid")
+    out=$(taskset -c "$CLIENT_CPU" "$LOAD" handshakes --addr "$2" --cert "$3" --key "$4" --seconds 5 --parallel 16)
+    after=$(ticks "$pid")
+    echo "{\"kind\":\"handshakes\",\"rep\":$rep,\"target\":\"$1\",\"cpu_ms\":$(( (after - before) * 1000 / HZ )),\"result\":$out}" | tee -a results.jsonl >&2
+  done
+done
+rss() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+base=$(rss "$GW_west")
+taskset -c "$CLIENT_CPU" "$LOAD" idle --addr "$WEST_INBOUND" --cert "$OUT/cert.pem" --key "$OUT/key.pem" --count 1000 --hold 8 > idle.out &
+IDLE=$!
+sleep 6
+held=$(rss "$GW_west")
+wait $IDLE
+echo "{\"kind\":\"idle\",\"target\":\"isthmus\",\"rss_kib_before\":$base,\"rss_kib_with_1000\":$held,\"result\":$(head -1 idle.out)}" | tee -a results.jsonl >&2
+
+python3 "$OLDPWD/e2e/bench/proxy_report.py" results.jsonl

@@ -1,0 +1,94 @@
+#!/usr/bin/env python3
+"""Summarises e2e/bench/proxy.sh results (JSON lines) as Markdown tables: medians over reps."""
+import json
+import statistics
+import sys
+from collections import defaultdict
+
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+med = statistics.median
+TARGETS = ["direct", "isthmus", "haproxy", "nginx"]
+
+sat = defaultdict(list)
+for r in rows:
+    if r["kind"] == "saturated":
+        sat[(r["proto"], r["body"], r["conns"], r["target"])].append(r)
+
+print("### Saturated: requests/s and proxy CPU per request (both hops), medians\n")
+print("| client | body | conns | direct rps | Isthmus rps | HAProxy rps | nginx rps | Isthmus/HAProxy rps | Isthmus µs CPU/req | HAProxy µs CPU/req | nginx µs CPU/req | Isthmus/HAProxy CPU |")
+print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+ratios_rps, ratios_cpu = [], []
+for proto in ["h1", "h2"]:
+    for body in ["/19", "/1k", "/16k"]:
+        for conns in [16, 64]:
+            rps = {t: med([x["result"]["rps"] for x in sat[(proto, body, conns, t)]] or [0]) for t in TARGETS}
+            cpu = {}
+            for t in TARGETS[1:]:
+                vals = [x["cpu_ms"] * 1000.0 / max(x["result"]["requests"], 1) for x in sat[(proto, body, conns, t)]]
+                cpu[t] = med(vals) if vals else 0
+            rr = rps["isthmus"] / rps["haproxy"] if rps["haproxy"] else 0
+            cr = cpu["isthmus"] / cpu["haproxy"] if cpu["haproxy"] else 0
+            ratios_rps.append(rr)
+            ratios_cpu.append(cr)
+            print(f"| {proto} | {body[1:]} | {conns} | {rps['direct']:.0f} | {rps['isthmus']:.0f} | {rps['haproxy']:.0f} | {rps['nginx']:.0f} | {rr:.2f} | {cpu['isthmus']:.1f} | {cpu['haproxy']:.1f} | {cpu['nginx']:.1f} | {cr:.2f} |")
+
+lat = defaultdict(list)
+for r in rows:
+    if r["kind"] == "latency":
+        lat[(r["proto"], r["target"])].append(r["result"])
+print("\n### Fixed rate (2,000 req/s, 1 KiB, 16 connections): latency added over direct, medians over reps\n")
+print("| client | target | p50 | p99 | p99.9 | max | requests over 10 ms | errors |")
+print("|---|---|---:|---:|---:|---:|---:|---:|")
+added_p99 = {}
+stalls = {}
+for proto in ["h1", "h2"]:
+    base = {k: med([x[k] for x in lat[(proto, "direct")]] or [0]) for k in ["p50_us", "p99_us", "p999_us"]}
+    for t in TARGETS:
+        xs = lat[(proto, t)]
+        if not xs:
+            continue
+        m = {k: med([x[k] for x in xs]) for k in ["p50_us", "p99_us", "p999_us", "max_us"]}
+        over = sum(x["over_10ms"] for x in xs)
+        errs = sum(x.get("errors", 0) for x in xs)
+        if t == "direct":
+            print(f"| {proto} | direct (absolute) | {m['p50_us']} µs | {m['p99_us']} µs | {m['p999_us']} µs | {m['max_us']} µs | {over} | {errs} |")
+        else:
+            d = {k: m[k] - base[k] for k in ["p50_us", "p99_us", "p999_us"]}
+            print(f"| {proto} | {t} | +{d['p50_us']} µs | +{d['p99_us']} µs | +{d['p999_us']} µs | {m['max_us']} µs | {over} | {errs} |")
+            added_p99[(proto, t)] = d["p99_us"]
+            stalls[(proto, t)] = over
+
+hs = defaultdict(list)
+for r in rows:
+    if r["kind"] == "handshakes":
+        hs[r["target"]].append(r)
+print("\n### Full mTLS handshakes (server side, new connection each, no resumption)\n")
+print("| server | handshakes/s | server CPU ms per s | handshakes per core-second |")
+print("|---|---:|---:|---:|")
+per_core = {}
+for t in ["isthmus", "haproxy", "nginx"]:
+    xs = hs[t]
+    if not xs:
+        continue
+    rate = med([x["result"]["per_sec"] for x in xs])
+    cpu = med([x["cpu_ms"] / 5.0 for x in xs])
+    pc = med([x["result"]["handshakes"] / max(x["cpu_ms"] / 1000.0, 1e-9) for x in xs])
+    per_core[t] = pc
+    print(f"| {t} | {rate:.0f} | {cpu:.0f} | {pc:.0f} |")
+
+idle = [r for r in rows if r["kind"] == "idle"]
+if idle:
+    i = idle[-1]
+    print(f"\n### 1,000 idle mTLS HTTP/2 connections held open to an Isthmus inbound\n")
+    print(f"RSS before {i['rss_kib_before'] / 1024:.1f} MiB, with the connections open {i['rss_kib_with_1000'] / 1024:.1f} MiB ({i['result']}).")
+
+print("\n### Against the targets\n")
+print(f"- requests/s, Isthmus ÷ HAProxy (target ≥ 1.4): median {med(ratios_rps):.2f}, range {min(ratios_rps):.2f}–{max(ratios_rps):.2f}")
+print(f"- proxy CPU per request, Isthmus ÷ HAProxy (target ≤ 0.6): median {med(ratios_cpu):.2f}, range {min(ratios_cpu):.2f}–{max(ratios_cpu):.2f}")
+for proto in ["h1", "h2"]:
+    if (proto, "isthmus") in added_p99:
+        print(f"- added p99 at 2,000 req/s, {proto} (target ≤ 250 µs, no request over 10 ms): +{added_p99[(proto, 'isthmus')]} µs, {stalls[(proto, 'isthmus')]} over 10 ms")
+if "isthmus" in per_core:
+    print(f"- mTLS handshakes per core-second (target ≥ 2,500): {per_core['isthmus']:.0f}")
+if idle:
+    print(f"- RSS with 1,000 idle mTLS connections (target < 150 MB): {idle[-1]['rss_kib_with_1000'] / 1024:.1f} MiB")
