@@ -87,6 +87,13 @@ impl Entry {
         }
     }
 
+    /// Fills in details that cost an allocation, only when the line will be written.
+    pub fn note(&mut self, fill: impl FnOnce(&mut Self)) {
+        if self.enabled {
+            fill(self);
+        }
+    }
+
     pub fn elapsed(&self) -> std::time::Duration {
         self.started.elapsed()
     }

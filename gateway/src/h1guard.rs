@@ -25,6 +25,9 @@ use tokio::time::Sleep;
 
 const REJECT: &[u8] = b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\ncontent-length: 64\r\nconnection: close\r\nx-isthmus-error: conflicting framing headers\r\n\r\nrequest has both Content-Length and Transfer-Encoding: refused\r\n";
 
+/// Bytes read from the peer per read call.
+const READ_CHUNK: usize = 8192;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Framing {
     /// Accumulating a request head.
@@ -52,6 +55,8 @@ pub struct H1Guard<T> {
     held: Vec<u8>,
     /// Bytes ready to hand on.
     out: Vec<u8>,
+    /// The read buffer, reused.
+    scratch: Vec<u8>,
     out_pos: usize,
     max_head: usize,
     first: bool,
@@ -67,6 +72,7 @@ impl<T> H1Guard<T> {
             state: Framing::Head,
             held: Vec::new(),
             out: Vec::new(),
+            scratch: Vec::new(),
             out_pos: 0,
             max_head,
             first: true,
@@ -117,7 +123,8 @@ impl<T> H1Guard<T> {
                         Framing::ChunkData(left)
                     };
                 }
-                Framing::Head | Framing::ChunkSize | Framing::ChunkCrlf | Framing::Trailers => {
+                Framing::Head => input = self.feed_head(input),
+                Framing::ChunkSize | Framing::ChunkCrlf | Framing::Trailers => {
                     let byte = input[0];
                     input = &input[1..];
                     self.held.push(byte);
@@ -132,29 +139,62 @@ impl<T> H1Guard<T> {
         }
     }
 
-    /// Advances after one byte was held, at line or head boundaries.
+    /// Takes bytes of a request head in bulk: held until the blank line ends it, then judged.
+    /// Returns the input left after the head (body bytes or the next request).
+    fn feed_head<'a>(&mut self, mut input: &'a [u8]) -> &'a [u8] {
+        // Stray CRLF between requests is allowed (RFC 9112 §2.2).
+        while self.held.is_empty() && input.starts_with(b"\r\n") {
+            self.out.extend_from_slice(b"\r\n");
+            input = &input[2..];
+        }
+        if input.is_empty() {
+            return input;
+        }
+        let old = self.held.len();
+        if self.first && old < 4 {
+            let mut prefix = self.held.clone();
+            prefix.extend_from_slice(&input[..input.len().min(4 - old)]);
+            if prefix == b"PRI " {
+                // The HTTP/2 preface (h2c with prior knowledge).
+                self.out.append(&mut self.held);
+                self.out.extend_from_slice(input);
+                self.state = Framing::PassThrough;
+                return &[];
+            }
+        }
+        let search_from = old.saturating_sub(3);
+        let take = input.len().min(self.max_head + 4 - old.min(self.max_head));
+        self.held.extend_from_slice(&input[..take]);
+        let end = self.held[search_from..]
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map(|p| search_from + p + 4);
+        let Some(end) = end else {
+            if self.held.len() > self.max_head {
+                // Too large to judge: hyper refuses it with 431.
+                self.out.append(&mut self.held);
+                self.state = Framing::PassThrough;
+                self.out.extend_from_slice(&input[take..]);
+                return &[];
+            }
+            return &input[take..];
+        };
+        // Bytes after the head go back to the input: they belong to the body or the next request.
+        let consumed = end - old;
+        self.held.truncate(end);
+        self.first = false;
+        self.state = judge(&self.held);
+        if matches!(self.state, Framing::Rejecting(_)) {
+            self.held.clear();
+            return &[];
+        }
+        self.out.append(&mut self.held);
+        &input[consumed..]
+    }
+
+    /// Advances after one byte was held, at line boundaries of a chunked body.
     fn step_line(&mut self) {
         match self.state {
-            Framing::Head => {
-                if self.first && self.held.len() == 4 && self.held == b"PRI " {
-                    // The HTTP/2 preface (h2c with prior knowledge).
-                    self.out.append(&mut self.held);
-                    self.state = Framing::PassThrough;
-                    return;
-                }
-                if self.held == b"\r\n" {
-                    // Stray CRLF between requests is allowed (RFC 9112 §2.2).
-                    self.out.append(&mut self.held);
-                    return;
-                }
-                if self.held.ends_with(b"\r\n\r\n") {
-                    self.first = false;
-                    self.state = judge(&self.held);
-                    if !matches!(self.state, Framing::Rejecting(_)) {
-                        self.out.append(&mut self.held);
-                    }
-                }
-            }
             Framing::ChunkSize | Framing::ChunkCrlf | Framing::Trailers => {
                 if !self.held.ends_with(b"\n") {
                     return;
@@ -299,10 +339,19 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for H1Guard<T> {
             } else {
                 this.head_deadline = None;
             }
-            let mut chunk = [0u8; 8192];
+            let mut chunk = std::mem::take(&mut this.scratch);
+            if chunk.len() < READ_CHUNK {
+                chunk.resize(READ_CHUNK, 0);
+            }
             let mut read = ReadBuf::new(&mut chunk);
-            ready!(Pin::new(&mut this.inner).poll_read(cx, &mut read))?;
-            if read.filled().is_empty() {
+            let polled = Pin::new(&mut this.inner).poll_read(cx, &mut read);
+            let n = read.filled().len();
+            if let Poll::Ready(Err(_)) | Poll::Pending = polled {
+                this.scratch = chunk;
+                return polled;
+            }
+            if n == 0 {
+                this.scratch = chunk;
                 // EOF: hand on whatever was held; hyper judges a truncated request.
                 this.out.append(&mut this.held);
                 if this.out.is_empty() {
@@ -311,8 +360,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for H1Guard<T> {
                 this.state = Framing::PassThrough;
                 continue;
             }
-            let filled = read.filled().to_vec();
-            this.feed(&filled);
+            this.feed(&chunk[..n]);
+            this.scratch = chunk;
         }
     }
 }

@@ -162,19 +162,22 @@ impl Balancer {
     }
 
     /// Power of two choices: two weighted samples, the lower score wins.
-    pub fn pick(&self, endpoints: &[LocalEndpoint]) -> Option<(SocketAddr, InFlight)> {
+    pub fn pick<'a>(
+        &self,
+        endpoints: &'a [LocalEndpoint],
+    ) -> Option<(&'a LocalEndpoint, InFlight)> {
         let weights = endpoints.iter().map(|e| u64::from(e.weight));
         let a = weighted_index(weights.clone(), random())?;
         let b = weighted_index(weights, random())?;
         let (ea, eb) = (&endpoints[a], &endpoints[b]);
         let (sa, sb) = (self.stats(ea.address), self.stats(eb.address));
-        let (addr, stats) = if a == b || sa.score(ea.weight) <= sb.score(eb.weight) {
-            (ea.address, sa)
+        let (endpoint, stats) = if a == b || sa.score(ea.weight) <= sb.score(eb.weight) {
+            (ea, sa)
         } else {
-            (eb.address, sb)
+            (eb, sb)
         };
         stats.in_flight.fetch_add(1, Ordering::Relaxed);
-        Some((addr, InFlight(stats)))
+        Some((endpoint, InFlight(stats)))
     }
 }
 
@@ -204,11 +207,7 @@ mod tests {
 
     fn target(backends: Vec<Backend>, pinned: Option<&str>) -> Target {
         Target {
-            import: Arc::new(Import {
-                name: "cart.shop".into(),
-                ports: vec![],
-                backends,
-            }),
+            import: Arc::new(Import::new("cart.shop".into(), vec![], backends)),
             pinned: pinned.map(Into::into),
         }
     }
@@ -310,11 +309,8 @@ mod tests {
     }
 
     fn ep(port: u16, weight: u32) -> LocalEndpoint {
-        LocalEndpoint {
-            address: SocketAddr::from(([10, 0, 0, 1], port)),
-            zone: "".into(),
-            weight,
-        }
+        LocalEndpoint::new(SocketAddr::from(([10, 0, 0, 1], port)), "".into(), weight)
+            .expect("endpoint")
     }
 
     #[test]
@@ -325,8 +321,8 @@ mod tests {
         lb.stats(eps[1].address).observe(Duration::from_millis(1));
         let mut fast = 0;
         for _ in 0..1000 {
-            let (addr, _guard) = lb.pick(&eps).expect("pick");
-            if addr == eps[1].address {
+            let (ep, _guard) = lb.pick(&eps).expect("pick");
+            if ep.address == eps[1].address {
                 fast += 1;
             }
         }
@@ -337,7 +333,8 @@ mod tests {
         let eps = [ep(1, 9), ep(2, 1)];
         let mut heavy = 0;
         for _ in 0..1000 {
-            let (addr, guard) = lb.pick(&eps).expect("pick");
+            let (ep, guard) = lb.pick(&eps).expect("pick");
+            let addr = ep.address;
             guard.stats().observe(Duration::from_millis(1));
             drop(guard);
             if addr == eps[0].address {
@@ -358,7 +355,7 @@ mod tests {
         let held: Vec<_> = (0..20).map(|_| lb.pick(&eps[..1]).expect("pick")).collect();
         let mut second = 0;
         for _ in 0..200 {
-            if lb.pick(&eps).expect("pick").0 == eps[1].address {
+            if lb.pick(&eps).expect("pick").0.address == eps[1].address {
                 second += 1;
             }
         }

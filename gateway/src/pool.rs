@@ -43,6 +43,9 @@ type SlotKey = (Arc<str>, Arc<str>);
 
 #[derive(Default)]
 struct Slot {
+    /// The open connection, read without a lock on the request path.
+    ready: arc_swap::ArcSwapOption<SendRequest<Body>>,
+    /// Held while dialing, so one dial serves every waiting request.
     conn: tokio::sync::Mutex<SlotState>,
 }
 
@@ -90,6 +93,11 @@ impl PeerPool {
                 .or_default()
                 .clone()
         };
+        if let Some(sender) = &*slot.ready.load()
+            && !sender.is_closed()
+        {
+            return Ok((**sender).clone());
+        }
         let mut state = slot.conn.lock().await;
         if let Some(sender) = &state.sender
             && !sender.is_closed()
@@ -97,6 +105,7 @@ impl PeerPool {
             return Ok(sender.clone());
         }
         state.sender = None;
+        slot.ready.store(None);
         let unreachable = |reason: String| PoolError::Unreachable {
             cluster: backend.cluster.clone(),
             gateway: gateway.address.clone(),
@@ -114,6 +123,7 @@ impl PeerPool {
         match self.dial(backend, gateway).await {
             Ok(sender) => {
                 state.sender = Some(sender.clone());
+                slot.ready.store(Some(Arc::new(sender.clone())));
                 state.retry_at = None;
                 state.backoff = Duration::ZERO;
                 Ok(sender)

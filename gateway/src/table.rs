@@ -88,9 +88,35 @@ pub struct Import {
     pub name: ServiceName,
     pub ports: Vec<Port>,
     pub backends: Vec<Backend>,
+    /// The `isthmus-target` header value for each port, built once.
+    pub targets: Vec<(u16, http::HeaderValue)>,
 }
 
 impl Import {
+    pub fn new(name: ServiceName, ports: Vec<Port>, backends: Vec<Backend>) -> Self {
+        let targets = ports
+            .iter()
+            .filter_map(|p| {
+                let v = http::HeaderValue::from_str(&format!("{name}:{}", p.port)).ok()?;
+                Some((p.port, v))
+            })
+            .collect();
+        Self {
+            name,
+            ports,
+            backends,
+            targets,
+        }
+    }
+
+    /// `isthmus-target` for `port` (`<svc>.<ns>:<port>`).
+    pub fn target_header(&self, port: u16) -> Option<&http::HeaderValue> {
+        self.targets
+            .iter()
+            .find(|(p, _)| *p == port)
+            .map(|(_, v)| v)
+    }
+
     pub fn port(&self, port: u16) -> Option<Port> {
         self.ports.iter().copied().find(|p| p.port == port)
     }
@@ -106,8 +132,21 @@ pub struct Target {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LocalEndpoint {
     pub address: std::net::SocketAddr,
+    /// `address` as a URI authority, built once.
+    pub authority: http::uri::Authority,
     pub zone: Arc<str>,
     pub weight: u32,
+}
+
+impl LocalEndpoint {
+    pub fn new(address: std::net::SocketAddr, zone: Arc<str>, weight: u32) -> Option<Self> {
+        Some(Self {
+            authority: address.to_string().parse().ok()?,
+            address,
+            zone,
+            weight: weight.max(1),
+        })
+    }
 }
 
 /// A service this cluster exports: what the inbound side may reach.
@@ -207,11 +246,11 @@ struct BuiltImport {
 }
 
 fn build_import(name: ServiceName, route: &proto::ImportedRoute) -> BuiltImport {
-    let import = Arc::new(Import {
+    let import = Arc::new(Import::new(
         name,
-        ports: ports(&route.ports),
-        backends: route.clusters.iter().map(backend).collect(),
-    });
+        ports(&route.ports),
+        route.clusters.iter().map(backend).collect(),
+    ));
     let mut vips: Vec<(IpAddr, Option<Arc<str>>)> = route
         .vips
         .iter()
@@ -235,11 +274,7 @@ fn build_export(name: ServiceName, export: &proto::LocalExport) -> Arc<Export> {
             .iter()
             .filter(|e| e.ready)
             .filter_map(|e| {
-                Some(LocalEndpoint {
-                    address: e.address.parse().ok()?,
-                    zone: e.zone.as_str().into(),
-                    weight: e.weight.max(1),
-                })
+                LocalEndpoint::new(e.address.parse().ok()?, e.zone.as_str().into(), e.weight)
             })
             .collect(),
         allowed_peers: export

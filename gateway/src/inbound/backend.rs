@@ -18,7 +18,7 @@ use crate::config::Limits;
 use crate::headers::strip_hop_by_hop;
 use crate::lb::{Balancer, InFlight, random};
 use crate::metrics::Metrics;
-use crate::table::Port;
+use crate::table::{LocalEndpoint, Port};
 
 /// Clients to local endpoints, and the balancer that picks among them.
 pub struct Backends {
@@ -70,25 +70,21 @@ impl Backends {
     pub async fn forward_http(
         &self,
         req: Request<Body>,
-        endpoint: SocketAddr,
+        endpoint: &LocalEndpoint,
         port: Port,
         in_flight: InFlight,
         mut entry: Entry,
         metrics: &std::sync::Arc<Metrics>,
     ) -> Response<Body> {
         let (mut parts, incoming) = req.into_parts();
-        let authority = parts.uri.authority().map(|a| a.as_str().to_string());
-        let path = parts
-            .uri
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_string();
-        parts.uri = match Uri::builder()
-            .scheme("http")
-            .authority(endpoint.to_string())
-            .path_and_query(path)
-            .build()
-        {
+        let original = std::mem::take(&mut parts.uri).into_parts();
+        let mut uri = http::uri::Parts::default();
+        uri.scheme = Some(http::uri::Scheme::HTTP);
+        uri.authority = Some(endpoint.authority.clone());
+        uri.path_and_query = original
+            .path_and_query
+            .or_else(|| Some(http::uri::PathAndQuery::from_static("/")));
+        parts.uri = match Uri::from_parts(uri) {
             Ok(u) => u,
             Err(e) => {
                 let r = Self::fail(&mut entry, metrics, StatusCode::BAD_REQUEST, e.to_string());
@@ -96,12 +92,20 @@ impl Backends {
                 return r;
             }
         };
+        let endpoint = endpoint.address;
         let client = if port.protocol.is_h2() {
             parts.version = Version::HTTP_2;
             &self.h2
         } else {
             parts.version = Version::HTTP_11;
-            if let Some(a) = authority.and_then(|a| HeaderValue::from_str(&a).ok()) {
+            if !parts.headers.contains_key(header::HOST)
+                && let Some(a) = original.authority.and_then(|a| {
+                    HeaderValue::from_maybe_shared(bytes::Bytes::copy_from_slice(
+                        a.as_str().as_bytes(),
+                    ))
+                    .ok()
+                })
+            {
                 parts.headers.insert(header::HOST, a);
             }
             &self.h1

@@ -24,9 +24,7 @@ use tokio::sync::watch;
 use crate::accesslog::{Entry, Side};
 use crate::body::{self, Body, Counted};
 use crate::config::Limits;
-use crate::headers::{
-    FORWARDED_CLIENT_CERT, SOURCE_CLUSTER, TARGET, strip_hop_by_hop, strip_identity,
-};
+use crate::headers::{FORWARDED_CLIENT_CERT, SOURCE_CLUSTER, TARGET, strip_identity};
 use crate::metrics::Metrics;
 use crate::serve::{ConnLimit, Drain, http_builder, serve_connection};
 use crate::table::{Export, Port, Snapshot};
@@ -52,10 +50,29 @@ enum Local {
     Upgrade(hyper::upgrade::OnUpgrade),
 }
 
-/// A verified caller: the peer cluster and its gateway's ID.
+/// A verified caller: its peer cluster.
 struct Caller {
     cluster: Arc<str>,
-    id: SpiffeId,
+}
+
+/// One connection from a peer gateway: who it is (from its verified certificate) and the
+/// forwarded-client-cert value every request on it carries, built once.
+struct PeerConn {
+    info: PeerInfo,
+    forwarded_client_cert: Option<HeaderValue>,
+}
+
+impl PeerConn {
+    fn new(info: PeerInfo, own_id: &SpiffeId) -> Self {
+        let forwarded_client_cert = info
+            .id
+            .as_ref()
+            .and_then(|id| HeaderValue::from_str(&format!("By={own_id};URI={id}")).ok());
+        Self {
+            info,
+            forwarded_client_cert,
+        }
+    }
 }
 
 impl Inbound {
@@ -85,25 +102,24 @@ impl Inbound {
                 tracing::warn!(remote = %stream.info().remote, "connection limit reached: refusing a peer gateway");
                 continue;
             };
-            let info = stream.info().clone();
+            let conn = Arc::new(PeerConn::new(stream.info().clone(), &self.own_id));
             let (this, builder, drain) = (self.clone(), builder.clone(), drain.clone());
             tokio::spawn(async move {
                 let _permit = permit;
                 let limits = this.limits.clone();
-                let info = Arc::new(info);
                 serve_connection(stream, &builder, &limits, &drain, move |req| {
-                    this.clone().handle(info.clone(), req)
+                    this.clone().handle(conn.clone(), req)
                 })
                 .await;
             });
         }
     }
 
-    fn authorize(&self, snap: &Snapshot, info: &PeerInfo) -> Result<Caller, String> {
-        let id = info
-            .id
-            .clone()
-            .ok_or("no client certificate: peer gateways must present their SPIFFE certificate")?;
+    fn authorize(&self, snap: &Snapshot, conn: &PeerConn) -> Result<Caller, String> {
+        let id =
+            conn.info.id.as_ref().ok_or(
+                "no client certificate: peer gateways must present their SPIFFE certificate",
+            )?;
         let cluster = snap
             .peer_cluster(id.trust_domain().as_str())
             .ok_or_else(|| {
@@ -117,7 +133,6 @@ impl Inbound {
         }
         Ok(Caller {
             cluster: cluster.clone(),
-            id,
         })
     }
 
@@ -157,16 +172,18 @@ impl Inbound {
 
     async fn handle(
         self: Arc<Self>,
-        info: Arc<PeerInfo>,
+        conn: Arc<PeerConn>,
         req: Request<Incoming>,
     ) -> Response<Body> {
         let snap = self.table.borrow().clone();
         let mut entry = Entry::new(self.access_log, Side::Inbound, "http", "".into());
         entry.dst_cluster = Some(snap.cluster.clone());
-        entry.method = Some(req.method().to_string());
-        entry.path = req.uri().path_and_query().map(|p| p.as_str().to_string());
-        entry.peer = info.id.as_ref().map(ToString::to_string);
-        let caller = match self.authorize(&snap, &info) {
+        entry.note(|e| {
+            e.method = Some(req.method().to_string());
+            e.path = req.uri().path_and_query().map(|p| p.as_str().to_string());
+        });
+        entry.note(|e| e.peer = conn.info.id.as_ref().map(ToString::to_string));
+        let caller = match self.authorize(&snap, &conn) {
             Ok(c) => c,
             Err(reason) => return self.refuse(entry, StatusCode::FORBIDDEN, reason),
         };
@@ -180,13 +197,13 @@ impl Inbound {
             let reason = format!("{} has no ready endpoint in {}", export.name, snap.cluster);
             return self.refuse(entry, StatusCode::SERVICE_UNAVAILABLE, reason);
         };
-        entry.upstream = Some(endpoint.to_string());
+        entry.note(|e| e.upstream = Some(endpoint.address.to_string()));
         let (mut parts, incoming) = req.into_parts();
-        strip_hop_by_hop(&mut parts.headers);
+        // HTTP/2 has no connection-specific headers (h2 refuses them); identity claims are
+        // dropped whatever the version.
         strip_identity(&mut parts.headers);
-        let xfcc = format!("By={};URI={}", self.own_id, caller.id);
-        if let Ok(v) = HeaderValue::from_str(&xfcc) {
-            parts.headers.insert(FORWARDED_CLIENT_CERT, v);
+        if let Some(v) = &conn.forwarded_client_cert {
+            parts.headers.insert(FORWARDED_CLIENT_CERT, v.clone());
         }
         if let Ok(v) = HeaderValue::from_str(&caller.cluster) {
             parts.headers.insert(SOURCE_CLUSTER, v);
@@ -210,7 +227,7 @@ impl Inbound {
         let (mut response, local) = match protocol.as_deref() {
             None => {
                 entry.protocol = "tcp";
-                match self.backends.connect_tcp(endpoint).await {
+                match self.backends.connect_tcp(endpoint.address).await {
                     Ok(stream) => (Response::new(body::empty()), Local::Tcp(stream)),
                     Err((status, reason)) => return self.refuse(entry, status, reason),
                 }
@@ -221,7 +238,7 @@ impl Inbound {
                 let authority = req.uri().authority().map(|a| a.as_str());
                 let handshake = self
                     .backends
-                    .websocket_handshake(endpoint, path, authority, req.headers().clone())
+                    .websocket_handshake(endpoint.address, path, authority, req.headers().clone())
                     .await;
                 match handshake {
                     Ok(mut upgraded) => {

@@ -72,7 +72,7 @@ impl Outbound {
                 }
             };
             entry.dst_cluster = Some(backend.cluster.clone());
-            entry.upstream = Some(gateway.address.to_string());
+            entry.note(|e| e.upstream = Some(gateway.address.to_string()));
             let sent =
                 tokio::time::timeout(self.limits.request_timeout, sender.try_send_request(req))
                     .await;
@@ -124,8 +124,8 @@ impl Outbound {
 
     /// Finishes the log entry and metrics when `response`'s body ends.
     fn respond(&self, response: Response<Incoming>, mut entry: Entry) -> Response<Body> {
-        let (mut parts, incoming) = response.into_parts();
-        strip_hop_by_hop(&mut parts.headers);
+        // From a peer gateway: HTTP/2, no connection-specific headers.
+        let (parts, incoming) = response.into_parts();
         entry.status = parts.status.as_u16();
         self.metrics.request(entry.side, parts.status.as_u16());
         let counter = entry.counters.bytes_out.clone();
@@ -141,7 +141,9 @@ impl Outbound {
         mut entry: Entry,
     ) -> Response<Body> {
         let (mut parts, incoming) = req.into_parts();
-        strip_hop_by_hop(&mut parts.headers);
+        if parts.version < Version::HTTP_2 {
+            strip_hop_by_hop(&mut parts.headers);
+        }
         strip_identity(&mut parts.headers);
         parts.headers.remove(header::HOST);
         let path = parts
@@ -162,7 +164,7 @@ impl Outbound {
                 return r;
             };
             entry.dst_cluster = Some(snap.cluster.clone());
-            entry.upstream = Some(endpoint.to_string());
+            entry.note(|e| e.upstream = Some(endpoint.address.to_string()));
             let req = Request::from_parts(parts, body::boxed(counted));
             return self
                 .local
@@ -211,12 +213,16 @@ impl Outbound {
                 return Err(self.refuse(entry, StatusCode::SERVICE_UNAVAILABLE, reason));
             };
             entry.dst_cluster = Some(snap.cluster.clone());
-            entry.upstream = Some(endpoint.to_string());
+            entry.note(|e| e.upstream = Some(endpoint.address.to_string()));
             let opened = match protocol {
-                None => self.local.connect_tcp(endpoint).await.map(Upstream::Tcp),
+                None => self
+                    .local
+                    .connect_tcp(endpoint.address)
+                    .await
+                    .map(Upstream::Tcp),
                 Some(_) => self
                     .local
-                    .websocket_handshake(endpoint, path, Some(&resolved.authority), extra)
+                    .websocket_handshake(endpoint.address, path, Some(&resolved.authority), extra)
                     .await
                     .map(Upstream::Upgrade),
             };

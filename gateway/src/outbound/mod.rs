@@ -65,8 +65,10 @@ impl Outbound {
             "http",
             snap.cluster.clone(),
         );
-        entry.method = Some(req.method().to_string());
-        entry.path = req.uri().path_and_query().map(|p| p.as_str().to_string());
+        entry.note(|e| {
+            e.method = Some(req.method().to_string());
+            e.path = req.uri().path_and_query().map(|p| p.as_str().to_string());
+        });
         let resolved = match resolve(&snap, origin, &req) {
             Ok(r) => r,
             Err((status, reason)) => {
