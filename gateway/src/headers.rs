@@ -6,6 +6,8 @@ use http::header::{self, HeaderName};
 
 /// Between gateways: which exported service and port a stream is for (`<svc>.<ns>:<port>`).
 pub const TARGET: &str = "isthmus-target";
+/// Between gateways: a health probe the peer's inbound answers itself.
+pub const PROBE: &str = "isthmus-probe";
 /// At the destination service: the caller's identity (Envoy's format, `By=...;URI=...`).
 pub const FORWARDED_CLIENT_CERT: &str = "x-forwarded-client-cert";
 /// At the destination service: the calling cluster.
@@ -50,7 +52,7 @@ pub fn strip_identity(headers: &mut HeaderMap) {
         .keys()
         .filter(|k| {
             let k = k.as_str();
-            k == FORWARDED_CLIENT_CERT || k == TARGET || k.starts_with("x-isthmus-")
+            k == FORWARDED_CLIENT_CERT || k == TARGET || k == PROBE || k.starts_with("x-isthmus-")
         })
         .cloned()
         .collect();

@@ -10,6 +10,8 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use crate::health::Verdict;
+use crate::policy::ServicePolicy;
 use crate::table::{Backend, LocalEndpoint, Target};
 
 /// A cheap per-thread random source (xorshift64*), seeded from the OS-randomised hasher keys.
@@ -55,14 +57,56 @@ fn usable(b: &Backend, my_cluster: &str) -> bool {
     (!b.gateways.is_empty() || &*b.cluster == my_cluster) && b.healthy > 0
 }
 
-/// The clusters to try for `target`, best first: a pinned target gets only its cluster; else
-/// this cluster itself when it serves the service, then fresh clusters in the caller's region,
-/// then fresh ones elsewhere, then stale ones. Within a tier the first pick is weighted by the
-/// exporters' weights, the rest follow in weighted order.
+/// The failover tier of a cluster: this cluster, the caller's region, other regions.
+fn tier(b: &Backend, my_cluster: &str, my_region: &str) -> usize {
+    if &*b.cluster == my_cluster {
+        0
+    } else if &*b.region == my_region {
+        1
+    } else {
+        2
+    }
+}
+
+/// The share of traffic each tier takes, tier 0 first (pure; Envoy's priority load with an
+/// explicit threshold). A tier whose healthy share (slow-start factors count fractionally) is
+/// at least `threshold` takes everything still unassigned; below it, it takes
+/// `share / threshold` of what is left and the rest spills to the next tier. When even the
+/// last tier cannot take it all, the loads are scaled up to sum to 1 over the healthy tiers.
+pub fn tier_loads(shares: &[f64], threshold: f64) -> Vec<f64> {
+    let mut loads = Vec::with_capacity(shares.len());
+    let mut left = 1.0;
+    for &share in shares {
+        let take = if threshold <= 0.0 || share >= threshold {
+            1.0
+        } else {
+            share / threshold
+        };
+        let load = left * take;
+        loads.push(load);
+        left -= load;
+    }
+    let total: f64 = loads.iter().sum();
+    if total > 0.0 && total < 1.0 {
+        for l in &mut loads {
+            *l /= total;
+        }
+    }
+    loads
+}
+
+/// The clusters to try for `target`, best first. A pinned target gets only its cluster. Else:
+/// clusters outside the policy's fence are never chosen; the first pick follows the tier loads
+/// (this cluster, the caller's region, other regions) and, within a tier, the exporters'
+/// weights times the slow-start factor; the rest follow in tier order as retry candidates.
+/// Unhealthy clusters come last — tried only when nothing healthy is left (panic mode), so a
+/// mesh-wide false alarm never turns into a total outage.
 pub fn cluster_order<'a>(
     target: &'a Target,
     my_cluster: &str,
     my_region: &str,
+    policy: &ServicePolicy,
+    verdict: impl Fn(&Backend) -> Verdict,
     mut rand: impl FnMut() -> u64,
 ) -> Vec<&'a Backend> {
     let backends = &target.import.backends;
@@ -72,22 +116,75 @@ pub fn cluster_order<'a>(
             .filter(|b| &b.cluster == pinned && usable(b, my_cluster))
             .collect();
     }
-    let tier = |b: &Backend| match (b.stale, &*b.cluster == my_cluster, &*b.region == my_region) {
-        (false, true, _) => 0,
-        (false, false, true) => 1,
-        (false, false, false) => 2,
-        (true, _, _) => 3,
+    let fenced = |b: &Backend| {
+        policy
+            .fence_regions
+            .as_ref()
+            .is_none_or(|regions| regions.contains(&b.region))
     };
-    let mut out = Vec::with_capacity(backends.len());
-    for t in 0..4 {
-        let mut pool: Vec<&Backend> = backends
+    let candidates: Vec<(&Backend, Verdict, usize)> = backends
+        .iter()
+        .filter(|b| usable(b, my_cluster) && fenced(b))
+        .map(|b| (b, verdict(b), tier(b, my_cluster, my_region)))
+        .collect();
+    if candidates.is_empty() {
+        return Vec::new();
+    }
+    let mut shares = [0.0f64; 3];
+    let mut sizes = [0usize; 3];
+    for (_, v, t) in &candidates {
+        sizes[*t] += 1;
+        if v.healthy {
+            shares[*t] += v.factor;
+        }
+    }
+    let shares: Vec<f64> = (0..3)
+        .map(|t| {
+            if sizes[t] == 0 {
+                0.0
+            } else {
+                shares[t] / sizes[t] as f64
+            }
+        })
+        .collect();
+    let loads = tier_loads(&shares, policy.threshold);
+    let unit = |r: u64| (r >> 11) as f64 / (1u64 << 53) as f64;
+    // The first tier, by load.
+    let mut point = unit(rand());
+    let mut first_tier = None;
+    for (t, load) in loads.iter().enumerate() {
+        if *load > 0.0 && point < *load {
+            first_tier = Some(t);
+            break;
+        }
+        point -= load;
+    }
+    let first_tier = first_tier.or_else(|| loads.iter().rposition(|l| *l > 0.0));
+    let mut out = Vec::with_capacity(candidates.len());
+    let mut order_tier = |t: usize, healthy: bool, out: &mut Vec<&'a Backend>| {
+        let mut pool: Vec<(&'a Backend, f64)> = candidates
             .iter()
-            .filter(|b| usable(b, my_cluster) && tier(b) == t)
+            .filter(|(_, v, ct)| *ct == t && v.healthy == healthy)
+            .map(|(b, v, _)| (*b, if healthy { v.factor } else { 1.0 }))
             .collect();
         while !pool.is_empty() {
-            let i = weighted_index(pool.iter().map(|b| u64::from(b.weight)), rand()).unwrap_or(0);
-            out.push(pool.swap_remove(i));
+            let weights = pool
+                .iter()
+                .map(|(b, f)| ((f64::from(b.weight) * f * 1000.0) as u64).max(1));
+            let i = weighted_index(weights, rand()).unwrap_or(0);
+            out.push(pool.swap_remove(i).0);
         }
+    };
+    if let Some(t) = first_tier {
+        order_tier(t, true, &mut out);
+    }
+    for t in 0..3 {
+        if Some(t) != first_tier {
+            order_tier(t, true, &mut out);
+        }
+    }
+    for t in 0..3 {
+        order_tier(t, false, &mut out);
     }
     out
 }
@@ -214,17 +311,25 @@ mod tests {
 
     fn order(t: &Target, region: &str) -> Vec<String> {
         let mut n = 0u64;
-        cluster_order(t, "here", region, || {
-            n += 1;
-            n
-        })
+        let policy = ServicePolicy::default();
+        cluster_order(
+            t,
+            "here",
+            region,
+            &policy,
+            |_| Verdict::HEALTHY,
+            || {
+                n += 1;
+                n
+            },
+        )
         .iter()
         .map(|b| b.cluster.to_string())
         .collect()
     }
 
     #[test]
-    fn tiers_same_region_then_others_then_stale_and_unusable_never() {
+    fn tiers_this_cluster_then_same_region_then_others_and_unusable_never() {
         let mut no_gateway = backend("north", "eu", 1, 3, false);
         no_gateway.gateways.clear();
         type Case<'a> = (Vec<Backend>, Option<&'a str>, &'a str, Vec<&'a str>);
@@ -246,7 +351,7 @@ mod tests {
                 ],
                 None,
                 "us",
-                vec!["south", "west"],
+                vec!["west", "south"],
             ),
             (
                 vec![backend("west", "us", 1, 0, false), no_gateway],
@@ -300,12 +405,135 @@ mod tests {
         );
         let mut west = 0;
         for r in 0..4000u64 {
-            let first = cluster_order(&t, "here", "us", || r)[0].cluster.clone();
+            let policy = ServicePolicy::default();
+            let first = cluster_order(&t, "here", "us", &policy, |_| Verdict::HEALTHY, || r)[0]
+                .cluster
+                .clone();
             if &*first == "west" {
                 west += 1;
             }
         }
         assert_eq!(west, 3000, "weights 3:1 over a uniform sweep");
+    }
+
+    #[test]
+    fn tier_loads_spill_below_the_threshold() {
+        let cases: [(&[f64], f64, &[f64]); 6] = [
+            (&[1.0, 1.0, 1.0], 0.7, &[1.0, 0.0, 0.0]),
+            (&[0.7, 1.0, 1.0], 0.7, &[1.0, 0.0, 0.0]),
+            (&[0.35, 1.0, 1.0], 0.7, &[0.5, 0.5, 0.0]),
+            (&[0.0, 0.35, 1.0], 0.7, &[0.0, 0.5, 0.5]),
+            (&[0.0, 0.0, 0.35], 0.7, &[0.0, 0.0, 1.0]),
+            (&[0.0, 0.0, 0.0], 0.7, &[0.0, 0.0, 0.0]),
+        ];
+        for (shares, threshold, want) in cases {
+            let got = tier_loads(shares, threshold);
+            for (g, w) in got.iter().zip(want) {
+                assert!((g - w).abs() < 1e-9, "{shares:?}: {got:?} vs {want:?}");
+            }
+        }
+    }
+
+    fn first_picks(
+        t: &Target,
+        policy: &ServicePolicy,
+        verdict: impl Fn(&Backend) -> Verdict + Copy,
+    ) -> std::collections::BTreeMap<String, u32> {
+        let mut seen = std::collections::BTreeMap::new();
+        for _ in 0..2000 {
+            let order = cluster_order(t, "here", "us", policy, verdict, random);
+            *seen
+                .entry(
+                    order
+                        .first()
+                        .map_or("-".to_string(), |b| b.cluster.to_string()),
+                )
+                .or_insert(0) += 1;
+        }
+        seen
+    }
+
+    #[test]
+    fn health_moves_traffic_and_panic_mode_keeps_a_last_resort() {
+        let t = target(
+            vec![
+                backend("west", "us", 1, 1, false),
+                backend("south", "sa", 1, 1, false),
+            ],
+            None,
+        );
+        let p = ServicePolicy::default();
+        let down = |name: &'static str| {
+            move |b: &Backend| {
+                if &*b.cluster == name {
+                    Verdict {
+                        healthy: false,
+                        factor: 0.0,
+                        reason: None,
+                    }
+                } else {
+                    Verdict::HEALTHY
+                }
+            }
+        };
+        assert_eq!(first_picks(&t, &p, down("none"))["west"], 2000);
+        assert_eq!(first_picks(&t, &p, down("west"))["south"], 2000);
+        let order = cluster_order(&t, "here", "us", &p, down("west"), random);
+        assert_eq!(
+            order.len(),
+            2,
+            "the unhealthy cluster stays as a last resort"
+        );
+        assert_eq!(&*order[1].cluster, "west");
+        let all_down = |_: &Backend| Verdict {
+            healthy: false,
+            factor: 0.0,
+            reason: None,
+        };
+        let order = cluster_order(&t, "here", "us", &p, all_down, random);
+        assert_eq!(
+            &*order[0].cluster, "west",
+            "panic mode keeps the tier order"
+        );
+    }
+
+    #[test]
+    fn fences_and_slow_start_shape_the_first_pick() {
+        let t = target(
+            vec![
+                backend("west", "us", 1, 1, false),
+                backend("south", "sa", 1, 1, false),
+            ],
+            None,
+        );
+        let fenced = ServicePolicy {
+            fence_regions: Some(vec!["us".into()]),
+            ..ServicePolicy::default()
+        };
+        let west_down = |b: &Backend| Verdict {
+            healthy: &*b.cluster != "west",
+            factor: 1.0,
+            reason: None,
+        };
+        let order = cluster_order(&t, "here", "us", &fenced, west_down, random);
+        assert_eq!(
+            order.len(),
+            1,
+            "never leave the fence, even when unhealthy inside it"
+        );
+        assert_eq!(&*order[0].cluster, "west");
+        // West just came back: a fifth of its full share; the rest spills to south.
+        let recovering = |b: &Backend| Verdict {
+            healthy: true,
+            factor: if &*b.cluster == "west" { 0.14 } else { 1.0 },
+            reason: None,
+        };
+        let picks = first_picks(&t, &ServicePolicy::default(), recovering);
+        let west = f64::from(picks["west"]) / 2000.0;
+        assert!(
+            (0.12..0.28).contains(&west),
+            "west share while recovering: {west}"
+        );
     }
 
     fn ep(port: u16, weight: u32) -> LocalEndpoint {

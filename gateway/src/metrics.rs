@@ -37,6 +37,12 @@ pub struct Metrics {
     pub certificate_expiry_seconds: Gauge,
     /// 1 while the config stream from the federation is up.
     pub control_connected: Gauge,
+    /// Tries sent again to another cluster.
+    pub retries: Counter,
+    /// Retries not sent because the retry budget was spent.
+    pub retries_refused: Counter,
+    /// Peer gateways failing their probes.
+    pub peer_gateways_down: Gauge,
 }
 
 fn class(code: u16) -> &'static str {
@@ -104,6 +110,21 @@ impl Metrics {
             "certificate_expiry_seconds",
             "Seconds until the gateway's certificate expires",
             self.certificate_expiry_seconds.clone(),
+        );
+        r.register(
+            "retries",
+            "Tries sent again to another cluster",
+            self.retries.clone(),
+        );
+        r.register(
+            "retries_refused",
+            "Retries not sent because the retry budget was spent",
+            self.retries_refused.clone(),
+        );
+        r.register(
+            "peer_gateways_down",
+            "Peer gateways failing their probes",
+            self.peer_gateways_down.clone(),
         );
         r.register(
             "control_connected",

@@ -16,11 +16,13 @@ use tokio::task::JoinHandle;
 
 use crate::config::GatewayConfig;
 use crate::control::{ControlClient, ControlError};
+use crate::health::{Health, HealthConfig};
 use crate::inbound::{Backends, Inbound};
 use crate::metrics::Metrics;
 use crate::outbound::listeners::{VipListeners, accept_loop};
 use crate::outbound::{Origin, Outbound};
 use crate::pool::PeerPool;
+use crate::retry::{Breakers, Budget};
 use crate::serve::{ConnLimit, Drain};
 use crate::sync;
 use crate::table::Snapshot;
@@ -180,9 +182,24 @@ pub async fn start(cfg: GatewayConfig) -> Result<Running, StartError> {
         cfg.limits.clone(),
     ));
     let backends = Arc::new(Backends::new(cfg.limits.clone()));
+    let health = Arc::new(Health::new(HealthConfig::default()));
+    tasks.push(tokio::spawn(crate::probe::run(
+        table.clone(),
+        pool.clone(),
+        health.clone(),
+        metrics.clone(),
+    )));
+    tasks.push(tokio::spawn(sync::report_health(
+        client.clone(),
+        table.clone(),
+        health.clone(),
+    )));
     let outbound = Arc::new(Outbound {
         table: table.clone(),
         pool,
+        health,
+        budget: Budget::default(),
+        breakers: Breakers::default(),
         local: backends.clone(),
         limits: cfg.limits.clone(),
         access_log: cfg.access_log,

@@ -13,7 +13,8 @@ use std::time::{Duration, SystemTime};
 
 use isthmus_federation::identity::{SpiffeId, TrustBundle, TrustDomain, tls};
 use isthmus_federation::proto::{
-    ConfigAck, RegisterGatewayRequest, SignCsrRequest, SubscribeRequest,
+    ConfigAck, HealthReport, HealthVerdict, RegisterGatewayRequest, ServiceKey, SignCsrRequest,
+    SubscribeRequest,
 };
 use tokio::sync::watch;
 
@@ -203,6 +204,83 @@ pub async fn register(client: Arc<ControlClient>, advertise: String, ttl: Durati
             }
         };
         tokio::time::sleep(wait).await;
+    }
+}
+
+/// The verdicts this gateway holds now, one per service per serving peer cluster.
+fn verdicts(snap: &Snapshot, health: &crate::health::Health) -> Vec<HealthVerdict> {
+    let mut out = Vec::new();
+    for import in snap.imports.values() {
+        let policy = snap.traffic.for_service(&import.name);
+        let (svc, ns) = import.name.split_once('.').unwrap_or((&import.name, ""));
+        for b in &import.backends {
+            let local = b.cluster == snap.cluster;
+            let v = health.verdict(&import.name, b, local, policy.slow_start);
+            out.push(HealthVerdict {
+                cluster: b.cluster.to_string(),
+                service: Some(ServiceKey {
+                    namespace: ns.to_string(),
+                    name: svc.to_string(),
+                }),
+                healthy: v.healthy,
+                reason: v.reason.unwrap_or_default().to_string(),
+            });
+        }
+    }
+    let key = |v: &HealthVerdict| {
+        let s = v.service.as_ref();
+        (
+            v.cluster.clone(),
+            s.map(|k| k.namespace.clone()),
+            s.map(|k| k.name.clone()),
+        )
+    };
+    out.sort_by_key(key);
+    out
+}
+
+/// Reports this gateway's verdicts to its federation (for DNS answers and `status`) whenever
+/// they change, and in full every 30 s; reconnects when the stream breaks.
+pub async fn report_health(
+    client: Arc<ControlClient>,
+    table: watch::Receiver<Arc<Snapshot>>,
+    health: Arc<crate::health::Health>,
+) {
+    let every = Duration::from_secs(1);
+    let full = Duration::from_secs(30);
+    loop {
+        let (tx, rx) = tokio::sync::mpsc::channel::<HealthReport>(4);
+        let stream =
+            futures_util::stream::unfold(
+                rx,
+                |mut rx| async move { rx.recv().await.map(|r| (r, rx)) },
+            );
+        let mut rpc = client.client();
+        let call = tokio::spawn(async move { rpc.report_health(stream).await });
+        let mut last: Vec<HealthVerdict> = Vec::new();
+        let mut last_full = tokio::time::Instant::now();
+        loop {
+            let snap = table.borrow().clone();
+            let now_verdicts = verdicts(&snap, &health);
+            if now_verdicts != last || last_full.elapsed() >= full {
+                let report = HealthReport {
+                    gateway: client.gateway.clone(),
+                    verdicts: now_verdicts.clone(),
+                };
+                if tx.send(report).await.is_err() {
+                    break;
+                }
+                last = now_verdicts;
+                last_full = tokio::time::Instant::now();
+            }
+            if call.is_finished() {
+                break;
+            }
+            tokio::time::sleep(every).await;
+        }
+        drop(tx);
+        let _ = call.await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 

@@ -187,6 +187,8 @@ pub struct Snapshot {
     pub bundles: Vec<proto::TrustBundle>,
     /// Policy documents (JSON) by name, as the federation distributes them.
     pub policies: BTreeMap<String, String>,
+    /// The traffic policies among them, parsed once per version.
+    pub traffic: crate::policy::Policies,
 }
 
 impl Snapshot {
@@ -367,6 +369,7 @@ impl TableBuilder {
             zone: self.header.zone.as_str().into(),
             bundles: self.bundles.values().cloned().collect(),
             policies: self.policies.clone(),
+            traffic: crate::policy::Policies::build(&self.policies),
             exports: self.exports.clone(),
             ..Default::default()
         };

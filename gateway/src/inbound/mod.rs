@@ -24,7 +24,7 @@ use tokio::sync::watch;
 use crate::accesslog::{Entry, Side};
 use crate::body::{self, Body, Counted};
 use crate::config::Limits;
-use crate::headers::{FORWARDED_CLIENT_CERT, SOURCE_CLUSTER, TARGET, strip_identity};
+use crate::headers::{FORWARDED_CLIENT_CERT, PROBE, SOURCE_CLUSTER, TARGET, strip_identity};
 use crate::metrics::Metrics;
 use crate::serve::{ConnLimit, Drain, http_builder, serve_connection};
 use crate::table::{Export, Port, Snapshot};
@@ -188,6 +188,10 @@ impl Inbound {
             Err(reason) => return self.refuse(entry, StatusCode::FORBIDDEN, reason),
         };
         entry.src_cluster = caller.cluster.clone();
+        if req.headers().contains_key(PROBE) {
+            // A peer gateway's health probe: answered here, never logged per request.
+            return crate::body::error(StatusCode::OK, "ok");
+        }
         let (export, port) = match Self::target(&snap, &caller, &req) {
             Ok(t) => t,
             Err((status, reason)) => return self.refuse(entry, status, reason),

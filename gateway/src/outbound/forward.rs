@@ -17,7 +17,9 @@ use crate::accesslog::Entry;
 use crate::body::{self, Body, Counted};
 use crate::headers::{TARGET, strip_hop_by_hop, strip_identity};
 use crate::lb::{cluster_order, random};
-use crate::table::{Export, Port, Snapshot};
+use crate::policy::ServicePolicy;
+use crate::retry::{self, Replay};
+use crate::table::{Backend, Snapshot};
 use crate::tunnel::pipe;
 
 const WS_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
@@ -39,78 +41,170 @@ fn target_value(resolved: &Resolved) -> HeaderValue {
 }
 
 impl Outbound {
-    /// Sends `req` to the first cluster that takes it. On failure: the response to give the
-    /// client (503 when no cluster could be reached, 502/504 when the chosen one failed).
+    /// The clusters to try, best first, and the service's policy.
+    fn plan<'a>(
+        &self,
+        snap: &Snapshot,
+        resolved: &'a Resolved,
+    ) -> (Vec<&'a Backend>, Arc<ServicePolicy>) {
+        let name = &resolved.target.import.name;
+        let policy = snap.traffic.for_service(name).clone();
+        let order = cluster_order(
+            &resolved.target,
+            &snap.cluster,
+            &snap.region,
+            &policy,
+            |b| {
+                self.health
+                    .verdict(name, b, b.cluster == snap.cluster, policy.slow_start)
+            },
+            random,
+        );
+        (order, policy)
+    }
+
+    /// Sends `req` (or, when the first try fails, its replay) to the clusters of `order` until
+    /// one answers. A request not yet sent (the connection was closing, the peer unreachable,
+    /// the cluster's circuit open) always moves on; one that was sent moves on only when it can
+    /// be replayed, within the retry budget and the policy's retries. On failure: the response
+    /// to give the client (the last peer answer, or 502/503/504 with the reason).
+    #[allow(clippy::too_many_arguments)]
     async fn send(
         &self,
         snap: &Snapshot,
         resolved: &Resolved,
-        mut req: Request<Body>,
+        order: &[&Backend],
+        policy: &ServicePolicy,
+        req: Request<Body>,
+        replay: Option<&Replay>,
         entry: &mut Entry,
     ) -> Result<Response<Incoming>, Response<Body>> {
-        let order = cluster_order(&resolved.target, &snap.cluster, &snap.region, random);
+        let name = &resolved.target.import.name;
         if order.is_empty() {
             let reason = match &resolved.target.pinned {
-                Some(c) => format!("{c} does not serve {} now", resolved.target.import.name),
-                None => format!("no healthy cluster serves {}", resolved.target.import.name),
+                Some(c) => format!("{c} does not serve {name} now"),
+                None => format!("no healthy cluster serves {name}"),
             };
             return Err(self.refuse(entry, StatusCode::SERVICE_UNAVAILABLE, reason));
         }
+        self.budget.deposit(policy.budget_percent);
+        let timeout = retry::try_timeout(
+            replay.is_some(),
+            policy.per_try_timeout,
+            self.limits.request_timeout,
+        );
+        let mut pending = Some(req);
+        let mut sent = 0u32;
         let mut last = String::new();
+        let mut last_answer: Option<Response<Incoming>> = None;
         for backend in order {
             if backend.cluster == snap.cluster {
                 // Local delivery is decided before a request is built for a peer.
                 continue;
             }
+            let req = match pending.take() {
+                Some(r) => r,
+                None => match replay {
+                    Some(r) if sent <= policy.retries && self.budget.withdraw() => {
+                        self.metrics.retries.inc();
+                        r.request()
+                    }
+                    Some(_) if sent <= policy.retries => {
+                        last = format!("{last}; retry budget exhausted");
+                        self.metrics.retries_refused.inc();
+                        break;
+                    }
+                    _ => break,
+                },
+            };
+            let Some(_in_flight) = self.breakers.enter(&backend.cluster, policy.max_requests)
+            else {
+                last = format!(
+                    "{} has {} requests in flight (circuit open)",
+                    backend.cluster, policy.max_requests
+                );
+                entry.failed_over_from.push(backend.cluster.clone());
+                pending = Some(req);
+                continue;
+            };
             let gateway = &backend.gateways[(random() as usize) % backend.gateways.len()];
             let mut sender = match self.pool.get(backend, gateway).await {
                 Ok(s) => s,
                 Err(e) => {
+                    self.health.outcome(name, &backend.cluster, false);
                     last = e.to_string();
                     entry.failed_over_from.push(backend.cluster.clone());
+                    pending = Some(req);
                     continue;
                 }
             };
             entry.dst_cluster = Some(backend.cluster.clone());
             entry.note(|e| e.upstream = Some(gateway.address.to_string()));
-            let sent =
-                tokio::time::timeout(self.limits.request_timeout, sender.try_send_request(req))
-                    .await;
-            match sent {
+            sent += 1;
+            match tokio::time::timeout(timeout, sender.try_send_request(req)).await {
                 Ok(Ok(response)) => {
-                    if !entry.failed_over_from.is_empty() {
-                        entry.reason = Some(format!("failed over: {last}"));
+                    let failed = retry::failed_attempt(
+                        response.status(),
+                        response.headers(),
+                        &policy.grpc_statuses,
+                    );
+                    self.health.outcome(name, &backend.cluster, !failed);
+                    if !failed {
+                        if !entry.failed_over_from.is_empty() {
+                            entry.reason = Some(format!("failed over: {last}"));
+                        }
+                        return Ok(response);
                     }
-                    return Ok(response);
+                    last = format!(
+                        "{} answered {}{}",
+                        backend.cluster,
+                        response.status(),
+                        response
+                            .headers()
+                            .get(body::ERROR_HEADER)
+                            .and_then(|v| v.to_str().ok())
+                            .map(|r| format!(": {r}"))
+                            .unwrap_or_default()
+                    );
+                    entry.failed_over_from.push(backend.cluster.clone());
+                    last_answer = Some(response);
                 }
-                Ok(Err(mut e)) => match e.take_message() {
-                    // Not sent: the connection was closing. Try the next cluster.
-                    Some(back) => {
-                        last = format!("connection to {} closed: {}", backend.cluster, e.error());
-                        entry.failed_over_from.push(backend.cluster.clone());
-                        req = back;
+                Ok(Err(mut e)) => {
+                    self.health.outcome(name, &backend.cluster, false);
+                    last = format!("{} failed: {}", backend.cluster, e.error());
+                    entry.failed_over_from.push(backend.cluster.clone());
+                    match e.take_message() {
+                        // Not sent: the connection was closing.
+                        Some(back) => {
+                            sent -= 1;
+                            pending = Some(back);
+                        }
+                        None if replay.is_some() => {}
+                        None => return Err(self.refuse(entry, StatusCode::BAD_GATEWAY, last)),
                     }
-                    None => {
-                        let reason =
-                            format!("peer gateway of {} failed: {}", backend.cluster, e.error());
-                        return Err(self.refuse(entry, StatusCode::BAD_GATEWAY, reason));
-                    }
-                },
+                }
                 Err(_) => {
-                    let reason = format!(
+                    self.health.outcome(name, &backend.cluster, false);
+                    last = format!(
                         "{} did not answer within {} ms",
                         backend.cluster,
-                        self.limits.request_timeout.as_millis()
+                        timeout.as_millis()
                     );
-                    return Err(self.refuse(entry, StatusCode::GATEWAY_TIMEOUT, reason));
+                    entry.failed_over_from.push(backend.cluster.clone());
+                    if replay.is_none() {
+                        return Err(self.refuse(entry, StatusCode::GATEWAY_TIMEOUT, last));
+                    }
                 }
             }
         }
+        if let Some(answer) = last_answer {
+            // Nothing better: the last cluster's own answer, as it was.
+            entry.failed_over_from.pop();
+            entry.reason = Some(format!("every try failed: {last}"));
+            return Ok(answer);
+        }
         entry.dst_cluster = None;
-        let reason = format!(
-            "no cluster serving {} is reachable: {last}",
-            resolved.target.import.name
-        );
+        let reason = format!("no cluster serving {name} could take the request: {last}");
         Err(self.refuse(entry, StatusCode::SERVICE_UNAVAILABLE, reason))
     }
 
@@ -156,7 +250,12 @@ impl Outbound {
             Err(reason) => return self.refuse(&mut entry, StatusCode::BAD_REQUEST, reason),
         };
         let counted = Counted::new(incoming, entry.counters.bytes_in.clone());
-        if let Some((export, port)) = self.local_first(snap, &resolved) {
+        let (order, policy) = self.plan(snap, &resolved);
+        if let Some(first) = order.first()
+            && first.cluster == snap.cluster
+            && let Some(export) = snap.exports.get(&resolved.target.import.name)
+            && let Some(port) = export.port(resolved.port)
+        {
             let Some((endpoint, in_flight)) = self.local.balancer.pick(&export.endpoints) else {
                 let reason = format!("{} has no ready endpoint in this cluster", export.name);
                 let r = self.refuse(&mut entry, StatusCode::SERVICE_UNAVAILABLE, reason);
@@ -166,33 +265,48 @@ impl Outbound {
             entry.dst_cluster = Some(snap.cluster.clone());
             entry.note(|e| e.upstream = Some(endpoint.address.to_string()));
             let req = Request::from_parts(parts, body::boxed(counted));
-            return self
+            let response = self
                 .local
                 .forward_http(req, endpoint, port, in_flight, entry, &self.metrics)
                 .await;
+            let failed =
+                retry::failed_attempt(response.status(), response.headers(), &policy.grpc_statuses);
+            self.health
+                .outcome(&resolved.target.import.name, &snap.cluster, !failed);
+            return response;
         }
         parts.version = Version::HTTP_2;
         parts.headers.insert(TARGET, target_value(&resolved));
-        let req = Request::from_parts(parts, body::boxed(counted));
-        match self.send(snap, &resolved, req, &mut entry).await {
+        let req = Request::from_parts(parts, counted);
+        let may_retry = policy.retries > 0
+            && (retry::idempotent(req.method()) || retry::is_grpc(req.headers()));
+        let (req, replay) = if may_retry {
+            match retry::prepare(req) {
+                Ok(replay) => (replay.request(), Some(replay)),
+                Err(streaming) => (*streaming, None),
+            }
+        } else {
+            let (parts, counted) = req.into_parts();
+            (Request::from_parts(parts, body::boxed(counted)), None)
+        };
+        match self
+            .send(
+                snap,
+                &resolved,
+                &order,
+                &policy,
+                req,
+                replay.as_ref(),
+                &mut entry,
+            )
+            .await
+        {
             Ok(response) => self.respond(response, entry),
             Err(refused) => {
                 entry.finish();
                 refused
             }
         }
-    }
-
-    /// This cluster's own export of the service and the port, when this cluster serves it and
-    /// comes first in the cluster order.
-    fn local_first(&self, snap: &Snapshot, resolved: &Resolved) -> Option<(Arc<Export>, Port)> {
-        let order = cluster_order(&resolved.target, &snap.cluster, &snap.region, random);
-        if order.first()?.cluster != snap.cluster {
-            return None;
-        }
-        let export = snap.exports.get(&resolved.target.import.name)?;
-        let port = export.port(resolved.port)?;
-        Some((export.clone(), port))
     }
 
     /// Opens a byte stream to the service: on this cluster when it serves it (a TCP
@@ -207,7 +321,13 @@ impl Outbound {
         extra: http::HeaderMap,
         entry: &mut Entry,
     ) -> Result<Upstream, Response<Body>> {
-        if let Some((export, _)) = self.local_first(snap, resolved) {
+        let (order, policy) = self.plan(snap, resolved);
+        let local = order
+            .first()
+            .filter(|b| b.cluster == snap.cluster)
+            .and_then(|_| snap.exports.get(&resolved.target.import.name))
+            .filter(|e| e.port(resolved.port).is_some());
+        if let Some(export) = local {
             let Some((endpoint, _in_flight)) = self.local.balancer.pick(&export.endpoints) else {
                 let reason = format!("{} has no ready endpoint in this cluster", export.name);
                 return Err(self.refuse(entry, StatusCode::SERVICE_UNAVAILABLE, reason));
@@ -249,7 +369,9 @@ impl Outbound {
             req.extensions_mut()
                 .insert(hyper::ext::Protocol::from_static(p));
         }
-        let response = self.send(snap, resolved, req, entry).await?;
+        let response = self
+            .send(snap, resolved, &order, &policy, req, None, entry)
+            .await?;
         if response.status() != StatusCode::OK {
             // The peer refused (not exported, no endpoint, ...): pass its answer on.
             let (mut parts, incoming) = response.into_parts();

@@ -41,6 +41,9 @@ pub struct Outbound {
     pub limits: Limits,
     pub access_log: bool,
     pub metrics: Arc<Metrics>,
+    pub health: Arc<crate::health::Health>,
+    pub budget: crate::retry::Budget,
+    pub breakers: crate::retry::Breakers,
 }
 
 /// What a request addressed, resolved against the table.
