@@ -134,7 +134,8 @@ where
 }
 
 /// The retry budget: a token bucket shared by all requests of a gateway, counted in
-/// thousandths of a retry (no rounding drift).
+/// thousandths of a retry (no rounding drift). It holds at most one second of the floor, so
+/// over any period retries stay within `percent` of the requests plus the floor per second.
 #[derive(Debug)]
 pub struct Budget {
     /// (milli-tokens, last refill).
@@ -149,7 +150,9 @@ impl Budget {
         Self {
             state: Mutex::new((floor_per_sec * 1000, Instant::now())),
             floor_per_sec,
-            cap: (floor_per_sec * 10 + 100) * 1000,
+            // Little is saved up: a long quiet spell must not buy a retry storm later. What is
+            // earned keeps flowing in with the traffic (20 % of it) and the floor.
+            cap: floor_per_sec.max(1) * 1000,
         }
     }
 
@@ -327,15 +330,25 @@ mod tests {
         // The floor: 10 at start, then no more without traffic or time.
         let mut granted = (0..50).filter(|_| b.withdraw()).count();
         assert_eq!(granted, 10);
-        // 1,000 requests at 20 % earn 200 retries.
+        // Requests at 20 % earn a retry every five, as they come: 1,000 requests interleaved
+        // with the failures that spend them allow 200 retries.
+        granted = 0;
+        for i in 0..1000 {
+            b.deposit(20);
+            if i % 5 == 4 && b.withdraw() {
+                granted += 1;
+            }
+        }
+        assert_eq!(granted, 200);
+        // Earned but unspent: at most the floor is kept.
         for _ in 0..1000 {
             b.deposit(20);
         }
         granted = (0..1000).filter(|_| b.withdraw()).count();
-        assert_eq!(granted, 200);
+        assert_eq!(granted, 10);
         tokio::time::advance(Duration::from_secs(2)).await;
         granted = (0..100).filter(|_| b.withdraw()).count();
-        assert_eq!(granted, 20, "the floor refills at 10/s");
+        assert_eq!(granted, 10, "the floor refills at 10/s, one second's worth kept");
     }
 
     #[test]
