@@ -4,6 +4,7 @@ mod admin_cmd;
 mod demo;
 mod logging;
 mod sample;
+mod sample_client;
 
 use std::path::PathBuf;
 
@@ -91,6 +92,23 @@ enum Command {
         grpc: std::net::SocketAddr,
         #[arg(long, env = "ISTHMUS_SAMPLE_TCP")]
         tcp: std::net::SocketAddr,
+    },
+    /// An open-loop HTTP load generator printing one JSON line per request (failover tests).
+    #[command(hide = true)]
+    SampleClient {
+        #[arg(long, env = "ISTHMUS_SAMPLE_CLIENT_URL")]
+        url: String,
+        /// Send every request to this HTTP proxy (host:port) in absolute form.
+        #[arg(long, env = "ISTHMUS_SAMPLE_CLIENT_PROXY")]
+        proxy: Option<String>,
+        /// Requests per second, sent on schedule whether or not earlier ones answered.
+        #[arg(long, env = "ISTHMUS_SAMPLE_CLIENT_RATE")]
+        rate: f64,
+        #[arg(long, env = "ISTHMUS_SAMPLE_CLIENT_SECONDS")]
+        seconds: f64,
+        /// Per-request deadline (connect to last body byte).
+        #[arg(long, env = "ISTHMUS_SAMPLE_CLIENT_TIMEOUT_MS", default_value_t = 5000)]
+        timeout_ms: u64,
     },
     /// Start three clusters on loopback, peer them, and show them converge.
     Demo {
@@ -270,6 +288,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await
         }
         Command::Demo { dir, exit } => demo::run(dir, exit).await,
+        Command::SampleClient {
+            url,
+            proxy,
+            rate,
+            seconds,
+            timeout_ms,
+        } => {
+            sample_client::run(sample_client::Options {
+                url,
+                proxy,
+                rate,
+                seconds,
+                timeout: std::time::Duration::from_millis(timeout_ms),
+            })
+            .await
+        }
         Command::SampleBackends {
             cluster,
             http,

@@ -4,6 +4,7 @@
 pub mod fake_peer;
 pub mod federation;
 pub mod gateway;
+pub mod netns;
 
 use std::time::Duration;
 

@@ -321,9 +321,16 @@ impl Health {
         let outlier = lock(&self.outliers)
             .get(&(service.clone(), backend.cluster.clone()))
             .copied();
-        let since = lock(&self.clusters)
-            .get(&backend.cluster)
-            .and_then(|c| c.since);
+        let since = lock(&self.clusters).get(&backend.cluster).and_then(|c| {
+            if !c.up && c.seen_up {
+                // Known down at the last probe round, yet usable now (e.g. a restarted gateway
+                // registered at a new address): it is returning — slow start from now, before
+                // the next round confirms it.
+                Some(now)
+            } else {
+                c.since
+            }
+        });
         verdict(&gateways, local, outlier.as_ref(), since, slow_start, now)
     }
 
