@@ -48,6 +48,14 @@ pub struct GatewayConfig {
     /// The lease of the gateway's registration with its federation (renewed at a third of it).
     #[serde(default = "default_lease", with = "duration")]
     pub registration_ttl: Duration,
+    /// A peer whose federation went silent keeps serving while its gateways answer; once they
+    /// fail too, its services stay a last resort for this long, then are dropped.
+    #[serde(default = "default_stale_grace", with = "duration")]
+    pub stale_grace: Duration,
+}
+
+fn default_stale_grace() -> Duration {
+    d(600)
 }
 
 fn yes() -> bool {

@@ -28,6 +28,8 @@ pub struct HealthConfig {
     pub outlier_failures: u32,
     pub base_ejection: Duration,
     pub max_ejection: Duration,
+    /// How long a silent peer's services stay a last resort once its gateways fail too.
+    pub stale_grace: Duration,
 }
 
 impl Default for HealthConfig {
@@ -39,6 +41,7 @@ impl Default for HealthConfig {
             outlier_failures: 3,
             base_ejection: Duration::from_secs(5),
             max_ejection: Duration::from_secs(60),
+            stale_grace: Duration::from_secs(600),
         }
     }
 }
@@ -164,6 +167,9 @@ pub struct Verdict {
     /// Slow-start share of the cluster's weight (1.0 when not recovering).
     pub factor: f64,
     pub reason: Option<&'static str>,
+    /// Out of touch past the staleness grace and failing the data plane's checks: not even a
+    /// last resort any more.
+    pub dropped: bool,
 }
 
 impl Verdict {
@@ -171,6 +177,7 @@ impl Verdict {
         healthy: true,
         factor: 1.0,
         reason: None,
+        dropped: false,
     };
 }
 
@@ -211,6 +218,7 @@ pub fn verdict(
             healthy: false,
             factor: 0.0,
             reason: Some("ejected after consecutive failures"),
+            dropped: false,
         };
     }
     let up: Vec<&GatewayState> = gateways.iter().filter(|g| g.healthy).collect();
@@ -219,6 +227,7 @@ pub fn verdict(
             healthy: false,
             factor: 0.0,
             reason: Some("no peer gateway answers probes"),
+            dropped: false,
         };
     }
     // Slow start from the most recent return: the cluster's, a gateway's, or the ejection's end.
@@ -241,6 +250,7 @@ pub fn verdict(
         healthy: true,
         factor: slow_start_factor(since, now, slow_start),
         reason: None,
+        dropped: false,
     }
 }
 
@@ -331,7 +341,17 @@ impl Health {
                 c.since
             }
         });
-        verdict(&gateways, local, outlier.as_ref(), since, slow_start, now)
+        let mut v = verdict(&gateways, local, outlier.as_ref(), since, slow_start, now);
+        // Bounded staleness: a cluster whose federation went silent stays in service while its
+        // gateways answer; once they do not either, it is a last resort until the grace ends.
+        if backend.stale
+            && !v.healthy
+            && now.saturating_duration_since(backend.confirmed_at) > self.config.stale_grace
+        {
+            v.dropped = true;
+            v.reason = Some("out of touch past the staleness grace");
+        }
+        v
     }
 
     /// Whether any of `gateways` answers probes (an empty list: no).
@@ -482,5 +502,45 @@ mod tests {
         };
         let v = verdict(&[up], false, Some(&ended), None, s, later);
         assert!((v.factor - 0.5).abs() < 1e-9, "{v:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_peer_serves_while_its_gateways_answer_then_is_dropped_after_the_grace() {
+        let h = Health::new(HealthConfig {
+            stale_grace: Duration::from_secs(60),
+            ..cfg()
+        });
+        let gw: Arc<str> = "10.0.0.1:15008".into();
+        let backend = Backend {
+            cluster: "west".into(),
+            trust_domain: "west.mesh".into(),
+            region: "r".into(),
+            zone: "".into(),
+            gateways: vec![crate::table::PeerGateway {
+                name: "gw".into(),
+                address: gw.clone(),
+                zone: "".into(),
+            }],
+            healthy: 1,
+            weight: 1,
+            stale: true,
+            confirmed_at: Instant::now(),
+        };
+        let svc: ServiceName = "echo.demo".into();
+        let s = Duration::ZERO;
+        h.probed(&gw, true);
+        assert!(
+            h.verdict(&svc, &backend, false, s).healthy,
+            "stale but answering"
+        );
+        h.probed(&gw, false);
+        h.probed(&gw, false);
+        let v = h.verdict(&svc, &backend, false, s);
+        assert!(!v.healthy && !v.dropped, "both gone: a last resort");
+        tokio::time::advance(Duration::from_secs(61)).await;
+        assert!(
+            h.verdict(&svc, &backend, false, s).dropped,
+            "after the grace: dropped"
+        );
     }
 }

@@ -126,6 +126,7 @@ pub fn cluster_order<'a>(
         .iter()
         .filter(|b| usable(b, my_cluster) && fenced(b))
         .map(|b| (b, verdict(b), tier(b, my_cluster, my_region)))
+        .filter(|(_, v, _)| !v.dropped)
         .collect();
     if candidates.is_empty() {
         return Vec::new();
@@ -299,6 +300,7 @@ mod tests {
             healthy,
             weight,
             stale,
+            confirmed_at: tokio::time::Instant::now(),
         }
     }
 
@@ -470,6 +472,7 @@ mod tests {
                         healthy: false,
                         factor: 0.0,
                         reason: None,
+                        dropped: false,
                     }
                 } else {
                     Verdict::HEALTHY
@@ -489,12 +492,40 @@ mod tests {
             healthy: false,
             factor: 0.0,
             reason: None,
+            dropped: false,
         };
         let order = cluster_order(&t, "here", "us", &p, all_down, random);
         assert_eq!(
             &*order[0].cluster, "west",
             "panic mode keeps the tier order"
         );
+    }
+
+    #[test]
+    fn dropped_clusters_are_not_even_a_last_resort() {
+        let t = target(
+            vec![
+                backend("west", "us", 1, 1, true),
+                backend("south", "sa", 1, 1, false),
+            ],
+            None,
+        );
+        let west_dropped = |b: &Backend| Verdict {
+            healthy: &*b.cluster != "west",
+            factor: 1.0,
+            reason: None,
+            dropped: &*b.cluster == "west",
+        };
+        let order = cluster_order(
+            &t,
+            "here",
+            "us",
+            &ServicePolicy::default(),
+            west_dropped,
+            random,
+        );
+        assert_eq!(order.len(), 1);
+        assert_eq!(&*order[0].cluster, "south");
     }
 
     #[test]
@@ -514,6 +545,7 @@ mod tests {
             healthy: &*b.cluster != "west",
             factor: 1.0,
             reason: None,
+            dropped: false,
         };
         let order = cluster_order(&t, "here", "us", &fenced, west_down, random);
         assert_eq!(
@@ -527,6 +559,7 @@ mod tests {
             healthy: true,
             factor: if &*b.cluster == "west" { 0.14 } else { 1.0 },
             reason: None,
+            dropped: false,
         };
         let picks = first_picks(&t, &ServicePolicy::default(), recovering);
         let west = f64::from(picks["west"]) / 2000.0;

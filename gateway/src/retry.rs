@@ -348,7 +348,10 @@ mod tests {
         assert_eq!(granted, 10);
         tokio::time::advance(Duration::from_secs(2)).await;
         granted = (0..100).filter(|_| b.withdraw()).count();
-        assert_eq!(granted, 10, "the floor refills at 10/s, one second's worth kept");
+        assert_eq!(
+            granted, 10,
+            "the floor refills at 10/s, one second's worth kept"
+        );
     }
 
     #[test]

@@ -182,7 +182,10 @@ pub async fn start(cfg: GatewayConfig) -> Result<Running, StartError> {
         cfg.limits.clone(),
     ));
     let backends = Arc::new(Backends::new(cfg.limits.clone()));
-    let health = Arc::new(Health::new(HealthConfig::default()));
+    let health = Arc::new(Health::new(HealthConfig {
+        stale_grace: cfg.stale_grace,
+        ..HealthConfig::default()
+    }));
     tasks.push(tokio::spawn(crate::probe::run(
         table.clone(),
         pool.clone(),

@@ -79,7 +79,10 @@ pub struct Backend {
     /// Healthy endpoints across the exporter's zones, as its federation last reported.
     pub healthy: u32,
     pub weight: u32,
+    /// The exporter's federation is out of touch: its catalog is last-known, not live.
     pub stale: bool,
+    /// When that catalog was last confirmed by the exporter's federation.
+    pub confirmed_at: tokio::time::Instant,
 }
 
 /// A service this cluster imports.
@@ -413,6 +416,9 @@ fn backend(c: &proto::ClusterBackend) -> Backend {
         healthy: summary.map_or(0, |s| s.zones.iter().map(|z| z.healthy).sum()),
         weight: summary.map_or(1, |s| s.weight.max(1)),
         stale: c.stale,
+        confirmed_at: tokio::time::Instant::now()
+            .checked_sub(std::time::Duration::from_millis(c.age_ms))
+            .unwrap_or_else(tokio::time::Instant::now),
     }
 }
 
