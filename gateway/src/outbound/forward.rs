@@ -416,16 +416,7 @@ impl Outbound {
         entry.status = 200;
         self.metrics.request(entry.side, 200);
         let idle = self.limits.idle_timeout;
-        tokio::spawn(async move {
-            let spliced = match client.await {
-                Ok(c) => upstream.splice(TokioIo::new(c), idle, &entry).await,
-                Err(e) => Err(format!("client upgrade failed: {e}")),
-            };
-            if let Err(reason) = spliced {
-                entry.reason = Some(reason);
-            }
-            entry.finish();
-        });
+        tokio::spawn(upstream.splice_when_upgraded(client, idle, entry));
         Response::new(body::empty())
     }
 
@@ -545,16 +536,7 @@ impl Outbound {
         entry.status = response.status().as_u16();
         self.metrics.request(entry.side, entry.status);
         let idle = self.limits.idle_timeout;
-        tokio::spawn(async move {
-            let spliced = match client.await {
-                Ok(c) => upstream.splice(TokioIo::new(c), idle, &entry).await,
-                Err(e) => Err(format!("client upgrade failed: {e}")),
-            };
-            if let Err(reason) = spliced {
-                entry.reason = Some(reason);
-            }
-            entry.finish();
-        });
+        tokio::spawn(upstream.splice_when_upgraded(client, idle, entry));
         response
     }
 }
@@ -573,6 +555,24 @@ impl Upstream {
             Self::Upgrade(r) => Some(r.headers()),
             Self::Tcp(_) => None,
         }
+    }
+
+    /// Once the client's side of the exchange is upgraded, splices it to this upstream; the
+    /// access-log line is written when the tunnel ends.
+    async fn splice_when_upgraded(
+        self,
+        client: hyper::upgrade::OnUpgrade,
+        idle: std::time::Duration,
+        mut entry: Entry,
+    ) {
+        let spliced = match client.await {
+            Ok(c) => self.splice(TokioIo::new(c), idle, &entry).await,
+            Err(e) => Err(format!("client upgrade failed: {e}")),
+        };
+        if let Err(reason) = spliced {
+            entry.reason = Some(reason);
+        }
+        entry.finish();
     }
 
     /// Copies bytes between `client` and this upstream until both finish or go idle.
