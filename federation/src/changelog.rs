@@ -51,10 +51,11 @@ impl<K: Ord + Clone> ChangeLog<K> {
         if version > current || version < self.floor {
             return Since::TooOld;
         }
+        // Entries are in version order: skip the older ones without looking at them.
+        let first = self.entries.partition_point(|(v, _)| *v <= version);
         let keys = self
             .entries
-            .iter()
-            .filter(|(v, _)| *v > version)
+            .range(first..)
             .filter_map(|(_, k)| k.clone())
             .collect();
         Since::Keys(keys)

@@ -10,13 +10,13 @@
 //!
 //! [`VipPool`] is the pure allocator; [`VipTable`] persists it in the store.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::store::{AnyStore, Op, Store, StoreError};
+use crate::store::{AnyStore, Op, Store, StoreError, commit_in_chunks};
 
 /// An address range in CIDR notation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -150,8 +150,11 @@ pub struct VipPool {
     v4: Option<Family>,
     v6: Option<Family>,
     quarantine: Duration,
-    names: HashMap<String, VipAssignment>,
-    owners: HashMap<IpAddr, String>,
+    /// Every name holding addresses (active or released). `Box<str>`, not `String`: a
+    /// federation may hold 200,000 names.
+    names: HashMap<Box<str>, VipAssignment>,
+    /// Every address held by some name (which one is in `names`).
+    owners: HashSet<IpAddr>,
     /// Names that lost their last held address to a reclaim since the last drain.
     reclaimed: Vec<String>,
     /// While a change is being persisted: every name's previous value, to roll back.
@@ -179,7 +182,7 @@ impl VipPool {
             v6: v6.map(|cidr| Family { cidr, next: 0 }),
             quarantine,
             names: HashMap::new(),
-            owners: HashMap::new(),
+            owners: HashSet::new(),
             reclaimed: Vec::new(),
             journal: None,
         })
@@ -188,10 +191,8 @@ impl VipPool {
     /// Loads persisted assignments (addresses outside the configured ranges are kept: they are
     /// still promised to their names).
     pub fn restore(&mut self, name: String, assignment: VipAssignment) {
-        for addr in assignment.addrs() {
-            self.owners.insert(addr, name.clone());
-        }
-        self.names.insert(name, assignment);
+        self.owners.extend(assignment.addrs());
+        self.names.insert(name.into_boxed_str(), assignment);
     }
 
     /// Starts recording changes so that [`VipPool::rollback`] can undo them.
@@ -221,16 +222,14 @@ impl VipPool {
     fn rollback(&mut self) {
         let Some(j) = self.journal.take() else { return };
         for (name, previous) in j.names.into_iter().rev() {
-            if let Some(current) = self.names.remove(&name) {
+            if let Some(current) = self.names.remove(name.as_str()) {
                 for addr in current.addrs() {
                     self.owners.remove(&addr);
                 }
             }
             if let Some(prev) = previous {
-                for addr in prev.addrs() {
-                    self.owners.insert(addr, name.clone());
-                }
-                self.names.insert(name, prev);
+                self.owners.extend(prev.addrs());
+                self.names.insert(name.into_boxed_str(), prev);
             }
         }
         if let (Some(f), Some(n)) = (self.v4.as_mut(), j.cursors.0) {
@@ -291,10 +290,13 @@ impl VipPool {
             };
             a.v6 = Some(v6);
         }
-        for addr in a.addrs() {
-            self.owners.insert(addr, name.to_string());
+        self.owners.extend(a.addrs());
+        match self.names.get_mut(name) {
+            Some(slot) => *slot = a.clone(),
+            None => {
+                self.names.insert(name.into(), a.clone());
+            }
         }
-        self.names.insert(name.to_string(), a.clone());
         Ok((a, true))
     }
 
@@ -314,7 +316,7 @@ impl VipPool {
         self.names
             .iter()
             .filter(|(_, a)| a.released_at_ms.is_none())
-            .map(|(n, _)| n.as_str())
+            .map(|(n, _)| &**n)
     }
 
     /// Picks a free address in one family: never-used first, else the longest-released one whose
@@ -333,7 +335,7 @@ impl VipPool {
             let candidate = family.cidr.host(family.next);
             family.next += 1;
             if let Some(addr) = candidate
-                && !self.owners.contains_key(&addr)
+                && !self.owners.contains(&addr)
             {
                 return Ok(Some(addr));
             }
@@ -350,9 +352,10 @@ impl VipPool {
                     a.v6.map(IpAddr::V6)
                 }?;
                 (now_ms.saturating_sub(released) >= quarantine_ms)
-                    .then(|| (released, name.clone(), addr))
+                    .then_some((released, &**name, addr))
             })
-            .min();
+            .min()
+            .map(|(released, name, addr)| (released, name.to_string(), addr));
         let Some((_, old_name, addr)) = reclaim else {
             return Err(VipError::Exhausted {
                 family: if v4 { "IPv4" } else { "IPv6" },
@@ -360,14 +363,14 @@ impl VipPool {
                 capacity,
             });
         };
-        if let Some(old) = self.names.get_mut(&old_name) {
+        if let Some(old) = self.names.get_mut(old_name.as_str()) {
             if v4 {
                 old.v4 = None
             } else {
                 old.v6 = None
             }
             if old.v4.is_none() && old.v6.is_none() {
-                self.names.remove(&old_name);
+                self.names.remove(old_name.as_str());
                 self.reclaimed.push(old_name);
             }
         }
@@ -425,15 +428,38 @@ impl VipTable {
         removed: &[String],
         now_ms: i64,
     ) -> Result<bool, VipError> {
+        self.apply_with(added, removed, now_ms, Vec::new(), &mut false)
+            .await
+    }
+
+    /// [`VipTable::apply`], with other writes (`first`) that must be durable together with the
+    /// assignments: they go first into the same commit (one commit, when everything fits).
+    /// `first_durable` tells, also on error, whether `first` was committed.
+    pub async fn apply_with(
+        &mut self,
+        added: &[String],
+        removed: &[String],
+        now_ms: i64,
+        first: Vec<Op>,
+        first_durable: &mut bool,
+    ) -> Result<bool, VipError> {
         let needs_work = added
             .iter()
             .any(|n| self.pool.get(n).is_none_or(|a| !self.pool.complete(a)))
             || removed.iter().any(|n| self.pool.get(n).is_some());
         if !needs_work {
+            let n = first.len();
+            let mut done = 0;
+            let result = commit_in_chunks(&self.store, first, &mut done).await;
+            *first_durable = done >= n;
+            result?;
             return Ok(false);
         }
         self.pool.begin();
-        match self.apply_journaled(added, removed, now_ms).await {
+        match self
+            .apply_journaled(added, removed, now_ms, first, first_durable)
+            .await
+        {
             Ok(changed) => {
                 self.pool.commit();
                 Ok(changed)
@@ -450,6 +476,8 @@ impl VipTable {
         added: &[String],
         removed: &[String],
         now_ms: i64,
+        first: Vec<Op>,
+        first_durable: &mut bool,
     ) -> Result<bool, VipError> {
         let mut changed: Vec<(String, VipAssignment)> = Vec::new();
         for name in added {
@@ -468,7 +496,9 @@ impl VipTable {
         }
         // Names whose held addresses were reclaimed vanish from the pool: delete their keys.
         let reclaimed: Vec<String> = self.pool.reclaimed.drain(..).collect();
-        let mut ops: Vec<Op> = Vec::with_capacity(changed.len() + reclaimed.len());
+        let n_first = first.len();
+        let mut ops: Vec<Op> = first;
+        ops.reserve(changed.len() + reclaimed.len());
         for (name, a) in &changed {
             let value = serde_json::to_vec(a).map_err(|e| VipError::Corrupt {
                 name: name.clone(),
@@ -482,9 +512,10 @@ impl VipTable {
         ops.extend(reclaimed.into_iter().map(|n| Op::Delete {
             key: format!("{PREFIX}{n}"),
         }));
-        for chunk in ops.chunks(crate::store::MAX_OPS_PER_COMMIT) {
-            self.store.commit(Vec::new(), chunk.to_vec()).await?;
-        }
+        let mut done = 0;
+        let result = commit_in_chunks(&self.store, ops, &mut done).await;
+        *first_durable = done >= n_first;
+        result?;
         Ok(true)
     }
 }
@@ -561,7 +592,7 @@ mod tests {
             "{:?}",
             (
                 &p.names.iter().collect::<BTreeMap<_, _>>(),
-                &p.owners.iter().collect::<BTreeMap<_, _>>()
+                &p.owners.iter().collect::<std::collections::BTreeSet<_>>()
             )
         );
         p.begin();
@@ -575,7 +606,7 @@ mod tests {
             "{:?}",
             (
                 &p.names.iter().collect::<BTreeMap<_, _>>(),
-                &p.owners.iter().collect::<BTreeMap<_, _>>()
+                &p.owners.iter().collect::<std::collections::BTreeSet<_>>()
             )
         );
         assert_eq!(before, after);
@@ -593,6 +624,41 @@ mod tests {
         let (a, _) = p.assign("cart.shop", 0).expect("a");
         assert_eq!(a.v6, Some("fd77::1".parse().expect("v6")));
         assert_eq!(a.addrs().count(), 2);
+    }
+
+    #[tokio::test]
+    async fn other_writes_commit_with_the_assignments() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = crate::store::StoreConfig::Embedded {
+            data_dir: dir.path().to_path_buf(),
+        };
+        let store = AnyStore::open(&cfg).await.expect("store");
+        let mut t = VipTable::load(store.clone(), pool("127.77.0.0/24", 60))
+            .await
+            .expect("load");
+        let put = |k: &str| Op::Put {
+            key: k.into(),
+            value: b"1".to_vec(),
+        };
+        let names = vec!["cart.shop".to_string()];
+        let mut durable = false;
+        assert!(
+            t.apply_with(&names, &[], 0, vec![put("x/1")], &mut durable)
+                .await
+                .expect("apply")
+        );
+        assert!(durable);
+        // Nothing to assign: the other writes are still committed.
+        let mut durable = false;
+        assert!(
+            !t.apply_with(&names, &[], 1, vec![put("x/2")], &mut durable)
+                .await
+                .expect("apply")
+        );
+        assert!(durable);
+        for k in ["x/1", "x/2", "vips/cart.shop"] {
+            assert!(store.get(k).await.expect("get").is_some(), "{k}");
+        }
     }
 
     #[tokio::test]

@@ -21,7 +21,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 
-use super::file::{CatalogError, CatalogFile, parse_catalog};
+use super::file::{CatalogError, CatalogFile};
+use super::incremental::CatalogParser;
 
 /// How often the file is checked unless configured otherwise.
 pub const DEFAULT_POLL: Duration = Duration::from_secs(1);
@@ -67,6 +68,7 @@ impl FileSource {
             seen: None,
             current: Arc::default(),
             problem: None,
+            parser: CatalogParser::default(),
         };
         match poller.read().await? {
             Read::Missing => {
@@ -78,8 +80,12 @@ impl FileSource {
                 poller.seen = Some(Seen::Missing);
             }
             Read::Content(seen, text) => {
-                poller.current =
-                    Arc::new(parse_catalog(&text).map_err(|e| e.with_path(&poller.path))?);
+                poller.current = Arc::new(
+                    poller
+                        .parser
+                        .parse(&text)
+                        .map_err(|e| e.with_path(&poller.path))?,
+                );
                 poller.seen = Some(seen);
                 tracing::info!(
                     path = %poller.path.display(),
@@ -174,11 +180,14 @@ struct Poller {
     current: Arc<CatalogFile>,
     /// The problem last reported, so it is reported once.
     problem: Option<String>,
+    /// Remembers the last document, so an edit re-parses only the entries it changed.
+    parser: CatalogParser,
 }
 
 impl Poller {
     /// One poll: `Ok(Some)` = publish this new catalog; `Err` = a problem to report.
     async fn poll(&mut self) -> Result<Option<Arc<CatalogFile>>, String> {
+        let started = std::time::Instant::now();
         let read = self.read().await.map_err(|e| e.to_string())?;
         let (seen, text) = match read {
             Read::Unchanged => return Ok(None),
@@ -229,11 +238,20 @@ impl Poller {
         if same_content && self.problem.is_none() {
             return Ok(None);
         }
-        let parsed = parse_catalog(&text).map_err(|e| e.with_path(&self.path).to_string())?;
+        let read_us = started.elapsed().as_micros() as u64;
+        let parsed = self
+            .parser
+            .parse(&text)
+            .map_err(|e| e.with_path(&self.path).to_string())?;
         self.problem = None;
         if parsed == *self.current {
             return Ok(None);
         }
+        tracing::debug!(
+            read_us,
+            total_us = started.elapsed().as_micros() as u64,
+            "catalog file read and parsed"
+        );
         self.current = Arc::new(parsed);
         Ok(Some(self.current.clone()))
     }

@@ -9,7 +9,8 @@
 //! Sources here:
 //! - [`file`] + [`file_source`]: the catalog file (exports, imports, reserved policies), parsed by
 //!   the pure [`parse_catalog`] and polled by [`FileSource`] into a
-//!   `watch::Receiver<Arc<CatalogFile>>`.
+//!   `watch::Receiver<Arc<CatalogFile>>`. [`incremental`]'s [`CatalogParser`] re-reads an edited
+//!   JSON catalog parsing only the entries whose text changed.
 //! - [`registry`]: the gRPC `Registry` service where VM workloads register endpoints of an
 //!   exported service under a lease, authorized by their workload certificate; its view
 //!   ([`RegisteredEndpoints`], per service) is a `watch::Receiver<Arc<RegisteredEndpoints>>` kept
@@ -30,10 +31,12 @@
 
 pub mod file;
 pub mod file_source;
+pub mod incremental;
 pub mod registry;
 mod registry_view;
 
 pub use file::{CatalogError, CatalogFile, ExportSpec, FieldError, parse_catalog};
 pub use file_source::{DEFAULT_POLL, FileSource, FileSourceStats};
+pub use incremental::CatalogParser;
 pub use registry::{Denied, RegistryConfig, RegistryError, RegistryService, RegistryStats};
 pub use registry_view::{REGISTRY_PREFIX, RegisteredEndpoints, Registration};

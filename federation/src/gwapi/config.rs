@@ -1,10 +1,10 @@
 //! Mesh view -> gateway config messages. Pure: a snapshot of one view, or the delta between two
 //! views (routes and exports compared by pointer, then value).
 
-use crate::mesh::view::changed_keys;
+use crate::mesh::changed_keys;
 use crate::mesh::{MeshView, Route};
-use crate::model::ExportedService;
 use crate::model::service::{key_to_proto, port_to_proto};
+use crate::model::{ExportedService, ServiceKey};
 use crate::proto;
 
 fn route_to_proto(r: &Route) -> proto::ImportedRoute {
@@ -90,39 +90,100 @@ fn header(view: &MeshView, snapshot: bool) -> proto::GatewayConfig {
     }
 }
 
-/// Routes per message of a snapshot: keeps each message (and the memory to build it) small.
+/// Routes (and exports) per message: keeps each message, and the memory to build and encode
+/// it, small. A view of 100,000 routes is never one message, neither as a snapshot nor as the
+/// delta that follows a peer's first snapshot.
 pub const ROUTES_PER_MESSAGE: usize = 2_000;
 
-/// The whole view as a snapshot, in parts: the first carries the header, the exports and the
-/// first routes; every part but the last has `more = true`. Parts are built one at a time, as
-/// the caller asks for them, so a 100,000-route view never exists as one message.
-pub fn snapshot_parts(view: &MeshView) -> impl Iterator<Item = proto::GatewayConfig> + '_ {
-    let routes: Vec<&std::sync::Arc<Route>> = view.routes.values().collect();
-    let chunks = routes.len().div_ceil(ROUTES_PER_MESSAGE).max(1);
-    (0..chunks).map(move |i| {
+/// What one config message carries besides its header: keys of a view, in the order parts are
+/// filled (removals first, so a part never installs what a later part of the same version
+/// removes — keys are disjoint anyway).
+struct Items<'a> {
+    view: &'a MeshView,
+    removed_exports: Vec<ServiceKey>,
+    exports: Vec<&'a ExportedService>,
+    removed_routes: Vec<ServiceKey>,
+    routes: Vec<&'a Route>,
+}
+
+impl Items<'_> {
+    fn len(&self) -> usize {
+        self.removed_exports.len()
+            + self.exports.len()
+            + self.removed_routes.len()
+            + self.routes.len()
+    }
+
+    /// Part `i` of `parts`: items `[i * N, (i + 1) * N)` of the concatenated lists; the first part
+    /// carries `first` (the header), the others only the version.
+    fn part(
+        &self,
+        i: usize,
+        parts: usize,
+        first: impl FnOnce() -> proto::GatewayConfig,
+        snapshot: bool,
+    ) -> proto::GatewayConfig {
         let mut c = if i == 0 {
-            let mut h = header(view, true);
-            h.exports = view.exports.values().map(|e| export_to_proto(e)).collect();
-            h
+            first()
         } else {
             proto::GatewayConfig {
-                version: view.version,
-                snapshot: true,
+                version: self.view.version,
+                snapshot,
                 ..Default::default()
             }
         };
-        let end = ((i + 1) * ROUTES_PER_MESSAGE).min(routes.len());
-        c.imports = routes[i * ROUTES_PER_MESSAGE..end]
+        let (lo, hi) = (i * ROUTES_PER_MESSAGE, (i + 1) * ROUTES_PER_MESSAGE);
+        let mut at = 0;
+        let mut take = |len: usize| {
+            let range = lo.clamp(at, at + len) - at..hi.clamp(at, at + len) - at;
+            at += len;
+            range
+        };
+        c.removed_exports = self.removed_exports[take(self.removed_exports.len())]
+            .iter()
+            .map(key_to_proto)
+            .collect();
+        c.exports = self.exports[take(self.exports.len())]
+            .iter()
+            .map(|e| export_to_proto(e))
+            .collect();
+        c.removed_imports = self.removed_routes[take(self.removed_routes.len())]
+            .iter()
+            .map(key_to_proto)
+            .collect();
+        c.imports = self.routes[take(self.routes.len())]
             .iter()
             .map(|r| route_to_proto(r))
             .collect();
-        c.more = i + 1 < chunks;
+        c.more = i + 1 < parts;
         c
-    })
+    }
+
+    fn parts(&self) -> usize {
+        self.len().div_ceil(ROUTES_PER_MESSAGE).max(1)
+    }
 }
 
-/// `None` when nothing a gateway sees changed.
-pub fn delta(old: &MeshView, new: &MeshView) -> Option<proto::GatewayConfig> {
+/// The whole view as a snapshot, in parts: the first carries the header; every part but the
+/// last has `more = true`. Parts are built one at a time, as the caller asks for them.
+pub fn snapshot_parts(view: &MeshView) -> impl Iterator<Item = proto::GatewayConfig> + '_ {
+    let items = Items {
+        view,
+        removed_exports: Vec::new(),
+        exports: view.exports.values().map(|e| &**e).collect(),
+        removed_routes: Vec::new(),
+        routes: view.routes.values().map(|r| &**r).collect(),
+    };
+    let parts = items.parts();
+    (0..parts).map(move |i| items.part(i, parts, || header(view, true), true))
+}
+
+/// The change from `old` to `new` as delta parts (the first carries the header; every part but
+/// the last has `more = true`), built one at a time. `None` when nothing a gateway sees changed.
+pub fn delta_parts<'a>(
+    old: &MeshView,
+    new: &'a MeshView,
+) -> Option<impl Iterator<Item = proto::GatewayConfig> + 'a> {
     let (routes, removed_routes) = changed_keys(&old.routes, &new.routes);
     let (exports, removed_exports) = changed_keys(&old.exports, &new.exports);
     let bundles_changed = old.bundles != new.bundles;
@@ -142,25 +203,27 @@ pub fn delta(old: &MeshView, new: &MeshView) -> Option<proto::GatewayConfig> {
     {
         return None;
     }
-    let mut c = header(new, false);
-    c.imports = routes
-        .iter()
-        .filter_map(|k| new.routes.get(k))
-        .map(|r| route_to_proto(r))
-        .collect();
-    c.removed_imports = removed_routes.iter().map(key_to_proto).collect();
-    c.exports = exports
-        .iter()
-        .filter_map(|k| new.exports.get(k))
-        .map(|e| export_to_proto(e))
-        .collect();
-    c.removed_exports = removed_exports.iter().map(key_to_proto).collect();
-    Some(c)
+    let items = Items {
+        view: new,
+        removed_exports,
+        exports: exports
+            .iter()
+            .filter_map(|k| new.exports.get(k))
+            .map(|e| &**e)
+            .collect(),
+        removed_routes,
+        routes: routes
+            .iter()
+            .filter_map(|k| new.routes.get(k))
+            .map(|r| &**r)
+            .collect(),
+    };
+    let parts = items.parts();
+    Some((0..parts).map(move |i| items.part(i, parts, || header(new, false), false)))
 }
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
     use std::sync::Arc;
 
     use super::*;
@@ -191,7 +254,7 @@ mod tests {
                 };
                 (key, Arc::new(route))
             })
-            .collect::<BTreeMap<_, _>>();
+            .collect();
         v
     }
 
@@ -224,5 +287,42 @@ mod tests {
         let empty: Vec<_> = snapshot_parts(&view(0)).collect();
         assert_eq!(empty.len(), 1);
         assert!(!empty[0].more && empty[0].snapshot);
+    }
+
+    #[test]
+    fn large_deltas_come_in_bounded_parts() {
+        let old = view(10);
+        let mut new = view(3 * ROUTES_PER_MESSAGE + 7);
+        new.version = 10;
+        // Routes 0-9 stay (same value), 3 are removed, the rest are new.
+        for i in 0..3 {
+            new.routes
+                .remove(&ServiceKey::parse(&format!("ns/s{i}")).expect("key"));
+        }
+        let parts: Vec<_> = delta_parts(&old, &new).expect("a change").collect();
+        assert_eq!(parts.len(), 3);
+        assert_eq!(
+            parts.iter().map(|p| p.more).collect::<Vec<_>>(),
+            [true, true, false]
+        );
+        assert!(parts.iter().all(|p| !p.snapshot && p.version == 10));
+        assert!(
+            parts
+                .iter()
+                .all(|p| p.imports.len() + p.removed_imports.len() <= ROUTES_PER_MESSAGE)
+        );
+        assert_eq!(parts[0].cluster, "east");
+        assert!(parts[1].cluster.is_empty(), "the header travels once");
+        let mut removed: Vec<String> = parts
+            .iter()
+            .flat_map(|p| p.removed_imports.iter())
+            .map(|k| k.name.clone())
+            .collect();
+        removed.sort();
+        assert_eq!(removed, ["s0", "s1", "s2"]);
+        let installed = parts.iter().map(|p| p.imports.len()).sum::<usize>();
+        assert_eq!(installed, 3 * ROUTES_PER_MESSAGE + 7 - 10);
+        // Nothing changed: no message at all.
+        assert!(delta_parts(&new, &new).is_none());
     }
 }

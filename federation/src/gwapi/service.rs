@@ -244,10 +244,12 @@ impl GatewayControl for GatewayService {
                 }
                 while rx.changed().await.is_ok() {
                     let next = rx.borrow_and_update().clone();
-                    if let Some(d) = config::delta(&last, &next)
-                        && tx.send(Ok(d)).await.is_err()
-                    {
-                        break;
+                    if let Some(parts) = config::delta_parts(&last, &next) {
+                        for part in parts {
+                            if tx.send(Ok(part)).await.is_err() {
+                                return;
+                            }
+                        }
                     }
                     last = next;
                 }
@@ -288,6 +290,9 @@ impl GatewayControl for GatewayService {
             let report = report?;
             let mut gws = self.node.gateways.lock().unwrap_or_else(|p| p.into_inner());
             let g = gws.entry(name.clone()).or_default();
+            // Each report is the gateway's whole current view: pairs it no longer reports
+            // (a service gone, a cluster dropped) must not keep an old verdict.
+            g.health.clear();
             for v in report.verdicts {
                 let key = v
                     .service
@@ -309,7 +314,9 @@ where
     F: FnOnce(tokio::sync::mpsc::Sender<Result<GatewayConfig, Status>>) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
-    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    // A few parts in flight: each part carries up to 2,000 routes, and a slow gateway must not
+    // make its stream hold a whole 100,000-route view in messages.
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
     let fut = f(tx);
     tokio::spawn(async move {
         fut.await;

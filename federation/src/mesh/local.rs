@@ -5,12 +5,38 @@
 //! Pure state; persistence of the version/epoch and first-export times is done by the caller.
 
 use std::collections::BTreeMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
-use crate::catalog::CatalogFile;
+use crate::catalog::{CatalogFile, ExportSpec};
 use crate::changelog::{ChangeLog, Since};
+use crate::mesh::ExportMap;
 use crate::model::{ClusterName, Endpoint, ExportedService, ServiceKey, ServiceSummary, Zone};
 use crate::peering::update::GatewayAddr;
+
+/// The address of a shared entry: its identity across catalogs the file source produced.
+fn addr(spec: &Arc<ExportSpec>) -> usize {
+    Arc::as_ptr(spec) as usize
+}
+
+/// Hashes an address (its low bits are alignment zeros): multiply, then fold the high half in.
+#[derive(Debug, Default)]
+struct AddrHasher(u64);
+
+impl Hasher for AddrHasher {
+    fn finish(&self) -> u64 {
+        let h = self.0.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        h ^ (h >> 32)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 << 8) | u64::from(*b);
+        }
+    }
+    fn write_usize(&mut self, n: usize) {
+        self.0 = n as u64;
+    }
+}
 
 /// One export's change: the new export, or `None` when it is no longer exported.
 pub type ExportChange = (ServiceKey, Option<ExportedService>);
@@ -23,8 +49,8 @@ pub struct LocalCatalog {
     /// Identifies this catalog's version history (a new epoch = versions restarted).
     pub epoch: String,
     pub version: u64,
-    /// Shared with published views: an unchanged export keeps its `Arc`.
-    pub exports: BTreeMap<ServiceKey, Arc<ExportedService>>,
+    /// Shared with published views (the map's unchanged shards, and each unchanged export).
+    pub exports: ExportMap,
     /// Our gateways' advertised addresses (sent to peers).
     pub gateways: Vec<GatewayAddr>,
     /// When each service was first exported (MCS conflict resolution), persisted by the caller.
@@ -43,7 +69,7 @@ impl LocalCatalog {
         Self {
             epoch,
             version,
-            exports: BTreeMap::new(),
+            exports: ExportMap::default(),
             gateways: Vec::new(),
             exported_at,
             log: ChangeLog::new(version, LOG_CAPACITY),
@@ -63,19 +89,33 @@ impl LocalCatalog {
         now_ms: i64,
     ) -> (Vec<ExportChange>, BTreeMap<ServiceKey, i64>) {
         use std::collections::{HashMap, HashSet};
-        let before: HashMap<(&str, &str), &crate::catalog::ExportSpec> = applied_file
-            .exports
-            .iter()
-            .map(|s| ((s.namespace.as_str(), s.name.as_str()), s))
-            .collect();
+        type Id<'a> = (&'a str, &'a str);
+        fn id(s: &ExportSpec) -> Id<'_> {
+            (s.namespace.as_str(), s.name.as_str())
+        }
         let registry_moved = applied_registered != registered;
-        let mut present: HashSet<(&str, &str)> = HashSet::with_capacity(file.exports.len());
+        // The file source hands back unchanged entries as the very `Arc`s the exports were built
+        // from: those are recognized by address, without hashing or comparing their text.
+        let old_ptrs: HashSet<usize, BuildHasherDefault<AddrHasher>> =
+            applied_file.exports.iter().map(addr).collect();
+        let new_ptrs: HashSet<usize, BuildHasherDefault<AddrHasher>> =
+            file.exports.iter().map(addr).collect();
+        // Built only when an entry is not shared (an edit, or a file parsed from scratch).
+        let mut before: Option<HashMap<Id<'_>, &Arc<ExportSpec>>> = None;
+        let mut new_ids: HashSet<Id<'_>> = HashSet::new();
         let mut changes = Vec::new();
         let mut fresh = BTreeMap::new();
         for spec in &file.exports {
-            let id = (spec.namespace.as_str(), spec.name.as_str());
-            present.insert(id);
-            let same_spec = before.get(&id).is_some_and(|old| *old == spec);
+            let shared = old_ptrs.contains(&addr(spec));
+            if !shared {
+                new_ids.insert(id(spec));
+            }
+            let same_spec = shared || {
+                let before = before.get_or_insert_with(|| {
+                    applied_file.exports.iter().map(|s| (id(s), s)).collect()
+                });
+                before.get(&id(spec)).is_some_and(|old| ***old == **spec)
+            };
             if same_spec && !registry_moved {
                 continue;
             }
@@ -96,11 +136,30 @@ impl LocalCatalog {
                 changes.push((key, Some(svc)));
             }
         }
-        for key in self.exports.keys() {
-            if !present.contains(&(key.namespace.as_str(), key.name.as_str())) {
-                changes.push((key.clone(), None));
-            }
+        // Withdrawn: exports whose entry left the file. Only entries the new file does not share
+        // can have left, unless its key came back in an entry that is not shared either.
+        let mut removed: Vec<ServiceKey> = applied_file
+            .exports
+            .iter()
+            .filter(|s| !new_ptrs.contains(&addr(s)) && !new_ids.contains(&id(s)))
+            .map(|s| s.key())
+            .filter(|k| self.exports.contains_key(k))
+            .collect();
+        let added = changes
+            .iter()
+            .filter(|(k, _)| !self.exports.contains_key(k))
+            .count();
+        if self.exports.len() + added - removed.len() != file.exports.len() {
+            // The exports were not built from `applied_file` alone: compare every key.
+            let present: HashSet<Id<'_>> = file.exports.iter().map(|s| id(s)).collect();
+            removed = self
+                .exports
+                .keys()
+                .filter(|k| !present.contains(&(k.namespace.as_str(), k.name.as_str())))
+                .cloned()
+                .collect();
         }
+        changes.extend(removed.into_iter().map(|k| (k, None)));
         (changes, fresh)
     }
 
@@ -184,6 +243,51 @@ mod tests {
     }
 
     const A: &str = "exports:\n  - {namespace: s, name: a, ports: [{port: 80, protocol: http}]}\n  - {namespace: s, name: b, ports: [{port: 80, protocol: http}]}\n";
+
+    /// Entries the incremental parser shares are recognized by address; the diff is the same as
+    /// between two catalogs parsed from scratch.
+    #[test]
+    fn shared_entries_give_the_same_diff() {
+        let json = |names: &[(&str, u16)]| {
+            let exports: Vec<String> = names
+                .iter()
+                .map(|(n, p)| format!(r#"{{"namespace": "s", "name": "{n}", "ports": [{{"port": {p}, "protocol": "http"}}]}}"#))
+                .collect();
+            format!(r#"{{"exports": [{}]}}"#, exports.join(", "))
+        };
+        let v1 = json(&[("a", 80), ("b", 80), ("c", 80), ("d", 80)]);
+        let v2 = json(&[("a", 80), ("b", 81), ("d", 80), ("e", 80)]);
+        let mut parser = crate::catalog::CatalogParser::default();
+        let (f1, f2) = (
+            parser.parse(&v1).expect("v1"),
+            parser.parse(&v2).expect("v2"),
+        );
+        assert!(Arc::ptr_eq(&f1.exports[0], &f2.exports[0]));
+        let zone = Zone::new("z").expect("zone");
+        let mut local = LocalCatalog::new("e".into(), 1, BTreeMap::new(), zone);
+        let none = BTreeMap::new();
+        let (changes, fresh) = local.changes(&CatalogFile::default(), &none, &f1, &none, 1);
+        local.apply(changes, fresh);
+        let summary = |changes: &[ExportChange]| {
+            let mut v: Vec<(String, bool)> = changes
+                .iter()
+                .map(|(k, s)| (k.to_string(), s.is_some()))
+                .collect();
+            v.sort();
+            v
+        };
+        let shared = summary(&local.changes(&f1, &none, &f2, &none, 2).0);
+        let scratch = summary(&local.changes(&file(&v1), &none, &file(&v2), &none, 2).0);
+        assert_eq!(shared, scratch);
+        assert_eq!(
+            shared,
+            [
+                ("s/b".to_string(), true),
+                ("s/c".to_string(), false),
+                ("s/e".to_string(), true)
+            ]
+        );
+    }
 
     #[test]
     fn only_changed_exports_are_rebuilt() {

@@ -3,10 +3,13 @@
 
 pub mod imported;
 pub mod local;
+pub mod sharded;
 pub mod view;
 
 pub use imported::{PeerCatalog, StoredDelta};
 pub use local::LocalCatalog;
+pub use sharded::{ShardedMap, changed_keys};
 pub use view::{
-    ClusterPlace, ClusterRoute, LocalSide, MeshView, PeerSide, PeerStatus, Route, merge_key,
+    ClusterPlace, ClusterRoute, ExportMap, LocalSide, MeshView, PeerSide, PeerStatus, Route,
+    RouteMap, merge_key,
 };

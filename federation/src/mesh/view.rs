@@ -2,8 +2,10 @@
 //! gateways, region/zone and summary), its stable VIPs, plus our own exports with endpoints.
 //! It is what gateways subscribe to and what DNS answers from.
 //!
-//! Immutable once published (`Arc<MeshView>` on a watch channel). Routes that did not change keep
-//! the same `Arc`, so a subscriber diffs two views by pointer in one pass.
+//! Immutable once published (`Arc<MeshView>` on a watch channel). Its route and export maps are
+//! [`ShardedMap`]s shared with the state: publishing copies no map, and a subscriber diffs two
+//! views shard by shard (skipping shared shards), then by pointer (routes that did not change
+//! keep the same `Arc`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -11,6 +13,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::identity::{TrustBundle, TrustDomain};
+use crate::mesh::sharded::ShardedMap;
 use crate::model::{
     ClusterExport, ClusterName, ExportedService, ImportRule, Region, ServiceKey, ServicePort,
     ServiceSummary, Zone, import_allowed, merge,
@@ -80,7 +83,7 @@ pub struct PeerSide<'a> {
 #[derive(Debug, Clone)]
 pub struct LocalSide<'a> {
     pub me: &'a Arc<ClusterPlace>,
-    pub exports: &'a BTreeMap<ServiceKey, Arc<ExportedService>>,
+    pub exports: &'a ExportMap,
     pub zone: &'a Zone,
     pub gateways: Arc<[GatewayAddr]>,
 }
@@ -133,11 +136,11 @@ pub fn merge_key(
         .iter()
         .find(|r| r.place.cluster == merged.defined_by)
         .map(|r| r.summary.clone())?;
-    let clusters = sides
-        .iter()
-        .filter(|r| !merged.conflicts.contains(&r.place.cluster))
-        .cloned()
-        .collect();
+    // Exactly as long as needed (a filtered `collect` reserves room for four): a federation may
+    // hold 100,000 routes.
+    let mut clusters = sides;
+    clusters.retain(|r| !merged.conflicts.contains(&r.place.cluster));
+    clusters.shrink_to_fit();
     Some(Route {
         key: key.clone(),
         defined_by: merged.defined_by,
@@ -161,13 +164,19 @@ pub struct PeerStatus {
     pub last_seen_ms: i64,
 }
 
-/// The published, immutable view.
+/// Every route, by key.
+pub type RouteMap = ShardedMap<ServiceKey, Arc<Route>>;
+/// Every local export, by key.
+pub type ExportMap = ShardedMap<ServiceKey, Arc<ExportedService>>;
+
+/// The published, immutable view. Its maps are shared with the state they were built from (not
+/// copied per view): the state copies a shard only when it changes it while a view holds it.
 #[derive(Debug, Clone, Serialize)]
 pub struct MeshView {
     pub version: u64,
     pub me: ClusterPlace,
-    pub routes: BTreeMap<ServiceKey, Arc<Route>>,
-    pub exports: BTreeMap<ServiceKey, Arc<ExportedService>>,
+    pub routes: RouteMap,
+    pub exports: ExportMap,
     #[serde(skip)]
     pub bundles: Vec<TrustBundle>,
     pub peers: Vec<PeerStatus>,
@@ -179,32 +188,11 @@ impl MeshView {
         Self {
             version: 0,
             me,
-            routes: BTreeMap::new(),
-            exports: BTreeMap::new(),
+            routes: RouteMap::default(),
+            exports: ExportMap::default(),
             bundles: Vec::new(),
             peers: Vec::new(),
             policies: BTreeMap::new(),
         }
     }
-}
-
-/// Keys whose entry differs between two maps of `Arc`s (by pointer, then by value).
-pub fn changed_keys<K: Ord + Clone, V: PartialEq>(
-    old: &BTreeMap<K, Arc<V>>,
-    new: &BTreeMap<K, Arc<V>>,
-) -> (Vec<K>, Vec<K>) {
-    let mut changed = Vec::new();
-    let mut removed = Vec::new();
-    for (k, v) in new {
-        match old.get(k) {
-            Some(o) if Arc::ptr_eq(o, v) || **o == **v => {}
-            _ => changed.push(k.clone()),
-        }
-    }
-    for k in old.keys() {
-        if !new.contains_key(k) {
-            removed.push(k.clone());
-        }
-    }
-    (changed, removed)
 }

@@ -67,7 +67,7 @@ mod tests {
                 port,
                 protocol: Protocol::Http,
             }],
-            zones: BTreeMap::new(),
+            zones: Default::default(),
             weight: 100,
             metadata: BTreeMap::new(),
             headless: false,

@@ -7,6 +7,10 @@ pub mod rules;
 pub mod service;
 
 pub use merge::{ClusterExport, MergedService, merge};
-pub use names::{ClusterName, NameError, Namespace, Region, ServiceKey, ServiceName, Zone};
+pub use names::{
+    ClusterName, NameCache, NameError, Namespace, Region, ServiceKey, ServiceName, Zone,
+};
 pub use rules::{ImportRule, Selector, import_allowed};
-pub use service::{Endpoint, ExportedService, ModelError, Protocol, ServicePort, ServiceSummary};
+pub use service::{
+    Endpoint, ExportedService, ModelError, Protocol, ServicePort, ServiceSummary, ZoneCounts,
+};

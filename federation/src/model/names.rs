@@ -5,6 +5,7 @@
 //! Kubernetes: namespaces and services are RFC 1123 labels (MCS requires service names to be
 //! DNS labels too), so `<cluster>.<svc>.<ns>.svc.clusterset.local` is always a valid DNS name.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::str::FromStr;
 
@@ -84,6 +85,12 @@ macro_rules! label_type {
                 &self.0
             }
         }
+        // Hash, Eq and Ord are those of the text, so a set of names can be searched by `&str`.
+        impl std::borrow::Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
         impl Serialize for $name {
             fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
                 s.serialize_str(&self.0)
@@ -123,6 +130,41 @@ label_type!(
     Zone,
     "zone"
 );
+
+/// Shares the text of names that repeat across the services of one update (namespaces, zones):
+/// 100,000 services in a handful of namespaces hold a handful of namespace strings, not 100,000.
+#[derive(Debug, Default)]
+pub struct NameCache {
+    namespaces: HashSet<Namespace>,
+    zones: HashSet<Zone>,
+}
+
+/// Names of one kind a cache keeps at most (a hostile update cannot grow it without bound).
+const NAME_CACHE_LIMIT: usize = 4096;
+
+fn cached<T>(set: &mut HashSet<T>, text: &str) -> Result<T, NameError>
+where
+    T: Clone + Eq + std::hash::Hash + std::borrow::Borrow<str> + FromStr<Err = NameError>,
+{
+    if let Some(name) = set.get(text) {
+        return Ok(name.clone());
+    }
+    let name: T = text.parse()?;
+    if set.len() < NAME_CACHE_LIMIT {
+        set.insert(name.clone());
+    }
+    Ok(name)
+}
+
+impl NameCache {
+    pub fn namespace(&mut self, text: &str) -> Result<Namespace, NameError> {
+        cached(&mut self.namespaces, text)
+    }
+
+    pub fn zone(&mut self, text: &str) -> Result<Zone, NameError> {
+        cached(&mut self.zones, text)
+    }
+}
 
 /// A service's identity within a cluster set. Serialized as `<namespace>/<name>`, so it can key
 /// a JSON map.

@@ -165,42 +165,46 @@ impl Node {
         let started = std::time::Instant::now();
         let mut state = self.state.lock().await;
         let locked = started.elapsed();
-        let touched = state
-            .apply_peer_update(&self.store, peer, update, now_ms())
+        let stale = self.stale_peers();
+        let n = state
+            .receive_peer_update(&self.store, peer, update, &stale, now_ms())
             .await?;
         let stored = started.elapsed();
         if let Some(bundle) = bundle {
             self.trust.set(bundle);
         }
-        let stale = self.stale_peers();
-        let n = touched.len();
-        state.recompute(Some(touched), &stale, now_ms()).await?;
-        let recomputed = started.elapsed();
         self.publish(&mut state);
         tracing::debug!(peer.cluster = %peer, version, services = n,
             lock_us = locked.as_micros() as u64, store_us = (stored - locked).as_micros() as u64,
-            recompute_us = (recomputed - stored).as_micros() as u64, total_us = started.elapsed().as_micros() as u64,
+            total_us = started.elapsed().as_micros() as u64,
             "peer update applied");
         Ok(())
     }
 
     /// Re-reads the local sources into the catalog; wakes peer sessions and republishes.
+    ///
+    /// Peers are told first: the lock is released once the catalog change is stored, so the
+    /// sessions send it while this cluster's own routes (and their VIPs) are recomputed.
     pub async fn refresh_local(&self) -> Result<(), StateError> {
         let started = std::time::Instant::now();
-        let mut state = self.state.lock().await;
-        let changed = state.refresh_local(&self.store, now_ms()).await?;
-        if changed.is_empty() {
-            return Ok(());
-        }
+        let changed = {
+            let mut state = self.state.lock().await;
+            let changed = state.refresh_local(&self.store, now_ms()).await?;
+            if changed.is_empty() {
+                return Ok(());
+            }
+            self.local_version.send_replace(state.local.version);
+            self.metrics
+                .exported_services
+                .set(state.local.exports.len() as i64);
+            changed
+        };
         let refreshed = started.elapsed();
+        let mut state = self.state.lock().await;
         let stale = self.stale_peers();
         state
             .recompute(Some(changed.into_iter().collect()), &stale, now_ms())
             .await?;
-        self.local_version.send_replace(state.local.version);
-        self.metrics
-            .exported_services
-            .set(state.local.exports.len() as i64);
         self.publish(&mut state);
         tracing::debug!(
             version = state.local.version,

@@ -1,6 +1,8 @@
 //! The federation's mutable state behind one async lock, and the operations that change it.
-//! Every operation persists first and changes memory only after the store acknowledged, so a
-//! crash never leaves memory ahead of the store and an ACK to a peer always means "durable".
+//! Every operation persists before anything it changed is visible (published, sent or ACKed), so
+//! a crash never leaves what others saw ahead of the store and an ACK to a peer always means
+//! "durable". Most persist first and change memory after; a peer's delta changes memory first,
+//! undoably and hidden by the lock, so that it and the VIPs of its routes are one commit.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -8,17 +10,20 @@ use std::sync::Arc;
 use crate::catalog::CatalogFile;
 use crate::mesh::{
     ClusterPlace, LocalCatalog, LocalSide, MeshView, PeerCatalog, PeerSide, PeerStatus, Route,
-    StoredDelta, merge_key,
+    RouteMap, StoredDelta, merge_key,
 };
 use crate::model::{ClusterName, Endpoint, ServiceKey};
 use crate::node::keys::{self, LocalMeta};
 use crate::peering::PeerRecord;
 use crate::peering::update::PeerUpdate;
-use crate::store::{AnyStore, MAX_OPS_PER_COMMIT, Op, Store, StoreError};
+use crate::store::{AnyStore, Op, Store, StoreError, commit_in_chunks};
 use crate::vip::{VipError, VipTable, cluster_vip_name, service_vip_name};
 
 /// Deltas kept in a peer's delta log before it is folded into a new catalog blob.
 const COMPACT_AFTER: usize = 256;
+
+/// Keys whose routes (and VIPs) are computed, persisted and installed together.
+pub const RECOMPUTE_BATCH: usize = 2_000;
 
 /// One peer: its record and the catalog it sent us.
 #[derive(Debug, Clone)]
@@ -39,7 +44,8 @@ pub struct MeshState {
     pub applied_registered: Arc<BTreeMap<ServiceKey, Vec<Endpoint>>>,
     pub peers: BTreeMap<ClusterName, PeerEntry>,
     pub vips: VipTable,
-    pub routes: BTreeMap<ServiceKey, Arc<Route>>,
+    /// Shared with the published view (a recompute copies only the shards it changes).
+    pub routes: RouteMap,
     pub view_version: u64,
 }
 
@@ -70,10 +76,7 @@ pub fn place_of(record: &PeerRecord) -> Arc<ClusterPlace> {
 
 /// Commits ops in chunks the store accepts.
 pub async fn commit_chunked(store: &AnyStore, ops: Vec<Op>) -> Result<(), StoreError> {
-    for chunk in ops.chunks(MAX_OPS_PER_COMMIT) {
-        store.commit(Vec::new(), chunk.to_vec()).await?;
-    }
-    Ok(())
+    commit_in_chunks(store, ops, &mut 0).await
 }
 
 /// Loads one peer's catalog: the blob, then the deltas after it.
@@ -97,7 +100,85 @@ pub async fn load_peer_catalog(
 }
 
 impl MeshState {
-    /// Persists and installs a peer's checked update. Returns the keys it changed.
+    /// Stores and installs a peer's checked update and recomputes the routes it touches; returns
+    /// how many keys it touched. A delta costs one store commit: the delta, the peer record (when
+    /// the bundle moved) and the VIPs of the routes it changes are written together. Memory
+    /// changes first but undoably, while the state lock hides it: if the commit fails, the
+    /// catalog is put back and nothing was published.
+    pub async fn receive_peer_update(
+        &mut self,
+        store: &AnyStore,
+        peer: &ClusterName,
+        update: PeerUpdate,
+        stale: &BTreeSet<ClusterName>,
+        now_ms: i64,
+    ) -> Result<usize, StateError> {
+        if update.snapshot {
+            let touched = self.apply_peer_update(store, peer, update, now_ms).await?;
+            let n = touched.len();
+            self.recompute(Some(touched), stale, now_ms).await?;
+            return Ok(n);
+        }
+        let Some((ops, record)) = self.delta_ops(peer, &update, now_ms)? else {
+            return Ok(0);
+        };
+        let Some(entry) = self.peers.get_mut(peer) else {
+            return Ok(0);
+        };
+        let (touched, undo) = entry.catalog.apply_delta(update, now_ms);
+        let n = touched.len();
+        let mut durable = false;
+        let result = self
+            .recompute_with(Some(touched), stale, now_ms, ops, &mut durable)
+            .await;
+        let Some(e) = self.peers.get_mut(peer) else {
+            return result.map(|_| n);
+        };
+        if !durable {
+            e.catalog.undo(undo);
+            return result.map(|_| n);
+        }
+        e.record = record;
+        e.deltas += 1;
+        if e.deltas > COMPACT_AFTER {
+            compact(store, peer, e).await;
+        }
+        result.map(|_| n)
+    }
+
+    /// The writes that store a delta from `peer` (the delta and, if its bundle moved, the
+    /// record) and the record to install; `None` when it is already stored (a resend).
+    fn delta_ops(
+        &self,
+        peer: &ClusterName,
+        update: &PeerUpdate,
+        now_ms: i64,
+    ) -> Result<Option<(Vec<Op>, PeerRecord)>, StateError> {
+        let entry = self
+            .peers
+            .get(peer)
+            .ok_or_else(|| StateError::Rejected(format!("{peer} is not a peer")))?;
+        if !entry.catalog.accepts_delta(&update.epoch, update.version) {
+            if entry.catalog.epoch == update.epoch && update.version <= entry.catalog.version {
+                // Already stored (a resend after a lost ACK): idempotent.
+                return Ok(None);
+            }
+            return Err(StateError::Rejected(format!(
+                "delta {} of epoch {} does not follow stored version {} of epoch {}: send a snapshot",
+                update.version, update.epoch, entry.catalog.version, entry.catalog.epoch
+            )));
+        }
+        let (record, record_op) = record_after(peer, &entry.record, update)?;
+        let mut ops = vec![Op::Put {
+            key: keys::peer_delta(peer, update.version),
+            value: json(&StoredDelta::of(update, now_ms))?,
+        }];
+        ops.extend(record_op);
+        Ok(Some((ops, record)))
+    }
+
+    /// Persists and installs a peer's checked update (the store first, then memory). Returns the
+    /// keys it changed; the caller recomputes their routes.
     pub async fn apply_peer_update(
         &mut self,
         store: &AnyStore,
@@ -105,107 +186,41 @@ impl MeshState {
         update: PeerUpdate,
         now_ms: i64,
     ) -> Result<BTreeSet<ServiceKey>, StateError> {
+        if !update.snapshot {
+            let Some((ops, record)) = self.delta_ops(peer, &update, now_ms)? else {
+                return Ok(BTreeSet::new());
+            };
+            store.commit(Vec::new(), ops).await?;
+            let Some(e) = self.peers.get_mut(peer) else {
+                return Ok(BTreeSet::new());
+            };
+            let touched = e.catalog.apply(update, now_ms);
+            e.record = record;
+            e.deltas += 1;
+            if e.deltas > COMPACT_AFTER {
+                compact(store, peer, e).await;
+            }
+            return Ok(touched);
+        }
         let entry = self
             .peers
             .get(peer)
             .ok_or_else(|| StateError::Rejected(format!("{peer} is not a peer")))?;
-        if !update.snapshot && !entry.catalog.accepts_delta(&update.epoch, update.version) {
-            if entry.catalog.epoch == update.epoch && update.version <= entry.catalog.version {
-                // Already stored (a resend after a lost ACK): idempotent.
-                return Ok(BTreeSet::new());
-            }
-            return Err(StateError::Rejected(format!(
-                "delta {} of epoch {} does not follow stored version {} of epoch {}: send a snapshot",
-                update.version, update.epoch, entry.catalog.version, entry.catalog.epoch
-            )));
-        }
-        let mut record = entry.record.clone();
-        let bundle_changed = match &update.bundle {
-            Some(b) if b.sequence() > record.bundle_sequence => {
-                record.bundle = b.to_spiffe_json();
-                record.bundle_sequence = b.sequence();
-                true
-            }
-            _ => false,
-        };
-        let record_op = if bundle_changed {
-            Some(Op::Put {
-                key: keys::peer_record(peer),
-                value: json(&record)?,
-            })
-        } else {
-            None
-        };
-        if update.snapshot {
-            // A snapshot replaces everything: write it as the new blob, then drop the delta log.
-            let mut next = PeerCatalog::default();
-            let touched = {
-                let old = &entry.catalog;
-                next.apply(update, now_ms);
-                let mut t: BTreeSet<ServiceKey> = next
-                    .services
-                    .iter()
-                    .filter(|(k, v)| old.services.get(*k) != Some(*v))
-                    .map(|(k, _)| k.clone())
-                    .collect();
-                t.extend(
-                    old.services
-                        .keys()
-                        .filter(|k| !next.services.contains_key(*k))
-                        .cloned(),
-                );
-                t
-            };
-            store
-                .put_blob(&keys::peer_catalog(peer), &json(&next)?, Vec::new())
-                .await?;
-            let mut ops = vec![Op::DeletePrefix {
-                prefix: keys::peer_deltas(peer),
-            }];
-            ops.extend(record_op);
-            store.commit(Vec::new(), ops).await?;
-            if let Some(e) = self.peers.get_mut(peer) {
-                e.catalog = next;
-                e.record = record;
-                e.deltas = 0;
-            }
-            return Ok(touched);
-        }
-        // A delta: one small commit (the delta and, if it changed, the bundle), then memory.
-        let mut ops = vec![Op::Put {
-            key: keys::peer_delta(peer, update.version),
-            value: json(&StoredDelta::of(&update, now_ms))?,
+        let (record, record_op) = record_after(peer, &entry.record, &update)?;
+        // A snapshot replaces everything: write it as the new blob, then drop the delta log.
+        let (next, touched) = entry.catalog.after_snapshot(update, now_ms);
+        store
+            .put_blob(&keys::peer_catalog(peer), &json(&next)?, Vec::new())
+            .await?;
+        let mut ops = vec![Op::DeletePrefix {
+            prefix: keys::peer_deltas(peer),
         }];
         ops.extend(record_op);
         store.commit(Vec::new(), ops).await?;
-        let Some(e) = self.peers.get_mut(peer) else {
-            return Ok(BTreeSet::new());
-        };
-        let touched = e.catalog.apply(update, now_ms);
-        e.record = record;
-        e.deltas += 1;
-        if e.deltas > COMPACT_AFTER {
-            // Fold the log into a fresh blob. Failing here loses nothing: the deltas stay.
-            let folded = async {
-                store
-                    .put_blob(&keys::peer_catalog(peer), &json(&e.catalog)?, Vec::new())
-                    .await?;
-                store
-                    .commit(
-                        Vec::new(),
-                        vec![Op::DeletePrefix {
-                            prefix: keys::peer_deltas(peer),
-                        }],
-                    )
-                    .await?;
-                Ok::<_, StateError>(())
-            };
-            match folded.await {
-                Ok(()) => e.deltas = 0,
-                Err(err) => {
-                    tracing::warn!(peer.cluster = %peer, error = %err, "compacting the delta log failed; retrying later")
-                }
-            }
+        if let Some(e) = self.peers.get_mut(peer) {
+            e.catalog = next;
+            e.record = record;
+            e.deltas = 0;
         }
         Ok(touched)
     }
@@ -278,11 +293,30 @@ impl MeshState {
 
     /// Recomputes the routes of `keys` (all keys when `None`), assigns VIPs for every name that
     /// exists (persisted before use), and returns whether any route changed.
+    ///
+    /// Keys are handled in batches of [`RECOMPUTE_BATCH`]: a peer's 100,000-service snapshot
+    /// never stages 100,000 routes and 200,000 VIP names at once. A store error stops at its
+    /// batch; the routes of earlier batches stay installed (their VIPs are persisted) and are
+    /// published with the next view.
     pub async fn recompute(
         &mut self,
         keys: Option<BTreeSet<ServiceKey>>,
         stale: &BTreeSet<ClusterName>,
         now_ms: i64,
+    ) -> Result<bool, StateError> {
+        self.recompute_with(keys, stale, now_ms, Vec::new(), &mut false)
+            .await
+    }
+
+    /// [`MeshState::recompute`], committing `first` (writes the new routes depend on) together
+    /// with the first batch's VIPs; `first_durable` tells, also on error, whether it was.
+    async fn recompute_with(
+        &mut self,
+        keys: Option<BTreeSet<ServiceKey>>,
+        stale: &BTreeSet<ClusterName>,
+        now_ms: i64,
+        mut first: Vec<Op>,
+        first_durable: &mut bool,
     ) -> Result<bool, StateError> {
         let keys: BTreeSet<ServiceKey> = match keys {
             Some(k) => k,
@@ -296,6 +330,9 @@ impl MeshState {
             }
         };
         if keys.is_empty() {
+            self.vips
+                .apply_with(&[], &[], now_ms, first, first_durable)
+                .await?;
             return Ok(false);
         }
         let sides: Vec<PeerSide<'_>> = self
@@ -309,55 +346,65 @@ impl MeshState {
                 confirmed_at_ms: p.catalog.stored_at_ms,
             })
             .collect();
-        let mut next_routes: BTreeMap<ServiceKey, Option<Route>> = BTreeMap::new();
         let local = LocalSide {
             me: &self.me,
             exports: &self.local.exports,
             zone: self.local.zone(),
             gateways: self.local.gateways.clone().into(),
         };
-        for key in &keys {
-            let route = merge_key(key, &local, &sides, &self.file.imports, now_ms);
-            next_routes.insert(key.clone(), route);
-        }
-        drop(sides);
-        // VIP names that appear and disappear with this change (each name belongs to one key).
-        let mut added: Vec<String> = Vec::new();
-        let mut removed: Vec<String> = Vec::new();
-        for (key, route) in &next_routes {
-            let before: BTreeSet<String> = self
-                .routes
-                .get(key)
-                .map(|r| vip_names(r))
-                .unwrap_or_default();
-            let after: BTreeSet<String> = route.as_ref().map(vip_names).unwrap_or_default();
-            added.extend(after.difference(&before).cloned());
-            // Names already held stay assigned; `apply` skips them cheaply.
-            added.extend(after.intersection(&before).cloned());
-            removed.extend(before.difference(&after).cloned());
-        }
-        self.vips.apply(&added, &removed, now_ms).await?;
         let mut changed = false;
-        for (key, route) in next_routes {
-            match route {
-                None => changed |= self.routes.remove(&key).is_some(),
-                Some(mut route) => {
-                    let pool = self.vips.pool();
-                    route.vips = pool
-                        .get(&service_vip_name(&key))
-                        .cloned()
-                        .unwrap_or_default();
-                    route.cluster_vips = route
-                        .clusters
-                        .iter()
-                        .filter_map(|c| {
+        let mut keys = keys.into_iter().peekable();
+        while keys.peek().is_some() {
+            let mut next_routes: Vec<(ServiceKey, Option<Route>)> =
+                Vec::with_capacity(RECOMPUTE_BATCH);
+            for key in keys.by_ref().take(RECOMPUTE_BATCH) {
+                let route = merge_key(&key, &local, &sides, &self.file.imports, now_ms);
+                next_routes.push((key, route));
+            }
+            // VIP names that appear and disappear with this batch (each name belongs to one key).
+            let mut added: Vec<String> = Vec::new();
+            let mut removed: Vec<String> = Vec::new();
+            for (key, route) in &next_routes {
+                let before: BTreeSet<String> = self
+                    .routes
+                    .get(key)
+                    .map(|r| vip_names(r))
+                    .unwrap_or_default();
+                let after: BTreeSet<String> = route.as_ref().map(vip_names).unwrap_or_default();
+                added.extend(after.difference(&before).cloned());
+                // Names already held stay assigned; `apply` skips them cheaply.
+                added.extend(after.intersection(&before).cloned());
+                removed.extend(before.difference(&after).cloned());
+            }
+            let first = std::mem::take(&mut first);
+            self.vips
+                .apply_with(&added, &removed, now_ms, first, first_durable)
+                .await?;
+            let pool = self.vips.pool();
+            for (key, route) in next_routes {
+                match route {
+                    None => {
+                        if self.routes.contains_key(&key) {
+                            self.routes.remove(&key);
+                            changed = true;
+                        }
+                    }
+                    Some(mut route) => {
+                        route.vips = pool
+                            .get(&service_vip_name(&key))
+                            .cloned()
+                            .unwrap_or_default();
+                        // Exactly as long as needed: a federation may hold 100,000 routes.
+                        let mut cluster_vips = Vec::with_capacity(route.clusters.len());
+                        cluster_vips.extend(route.clusters.iter().filter_map(|c| {
                             let a = pool.get(&cluster_vip_name(&c.place.cluster, &key))?.clone();
                             Some((c.place.cluster.clone(), a))
-                        })
-                        .collect();
-                    if self.routes.get(&key).map(|r| **r != route).unwrap_or(true) {
-                        self.routes.insert(key, Arc::new(route));
-                        changed = true;
+                        }));
+                        route.cluster_vips = cluster_vips;
+                        if self.routes.get(&key).is_none_or(|r| **r != route) {
+                            self.routes.insert(key, Arc::new(route));
+                            changed = true;
+                        }
                     }
                 }
             }
@@ -381,6 +428,52 @@ impl MeshState {
             peers,
             policies: self.file.policies.clone(),
         })
+    }
+}
+
+/// The peer record after `update` (its bundle, when newer), and the write that stores it.
+fn record_after(
+    peer: &ClusterName,
+    record: &PeerRecord,
+    update: &PeerUpdate,
+) -> Result<(PeerRecord, Option<Op>), StateError> {
+    let mut record = record.clone();
+    match &update.bundle {
+        Some(b) if b.sequence() > record.bundle_sequence => {
+            record.bundle = b.to_spiffe_json();
+            record.bundle_sequence = b.sequence();
+            let op = Op::Put {
+                key: keys::peer_record(peer),
+                value: json(&record)?,
+            };
+            Ok((record, Some(op)))
+        }
+        _ => Ok((record, None)),
+    }
+}
+
+/// Folds a peer's delta log into a fresh catalog blob. Failing here loses nothing: the deltas
+/// stay, and folding is retried after the next delta.
+async fn compact(store: &AnyStore, peer: &ClusterName, e: &mut PeerEntry) {
+    let folded = async {
+        store
+            .put_blob(&keys::peer_catalog(peer), &json(&e.catalog)?, Vec::new())
+            .await?;
+        store
+            .commit(
+                Vec::new(),
+                vec![Op::DeletePrefix {
+                    prefix: keys::peer_deltas(peer),
+                }],
+            )
+            .await?;
+        Ok::<_, StateError>(())
+    };
+    match folded.await {
+        Ok(()) => e.deltas = 0,
+        Err(err) => {
+            tracing::warn!(peer.cluster = %peer, error = %err, "compacting the delta log failed; retrying later")
+        }
     }
 }
 

@@ -169,14 +169,17 @@ where
                 node.link_update(&peer, |l| l.last_seen_ms = now_ms());
                 match m.body {
                     Some(Body::Update(part)) => {
+                        // Each part is checked as it arrives; only checked summaries are kept.
                         let version = part.version;
-                        match reassembly.push(part) {
-                            Err(reason) => {
-                                reassembly = Reassembly::default();
-                                reject(&node, &peer, &out, version, CODE_INVALID_ARGUMENT, reason).await?;
+                        match reassembly.push(&part, &peer, &record_td) {
+                            Err(e) => {
+                                reject(&node, &peer, &out, version, CODE_INVALID_ARGUMENT, e.reason).await?;
                             }
                             Ok(None) => {}
-                            Ok(Some(whole)) => receive(&node, &peer, &record_td, &out, whole).await?,
+                            Ok(Some(checked)) => {
+                                drop(part);
+                                receive(&node, &peer, &out, version, checked).await?
+                            }
                         }
                     }
                     Some(Body::Ack(ack)) => {
@@ -250,18 +253,14 @@ async fn reject(
     .map_err(|_| SessionError::Closed(peer.clone()))
 }
 
+/// Stores a checked update and ACKs it, or NACKs it.
 async fn receive(
     node: &Node,
     peer: &ClusterName,
-    peer_td: &crate::identity::TrustDomain,
     out: &mpsc::Sender<PeerMessage>,
-    whole: proto::CatalogUpdate,
+    version: u64,
+    checked: update::PeerUpdate,
 ) -> Result<(), SessionError> {
-    let version = whole.version;
-    let checked = match update::validate(&whole, peer, peer_td) {
-        Ok(u) => u,
-        Err(e) => return reject(node, peer, out, version, CODE_INVALID_ARGUMENT, e.reason).await,
-    };
     match node.receive_update(peer, checked).await {
         Ok(()) => {
             node.metrics.update(peer.as_str(), "acked");

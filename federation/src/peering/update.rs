@@ -1,15 +1,16 @@
-//! Validation of catalog updates received from a peer. Pure: a [`proto::CatalogUpdate`] (already
-//! reassembled from its parts) either becomes a [`PeerUpdate`] whose every field is checked, or is
-//! rejected whole with a reason — nothing of a rejected update is ever stored.
+//! Validation of catalog updates received from a peer. Pure: a [`proto::CatalogUpdate`] either
+//! becomes a [`PeerUpdate`] whose every field is checked, or is rejected whole with a reason —
+//! nothing of a rejected update is ever stored. A multi-part update is checked part by part as it
+//! arrives ([`Reassembly`]), so only its checked form is ever held whole.
 
-use std::collections::BTreeSet;
+use std::collections::HashSet;
 use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
 use crate::identity::{TrustBundle, TrustDomain};
 use crate::model::service::key_from_proto;
-use crate::model::{ClusterName, ServiceKey, ServiceSummary, Zone};
+use crate::model::{ClusterName, NameCache, ServiceKey, ServiceSummary, Zone};
 use crate::proto;
 
 /// The most services one peer may export to us.
@@ -92,142 +93,199 @@ pub fn validate(
     peer: &ClusterName,
     peer_td: &TrustDomain,
 ) -> Result<PeerUpdate, UpdateError> {
-    let fail = |reason: String| UpdateError {
-        peer: peer.clone(),
-        reason,
-    };
-    if update.cluster != peer.as_str() {
-        return Err(fail(format!(
-            "it carries the catalog of cluster {:?}: a peer may publish only its own cluster's services",
-            update.cluster
-        )));
-    }
-    if update.version == 0 {
-        return Err(fail("version 0 is not a valid catalog version".into()));
-    }
-    if update.epoch.is_empty() || update.epoch.len() > 64 {
-        return Err(fail("epoch must be 1-64 characters".into()));
-    }
-    if update.upserts.len() > MAX_SERVICES_PER_PEER || update.removals.len() > MAX_SERVICES_PER_PEER
-    {
-        return Err(fail(format!(
-            "more than {MAX_SERVICES_PER_PEER} services in one update"
-        )));
-    }
-    let mut seen = BTreeSet::new();
-    let mut upserts = Vec::with_capacity(update.upserts.len());
-    for s in &update.upserts {
-        let summary = ServiceSummary::from_proto(s).map_err(|e| fail(e.to_string()))?;
-        if !seen.insert(summary.key.clone()) {
-            return Err(fail(format!("service {} appears twice", summary.key)));
+    let mut checked = Checked::start(update, peer, peer_td)?;
+    checked.add(update)?;
+    checked.finish()
+}
+
+/// An update being checked part by part: what has been checked so far, already converted. Parts
+/// are checked as they arrive, so a 100,000-service snapshot never exists twice (as wire
+/// messages and as checked summaries) — only the checked form is kept.
+#[derive(Debug)]
+struct Checked {
+    peer: ClusterName,
+    peer_td: TrustDomain,
+    update: PeerUpdate,
+    /// Every key seen in this update (upserts and removals), to refuse duplicates.
+    seen: HashSet<ServiceKey>,
+    names: NameCache,
+}
+
+impl Checked {
+    fn fail(&self, reason: String) -> UpdateError {
+        UpdateError {
+            peer: self.peer.clone(),
+            reason,
         }
-        upserts.push(summary);
     }
-    let mut removals = Vec::with_capacity(update.removals.len());
-    for k in &update.removals {
-        let key = key_from_proto(Some(k)).map_err(|e| fail(e.to_string()))?;
-        if !seen.insert(key.clone()) {
-            return Err(fail(format!("service {key} appears twice")));
+
+    /// Checks what the first part says about the whole update.
+    fn start(
+        first: &proto::CatalogUpdate,
+        peer: &ClusterName,
+        peer_td: &TrustDomain,
+    ) -> Result<Self, UpdateError> {
+        let checked = Self {
+            peer: peer.clone(),
+            peer_td: peer_td.clone(),
+            update: PeerUpdate {
+                version: first.version,
+                epoch: first.epoch.clone(),
+                snapshot: first.snapshot,
+                upserts: Vec::new(),
+                removals: Vec::new(),
+                bundle: None,
+                gateways: None,
+            },
+            seen: HashSet::new(),
+            names: NameCache::default(),
+        };
+        if first.version == 0 {
+            return Err(checked.fail("version 0 is not a valid catalog version".into()));
         }
-        removals.push(key);
+        if first.epoch.is_empty() || first.epoch.len() > 64 {
+            return Err(checked.fail("epoch must be 1-64 characters".into()));
+        }
+        Ok(checked)
     }
-    if update.snapshot && !removals.is_empty() {
-        return Err(fail("a snapshot carries no removals".into()));
-    }
-    let bundle = match &update.bundle {
-        None => None,
-        Some(b) => {
-            if b.trust_domain != peer_td.as_str() {
-                return Err(fail(format!(
-                    "it carries a bundle for trust domain {:?}: a peer may publish only its own trust domain's bundle ({peer_td})",
-                    b.trust_domain
+
+    /// Checks one part and adds it.
+    fn add(&mut self, part: &proto::CatalogUpdate) -> Result<(), UpdateError> {
+        if part.cluster != self.peer.as_str() {
+            return Err(self.fail(format!(
+                "it carries the catalog of cluster {:?}: a peer may publish only its own cluster's services",
+                part.cluster
+            )));
+        }
+        if part.version != self.update.version
+            || part.epoch != self.update.epoch
+            || part.snapshot != self.update.snapshot
+        {
+            return Err(self.fail(format!(
+                "part of version {} arrived while version {} was incomplete",
+                part.version, self.update.version
+            )));
+        }
+        if self.update.upserts.len() + part.upserts.len() > MAX_SERVICES_PER_PEER
+            || self.update.removals.len() + part.removals.len() > MAX_SERVICES_PER_PEER
+        {
+            return Err(self.fail(format!(
+                "more than {MAX_SERVICES_PER_PEER} services in one update"
+            )));
+        }
+        self.update.upserts.reserve_exact(part.upserts.len());
+        for s in &part.upserts {
+            let summary = ServiceSummary::from_proto_cached(s, &mut self.names)
+                .map_err(|e| self.fail(e.to_string()))?;
+            if !self.seen.insert(summary.key.clone()) {
+                return Err(self.fail(format!("service {} appears twice", summary.key)));
+            }
+            self.update.upserts.push(summary);
+        }
+        for k in &part.removals {
+            let key = key_from_proto(Some(k)).map_err(|e| self.fail(e.to_string()))?;
+            if !self.seen.insert(key.clone()) {
+                return Err(self.fail(format!("service {key} appears twice")));
+            }
+            self.update.removals.push(key);
+        }
+        if let Some(b) = &part.bundle {
+            if b.trust_domain != self.peer_td.as_str() {
+                return Err(self.fail(format!(
+                    "it carries a bundle for trust domain {:?}: a peer may publish only its own trust domain's bundle ({})",
+                    b.trust_domain, self.peer_td
                 )));
             }
-            Some(TrustBundle::from_proto(b).map_err(|e| fail(format!("bundle: {e}")))?)
+            let bundle =
+                TrustBundle::from_proto(b).map_err(|e| self.fail(format!("bundle: {e}")))?;
+            self.update.bundle = Some(bundle);
         }
-    };
-    let gateways = match &update.gateways {
-        None => None,
-        Some(set) => {
+        if let Some(set) = &part.gateways {
             if set.gateways.len() > MAX_GATEWAYS {
-                return Err(fail(format!("more than {MAX_GATEWAYS} gateways")));
+                return Err(self.fail(format!("more than {MAX_GATEWAYS} gateways")));
             }
             let mut list = set
                 .gateways
                 .iter()
                 .map(GatewayAddr::from_proto)
                 .collect::<Result<Vec<_>, _>>()
-                .map_err(fail)?;
+                .map_err(|e| self.fail(e))?;
             list.sort();
-            Some(list)
+            self.update.gateways = Some(list);
         }
-    };
-    if update.snapshot && (bundle.is_none() || gateways.is_none()) {
-        return Err(fail(
-            "a snapshot must carry the bundle and the gateway set".into(),
-        ));
+        Ok(())
     }
-    Ok(PeerUpdate {
-        version: update.version,
-        epoch: update.epoch.clone(),
-        snapshot: update.snapshot,
-        upserts,
-        removals,
-        bundle,
-        gateways,
-    })
+
+    /// Checks what only the whole update can show.
+    fn finish(self) -> Result<PeerUpdate, UpdateError> {
+        if self.update.snapshot && !self.update.removals.is_empty() {
+            return Err(self.fail("a snapshot carries no removals".into()));
+        }
+        if self.update.snapshot && (self.update.bundle.is_none() || self.update.gateways.is_none())
+        {
+            return Err(self.fail("a snapshot must carry the bundle and the gateway set".into()));
+        }
+        Ok(self.update)
+    }
 }
 
-/// Reassembles a multi-part update (`more = true` on all but the last part). Bounded: a peer
-/// that never sends the last part, or sends too much, is refused.
+/// Reassembles and checks a multi-part update (`more = true` on all but the last part), one part
+/// at a time. Bounded: a peer that sends too much is refused; an update refused part-way is
+/// refused whole, and its remaining parts are dropped (never taken for the start of another
+/// update).
 #[derive(Debug, Default)]
 pub struct Reassembly {
-    pending: Option<proto::CatalogUpdate>,
+    pending: Option<Checked>,
+    /// The update (epoch, version, snapshot) refused part-way whose last part has not arrived.
+    refused: Option<(String, u64, bool)>,
 }
 
 impl Reassembly {
-    /// Returns the whole update when `part` completes it.
+    /// Checks `part` of an update from `peer`; returns the whole checked update when `part`
+    /// completes it. An `Err` refuses the update the part belongs to (NACK its version).
     pub fn push(
         &mut self,
-        part: proto::CatalogUpdate,
-    ) -> Result<Option<proto::CatalogUpdate>, String> {
-        let more = part.more;
-        let whole = match self.pending.take() {
-            None => part,
-            Some(mut acc) => {
-                if acc.version != part.version
-                    || acc.epoch != part.epoch
-                    || acc.snapshot != part.snapshot
-                {
-                    return Err(format!(
-                        "part of version {} arrived while version {} was incomplete",
-                        part.version, acc.version
-                    ));
+        part: &proto::CatalogUpdate,
+        peer: &ClusterName,
+        peer_td: &TrustDomain,
+    ) -> Result<Option<PeerUpdate>, UpdateError> {
+        if let Some((epoch, version, snapshot)) = &self.refused {
+            let same =
+                *epoch == part.epoch && *version == part.version && *snapshot == part.snapshot;
+            if same {
+                if !part.more {
+                    self.refused = None;
                 }
-                if acc.upserts.len() + part.upserts.len() > MAX_SERVICES_PER_PEER
-                    || acc.removals.len() + part.removals.len() > MAX_SERVICES_PER_PEER
-                {
-                    return Err(format!(
-                        "more than {MAX_SERVICES_PER_PEER} services in one update"
-                    ));
-                }
-                acc.upserts.extend(part.upserts);
-                acc.removals.extend(part.removals);
-                if part.bundle.is_some() {
-                    acc.bundle = part.bundle;
-                }
-                if part.gateways.is_some() {
-                    acc.gateways = part.gateways;
-                }
-                acc.more = more;
-                acc
+                return Ok(None);
             }
+            self.refused = None;
+        }
+        let result = self.check(part, peer, peer_td);
+        if result.is_err() {
+            self.pending = None;
+            if part.more {
+                self.refused = Some((part.epoch.clone(), part.version, part.snapshot));
+            }
+        }
+        result
+    }
+
+    fn check(
+        &mut self,
+        part: &proto::CatalogUpdate,
+        peer: &ClusterName,
+        peer_td: &TrustDomain,
+    ) -> Result<Option<PeerUpdate>, UpdateError> {
+        let mut checked = match self.pending.take() {
+            Some(pending) => pending,
+            None => Checked::start(part, peer, peer_td)?,
         };
-        if more {
-            self.pending = Some(whole);
+        checked.add(part)?;
+        if part.more {
+            self.pending = Some(checked);
             Ok(None)
         } else {
-            Ok(Some(whole))
+            checked.finish().map(Some)
         }
     }
 }
@@ -399,7 +457,7 @@ mod tests {
 
     #[test]
     fn split_and_reassemble_round_trip() {
-        let (_, _, bundle) = peer();
+        let (name, td, bundle) = peer();
         let mut big = snapshot(&bundle);
         big.upserts = (0..(SERVICES_PER_MESSAGE * 2 + 7))
             .map(|i| summary(&format!("s{i}"), 80))
@@ -410,23 +468,32 @@ mod tests {
         assert!(parts[0].bundle.is_some() && parts[1].bundle.is_none());
         let mut r = Reassembly::default();
         let mut whole = None;
-        for p in parts {
-            whole = r.push(p).expect("parts fit");
+        for p in &parts {
+            whole = r.push(p, &name, &td).expect("parts fit");
         }
-        assert_eq!(whole.expect("complete"), big);
+        assert_eq!(
+            whole.expect("complete"),
+            validate(&big, &name, &td).expect("valid")
+        );
+        // Services of one update share their namespace text.
+        let whole = validate(&big, &name, &td).expect("valid");
+        assert_eq!(
+            whole.upserts[0].key.namespace.as_str().as_ptr(),
+            whole.upserts[1].key.namespace.as_str().as_ptr()
+        );
     }
 
     #[test]
     fn truncated_and_oversized_multi_part_updates_are_refused() {
-        let (_, _, bundle) = peer();
+        let (name, td, bundle) = peer();
         // A part of another version while one is incomplete (the first was truncated).
         let mut r = Reassembly::default();
         let mut first = snapshot(&bundle);
         first.more = true;
-        assert_eq!(r.push(first).expect("first part"), None);
+        assert_eq!(r.push(&first, &name, &td).expect("first part"), None);
         let mut other = snapshot(&bundle);
         other.version = 6;
-        assert!(r.push(other).is_err());
+        assert!(r.push(&other, &name, &td).is_err());
         // Parts that add up to more than a peer may send.
         let mut r = Reassembly::default();
         let chunk: Vec<_> = (0..100_001)
@@ -437,7 +504,31 @@ mod tests {
         a.more = true;
         let mut b = a.clone();
         b.more = false;
-        assert_eq!(r.push(a).expect("first half"), None);
-        assert!(r.push(b).is_err(), "over MAX_SERVICES_PER_PEER in total");
+        assert_eq!(r.push(&a, &name, &td).expect("first half"), None);
+        assert!(
+            r.push(&b, &name, &td).is_err(),
+            "over MAX_SERVICES_PER_PEER in total"
+        );
+    }
+
+    #[test]
+    fn an_update_refused_part_way_is_refused_whole() {
+        let (name, td, bundle) = peer();
+        let mut big = snapshot(&bundle);
+        big.snapshot = false;
+        big.upserts = (0..(SERVICES_PER_MESSAGE * 3))
+            .map(|i| summary(&format!("s{i}"), 80))
+            .collect();
+        // A bad service in the second of three parts.
+        big.upserts[SERVICES_PER_MESSAGE + 1] = summary("Bad!", 80);
+        let parts = split(big);
+        let mut r = Reassembly::default();
+        assert_eq!(r.push(&parts[0], &name, &td).expect("good part"), None);
+        assert!(r.push(&parts[1], &name, &td).is_err(), "refused");
+        // The rest of that update is dropped, not taken for an update of its own.
+        assert_eq!(r.push(&parts[2], &name, &td).expect("dropped"), None);
+        // The next update is checked normally.
+        let next = snapshot(&bundle);
+        assert!(r.push(&next, &name, &td).expect("valid").is_some());
     }
 }

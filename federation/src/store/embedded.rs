@@ -46,10 +46,12 @@ const META_NEXT_LEASE: &str = "next_lease";
 const SCHEMA: u64 = 1;
 
 /// File name inside the data dir.
-/// redb's page cache. Its default (1 GiB) would let the cache grow past everything else the
-/// federation holds; the working set here (catalogs, VIPs, leases) is small and read mostly at
-/// start, so a modest cache costs nothing measurable.
-const CACHE_BYTES: usize = 32 * 1024 * 1024;
+/// redb's page cache (reads and the write buffer together). Its default (1 GiB) would let the
+/// cache grow past everything else the federation holds; the working set here (catalogs, VIPs,
+/// leases) is read mostly at start and pages the cache misses come from the OS page cache, so a
+/// small cache costs nothing measurable (32 MiB cost 22 MiB more resident memory than this with
+/// 100,000 imported services, for no measurable gain in convergence).
+const CACHE_BYTES: usize = 8 * 1024 * 1024;
 
 pub const FILE_NAME: &str = "isthmus.redb";
 /// Events kept in memory for watches that resume from a recent revision.

@@ -551,6 +551,35 @@ impl Op {
     }
 }
 
+/// Commits `ops` in order, in as few commits as the limits allow (at most
+/// [`MAX_OPS_PER_COMMIT`] ops and [`MAX_COMMIT_BYTES`] bytes each; an op too large on its own
+/// goes alone and is refused). Not atomic as a whole: `committed` counts the ops durable so far,
+/// so a caller whose first ops must be durable knows whether they are when a later commit fails.
+pub async fn commit_in_chunks<S: Store>(
+    store: &S,
+    ops: Vec<Op>,
+    committed: &mut usize,
+) -> Result<(), StoreError> {
+    let mut chunk: Vec<Op> = Vec::new();
+    let mut bytes = 0;
+    let mut ops = ops.into_iter().peekable();
+    while let Some(op) = ops.next() {
+        bytes += op.bytes();
+        chunk.push(op);
+        let full = chunk.len() == MAX_OPS_PER_COMMIT
+            || ops
+                .peek()
+                .is_none_or(|next| bytes + next.bytes() > MAX_COMMIT_BYTES);
+        if full {
+            let n = chunk.len();
+            store.commit(Vec::new(), std::mem::take(&mut chunk)).await?;
+            *committed += n;
+            bytes = 0;
+        }
+    }
+    Ok(())
+}
+
 impl Guard {
     /// The guarded key.
     pub fn key(&self) -> &str {
