@@ -10,6 +10,7 @@
 
 mod catalog_sync;
 mod crash_recovery;
+mod dns;
 mod failover;
 mod gateway_drain;
 mod gateway_protocols;

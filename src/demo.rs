@@ -65,6 +65,8 @@ fn config(name: &str, region: &str, index: u8, dir: &Path) -> Value {
         "vips": { "ipv4": format!("127.{}.0.0/24", 76 + index) },
         "catalog": { "file": dir.join("catalog.yaml"), "poll_interval": "200ms" },
         "ca": { "kek_file": dir.join("kek") },
+        // Global DNS for mesh names on the cluster's loopback address (port printed when ready).
+        "dns": { "bind": format!("127.0.{index}.1:0") },
     })
 }
 
@@ -301,6 +303,42 @@ async fn tcp_echo(addr: SocketAddr, text: &str) -> anyhow::Result<String> {
     Ok(back)
 }
 
+/// One A query over UDP (no EDNS): the first address of the answer.
+async fn dns_a(server: SocketAddr, name: &str) -> anyhow::Result<std::net::Ipv4Addr> {
+    let mut q = vec![0x1d, 0x5a, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    for label in name.split('.') {
+        q.push(u8::try_from(label.len())?);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    let sock = tokio::net::UdpSocket::bind((server.ip(), 0)).await?;
+    sock.send_to(&q, server).await?;
+    let mut buf = [0u8; 512];
+    let n = tokio::time::timeout(Duration::from_secs(5), sock.recv(&mut buf))
+        .await
+        .context("no DNS answer within 5s")??;
+    let r = &buf[..n];
+    // Header, the question echoed, then one answer: a 2-byte name pointer, type, class, TTL,
+    // rdlength, 4 address bytes.
+    if n < 12 {
+        bail!("a short DNS answer for {name}");
+    }
+    let answers = u16::from_be_bytes([r[6], r[7]]);
+    let at = q.len() + 12;
+    if answers == 0 || n < at + 4 {
+        bail!(
+            "no A record for {name} (rcode {})",
+            r.get(3).map_or(0, |b| b & 0xF)
+        );
+    }
+    Ok(std::net::Ipv4Addr::new(
+        r[at],
+        r[at + 1],
+        r[at + 2],
+        r[at + 3],
+    ))
+}
+
 /// The VIP east's federation assigned to `key`.
 async fn vip(c: &Cluster, key: &str) -> anyhow::Result<String> {
     let view = admin(&c.socket, "catalog", json!(null)).await?;
@@ -446,6 +484,23 @@ pub async fn run(dir: Option<PathBuf>, exit: bool) -> anyhow::Result<()> {
     .await?;
     println!("  TCP echo at {tcp}:9000 -> {:?}", back.trim());
 
+    // East's DNS answers the mesh name with the VIP; an unmodified client uses the answer.
+    let dns: SocketAddr = east.ready["ready"]["dns"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .context("east's ready line has no DNS address")?;
+    let answer = dns_a(dns, "echo.demo.svc.clusterset.local").await?;
+    println!("\nDNS (east's federation at {dns}): echo.demo.svc.clusterset.local A -> {answer}");
+    let (status, body) = http1(
+        format!("{answer}:8080").parse()?,
+        "GET /by-name HTTP/1.1\r\nHost: echo.demo.svc.clusterset.local:8080\r\nConnection: close\r\n\r\n".into(),
+    )
+    .await?;
+    println!(
+        "  HTTP to echo.demo.svc.clusterset.local:8080 (resolved) -> {status}\n    {}",
+        body.trim()
+    );
+
     tokio::time::sleep(Duration::from_millis(300)).await;
     println!("\nAccess logs (one JSON line per request or stream, on both sides):");
     for c in &clusters {
@@ -474,6 +529,19 @@ pub async fn run(dir: Option<PathBuf>, exit: bool) -> anyhow::Result<()> {
         "  curl http://{echo}:8080/                                            # the service VIP"
     );
     println!("  curl --http2-prior-knowledge http://{echo}:8080/");
+    println!(
+        "  dig -p {} @{} echo.demo.svc.clusterset.local        # east's DNS: the VIP",
+        dns.port(),
+        dns.ip()
+    );
+    println!(
+        "  dig -p {} @{} SRV _8080._tcp.echo.demo.svc.clusterset.local",
+        dns.port(),
+        dns.ip()
+    );
+    println!(
+        "  curl --resolve echo.demo.svc.clusterset.local:8080:{answer} http://echo.demo.svc.clusterset.local:8080/"
+    );
     println!(
         "  printf '\\0\\0\\0\\0\\7\\n\\5hello' | curl -s --http2-prior-knowledge -H 'content-type: application/grpc' -H 'te: trailers' --data-binary @- http://{grpc}:50051/isthmus.demo.Echo/Say | od -c"
     );

@@ -2,6 +2,7 @@
 
 mod admin_cmd;
 mod demo;
+mod dns_cmd;
 mod logging;
 mod sample;
 mod sample_client;
@@ -42,6 +43,25 @@ enum Command {
     Federation {
         #[arg(long, short, env = "ISTHMUS_CONFIG")]
         config: PathBuf,
+    },
+    /// Serve global DNS on its own (the `dns:` section of a federation config), from the running
+    /// federation's admin socket, or from a saved `isthmus catalog --json` file.
+    Dns {
+        #[arg(long, short, env = "ISTHMUS_CONFIG")]
+        config: PathBuf,
+        /// Serve this saved catalog (`isthmus catalog --json > file`) instead of asking the
+        /// federation; the file is re-read when it changes.
+        #[arg(long, env = "ISTHMUS_DNS_SNAPSHOT")]
+        snapshot: Option<PathBuf>,
+        /// Listen here instead of `dns.bind` (e.g. while the federation serves DNS itself).
+        #[arg(long, env = "ISTHMUS_DNS_BIND")]
+        bind: Option<std::net::SocketAddr>,
+        /// Serve /metrics (and /config_dump) here.
+        #[arg(long, env = "ISTHMUS_DNS_METRICS")]
+        metrics: Option<std::net::SocketAddr>,
+        /// How often to look for a new catalog, in milliseconds.
+        #[arg(long, env = "ISTHMUS_DNS_POLL_MS", default_value_t = 1000)]
+        poll_ms: u64,
     },
     /// Peer with other clusters.
     Peering {
@@ -228,6 +248,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     use serde_json::json;
     match cli.command {
         Command::Federation { config } => run_federation(config).await,
+        Command::Dns {
+            config,
+            snapshot,
+            bind,
+            metrics,
+            poll_ms,
+        } => {
+            let poll = std::time::Duration::from_millis(poll_ms.max(50));
+            dns_cmd::run_standalone(&config, snapshot, bind, metrics, poll).await
+        }
         Command::Peering { target, op } => {
             let (op, body) = match op {
                 PeeringOp::Token { peer } => ("peering.token", json!({ "peer": peer })),
@@ -288,6 +318,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await
         }
         Command::Demo { dir, exit } => demo::run(dir, exit).await,
+        Command::SampleBackends {
+            cluster,
+            http,
+            grpc,
+            tcp,
+        } => sample::run(cluster, http, grpc, tcp).await,
         Command::SampleClient {
             url,
             proxy,
@@ -304,22 +340,39 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             })
             .await
         }
-        Command::SampleBackends {
-            cluster,
-            http,
-            grpc,
-            tcp,
-        } => sample::run(cluster, http, grpc, tcp).await,
     }
 }
 
 async fn run_federation(config: PathBuf) -> anyhow::Result<()> {
     let cfg = isthmus_federation::config::FederationConfig::load(&config)?;
-    let running = isthmus_federation::node::run::start(cfg).await?;
+    let dns = dns_cmd::enabled(&cfg).cloned();
+    let dns_metrics = isthmus_dns::DnsMetrics::default();
+    let extra: Option<isthmus_federation::node::run::ExtraMetrics> = dns.as_ref().map(|_| {
+        let m = dns_metrics.clone();
+        Box::new(move |r: &mut _| m.register(r)) as isthmus_federation::node::run::ExtraMetrics
+    });
+    let running = isthmus_federation::node::run::start_with_metrics(cfg, extra).await?;
+    let dns = match &dns {
+        Some(d) => match dns_cmd::start_beside(d, &running.node, dns_metrics).await {
+            Ok(server) => Some(server),
+            Err(e) => {
+                running.shutdown().await;
+                return Err(e);
+            }
+        },
+        None => None,
+    };
     // One machine-readable line on stdout: what was bound (ports may have been 0).
-    println!("{}", serde_json::json!({ "ready": running.bound }));
+    let mut ready = serde_json::to_value(&running.bound)?;
+    if let Some(server) = &dns {
+        ready["dns"] = serde_json::json!(server.bound.to_string());
+    }
+    println!("{}", serde_json::json!({ "ready": ready }));
     wait_for_signal().await;
     tracing::info!("shutting down");
+    if let Some(server) = dns {
+        server.shutdown().await;
+    }
     running.shutdown().await;
     Ok(())
 }

@@ -5,6 +5,7 @@
 //! bind ≠ advertise: every listener peers dial has a bind address and a separately configured
 //! advertised address (a LoadBalancer IP, a NAT address, a namespace address).
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -256,6 +257,9 @@ pub struct FederationConfig {
     /// Leases of gateway registrations.
     #[serde(default)]
     pub gateways: LeaseConfig,
+    /// Global DNS for mesh names (and the GSLB zone). Absent = no DNS server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<DnsConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -377,6 +381,9 @@ impl FederationConfig {
                 ));
             }
         }
+        if let Some(dns) = &self.dns {
+            dns.validate()?;
+        }
         Ok(())
     }
 
@@ -384,6 +391,384 @@ impl FederationConfig {
     /// the environment), for `/config_dump`.
     pub fn dump(&self) -> serde_json::Value {
         serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Global DNS (`dns:`). Plain data, validated here; the `isthmus-dns` crate turns it into its
+// runtime settings and never re-validates.
+// ---------------------------------------------------------------------------------------------
+
+/// The `dns:` section: the authoritative server for mesh names and the GSLB zone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsConfig {
+    /// `false` keeps the section but starts no server.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// UDP and TCP listen address (port 0 = ephemeral, printed in the ready line).
+    #[serde(default = "default_dns_bind")]
+    pub bind: SocketAddr,
+    /// Mesh zones: `<svc>.<ns>.svc.<zone>` and `<cluster>.<svc>.<ns>.svc.<zone>`.
+    #[serde(default = "default_dns_zones")]
+    pub zones: Vec<String>,
+    /// TTL of every record, and the SOA minimum (negative-caching TTL).
+    #[serde(default = "default_dns_ttl", with = "crate::duration")]
+    pub ttl: Duration,
+    /// `<svc>` names answer NXDOMAIN while no cluster serving them is healthy (default: they keep
+    /// answering their VIP, since the gateway fails over behind it).
+    #[serde(default)]
+    pub nxdomain_when_unhealthy: bool,
+    /// NS records at every apex. Default: `ns.<zone>`, with the bind address as its address when
+    /// that is not a wildcard.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nameservers: Vec<DnsNameserver>,
+    /// Largest UDP response (EDNS); larger answers are sent with TC=1 (the client retries over
+    /// TCP). 512-1232.
+    #[serde(default = "default_udp_payload")]
+    pub udp_payload: u16,
+    /// UDP worker threads (one socket each, SO_REUSEPORT). 0 = one per CPU, at most 4.
+    #[serde(default)]
+    pub udp_workers: usize,
+    #[serde(default)]
+    pub rate_limit: DnsRateLimit,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gslb: Option<GslbConfig>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_dns_bind() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 5353))
+}
+
+fn default_dns_zones() -> Vec<String> {
+    vec!["clusterset.local".into()]
+}
+
+fn default_dns_ttl() -> Duration {
+    d(5)
+}
+
+fn default_udp_payload() -> u16 {
+    1232
+}
+
+/// A name server of the served zones (an NS record, and its address records when in-zone).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsNameserver {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<std::net::IpAddr>,
+}
+
+/// Response-rate limiting per client prefix over UDP (TCP is never limited).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsRateLimit {
+    /// Responses per second per client prefix; 0 turns rate limiting off.
+    #[serde(default = "default_rrl_rate")]
+    pub responses_per_second: u32,
+    /// Burst allowance, in seconds of `responses_per_second`.
+    #[serde(default = "default_rrl_burst")]
+    pub burst_seconds: u32,
+    /// Of the responses over the limit, every `slip`-th is sent truncated (TC=1: a real client
+    /// retries over TCP) and the others are dropped. 0 = drop all.
+    #[serde(default = "default_rrl_slip")]
+    pub slip: u32,
+    #[serde(default = "default_rrl_v4")]
+    pub ipv4_prefix: u8,
+    #[serde(default = "default_rrl_v6")]
+    pub ipv6_prefix: u8,
+}
+
+/// High enough for a cluster's resolvers (a node-local cache forwards every pod's queries from one
+/// address); low enough that the server is no use for reflecting traffic at a victim.
+fn default_rrl_rate() -> u32 {
+    10_000
+}
+fn default_rrl_burst() -> u32 {
+    2
+}
+fn default_rrl_slip() -> u32 {
+    2
+}
+fn default_rrl_v4() -> u8 {
+    24
+}
+fn default_rrl_v6() -> u8 {
+    56
+}
+
+impl Default for DnsRateLimit {
+    fn default() -> Self {
+        Self {
+            responses_per_second: default_rrl_rate(),
+            burst_seconds: default_rrl_burst(),
+            slip: default_rrl_slip(),
+            ipv4_prefix: default_rrl_v4(),
+            ipv6_prefix: default_rrl_v6(),
+        }
+    }
+}
+
+/// The GSLB zone: `<svc>.<ns>.<zone>` answers the public ingress address of the nearest healthy
+/// cluster serving the service; `<cluster>.<svc>.<ns>.<zone>` that cluster's, while healthy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GslbConfig {
+    pub zone: String,
+    /// Public ingress addresses per cluster. Clusters not listed are never answered.
+    pub ingress: BTreeMap<ClusterName, Vec<std::net::IpAddr>>,
+    /// Client subnets per region, with the order of regions to try for those clients.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub regions: Vec<GslbRegion>,
+    /// Region order for clients no subnet matches. Empty: every healthy cluster.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub default_prefer: Vec<Region>,
+    /// Use the EDNS Client Subnet option (RFC 7871) of a query, when present, instead of its
+    /// source address.
+    #[serde(default = "yes")]
+    pub client_subnet: bool,
+}
+
+/// Clients in `subnets` are nearest to `region`; they are sent to the first region of `prefer`
+/// (default: `[region]`) with a healthy cluster, then to any other healthy cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GslbRegion {
+    pub region: Region,
+    pub subnets: Vec<Subnet>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub prefer: Vec<Region>,
+}
+
+impl GslbRegion {
+    /// The region order for this region's clients.
+    pub fn order(&self) -> Vec<Region> {
+        if self.prefer.is_empty() {
+            vec![self.region.clone()]
+        } else {
+            self.prefer.clone()
+        }
+    }
+}
+
+/// A client subnet (`10.0.0.0/8`, `2001:db8::/32`); host bits must be zero.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Subnet {
+    pub addr: std::net::IpAddr,
+    pub prefix: u8,
+}
+
+impl Subnet {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let (a, p) = text
+            .split_once('/')
+            .ok_or_else(|| format!("{text:?}: expected <address>/<prefix>"))?;
+        let addr: std::net::IpAddr = a
+            .parse()
+            .map_err(|_| format!("{text:?}: not an IP address"))?;
+        let prefix: u8 = p
+            .parse()
+            .map_err(|_| format!("{text:?}: prefix is not a number"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        if prefix > max {
+            return Err(format!("{text:?}: prefix longer than the address"));
+        }
+        let s = Subnet { addr, prefix };
+        if s.masked(addr) != addr {
+            return Err(format!(
+                "{text:?}: host bits are set: give the network address"
+            ));
+        }
+        Ok(s)
+    }
+
+    /// `ip` with the bits past this prefix cleared (an address of the other family is returned
+    /// unchanged).
+    pub fn masked(&self, ip: std::net::IpAddr) -> std::net::IpAddr {
+        use std::net::IpAddr;
+        match ip {
+            IpAddr::V4(v) => {
+                let bits = u32::from(v);
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                IpAddr::V4((bits & mask).into())
+            }
+            IpAddr::V6(v) => {
+                let bits = u128::from(v);
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                IpAddr::V6((bits & mask).into())
+            }
+        }
+    }
+
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        ip.is_ipv4() == self.addr.is_ipv4() && self.masked(ip) == self.addr
+    }
+}
+
+impl std::fmt::Display for Subnet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+impl Serialize for Subnet {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Subnet {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        Subnet::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Checks a DNS name written in config: lowercase LDH labels (`_` allowed), at most 253
+/// characters; a trailing dot is refused so that every name is written one way.
+pub fn check_dns_name(text: &str) -> Result<(), String> {
+    if text.is_empty() || text.len() > 253 {
+        return Err(format!("{text:?}: a DNS name has 1-253 characters"));
+    }
+    for label in text.split('.') {
+        let ok = !label.is_empty()
+            && label.len() <= 63
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+            && !label.starts_with('-')
+            && !label.ends_with('-');
+        if !ok {
+            return Err(format!(
+                "{text:?}: labels are 1-63 lowercase letters, digits, '-' or '_', without a trailing dot"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Whether `name` is `zone` or below it.
+fn in_zone(name: &str, zone: &str) -> bool {
+    name == zone || name.ends_with(&format!(".{zone}"))
+}
+
+impl DnsConfig {
+    /// Every zone served: the mesh zones, then the GSLB zone.
+    pub fn all_zones(&self) -> impl Iterator<Item = &str> {
+        self.zones
+            .iter()
+            .map(String::as_str)
+            .chain(self.gslb.as_ref().map(|g| g.zone.as_str()))
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field: &str, reason: String| ConfigError::Invalid {
+            field: format!("dns.{field}"),
+            reason,
+        };
+        if self.zones.is_empty() {
+            return Err(invalid(
+                "zones",
+                "list at least one zone, e.g. clusterset.local".into(),
+            ));
+        }
+        let zones: Vec<&str> = self.all_zones().collect();
+        for (i, z) in zones.iter().enumerate() {
+            let field = if i < self.zones.len() {
+                "zones"
+            } else {
+                "gslb.zone"
+            };
+            check_dns_name(z).map_err(|e| invalid(field, e))?;
+            for other in &zones[..i] {
+                if in_zone(z, other) || in_zone(other, z) {
+                    return Err(invalid(
+                        field,
+                        format!("{z} overlaps {other}: zones must be disjoint"),
+                    ));
+                }
+            }
+        }
+        let ttl = self.ttl.as_secs();
+        if !(1..=86_400).contains(&ttl) || self.ttl.subsec_nanos() != 0 {
+            return Err(invalid("ttl", "must be whole seconds from 1s to 1d".into()));
+        }
+        if !(512..=1232).contains(&self.udp_payload) {
+            return Err(invalid(
+                "udp_payload",
+                format!(
+                    "{} is outside 512-1232 (1232 avoids IP fragmentation)",
+                    self.udp_payload
+                ),
+            ));
+        }
+        if self.udp_workers > 64 {
+            return Err(invalid("udp_workers", "at most 64".into()));
+        }
+        for ns in &self.nameservers {
+            check_dns_name(&ns.name).map_err(|e| invalid("nameservers", e))?;
+            if zones.iter().any(|z| in_zone(&ns.name, z)) && ns.addresses.is_empty() {
+                return Err(invalid(
+                    "nameservers",
+                    format!("{} is inside a served zone: give its addresses", ns.name),
+                ));
+            }
+        }
+        let rl = &self.rate_limit;
+        if rl.ipv4_prefix > 32 || rl.ipv6_prefix > 128 {
+            return Err(invalid(
+                "rate_limit",
+                "ipv4_prefix is at most 32 and ipv6_prefix at most 128".into(),
+            ));
+        }
+        if rl.responses_per_second > 0 && rl.burst_seconds == 0 {
+            return Err(invalid(
+                "rate_limit.burst_seconds",
+                "must be at least 1".into(),
+            ));
+        }
+        if let Some(g) = &self.gslb {
+            if g.ingress.is_empty() {
+                return Err(invalid(
+                    "gslb.ingress",
+                    "list the public ingress addresses of at least one cluster".into(),
+                ));
+            }
+            for (cluster, addrs) in &g.ingress {
+                if addrs.is_empty() {
+                    return Err(invalid(
+                        "gslb.ingress",
+                        format!("cluster {cluster} has no address"),
+                    ));
+                }
+            }
+            let mut seen = std::collections::BTreeSet::new();
+            for r in &g.regions {
+                if !seen.insert(r.region.clone()) {
+                    return Err(invalid(
+                        "gslb.regions",
+                        format!("region {} is listed twice", r.region),
+                    ));
+                }
+                if r.subnets.is_empty() {
+                    return Err(invalid(
+                        "gslb.regions",
+                        format!("region {} has no subnets", r.region),
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -442,6 +827,65 @@ vips: {ipv4: 127.77.0.0/24}
         ];
         for (text, needle) in cases {
             let err = FederationConfig::from_yaml("t.yaml", &text)
+                .expect_err(needle)
+                .to_string();
+            assert!(err.contains(needle), "{needle}: {err}");
+        }
+    }
+
+    #[test]
+    fn dns_section_defaults_and_errors() {
+        let cfg =
+            FederationConfig::from_yaml("t.yaml", &format!("{GOOD}dns: {{}}\n")).expect("valid");
+        let dns = cfg.dns.expect("dns");
+        assert!(dns.enabled);
+        assert_eq!(dns.bind.to_string(), "127.0.0.1:5353");
+        assert_eq!(dns.zones, ["clusterset.local"]);
+        assert_eq!(dns.ttl, Duration::from_secs(5));
+        assert_eq!(dns.udp_payload, 1232);
+        assert_eq!(dns.rate_limit.responses_per_second, 10_000);
+        assert!(
+            FederationConfig::from_yaml("t.yaml", GOOD)
+                .expect("valid")
+                .dns
+                .is_none()
+        );
+        let gslb = "dns:\n  gslb:\n    zone: mesh.example\n    ingress: {east: [203.0.113.10]}\n    regions:\n      - {region: us-east, subnets: [10.0.0.0/8], prefer: [us-east, us-west]}\n";
+        let cfg = FederationConfig::from_yaml("t.yaml", &format!("{GOOD}{gslb}")).expect("valid");
+        let g = cfg.dns.as_ref().and_then(|d| d.gslb.clone()).expect("gslb");
+        assert!(g.regions[0].subnets[0].contains("10.9.8.7".parse().expect("ip")));
+        assert!(!g.regions[0].subnets[0].contains("11.0.0.1".parse().expect("ip")));
+        assert_eq!(
+            cfg.dump()["dns"]["gslb"]["regions"][0]["subnets"][0],
+            "10.0.0.0/8"
+        );
+        let cases = [
+            ("dns: {bogus: 1}\n", "bogus"),
+            ("dns: {zones: [Clusterset.local]}\n", "dns.zones"),
+            ("dns: {zones: [clusterset.local.]}\n", "dns.zones"),
+            ("dns: {zones: [a.b, b]}\n", "overlaps"),
+            ("dns: {ttl: 0s}\n", "dns.ttl"),
+            ("dns: {udp_payload: 4096}\n", "dns.udp_payload"),
+            (
+                "dns: {nameservers: [{name: ns1.clusterset.local}]}\n",
+                "dns.nameservers",
+            ),
+            (
+                "dns: {gslb: {zone: clusterset.local, ingress: {east: [1.2.3.4]}}}\n",
+                "overlaps",
+            ),
+            (
+                "dns: {gslb: {zone: mesh.example, ingress: {east: []}}}\n",
+                "dns.gslb.ingress",
+            ),
+            (
+                "dns: {gslb: {zone: mesh.example, ingress: {east: [1.2.3.4]}, regions: [{region: r, subnets: [10.0.0.1/8]}]}}\n",
+                "host bits",
+            ),
+            ("dns: {rate_limit: {ipv4_prefix: 33}}\n", "dns.rate_limit"),
+        ];
+        for (extra, needle) in cases {
+            let err = FederationConfig::from_yaml("t.yaml", &format!("{GOOD}{extra}"))
                 .expect_err(needle)
                 .to_string();
             assert!(err.contains(needle), "{needle}: {err}");

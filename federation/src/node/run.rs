@@ -103,7 +103,19 @@ fn random_epoch() -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
+/// Metrics of components composed next to the federation (DNS), registered on its registry so
+/// they are served on its admin port's `/metrics`.
+pub type ExtraMetrics = Box<dyn FnOnce(&mut Registry) + Send>;
+
 pub async fn start(cfg: FederationConfig) -> Result<Running, StartError> {
+    start_with_metrics(cfg, None).await
+}
+
+/// [`start`], registering `extra` metrics on the federation's registry.
+pub async fn start_with_metrics(
+    cfg: FederationConfig,
+    extra: Option<ExtraMetrics>,
+) -> Result<Running, StartError> {
     cfg.validate()?;
     std::fs::create_dir_all(&cfg.data_dir).map_err(|e| {
         StartError::Other(format!(
@@ -253,7 +265,7 @@ pub async fn start(cfg: FederationConfig) -> Result<Running, StartError> {
         applied_registered: Arc::default(),
         peers,
         vips,
-        routes: BTreeMap::new(),
+        routes: Default::default(),
         view_version: 0,
     };
     let local_version = state.local.version;
@@ -356,6 +368,9 @@ pub async fn start(cfg: FederationConfig) -> Result<Running, StartError> {
     // Admin HTTP (read-only) and the admin socket (state-changing).
     let mut registry = Registry::default();
     metrics.register(&mut registry);
+    if let Some(extra) = extra {
+        extra(&mut registry);
+    }
     let dump_node = node.clone();
     let ready_node = node.clone();
     let http_state = AdminHttpState {

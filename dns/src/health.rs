@@ -1,0 +1,74 @@
+//! Which clusters may serve a service, as DNS sees it.
+//!
+//! A cluster serves a service when its summary reports healthy endpoints and its catalog is live
+//! (not `stale`: our peering stream to it is up). On top of that, this cluster's gateways report
+//! their own verdicts (`ReportHealth` on the gateway API): a cluster a local gateway found
+//! unhealthy for a service is treated as not serving it. Verdicts only ever remove a cluster;
+//! they are local and never exported to peers.
+
+use std::collections::HashSet;
+
+use isthmus_federation::mesh::ClusterRoute;
+use isthmus_federation::model::{ClusterName, ServiceKey};
+
+/// The latest gateway verdicts: `(cluster, service)` pairs some gateway of this cluster reported
+/// unhealthy. Published on a watch channel; empty when no gateway reports.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Verdicts {
+    unhealthy: HashSet<(ClusterName, ServiceKey)>,
+}
+
+impl Verdicts {
+    pub fn new(unhealthy: impl IntoIterator<Item = (ClusterName, ServiceKey)>) -> Self {
+        Self {
+            unhealthy: unhealthy.into_iter().collect(),
+        }
+    }
+
+    /// From the federation's per-gateway verdict maps (`"<cluster>:<ns>/<name>" -> healthy`), as
+    /// `GatewayInfo::health` keeps them: unhealthy when any gateway says so.
+    pub fn from_gateway_reports<'a>(
+        reports: impl IntoIterator<Item = (&'a String, &'a bool)>,
+    ) -> Self {
+        let unhealthy = reports
+            .into_iter()
+            .filter(|(_, ok)| !**ok)
+            .filter_map(|(k, _)| {
+                let (cluster, key) = k.split_once(':')?;
+                Some((cluster.parse().ok()?, ServiceKey::parse(key).ok()?))
+            });
+        Self::new(unhealthy)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.unhealthy.is_empty()
+    }
+
+    pub fn says_unhealthy(&self, cluster: &ClusterName, key: &ServiceKey) -> bool {
+        !self.unhealthy.is_empty() && self.unhealthy.contains(&(cluster.clone(), key.clone()))
+    }
+}
+
+/// Whether `c` may serve `key`: healthy endpoints, a live catalog, and no gateway verdict
+/// against it.
+pub fn serves(c: &ClusterRoute, key: &ServiceKey, verdicts: &Verdicts) -> bool {
+    c.summary.healthy_endpoints() > 0 && !c.stale && !verdicts.says_unhealthy(&c.place.cluster, key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn gateway_reports_mark_pairs_unhealthy() {
+        let mut m = BTreeMap::new();
+        m.insert("west:shop/cart".to_string(), false);
+        m.insert("east:shop/cart".to_string(), true);
+        m.insert("garbage".to_string(), false);
+        let v = Verdicts::from_gateway_reports(&m);
+        let key = ServiceKey::parse("shop/cart").expect("key");
+        assert!(v.says_unhealthy(&"west".parse().expect("c"), &key));
+        assert!(!v.says_unhealthy(&"east".parse().expect("c"), &key));
+    }
+}

@@ -1,0 +1,277 @@
+//! Mesh view -> zone contents: a pure function ([`plan`]) from the federation's merged view, the
+//! DNS settings and the gateway verdicts to every name the server answers and its records.
+//! [`crate::snapshot`] then encodes it for the query path.
+//!
+//! Names (zone `clusterset.local` by default; GSLB zone e.g. `mesh.example`):
+//!
+//! | name | records | exists while |
+//! |---|---|---|
+//! | `<zone>` | SOA, NS (+ A/AAAA of in-zone name servers) | always |
+//! | `<svc>.<ns>.svc.<zone>` | A/AAAA = the service VIP | the service is in the view (with `nxdomain_when_unhealthy`: and some cluster serves it) |
+//! | `_<port>._tcp.<svc>.<ns>.svc.<zone>` | SRV 0 100 `<port>` `<svc>.<ns>.svc.<zone>` | as the service name; `<port>` is the port's name, else its number |
+//! | `<cluster>.<svc>.<ns>.svc.<zone>` | A/AAAA = that cluster's VIP | that cluster serves it (healthy, live) |
+//! | `<svc>.<ns>.<gslb>` | A/AAAA = ingress of the nearest serving clusters, per client region | some cluster with an ingress address serves it (else all of them answer, or NXDOMAIN with `nxdomain_when_unhealthy`) |
+//! | `<cluster>.<svc>.<ns>.<gslb>` | A/AAAA = that cluster's ingress | that cluster serves it |
+//!
+//! Every ancestor of a name inside its zone exists too, without records (an empty non-terminal:
+//! NODATA, never NXDOMAIN).
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use isthmus_federation::mesh::{MeshView, Route};
+use isthmus_federation::model::ServicePort;
+
+use crate::health::{Verdicts, serves};
+use crate::name;
+use crate::settings::{Gslb, Settings};
+
+/// One record's data (owner, class IN and TTL are implied).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rdata {
+    Addr(IpAddr),
+    Srv { port: u16, target: Vec<u8> },
+    Ns(Vec<u8>),
+    Soa { mname: Vec<u8>, rname: Vec<u8> },
+}
+
+/// What one name holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodePlan {
+    pub records: Vec<Rdata>,
+    /// GSLB names: the addresses per client region group (`Settings::gslb.groups` order).
+    pub by_group: Option<Vec<Vec<IpAddr>>>,
+}
+
+/// Every name (lowercase wire form) with its records.
+#[derive(Debug, Clone, Default)]
+pub struct Plan {
+    pub names: HashMap<Vec<u8>, NodePlan>,
+}
+
+impl Plan {
+    fn add(&mut self, owner: Vec<u8>, rdata: Rdata) {
+        self.names.entry(owner).or_default().records.push(rdata);
+    }
+
+    /// The records of `name` as sorted text lines (tests and debugging): `A 10.0.0.1`,
+    /// `SRV 8080 echo.demo.svc.clusterset.local`, `GSLB[0] 203.0.113.1`, ...; `None` when the
+    /// name does not exist.
+    pub fn describe(&self, dotted: &str) -> Option<Vec<String>> {
+        let node = self.names.get(&name::wire(dotted))?;
+        let mut out: Vec<String> = node
+            .records
+            .iter()
+            .map(|r| match r {
+                Rdata::Addr(ip) => format!("A {ip}"),
+                Rdata::Srv { port, target } => format!("SRV {port} {}", name::text(target)),
+                Rdata::Ns(n) => format!("NS {}", name::text(n)),
+                Rdata::Soa { mname, .. } => format!("SOA {}", name::text(mname)),
+            })
+            .collect();
+        if let Some(groups) = &node.by_group {
+            for (i, g) in groups.iter().enumerate() {
+                let ips: Vec<String> = g.iter().map(ToString::to_string).collect();
+                out.push(format!("GSLB[{i}] {}", ips.join(",")));
+            }
+        }
+        out.sort();
+        Some(out)
+    }
+}
+
+/// The SRV label of a port: its name, else its number.
+fn port_label(p: &ServicePort) -> String {
+    match &p.name {
+        Some(n) => format!("_{n}"),
+        None => format!("_{}", p.port),
+    }
+}
+
+/// Builds the zone contents. Pure: the same inputs give the same plan.
+pub fn plan(view: &MeshView, settings: &Settings, verdicts: &Verdicts) -> Plan {
+    let mut plan = Plan::default();
+    plan.names.reserve(view.routes.len() * 4 + 16);
+    for zone in &settings.zones {
+        apex(&mut plan, zone, settings);
+    }
+    let gslb_zone = settings.gslb.as_ref().map(|g| g.zone.as_slice());
+    for (_, route) in view.routes.iter() {
+        for zone in settings
+            .zones
+            .iter()
+            .filter(|z| Some(z.as_slice()) != gslb_zone)
+        {
+            mesh_names(&mut plan, route, zone, settings, verdicts);
+        }
+        if let Some(g) = &settings.gslb {
+            gslb_names(&mut plan, route, g, settings, verdicts);
+        }
+    }
+    add_empty_non_terminals(&mut plan, &settings.zones);
+    plan
+}
+
+fn apex(plan: &mut Plan, zone: &[u8], settings: &Settings) {
+    let servers = settings.nameservers_of(zone);
+    let mname = servers
+        .first()
+        .map(|n| n.name.clone())
+        .unwrap_or_else(|| name::under(&["ns"], zone));
+    plan.add(
+        zone.to_vec(),
+        Rdata::Soa {
+            mname,
+            rname: name::under(&["hostmaster"], zone),
+        },
+    );
+    for ns in servers {
+        plan.add(zone.to_vec(), Rdata::Ns(ns.name.clone()));
+        if name::in_zone(&ns.name, zone) {
+            for ip in &ns.addresses {
+                plan.add(ns.name.clone(), Rdata::Addr(*ip));
+            }
+        }
+    }
+}
+
+fn mesh_names(
+    plan: &mut Plan,
+    route: &Route,
+    zone: &[u8],
+    settings: &Settings,
+    verdicts: &Verdicts,
+) {
+    let key = &route.key;
+    let (svc, ns) = (key.name.as_str(), key.namespace.as_str());
+    let any_serves = route.clusters.iter().any(|c| serves(c, key, verdicts));
+    if settings.nxdomain_when_unhealthy && !any_serves {
+        return;
+    }
+    let owner = name::under(&[svc, ns, "svc"], zone);
+    let node = plan.names.entry(owner.clone()).or_default();
+    node.records.extend(route.vips.addrs().map(Rdata::Addr));
+    let mut seen = Vec::with_capacity(route.ports.len());
+    for p in &route.ports {
+        let label = port_label(p);
+        if seen.contains(&label) {
+            continue;
+        }
+        let srv = name::under(&[&label, "_tcp", svc, ns, "svc"], zone);
+        plan.add(
+            srv,
+            Rdata::Srv {
+                port: p.port,
+                target: owner.clone(),
+            },
+        );
+        seen.push(label);
+    }
+    for (cluster, vips) in &route.cluster_vips {
+        let serving = route
+            .clusters
+            .iter()
+            .any(|c| &c.place.cluster == cluster && serves(c, key, verdicts));
+        if serving {
+            let owner = name::under(&[cluster.as_str(), svc, ns, "svc"], zone);
+            let node = plan.names.entry(owner).or_default();
+            node.records.extend(vips.addrs().map(Rdata::Addr));
+        }
+    }
+}
+
+fn gslb_names(plan: &mut Plan, route: &Route, g: &Gslb, settings: &Settings, verdicts: &Verdicts) {
+    let key = &route.key;
+    let (svc, ns) = (key.name.as_str(), key.namespace.as_str());
+    // Clusters serving the service that have a public ingress: (region, serving, addresses).
+    let candidates: Vec<_> = route
+        .clusters
+        .iter()
+        .filter_map(|c| {
+            let addrs = g.ingress.get(&c.place.cluster)?;
+            Some((c, serves(c, key, verdicts), addrs))
+        })
+        .collect();
+    if candidates.is_empty() {
+        return;
+    }
+    for (c, ok, addrs) in &candidates {
+        if *ok {
+            let owner = name::under(&[c.place.cluster.as_str(), svc, ns], &g.zone);
+            let node = plan.names.entry(owner).or_default();
+            node.records.extend(addrs.iter().copied().map(Rdata::Addr));
+        }
+    }
+    let healthy: Vec<_> = candidates.iter().filter(|(_, ok, _)| *ok).collect();
+    let by_group: Vec<Vec<IpAddr>> = if healthy.is_empty() {
+        if settings.nxdomain_when_unhealthy {
+            return;
+        }
+        // Nobody is known to serve it: answer every ingress rather than nothing (fail open).
+        let all: Vec<IpAddr> = candidates
+            .iter()
+            .flat_map(|(_, _, a)| a.iter().copied())
+            .collect();
+        vec![all; g.groups.len()]
+    } else {
+        g.groups
+            .iter()
+            .map(|group| {
+                let tier = group.order.iter().find_map(|region| {
+                    let t: Vec<IpAddr> = healthy
+                        .iter()
+                        .filter(|(c, _, _)| &c.place.region == region)
+                        .flat_map(|(_, _, a)| a.iter().copied())
+                        .collect();
+                    (!t.is_empty()).then_some(t)
+                });
+                tier.unwrap_or_else(|| {
+                    healthy
+                        .iter()
+                        .flat_map(|(_, _, a)| a.iter().copied())
+                        .collect()
+                })
+            })
+            .collect()
+    };
+    let owner = name::under(&[svc, ns], &g.zone);
+    plan.names.entry(owner.clone()).or_default().by_group = Some(by_group);
+    let mut seen = Vec::new();
+    for p in &route.ports {
+        let label = port_label(p);
+        if seen.contains(&label) {
+            continue;
+        }
+        let srv = name::under(&[&label, "_tcp", svc, ns], &g.zone);
+        plan.add(
+            srv,
+            Rdata::Srv {
+                port: p.port,
+                target: owner.clone(),
+            },
+        );
+        seen.push(label);
+    }
+}
+
+/// Adds every missing ancestor (up to the zone apex) of every name.
+fn add_empty_non_terminals(plan: &mut Plan, zones: &[Vec<u8>]) {
+    let mut missing: Vec<Vec<u8>> = Vec::new();
+    for owner in plan.names.keys() {
+        let Some(zone) = zones.iter().find(|z| name::in_zone(owner, z)) else {
+            continue;
+        };
+        let mut cur = owner.as_slice();
+        while cur.len() > zone.len() {
+            let Some(p) = name::parent(cur) else { break };
+            if plan.names.contains_key(p) {
+                break;
+            }
+            missing.push(p.to_vec());
+            cur = p;
+        }
+    }
+    for m in missing {
+        plan.names.entry(m).or_default();
+    }
+}

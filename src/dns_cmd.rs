@@ -1,0 +1,206 @@
+//! Global DNS wiring: next to a federation (`isthmus federation`, from its view channel), or on
+//! its own (`isthmus dns`, from a running federation's admin socket or a saved catalog file).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use isthmus_dns::{DnsMetrics, DnsServer, Inputs, Verdicts};
+use isthmus_federation::config::{DnsConfig, FederationConfig};
+use isthmus_federation::mesh::MeshView;
+use isthmus_federation::node::Node;
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+/// The DNS section when DNS should run.
+pub fn enabled(cfg: &FederationConfig) -> Option<&DnsConfig> {
+    cfg.dns.as_ref().filter(|d| d.enabled)
+}
+
+/// Starts DNS from a running federation's view; gateway verdicts are read from the node once a
+/// second (they change rarely; the query path never waits for them).
+pub async fn start_beside(
+    dns: &DnsConfig,
+    node: &Arc<Node>,
+    metrics: DnsMetrics,
+) -> anyhow::Result<DnsServer> {
+    let (verdicts_tx, verdicts) = watch::channel(Arc::new(Verdicts::default()));
+    let node_for_verdicts = node.clone();
+    let mut stop = node.shutdown.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = stop.changed() => return,
+            }
+            let latest = {
+                let gws = node_for_verdicts
+                    .gateways
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                Verdicts::from_gateway_reports(gws.values().flat_map(|g| g.health.iter()))
+            };
+            verdicts_tx.send_if_modified(|cur| {
+                let changed = **cur != latest;
+                if changed {
+                    *cur = Arc::new(latest);
+                }
+                changed
+            });
+        }
+    });
+    let inputs = Inputs {
+        views: node.view.subscribe(),
+        verdicts,
+        metrics,
+    };
+    DnsServer::start(dns, inputs)
+        .await
+        .context("starting DNS (the dns: section of the federation config)")
+}
+
+/// Where `isthmus dns` reads the mesh view from.
+pub enum ViewSource {
+    AdminSocket(PathBuf),
+    File(PathBuf),
+}
+
+/// A new mesh view, with what identifies its version (the view version from the admin socket, a
+/// hash of a file's bytes); `None` when it is still `last` (nothing is parsed then).
+async fn read_view(
+    source: &ViewSource,
+    last: Option<u64>,
+) -> anyhow::Result<Option<(u64, MeshView)>> {
+    match source {
+        ViewSource::AdminSocket(socket) => {
+            let v = isthmus_federation::admin::admin_call(
+                socket,
+                "catalog",
+                &Value::Null,
+                Duration::from_secs(30),
+            )
+            .await
+            .with_context(|| {
+                format!(
+                    "reading the catalog from the federation's admin socket {} (is the federation running? or pass --snapshot <file>)",
+                    socket.display()
+                )
+            })?;
+            let version = v.get("version").and_then(Value::as_u64).unwrap_or(0);
+            if last == Some(version) {
+                return Ok(None);
+            }
+            let view = isthmus_dns::view_from_json(&v)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", socket.display()))?;
+            Ok(Some((version, view)))
+        }
+        ViewSource::File(path) => {
+            let text = tokio::fs::read(path)
+                .await
+                .with_context(|| format!("reading {}", path.display()))?;
+            let key = {
+                use std::hash::{BuildHasher as _, BuildHasherDefault, DefaultHasher};
+                BuildHasherDefault::<DefaultHasher>::default().hash_one(&text)
+            };
+            if last == Some(key) {
+                return Ok(None);
+            }
+            let view = isthmus_dns::view_from_json_bytes(&text)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            Ok(Some((key, view)))
+        }
+    }
+}
+
+/// `isthmus dns`: serve DNS on its own until SIGTERM/SIGINT.
+pub async fn run_standalone(
+    config: &Path,
+    snapshot: Option<PathBuf>,
+    bind: Option<SocketAddr>,
+    metrics_addr: Option<SocketAddr>,
+    poll: Duration,
+) -> anyhow::Result<()> {
+    let cfg = FederationConfig::load(config)?;
+    let mut dns = cfg.dns.clone().with_context(|| {
+        format!(
+            "{} has no dns: section: add one (see deploy/examples/federation.yaml)",
+            config.display()
+        )
+    })?;
+    if let Some(b) = bind {
+        dns.bind = b;
+    }
+    let source = match snapshot {
+        Some(p) => ViewSource::File(p),
+        None => ViewSource::AdminSocket(cfg.admin_socket()),
+    };
+    let (mut last, first) = read_view(&source, None)
+        .await?
+        .context("no mesh view to serve")?;
+    let (views_tx, views) = watch::channel(Arc::new(first));
+    let (_verdicts_tx, verdicts) = watch::channel(Arc::new(Verdicts::default()));
+    let metrics = DnsMetrics::default();
+    let server = DnsServer::start(
+        &dns,
+        Inputs {
+            views,
+            verdicts,
+            metrics: metrics.clone(),
+        },
+    )
+    .await?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut bound_metrics = None;
+    if let Some(addr) = metrics_addr {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen for metrics on {addr}"))?;
+        bound_metrics = listener.local_addr().ok();
+        let mut registry = prometheus_client::registry::Registry::default();
+        metrics.register(&mut registry);
+        let dump = serde_json::to_value(&dns)?;
+        let state = isthmus_federation::admin::AdminHttpState {
+            registry: Arc::new(registry),
+            readiness: Arc::new(|| Ok(())),
+            config_dump: Arc::new(move || json!({ "dns": dump })),
+        };
+        let mut stop = stop_rx.clone();
+        tokio::spawn(isthmus_federation::admin::serve_admin_http(
+            listener,
+            state,
+            async move {
+                let _ = stop.wait_for(|s| *s).await;
+            },
+        ));
+    }
+    println!(
+        "{}",
+        json!({ "ready": { "dns": server.bound.to_string(), "metrics": bound_metrics.map(|a| a.to_string()) } })
+    );
+    // Follow the source: a new version (admin socket) or a changed file replaces the view.
+    let follow = async {
+        loop {
+            tokio::time::sleep(poll).await;
+            match read_view(&source, Some(last)).await {
+                Ok(Some((key, view))) => {
+                    views_tx.send_replace(Arc::new(view));
+                    last = key;
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(
+                    error = %format!("{e:#}"),
+                    "reading the mesh view failed; still serving the last one"
+                ),
+            }
+        }
+    };
+    tokio::select! {
+        _ = follow => {}
+        _ = crate::wait_for_signal() => {}
+    }
+    let _ = stop_tx.send(true);
+    server.shutdown().await;
+    Ok(())
+}
