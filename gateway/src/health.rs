@@ -206,7 +206,7 @@ pub fn cluster_step(s: ClusterUp, up: bool, now: Instant) -> ClusterUp {
 
 /// The verdict from the states.
 pub fn verdict(
-    gateways: &[GatewayState],
+    gateways: impl IntoIterator<Item = GatewayState>,
     local: bool,
     outlier: Option<&Outlier>,
     cluster_since: Option<Instant>,
@@ -221,8 +221,16 @@ pub fn verdict(
             dropped: false,
         };
     }
-    let up: Vec<&GatewayState> = gateways.iter().filter(|g| g.healthy).collect();
-    if !local && !gateways.is_empty() && up.is_empty() {
+    // One pass: whether there are gateways, whether any answers, and the latest return.
+    let (mut known, mut any_up, mut up_since) = (false, false, None);
+    for g in gateways {
+        known = true;
+        if g.healthy {
+            any_up = true;
+            up_since = up_since.max(g.healthy_since);
+        }
+    }
+    if !local && known && !any_up {
         return Verdict {
             healthy: false,
             factor: 0.0,
@@ -234,10 +242,7 @@ pub fn verdict(
     let gateway_since = if local {
         None
     } else {
-        up.iter()
-            .filter_map(|g| g.healthy_since)
-            .max()
-            .max(cluster_since)
+        up_since.max(cluster_since)
     };
     // An ejection that has ended counts as a return at its end, even before the next outcome
     // updates the state.
@@ -319,15 +324,8 @@ impl Health {
         local: bool,
         slow_start: Duration,
     ) -> Verdict {
+        // On the request path for every candidate cluster: no allocation, one short lock each.
         let now = Instant::now();
-        let gateways: Vec<GatewayState> = {
-            let g = lock(&self.gateways);
-            backend
-                .gateways
-                .iter()
-                .map(|gw| g.get(&gw.address).copied().unwrap_or_default())
-                .collect()
-        };
         let outlier = lock(&self.outliers)
             .get(&(service.clone(), backend.cluster.clone()))
             .copied();
@@ -341,7 +339,14 @@ impl Health {
                 c.since
             }
         });
-        let mut v = verdict(&gateways, local, outlier.as_ref(), since, slow_start, now);
+        let mut v = {
+            let g = lock(&self.gateways);
+            let states = backend
+                .gateways
+                .iter()
+                .map(|gw| g.get(&gw.address).copied().unwrap_or_default());
+            verdict(states, local, outlier.as_ref(), since, slow_start, now)
+        };
         // Bounded staleness: a cluster whose federation went silent stays in service while its
         // gateways answer; once they do not either, it is a last resort until the grace ends.
         if backend.stale
@@ -470,21 +475,21 @@ mod tests {
         };
         let s = Duration::from_secs(10);
         let later = t0 + Duration::from_secs(5);
-        assert_eq!(verdict(&[up], false, None, None, s, t0), Verdict::HEALTHY);
-        assert!(!verdict(&[down], false, None, None, s, t0).healthy);
+        assert_eq!(verdict([up], false, None, None, s, t0), Verdict::HEALTHY);
+        assert!(!verdict([down], false, None, None, s, t0).healthy);
         assert!(
-            verdict(&[down, up], false, None, None, s, t0).healthy,
+            verdict([down, up], false, None, None, s, t0).healthy,
             "one gateway up is enough"
         );
         assert!(
-            verdict(&[down], true, None, None, s, t0).healthy,
+            verdict([down], true, None, None, s, t0).healthy,
             "this cluster has no peer gateway"
         );
-        assert!(!verdict(&[up], false, Some(&ejected), None, s, t0).healthy);
-        let v = verdict(&[back], false, None, None, s, later);
+        assert!(!verdict([up], false, Some(&ejected), None, s, t0).healthy);
+        let v = verdict([back], false, None, None, s, later);
         assert!(v.healthy && (v.factor - 0.5).abs() < 1e-9, "{v:?}");
         // A new gateway (never down itself) of a cluster that just came back: slow start too.
-        let v = verdict(&[up], false, None, Some(t0), s, later);
+        let v = verdict([up], false, None, Some(t0), s, later);
         assert!((v.factor - 0.5).abs() < 1e-9, "{v:?}");
         let first = cluster_step(ClusterUp::default(), true, t0);
         assert_eq!(
@@ -500,7 +505,7 @@ mod tests {
             ejected_until: Some(t0),
             ..Outlier::default()
         };
-        let v = verdict(&[up], false, Some(&ended), None, s, later);
+        let v = verdict([up], false, Some(&ended), None, s, later);
         assert!((v.factor - 0.5).abs() < 1e-9, "{v:?}");
     }
 
