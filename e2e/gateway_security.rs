@@ -339,6 +339,30 @@ async fn read_response(s: &mut TcpStream) -> String {
     }
 }
 
+/// Connects to `addr`, sends `first` and checks its answer starts with `first_status`.
+async fn first_exchange(
+    what: &str,
+    addr: SocketAddr,
+    first: &str,
+    first_status: &str,
+) -> (TcpStream, String) {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(first.as_bytes()).await.expect("write");
+    let answer = read_response(&mut s).await;
+    assert!(
+        answer.starts_with(&format!("HTTP/1.1 {first_status} ")),
+        "{what}: {answer}"
+    );
+    (s, answer)
+}
+
+/// A request carrying both `Content-Length` and `Transfer-Encoding`.
+fn smuggle(target: &str) -> String {
+    format!(
+        "POST {target}/smuggle HTTP/1.1\r\nHost: {ECHO_HOST}\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+    )
+}
+
 /// On one keep-alive connection to `addr`: `first` (answered with `first_status`, e.g.
 /// "200"), then a request with both `Content-Length` and `Transfer-Encoding`, which must get a
 /// 400 and the connection closed. `target` is the request-target prefix (absolute form for the
@@ -350,21 +374,10 @@ async fn smuggling_is_refused(
     first: &str,
     first_status: &str,
 ) {
-    let mut s = TcpStream::connect(addr).await.expect("connect");
-    s.write_all(first.as_bytes()).await.expect("write");
-    let answer = read_response(&mut s).await;
-    assert!(
-        answer.starts_with(&format!("HTTP/1.1 {first_status} ")),
-        "{what}: {answer}"
-    );
-    s.write_all(
-        format!(
-            "POST {target}/smuggle HTTP/1.1\r\nHost: {ECHO_HOST}\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
-        )
-        .as_bytes(),
-    )
-    .await
-    .expect("write");
+    let (mut s, _) = first_exchange(what, addr, first, first_status).await;
+    s.write_all(smuggle(target).as_bytes())
+        .await
+        .expect("write");
     let mut rest = Vec::new();
     tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest))
         .await
@@ -396,26 +409,13 @@ async fn closed_after_no_switch(
     first: &str,
     first_status: &str,
 ) {
-    let mut s = TcpStream::connect(addr).await.expect("connect");
-    s.write_all(first.as_bytes()).await.expect("write");
-    let answer = read_response(&mut s).await;
-    assert!(
-        answer.starts_with(&format!("HTTP/1.1 {first_status} ")),
-        "{what}: {answer}"
-    );
+    let (mut s, answer) = first_exchange(what, addr, first, first_status).await;
     assert!(
         answer.to_ascii_lowercase().contains("connection: close"),
         "{what}: the answer must close the connection: {answer}"
     );
     // The peer may already have closed: a failed write is the expected outcome too.
-    let _ = s
-        .write_all(
-            format!(
-                "POST {target}/smuggle HTTP/1.1\r\nHost: {ECHO_HOST}\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
-            )
-            .as_bytes(),
-        )
-        .await;
+    let _ = s.write_all(smuggle(target).as_bytes()).await;
     let mut rest = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest))
         .await

@@ -3,7 +3,7 @@
 //! a restarted federation is still where its peers dial it.
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -92,7 +92,7 @@ impl Federation {
         let ip = Ipv4Addr::new(127, 0, spec.index, 1);
         let (peering, api, admin_http) = (free_port(ip), free_port(ip), free_port(ip));
         let kek = isthmus_federation::identity::Kek::generate().expect("kek");
-        write_private(&dir.join("kek"), kek.to_base64().as_bytes());
+        super::write_private(&dir.join("kek"), kek.to_base64().as_bytes());
         let catalog_path = dir.join("catalog.yaml");
         std::fs::write(&catalog_path, &spec.catalog).expect("write catalog");
         let mut cfg = json!({
@@ -116,20 +116,7 @@ impl Federation {
                 "prefix": format!("/isthmus/{}/", spec.name),
             });
         }
-        if let (Some(base), Some(extra)) = (cfg.as_object_mut(), spec.extra.as_object()) {
-            for (k, v) in extra {
-                match (base.get_mut(k), v) {
-                    (Some(Value::Object(b)), Value::Object(e)) => {
-                        for (k2, v2) in e {
-                            b.insert(k2.clone(), v2.clone());
-                        }
-                    }
-                    _ => {
-                        base.insert(k.clone(), v.clone());
-                    }
-                }
-            }
-        }
+        super::merge(&mut cfg, &spec.extra);
         let config_path = dir.join("federation.yaml");
         std::fs::write(
             &config_path,
@@ -422,17 +409,4 @@ impl Drop for Federation {
             );
         }
     }
-}
-
-fn write_private(path: &Path, bytes: &[u8]) {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .expect("open kek file");
-    f.write_all(bytes).expect("write kek");
 }

@@ -60,11 +60,7 @@ impl Gateway {
             "registration_ttl": "3s",
             "drain_timeout": "5s",
         });
-        if let (Some(base), Some(extra)) = (cfg.as_object_mut(), extra.as_object()) {
-            for (k, v) in extra {
-                base.insert(k.clone(), v.clone());
-            }
-        }
+        super::merge(&mut cfg, &extra);
         let config_path = dir.join("gateway.yaml");
         std::fs::write(
             &config_path,

@@ -118,3 +118,36 @@ pub fn export(ns: &str, name: &str, port: u16, export_to: Option<&[&str]>) -> St
 
 /// Imports every namespace from every peer.
 pub const IMPORT_ALL: &str = "imports:\n  - peer: \"*\"\n    namespaces: [\"*\"]\n";
+
+/// Merges `extra` into a generated config: top-level keys replace, except that two objects under
+/// the same key are merged one level deep (so `{"limits": {..}}` adds to the defaults' keys).
+pub fn merge(base: &mut Value, extra: &Value) {
+    if let (Some(b), Some(e)) = (base.as_object_mut(), extra.as_object()) {
+        for (k, v) in e {
+            match (b.get_mut(k), v) {
+                (Some(Value::Object(bo)), Value::Object(eo)) => {
+                    for (k2, v2) in eo {
+                        bo.insert(k2.clone(), v2.clone());
+                    }
+                }
+                _ => {
+                    b.insert(k.clone(), v.clone());
+                }
+            }
+        }
+    }
+}
+
+/// Writes a secret (a KEK) readable by its owner only.
+pub fn write_private(path: &std::path::Path, bytes: &[u8]) {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .expect("open a private file");
+    f.write_all(bytes).expect("write a private file");
+}

@@ -239,7 +239,7 @@ impl Node {
         let data = self.dir.join("data");
         if !self.dir.join("kek").exists() {
             let kek = isthmus_federation::identity::Kek::generate().expect("kek");
-            write_private(&self.dir.join("kek"), kek.to_base64().as_bytes());
+            super::write_private(&self.dir.join("kek"), kek.to_base64().as_bytes());
         }
         std::fs::write(self.dir.join("catalog.yaml"), catalog).expect("write catalog");
         let mut cfg = json!({
@@ -258,7 +258,7 @@ impl Node {
             // Quick to notice a dead peer and to redial a healed one (defaults: 5 s, 20 s, 10 s).
             "peering": { "heartbeat": "1s", "silence_timeout": "5s", "reconnect_max_backoff": "2s" },
         });
-        merge(&mut cfg, extra);
+        super::merge(&mut cfg, extra);
         let path = self.dir.join("federation.yaml");
         std::fs::write(&path, serde_json::to_string_pretty(&cfg).expect("json")).expect("config");
         let mut cmd = self.isthmus();
@@ -349,7 +349,7 @@ impl Node {
             "registration_ttl": "3s",
             "drain_timeout": "5s",
         });
-        merge(&mut cfg, extra);
+        super::merge(&mut cfg, extra);
         let path = self.dir.join("gateway.yaml");
         std::fs::write(&path, serde_json::to_string_pretty(&cfg).expect("json")).expect("config");
         let mut cmd = self.isthmus();
@@ -916,34 +916,4 @@ impl Load {
         samples.sort_by(|a, b| a.at_ms.total_cmp(&b.at_ms));
         samples
     }
-}
-
-fn merge(base: &mut Value, extra: &Value) {
-    if let (Some(b), Some(e)) = (base.as_object_mut(), extra.as_object()) {
-        for (k, v) in e {
-            match (b.get_mut(k), v) {
-                (Some(Value::Object(bo)), Value::Object(eo)) => {
-                    for (k2, v2) in eo {
-                        bo.insert(k2.clone(), v2.clone());
-                    }
-                }
-                _ => {
-                    b.insert(k.clone(), v.clone());
-                }
-            }
-        }
-    }
-}
-
-fn write_private(path: &Path, bytes: &[u8]) {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .expect("open kek file");
-    f.write_all(bytes).expect("write kek");
 }
