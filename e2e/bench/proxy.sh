@@ -70,8 +70,7 @@ EOF
 on_server nginx -c "$OUT/backend.conf" -g 'daemon off;' & PIDS+=($!)
 
 # --- HAProxy two-hop chain: 19080 (h1) / 19081 (h2c) -> mTLS h2 -> 19443 -> backend --------
-cat > haproxy1.cfg <<EOF
-global
+haproxy_common="global
   nbthread 1
   maxconn 4000
 defaults
@@ -79,7 +78,9 @@ defaults
   timeout connect 5s
   timeout client 300s
   timeout server 300s
-  http-reuse always
+  http-reuse always"
+cat > haproxy1.cfg <<EOF
+$haproxy_common
 frontend hop1
   bind 127.0.0.1:19080
   bind 127.0.0.1:19081 proto h2
@@ -88,15 +89,7 @@ backend hop2
   server s1 127.0.0.1:19443 ssl crt $OUT/client.bundle.pem ca-file $OUT/ca.pem verify required alpn h2 sni str(hop2)
 EOF
 cat > haproxy2.cfg <<EOF
-global
-  nbthread 1
-  maxconn 4000
-defaults
-  mode http
-  timeout connect 5s
-  timeout client 300s
-  timeout server 300s
-  http-reuse always
+$haproxy_common
 frontend hop2
   bind 127.0.0.1:19443 ssl crt $OUT/server.bundle.pem ca-file $OUT/ca.pem verify required alpn h2
   default_backend be
