@@ -15,21 +15,37 @@ use crate::metrics::Metrics;
 use crate::pool::PeerPool;
 use crate::table::{Backend, PeerGateway, Snapshot};
 
-/// Every peer gateway once, with a backend it serves (for the pool's identity check).
-fn peer_gateways(snap: &Snapshot) -> HashMap<Arc<str>, (Backend, PeerGateway)> {
-    let mut out = HashMap::new();
-    for import in snap.imports.values() {
-        for b in &import.backends {
-            if b.cluster == snap.cluster {
-                continue;
-            }
-            for g in &b.gateways {
-                out.entry(g.address.clone())
-                    .or_insert_with(|| (b.clone(), g.clone()));
+/// The peers to probe, from one routing snapshot: every peer gateway once (with a backend it
+/// serves, for the pool's identity check), and each peer cluster's gateways. Built in one pass
+/// when the snapshot changes, not on every probe round.
+#[derive(Default)]
+struct Peers {
+    version: u64,
+    gateways: HashMap<Arc<str>, (Backend, PeerGateway)>,
+    clusters: HashMap<Arc<str>, Vec<PeerGateway>>,
+}
+
+impl Peers {
+    fn of(snap: &Snapshot) -> Self {
+        let mut out = Peers {
+            version: snap.version,
+            ..Peers::default()
+        };
+        for import in snap.imports.values() {
+            for b in import.backends.iter().filter(|b| b.cluster != snap.cluster) {
+                let known = out.clusters.entry(b.cluster.clone()).or_default();
+                for g in &b.gateways {
+                    if !known.iter().any(|k| k.address == g.address) {
+                        known.push(g.clone());
+                    }
+                    out.gateways
+                        .entry(g.address.clone())
+                        .or_insert_with(|| (b.clone(), g.clone()));
+                }
             }
         }
+        out
     }
-    out
 }
 
 async fn probe(pool: &PeerPool, backend: &Backend, gateway: &PeerGateway, health: &Health) -> bool {
@@ -60,32 +76,25 @@ pub async fn run(
 ) {
     let mut tick = tokio::time::interval(health.config.probe_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut peers = Peers::default();
     loop {
         tick.tick().await;
         let snap = table.borrow().clone();
-        let gateways = peer_gateways(&snap);
-        health.retain_gateways(|a| gateways.contains_key(a));
-        let probes = gateways.into_iter().map(|(address, (backend, gateway))| {
+        if snap.version != peers.version {
+            peers = Peers::of(&snap);
+            health.retain_gateways(|a| peers.gateways.contains_key(a));
+        }
+        let probes = peers.gateways.iter().map(|(address, (backend, gateway))| {
             let (pool, health) = (pool.clone(), health.clone());
             async move {
-                let ok = probe(&pool, &backend, &gateway, &health).await;
-                health.probed(&address, ok);
+                let ok = probe(&pool, backend, gateway, &health).await;
+                health.probed(address, ok);
             }
         });
         futures_util::future::join_all(probes).await;
         // Cluster-level recovery (for slow start across gateway restarts).
-        let mut clusters: HashMap<Arc<str>, bool> = HashMap::new();
-        for import in snap.imports.values() {
-            for b in &import.backends {
-                if b.cluster == snap.cluster {
-                    continue;
-                }
-                let up = health.any_gateway_up(&b.gateways);
-                *clusters.entry(b.cluster.clone()).or_insert(false) |= up;
-            }
-        }
-        for (cluster, up) in clusters {
-            health.cluster_observed(&cluster, up);
+        for (cluster, gateways) in &peers.clusters {
+            health.cluster_observed(cluster, health.any_gateway_up(gateways));
         }
         metrics
             .peer_gateways_down
