@@ -76,16 +76,8 @@ pub async fn gateway_bootstrap(
     match out {
         None => println!("{text}"),
         Some(path) => {
-            use std::io::Write as _;
-            use std::os::unix::fs::OpenOptionsExt as _;
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(path)
+            write_private(path, text.as_bytes())
                 .with_context(|| format!("writing {}", path.display()))?;
-            f.write_all(text.as_bytes())?;
             eprintln!(
                 "wrote bootstrap file for gateway {name} to {}",
                 path.display()
@@ -146,4 +138,17 @@ pub async fn workload_issue(
         }
     }
     Ok(())
+}
+
+/// Writes a file only its owner can read (bootstrap tokens, key-encryption keys).
+pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(bytes)
 }

@@ -165,7 +165,7 @@ async fn start(
         None
     };
     let kek = isthmus_federation::identity::Kek::generate()?;
-    write_private(&dir.join("kek"), kek.to_base64().as_bytes())?;
+    crate::admin_cmd::write_private(&dir.join("kek"), kek.to_base64().as_bytes())?;
     std::fs::write(dir.join("catalog.yaml"), catalog(index, runs_samples))?;
     let cfg_path = dir.join("federation.yaml");
     // JSON is YAML: the config file is written with serde_json.
@@ -200,7 +200,7 @@ async fn start(
 async fn start_gateway(exe: &Path, c: &mut Cluster) -> anyhow::Result<()> {
     let file = admin(&c.socket, "gateway.bootstrap", json!({ "name": "gw-1" })).await?;
     let bootstrap = c.dir.join("gateway-bootstrap.json");
-    write_private(&bootstrap, serde_json::to_string_pretty(&file)?.as_bytes())?;
+    crate::admin_cmd::write_private(&bootstrap, serde_json::to_string_pretty(&file)?.as_bytes())?;
     let ip = format!("127.0.{}.1", c.index);
     let cfg = json!({
         "bootstrap_file": bootstrap,
@@ -235,19 +235,6 @@ async fn start_gateway(exe: &Path, c: &mut Cluster) -> anyhow::Result<()> {
         child,
         access_log,
     });
-    Ok(())
-}
-
-fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(bytes)?;
     Ok(())
 }
 
