@@ -60,6 +60,8 @@ struct Caller {
 struct PeerConn {
     info: PeerInfo,
     forwarded_client_cert: Option<HeaderValue>,
+    /// The calling cluster's name as a header value, built on first use.
+    source_cluster: std::sync::OnceLock<(Arc<str>, Option<HeaderValue>)>,
 }
 
 impl PeerConn {
@@ -71,6 +73,20 @@ impl PeerConn {
         Self {
             info,
             forwarded_client_cert,
+            source_cluster: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// `x-isthmus-source-cluster` for `cluster` (a connection's caller maps to one cluster; a
+    /// different name, after a peer's rename, is built afresh).
+    fn source_cluster(&self, cluster: &Arc<str>) -> Option<HeaderValue> {
+        let (name, value) = self
+            .source_cluster
+            .get_or_init(|| (cluster.clone(), HeaderValue::from_str(cluster).ok()));
+        if name == cluster {
+            value.clone()
+        } else {
+            HeaderValue::from_str(cluster).ok()
         }
     }
 }
@@ -209,7 +225,7 @@ impl Inbound {
         if let Some(v) = &conn.forwarded_client_cert {
             parts.headers.insert(FORWARDED_CLIENT_CERT, v.clone());
         }
-        if let Ok(v) = HeaderValue::from_str(&caller.cluster) {
+        if let Some(v) = conn.source_cluster(&caller.cluster) {
             parts.headers.insert(SOURCE_CLUSTER, v);
         }
         let is_connect = parts.method == Method::CONNECT;
