@@ -40,7 +40,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::harness::Federation;
-use crate::harness::gateway::{Gateway, Member, Samples, http_get, mesh};
+use crate::harness::gateway::{Gateway, Member, Samples, curl, http_get, mesh};
 
 const ECHO_HOST: &str = "echo.demo.svc.clusterset.local:8080";
 
@@ -159,20 +159,6 @@ fn forged_gateway(dir: &Path, td: &str, name: &str) -> Cred {
 
 // ---------------------------------------------------------------------------------------------
 // Real clients
-
-/// `curl` with the given args: (exit code, stdout, stderr).
-fn curl(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new("curl")
-        .args(["-sS", "--max-time", "20"])
-        .args(args)
-        .output()
-        .expect("curl is installed (apt-get install curl)");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 /// An HTTP answer read from `curl -i`.
 #[derive(Debug)]

@@ -2,24 +2,9 @@
 //! and to service VIPs (HTTP/1.1 and h2c), identity headers at the destination, access logs on
 //! both sides, and clear refusals for names nobody serves.
 
-use std::process::Command;
-
 use serde_json::{Value, json};
 
-use crate::harness::gateway::mesh;
-
-fn curl(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new("curl")
-        .args(["-sS", "--max-time", "20"])
-        .args(args)
-        .output()
-        .expect("curl is installed (apt-get install curl)");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use crate::harness::gateway::{curl, mesh};
 
 fn json_body(out: &(i32, String, String)) -> Value {
     assert_eq!(out.0, 0, "curl failed: {}{}", out.1, out.2);
