@@ -485,6 +485,14 @@ pub(super) fn check_document(raw: Located) -> Result<CatalogFile, CatalogError> 
         imports.push(rule);
     }
 
+    // Policies are checked here, with the gateways' own parser, so a bad one never ships.
+    if let Err(e) = crate::model::policy::parse_all(&raw.policies) {
+        return Err(invalid(
+            0,
+            format!("policies.{}.{}", e.document, e.field),
+            e.reason,
+        ));
+    }
     Ok(CatalogFile {
         exports,
         imports,
@@ -545,7 +553,7 @@ imports:
   - peer: "*"
     namespaces: ["*"]
 policies:
-  retry: {attempts: 3}
+  retry: {services: ["*"], retry: {retries: 3}}
 "#;
 
     #[test]
@@ -569,7 +577,10 @@ policies:
         );
         assert!(!stock.allows_registrant("cart"));
         assert_eq!(catalog.imports.len(), 2);
-        assert_eq!(catalog.policies["retry"]["attempts"], serde_json::json!(3));
+        assert_eq!(
+            catalog.policies["retry"]["retry"]["retries"],
+            serde_json::json!(3)
+        );
         let svc = stock.to_service(&cart.endpoints, 7);
         assert_eq!(svc.endpoints.len(), 2);
         assert_eq!(svc.exported_at_ms, 7);
@@ -632,6 +643,8 @@ policies:
             ("import no namespaces", "imports:\n  - peer: west\n    namespaces: []\n".into(), &["line 2", "imports[0].namespaces"]),
             ("import empty services", "imports:\n  - peer: west\n    namespaces: [shop]\n    services: []\n".into(), &["imports[0].services"]),
             ("two documents", "exports: []\n---\nexports: []\n".into(), &["multiple"]),
+            ("bad policy", "policies:\n  canary:\n    services: [shop/cart]\n    split: {weights: {east: 0}}\n".into(), &["policies.canary.split.weights", "above 0"]),
+            ("policy typo", "policies:\n  canary:\n    services: [shop/cart]\n    splt: {}\n".into(), &["policies.canary.splt"]),
         ];
         for (what, text, wants) in cases {
             let err = match parse_catalog(&text) {

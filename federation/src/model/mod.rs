@@ -3,6 +3,7 @@
 
 pub mod merge;
 pub mod names;
+pub mod policy;
 pub mod rules;
 pub mod service;
 
