@@ -49,6 +49,12 @@ pub struct Entry {
     /// Earlier clusters tried for this request, when it failed over.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub failed_over_from: Vec<Arc<str>>,
+    /// The calling workload's SPIFFE ID, when its gateway knew it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub caller: Option<String>,
+    /// A shadow copy (its response is discarded).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub shadow: bool,
     #[serde(skip)]
     pub counters: Arc<Counters>,
 }
@@ -83,6 +89,8 @@ impl Entry {
             upstream: None,
             reason: None,
             failed_over_from: Vec::new(),
+            caller: None,
+            shadow: false,
             counters: Arc::default(),
         }
     }

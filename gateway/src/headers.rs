@@ -12,6 +12,16 @@ pub const PROBE: &str = "isthmus-probe";
 pub const FORWARDED_CLIENT_CERT: &str = "x-forwarded-client-cert";
 /// At the destination service: the calling cluster.
 pub const SOURCE_CLUSTER: &str = "x-isthmus-source-cluster";
+/// From a local client: the cluster to send this request to, honoured only where the service's
+/// policy allows it (`split.cluster_header`); stripped either way.
+pub const CLUSTER: &str = "x-isthmus-cluster";
+/// Between gateways: the calling workload's SPIFFE ID, sent only when the calling gateway knew
+/// it (DESIGN: caller identity); the serving gateway accepts it only in the caller's trust domain.
+pub const CALLER: &str = "isthmus-caller";
+/// Between gateways: this request is a shadow copy (responses are discarded).
+pub const SHADOW: &str = "isthmus-shadow";
+/// At the destination service: this request is a shadow copy.
+pub const SHADOW_MARK: &str = "x-isthmus-shadow";
 
 const HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
@@ -52,7 +62,12 @@ pub fn strip_identity(headers: &mut HeaderMap) {
         .keys()
         .filter(|k| {
             let k = k.as_str();
-            k == FORWARDED_CLIENT_CERT || k == TARGET || k == PROBE || k.starts_with("x-isthmus-")
+            k == FORWARDED_CLIENT_CERT
+                || k == TARGET
+                || k == PROBE
+                || k == CALLER
+                || k == SHADOW
+                || k.starts_with("x-isthmus-")
         })
         .cloned()
         .collect();
@@ -77,6 +92,9 @@ mod tests {
             ("x-forwarded-client-cert", "By=spiffe://evil"),
             ("x-isthmus-source-cluster", "east"),
             ("isthmus-target", "cart.shop:80"),
+            ("isthmus-caller", "spiffe://west/ns/a/sa/b"),
+            ("isthmus-shadow", "1"),
+            ("x-isthmus-cluster", "west"),
             ("content-type", "application/grpc"),
         ] {
             h.append(
