@@ -146,6 +146,7 @@ async fn handle(cluster: Arc<str>, req: Request<Incoming>) -> Response<Body> {
                 "host": h("host").or_else(|| req.uri().authority().map(|a| a.to_string())),
                 "forwarded_client_cert": h("x-forwarded-client-cert"),
                 "source_cluster": h("x-isthmus-source-cluster"),
+                "shadow": h("x-isthmus-shadow").is_some(),
             });
             let mut r = Response::new(full(format!("{body}\n")));
             r.headers_mut().insert(

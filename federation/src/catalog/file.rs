@@ -659,6 +659,13 @@ policies:
     }
 
     #[test]
+    fn the_example_catalog_is_valid() {
+        let text = include_str!("../../../deploy/examples/catalog.yaml");
+        let catalog = parse_catalog(text).expect("deploy/examples/catalog.yaml is valid");
+        assert_eq!(catalog.policies.len(), 2);
+    }
+
+    #[test]
     fn errors_name_the_file() {
         let err = parse_catalog("exports: 3\n")
             .expect_err("bad")

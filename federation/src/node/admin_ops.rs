@@ -2,7 +2,8 @@
 //! root-rotation driver (switches signing once every peer and gateway ACKed the new bundle).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
 
 use futures_util::future::BoxFuture;
 use serde::Deserialize;
@@ -347,8 +348,42 @@ async fn status(node: &Node, bound: &Bound) -> Value {
         "peers": peers(node).await,
         "gateways": node.gateways.lock().unwrap_or_else(|p| p.into_inner()).clone(),
         "ca": ca_status(node).await,
+        "policies": policies_status(&view.policies, SystemTime::now()),
         "view_version": view.version,
     })
+}
+
+/// The catalog's policy documents: what each sets and, for fault-injection drills, whether the
+/// fault is still in force and for how long.
+fn policies_status(docs: &BTreeMap<String, Value>, now: SystemTime) -> Value {
+    use crate::model::policy::{self, format_rfc3339};
+    let list: Vec<Value> = docs
+        .iter()
+        .map(|(name, doc)| match policy::parse(name, doc) {
+            Ok(d) => {
+                let fault = d.fault().map(|f| {
+                    let left = f.expires_at.duration_since(now).unwrap_or_default();
+                    json!({
+                        "active": f.active(now),
+                        "from": f.from,
+                        "abort": f.abort.map(|(percent, status)| json!({"percent": percent, "status": status})),
+                        "delay": f.delay.map(|(percent, d)| json!({"percent": percent, "duration_ms": d.as_millis() as u64})),
+                        "expires_at": format_rfc3339(f.expires_at),
+                        "expires_in_s": left.as_secs(),
+                    })
+                });
+                json!({
+                    "name": name,
+                    "services": d.services,
+                    "sections": d.section_names(),
+                    "fault": fault,
+                })
+            }
+            // The catalog refuses bad documents; a view from before that check may hold one.
+            Err(e) => json!({ "name": name, "error": e.to_string() }),
+        })
+        .collect();
+    Value::Array(list)
 }
 
 /// `/config_dump`: the config and the current view. Holds no secret (the KEK never enters the
