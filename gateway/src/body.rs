@@ -54,6 +54,69 @@ pub fn error(status: StatusCode, reason: &str) -> Response<Body> {
     response
 }
 
+/// The gRPC status a gateway refusal maps to (the HTTP status it would have had otherwise).
+pub fn grpc_status(status: StatusCode) -> u32 {
+    match status.as_u16() {
+        403 => 7,  // PERMISSION_DENIED
+        404 => 12, // UNIMPLEMENTED
+        429 => 8,  // RESOURCE_EXHAUSTED
+        500 => 13, // INTERNAL
+        503 => 14, // UNAVAILABLE
+        504 => 4,  // DEADLINE_EXCEEDED
+        _ => 2,    // UNKNOWN
+    }
+}
+
+/// `grpc-message` text: percent-encoded as the gRPC spec asks (every byte outside visible
+/// ASCII and space, and `%` itself).
+pub fn grpc_message(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if (0x20..=0x7e).contains(&b) && b != b'%' {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// A refusal the gateway answers itself for a policy (authorization, fault, limit). Plain
+/// HTTP callers get [`error`] with `status`; gRPC callers get a trailers-only response (HTTP
+/// 200, `grpc-status` mapped from `status`, `grpc-message`), which gRPC clients surface as the
+/// call's status. Both carry the reason in `x-isthmus-error` and `retry-after` when given.
+pub fn refusal(
+    status: StatusCode,
+    reason: &str,
+    grpc: bool,
+    retry_after: Option<u64>,
+) -> Response<Body> {
+    let mut response = if grpc {
+        let mut response = Response::new(empty());
+        let headers = response.headers_mut();
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        headers.insert("grpc-status", HeaderValue::from(grpc_status(status)));
+        if let Ok(v) = HeaderValue::from_str(&grpc_message(reason)) {
+            headers.insert("grpc-message", v);
+        }
+        if let Ok(v) = HeaderValue::from_str(reason) {
+            headers.insert(ERROR_HEADER, v);
+        }
+        response
+    } else {
+        error(status, reason)
+    };
+    if let Some(secs) = retry_after {
+        response
+            .headers_mut()
+            .insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    response
+}
+
 /// Passes a body through, adding the size of every data frame to `counter`; `on_end` runs once
 /// when the body ends, fails or is dropped (the access log is written from there).
 pub struct Counted<B> {
@@ -119,5 +182,67 @@ where
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_grpc_refusal_is_trailers_only() {
+        let r = refusal(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate limit of echo.demo exceeded: 100% used",
+            true,
+            Some(3),
+        );
+        assert_eq!(
+            r.status(),
+            StatusCode::OK,
+            "gRPC statuses travel in headers"
+        );
+        let h = r.headers();
+        assert_eq!(h["content-type"], "application/grpc");
+        assert_eq!(h["grpc-status"], "8");
+        assert_eq!(
+            h["grpc-message"],
+            "rate limit of echo.demo exceeded: 100%25 used"
+        );
+        assert_eq!(
+            h[ERROR_HEADER],
+            "rate limit of echo.demo exceeded: 100% used"
+        );
+        assert_eq!(h["retry-after"], "3");
+        assert!(
+            r.body().is_end_stream(),
+            "no message: the headers end the stream"
+        );
+    }
+
+    #[test]
+    fn an_http_refusal_keeps_its_status() {
+        let r = refusal(StatusCode::FORBIDDEN, "denied by policy p: no", false, None);
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
+        assert_eq!(r.headers()[ERROR_HEADER], "denied by policy p: no");
+        assert!(!r.headers().contains_key("grpc-status"));
+        assert!(!r.headers().contains_key("retry-after"));
+    }
+
+    #[test]
+    fn http_statuses_map_to_grpc_statuses() {
+        for (http, grpc) in [
+            (503, 14),
+            (504, 4),
+            (429, 8),
+            (403, 7),
+            (404, 12),
+            (500, 13),
+            (418, 2),
+        ] {
+            let status = StatusCode::from_u16(http).expect("status");
+            assert_eq!(grpc_status(status), grpc, "{http}");
+        }
+        assert_eq!(grpc_message("caf\u{e9}\n"), "caf%C3%A9%0A");
     }
 }

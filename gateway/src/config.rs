@@ -5,7 +5,7 @@
 //! and a separately configured advertised address, which the gateway registers with its
 //! federation under a lease.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -52,6 +52,109 @@ pub struct GatewayConfig {
     /// fail too, its services stay a last resort for this long, then are dropped.
     #[serde(default = "default_stale_grace", with = "duration")]
     pub stale_grace: Duration,
+    /// Where the calling workload's identity may come from (DESIGN: caller identity).
+    #[serde(default)]
+    pub identity: IdentityConfig,
+}
+
+/// Sources of the calling workload's identity besides local mTLS.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityConfig {
+    /// Local peers (CIDRs, e.g. a node-local mesh sidecar at `127.0.0.5/32`) whose
+    /// `x-forwarded-client-cert` names the calling workload: the `URI=` of its last element is
+    /// asserted to the peer gateway when it is a workload ID of this cluster's trust domain.
+    /// From any other client the header is stripped and ignored. Default: none.
+    #[serde(default)]
+    pub trusted_sources: Vec<String>,
+}
+
+impl IdentityConfig {
+    /// The trusted sources as ranges; the error names the entry.
+    pub fn trusted_ranges(&self) -> Result<Vec<SourceRange>, ConfigError> {
+        self.trusted_sources
+            .iter()
+            .enumerate()
+            .map(|(i, text)| {
+                SourceRange::parse(text).map_err(|reason| ConfigError::Invalid {
+                    field: format!("identity.trusted_sources[{i}]"),
+                    reason,
+                })
+            })
+            .collect()
+    }
+}
+
+/// An address range in CIDR notation (`127.0.0.5/32`, `fd00::/64`); a bare address is one host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SourceRange {
+    base: IpAddr,
+    prefix: u8,
+}
+
+impl SourceRange {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let (addr, prefix) = match text.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (text, None),
+        };
+        let base: IpAddr = addr
+            .trim()
+            .parse()
+            .map_err(|_| format!("{text:?} is not an address or CIDR (e.g. 127.0.0.5/32)"))?;
+        let max = if base.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => p
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("{text:?}: the prefix must be a number from 0 to {max}"))?,
+        };
+        if prefix == 0 {
+            return Err(format!(
+                "{text:?} trusts every client: name the local proxy's own addresses"
+            ));
+        }
+        let range = Self { base, prefix };
+        if range.masked(base) != base {
+            return Err(format!(
+                "{text:?}: host bits are set: give the network address ({}/{prefix})",
+                range.masked(base)
+            ));
+        }
+        Ok(range)
+    }
+
+    fn masked(&self, ip: IpAddr) -> IpAddr {
+        match ip {
+            IpAddr::V4(a) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                IpAddr::V4((u32::from(a) & mask).into())
+            }
+            IpAddr::V6(a) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                IpAddr::V6((u128::from(a) & mask).into())
+            }
+        }
+    }
+
+    /// Whether `ip` is in the range (an IPv4 client seen on an IPv6 socket counts as IPv4).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        ip.is_ipv4() == self.base.is_ipv4() && self.masked(ip) == self.base
+    }
+}
+
+impl std::fmt::Display for SourceRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.base, self.prefix)
+    }
 }
 
 fn default_stale_grace() -> Duration {
@@ -78,7 +181,7 @@ pub struct GatewayListeners {
     /// The HTTP proxy port for local clients (absolute-form requests and CONNECT).
     #[serde(default = "default_proxy")]
     pub proxy: SocketAddr,
-    /// Read-only admin HTTP: /healthz /readyz /metrics /config_dump.
+    /// Read-only admin HTTP: /healthz /readyz /metrics /config_dump /explain.
     #[serde(default = "default_admin")]
     pub admin: SocketAddr,
     /// Listen on every imported service's VIP:port (off when VIPs are not local addresses, e.g.
@@ -208,6 +311,7 @@ impl GatewayConfig {
                 return invalid(field, "must be above zero");
             }
         }
+        self.identity.trusted_ranges()?;
         Ok(())
     }
 
@@ -272,6 +376,22 @@ mod tests {
                 "listen:\n  inbound:\n    bind: 127.0.0.1:1\n".to_string(),
                 "bootstrap_file",
             ),
+            (
+                format!("{MINIMAL}identity:\n  trusted_sources: [127.0.0.5/32, sidecar]\n"),
+                "identity.trusted_sources[1]",
+            ),
+            (
+                format!("{MINIMAL}identity:\n  trusted_sources: [10.0.0.1/8]\n"),
+                "identity.trusted_sources[0]",
+            ),
+            (
+                format!("{MINIMAL}identity:\n  trusted_sources: [0.0.0.0/0]\n"),
+                "identity.trusted_sources[0]",
+            ),
+            (
+                format!("{MINIMAL}identity:\n  trusted: [127.0.0.5/32]\n"),
+                "trusted",
+            ),
         ];
         for (text, field) in cases {
             let err = GatewayConfig::from_yaml("gw.yaml", &text)
@@ -290,6 +410,34 @@ mod tests {
         assert_eq!(cfg.listen.admin, default_admin());
         assert_eq!(cfg.drain_timeout, default_drain());
         assert_eq!(cfg.registration_ttl, default_lease());
+    }
+
+    #[test]
+    fn trusted_sources_match_their_ranges_only() {
+        let text = format!(
+            "{MINIMAL}identity:\n  trusted_sources: [127.0.0.5/32, 10.1.0.0/16, \"fd00::/64\", 192.0.2.7]\n"
+        );
+        let cfg = GatewayConfig::from_yaml("gw.yaml", &text).expect("valid");
+        let ranges = cfg.identity.trusted_ranges().expect("ranges");
+        let trusted = |ip: &str| {
+            let ip: IpAddr = ip.parse().expect("ip");
+            ranges.iter().any(|r| r.contains(ip))
+        };
+        for (ip, want) in [
+            ("127.0.0.5", true),
+            ("127.0.0.6", false),
+            ("10.1.255.3", true),
+            ("10.2.0.1", false),
+            ("::ffff:10.1.0.9", true),
+            ("fd00::1234", true),
+            ("fd01::1", false),
+            ("192.0.2.7", true),
+            ("192.0.2.8", false),
+        ] {
+            assert_eq!(trusted(ip), want, "{ip}");
+        }
+        let none = GatewayConfig::from_yaml("gw.yaml", MINIMAL).expect("valid");
+        assert!(none.identity.trusted_ranges().expect("ranges").is_empty());
     }
 
     #[test]

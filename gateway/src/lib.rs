@@ -12,6 +12,7 @@ pub mod accesslog;
 pub mod body;
 pub mod config;
 pub mod control;
+pub mod explain;
 pub mod h1guard;
 pub mod headers;
 pub mod health;

@@ -1,6 +1,9 @@
 //! The gateway's Prometheus metrics, registered once at start and served on `/metrics`.
-//! Labels stay low-cardinality (side, status code class): per-service detail lives in the
-//! access log.
+//! Request counters keep low-cardinality labels (side, status code class): per-request detail
+//! lives in the access log. Policy counters carry `service` and `source_cluster`, bounded by the
+//! services that have such a policy and the peered clusters.
+
+use std::sync::Arc;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -19,6 +22,45 @@ pub struct RequestLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
     pub result: &'static str,
+}
+
+/// Serving-side policy labels. `service` and `source_cluster` come from the config (exported
+/// services with a policy section, peered clusters), so they stay bounded.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AuthzLabels {
+    pub service: Arc<str>,
+    pub source_cluster: Arc<str>,
+    /// `allow` or `deny`.
+    pub decision: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FaultLabels {
+    pub service: Arc<str>,
+    /// `abort` or `delay`.
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RateLimitLabels {
+    pub service: Arc<str>,
+    pub source_cluster: Arc<str>,
+    /// `service`, `source_cluster` or `concurrency`.
+    pub limit: &'static str,
+}
+
+/// An `x-isthmus-cluster` header: its service, and whether the policy honoured it.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClusterHeaderLabels {
+    pub service: Arc<str>,
+    pub honoured: bool,
+}
+
+/// A shadow copy: its service and what became of it (`sent`, `failed`, `skipped`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ShadowLabels {
+    pub service: Arc<str>,
+    pub outcome: &'static str,
 }
 
 #[derive(Clone, Default)]
@@ -43,6 +85,16 @@ pub struct Metrics {
     pub retries_refused: Counter,
     /// Peer gateways failing their probes.
     pub peer_gateways_down: Gauge,
+    /// Inbound authorization decisions of services whose policy has an `authorization` section.
+    pub authz_decisions: Family<AuthzLabels, Counter>,
+    /// Faults injected by policy on the inbound side.
+    pub faults_injected: Family<FaultLabels, Counter>,
+    /// Inbound requests refused by a rate or concurrency limit.
+    pub rate_limited: Family<RateLimitLabels, Counter>,
+    /// `x-isthmus-cluster` headers from local clients, by service and whether honoured.
+    pub cluster_header: Family<ClusterHeaderLabels, Counter>,
+    /// Shadow copies by service and outcome.
+    pub shadow_requests: Family<ShadowLabels, Counter>,
 }
 
 fn class(code: u16) -> &'static str {
@@ -65,6 +117,24 @@ impl Metrics {
             .get_or_create(&RequestLabels {
                 side,
                 code: class(code),
+            })
+            .inc();
+    }
+
+    pub fn cluster_header(&self, service: &Arc<str>, honoured: bool) {
+        self.cluster_header
+            .get_or_create(&ClusterHeaderLabels {
+                service: service.clone(),
+                honoured,
+            })
+            .inc();
+    }
+
+    pub fn shadow(&self, service: &Arc<str>, outcome: &'static str) {
+        self.shadow_requests
+            .get_or_create(&ShadowLabels {
+                service: service.clone(),
+                outcome,
             })
             .inc();
     }
@@ -130,6 +200,31 @@ impl Metrics {
             "control_connected",
             "1 while the config stream from the federation is up",
             self.control_connected.clone(),
+        );
+        r.register(
+            "cluster_header",
+            "x-isthmus-cluster headers from local clients, by service and whether the policy honoured them",
+            self.cluster_header.clone(),
+        );
+        r.register(
+            "shadow_requests",
+            "Shadow copies by service and outcome (sent, failed, skipped)",
+            self.shadow_requests.clone(),
+        );
+        r.register(
+            "authz_decisions",
+            "Inbound authorization decisions by service, calling cluster and decision",
+            self.authz_decisions.clone(),
+        );
+        r.register(
+            "faults_injected",
+            "Faults injected by policy by service and kind (abort, delay)",
+            self.faults_injected.clone(),
+        );
+        r.register(
+            "rate_limited",
+            "Inbound requests refused by a limit, by service, calling cluster and limit",
+            self.rate_limited.clone(),
         );
     }
 }

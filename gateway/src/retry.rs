@@ -226,6 +226,15 @@ impl Breakers {
         }
         Some(BreakerGuard(count))
     }
+
+    /// Requests in flight to `cluster` now (for explain).
+    pub fn in_flight(&self, cluster: &str) -> u32 {
+        self.counts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(cluster)
+            .map_or(0, |c| c.load(Ordering::Relaxed))
+    }
 }
 
 /// The default time to wait for a response when a request cannot be retried anyway.
@@ -360,7 +369,9 @@ mod tests {
         let c: Arc<str> = "west".into();
         let held: Vec<_> = (0..3).map(|_| b.enter(&c, 3).expect("slot")).collect();
         assert!(b.enter(&c, 3).is_none());
+        assert_eq!(b.in_flight("west"), 3, "a refused entry is not counted");
         drop(held);
+        assert_eq!(b.in_flight("west"), 0);
         assert!(b.enter(&c, 3).is_some());
     }
 }

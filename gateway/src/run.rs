@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use isthmus_federation::admin::{AdminHttpState, serve_admin_http};
+use isthmus_federation::admin::{AdminHttpState, JsonRoute, serve_admin_http_with};
 use isthmus_federation::gwapi::BootstrapFile;
 use isthmus_federation::identity::{Accept, IdKind, SpiffeClientVerifier, SpiffeId, tls};
 use prometheus_client::registry::Registry;
@@ -20,7 +20,7 @@ use crate::health::{Health, HealthConfig};
 use crate::inbound::{Backends, Inbound};
 use crate::metrics::Metrics;
 use crate::outbound::listeners::{VipListeners, accept_loop};
-use crate::outbound::{Origin, Outbound};
+use crate::outbound::{Origin, Outbound, ShadowSlots};
 use crate::pool::PeerPool;
 use crate::retry::{Breakers, Budget};
 use crate::serve::{ConnLimit, Drain};
@@ -207,6 +207,8 @@ pub async fn start(cfg: GatewayConfig) -> Result<Running, StartError> {
         limits: cfg.limits.clone(),
         access_log: cfg.access_log,
         metrics: metrics.clone(),
+        trusted_sources: cfg.identity.trusted_ranges()?,
+        shadows: ShadowSlots::default(),
     });
     let inbound = Arc::new(Inbound {
         table: table.clone(),
@@ -293,13 +295,29 @@ pub async fn start(cfg: GatewayConfig) -> Result<Running, StartError> {
                         "service": &*t.import.name,
                         "cluster": t.pinned.as_deref(),
                     }))).collect::<serde_json::Map<_, _>>(),
+                    "policies": {
+                        "documents": snap.traffic.documents.iter().map(|d| serde_json::json!({
+                            "name": &*d.name,
+                            "services": &d.services,
+                            "sections": d.section_names(),
+                        })).collect::<Vec<_>>(),
+                        "refused": &snap.traffic.refused,
+                    },
                 },
             })
         }),
     };
+    let explained = outbound.clone();
+    let routes = vec![JsonRoute {
+        path: "/explain",
+        handler: Arc::new(move |query| {
+            let snap = explained.table.borrow().clone();
+            crate::explain::route(&snap, &explained.health, &explained.breakers, query)
+        }),
+    }];
     let admin_drain = drain.clone();
     tasks.push(tokio::spawn(async move {
-        let _ = serve_admin_http(admin_listener, state, async move {
+        let _ = serve_admin_http_with(admin_listener, state, routes, async move {
             admin_drain.signaled().await
         })
         .await;

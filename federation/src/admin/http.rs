@@ -7,6 +7,9 @@
 //! | `GET /metrics` | OpenMetrics text from the shared registry |
 //! | `GET /config_dump` | the config-dump callback's JSON, passed through [`redact_secrets`] |
 //!
+//! A component may add read-only JSON routes of its own ([`JsonRoute`], served by
+//! [`serve_admin_http_with`]; the gateway's `/explain`).
+//!
 //! Any other method on these routes is `405`; any other path is `404`. This port must never
 //! offer an operation that changes state: those live on the local admin socket
 //! ([`super::socket`]), which is not reachable over the network.
@@ -70,6 +73,26 @@ pub struct AdminHttpState {
     pub config_dump: Arc<ConfigDumpFn>,
 }
 
+/// A read-only JSON route: the request's query string (undecoded) in, a status and a JSON
+/// body out. It must not change state.
+pub type JsonRouteFn = dyn Fn(Option<&str>) -> (StatusCode, Value) + Send + Sync;
+
+/// A component's own read-only route on the admin port.
+#[derive(Clone)]
+pub struct JsonRoute {
+    /// The exact path, e.g. `/explain`.
+    pub path: &'static str,
+    pub handler: Arc<JsonRouteFn>,
+}
+
+impl std::fmt::Debug for JsonRoute {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JsonRoute")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
 impl std::fmt::Debug for AdminHttpState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AdminHttpState").finish_non_exhaustive()
@@ -86,12 +109,22 @@ pub async fn serve_admin_http(
     state: AdminHttpState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_admin_http_with(listener, state, Vec::new(), shutdown).await
+}
+
+/// [`serve_admin_http`] with a component's own read-only JSON routes beside the standard ones.
+pub async fn serve_admin_http_with(
+    listener: TcpListener,
+    state: AdminHttpState,
+    routes: Vec<JsonRoute>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let local = listener.local_addr()?;
     tracing::info!(addr = %local, "admin HTTP port listening");
-    let state = Arc::new(state);
+    let state = Arc::new((state, routes));
     let handle = move |req: Request<Incoming>| {
         let state = Arc::clone(&state);
-        async move { route(&state, &req) }
+        async move { route(&state.0, &state.1, &req) }
     };
     // Requests here are answered inline: nothing outlives its connection.
     serve_http1(listener, |_| true, handle, shutdown, std::future::ready(())).await;
@@ -99,12 +132,19 @@ pub async fn serve_admin_http(
     Ok(())
 }
 
-fn route(state: &AdminHttpState, req: &Request<Incoming>) -> AdminResponse {
+fn route(state: &AdminHttpState, routes: &[JsonRoute], req: &Request<Incoming>) -> AdminResponse {
     let path = req.uri().path();
-    if !matches!(path, "/healthz" | "/readyz" | "/metrics" | "/config_dump") {
-        return text(
+    let extra = routes.iter().find(|r| r.path == path);
+    if extra.is_none() && !matches!(path, "/healthz" | "/readyz" | "/metrics" | "/config_dump") {
+        let mut known = String::from("/healthz, /readyz, /metrics, /config_dump");
+        for r in routes {
+            known.push_str(", ");
+            known.push_str(r.path);
+        }
+        return respond(
             StatusCode::NOT_FOUND,
-            "not found: try /healthz, /readyz, /metrics or /config_dump\n",
+            TEXT,
+            Bytes::from(format!("not found: try {known}\n")),
         );
     }
     if req.method() != Method::GET {
@@ -117,6 +157,10 @@ fn route(state: &AdminHttpState, req: &Request<Incoming>) -> AdminResponse {
             hyper::header::HeaderValue::from_static("GET"),
         );
         return response;
+    }
+    if let Some(r) = extra {
+        let (status, value) = (r.handler)(req.uri().query());
+        return json(status, &value);
     }
     match path {
         "/healthz" => text(StatusCode::OK, "ok\n"),
@@ -155,16 +199,20 @@ fn metrics(registry: &Registry) -> AdminResponse {
 fn config_dump(state: &AdminHttpState) -> AdminResponse {
     let mut dump = (state.config_dump)();
     redact_secrets(&mut dump);
-    match serde_json::to_vec_pretty(&dump) {
+    json(StatusCode::OK, &dump)
+}
+
+fn json(status: StatusCode, value: &Value) -> AdminResponse {
+    match serde_json::to_vec_pretty(value) {
         Ok(mut body) => {
             body.push(b'\n');
-            respond(StatusCode::OK, JSON, Bytes::from(body))
+            respond(status, JSON, Bytes::from(body))
         }
         Err(error) => {
-            tracing::warn!(%error, "admin: serializing the config dump failed");
+            tracing::warn!(%error, "admin: serializing a JSON answer failed");
             text(
                 StatusCode::INTERNAL_SERVER_ERROR,
-                "serializing the config dump failed; see the process log\n",
+                "serializing the answer failed; see the process log\n",
             )
         }
     }
@@ -370,6 +418,41 @@ mod tests {
         server.stop().await;
         assert!(started.elapsed() < std::time::Duration::from_secs(3));
         assert!(TcpStream::connect(addr).await.is_err(), "stopped accepting");
+    }
+
+    #[tokio::test]
+    async fn component_routes_answer_json_and_stay_read_only() {
+        let state = AdminHttpState {
+            registry: Arc::new(Registry::default()),
+            readiness: Arc::new(|| Ok(())),
+            config_dump: Arc::new(|| json!({})),
+        };
+        let routes = vec![JsonRoute {
+            path: "/explain",
+            handler: Arc::new(|query| match query {
+                Some(q) => (StatusCode::OK, json!({ "query": q })),
+                None => (StatusCode::BAD_REQUEST, json!({ "error": "say which" })),
+            }),
+        }];
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(serve_admin_http_with(listener, state, routes, async {
+            let _ = stopped.await;
+        }));
+        let (status, head, body) = get(addr, "GET", "/explain?service=demo%2Fecho").await;
+        assert_eq!(status, 200);
+        assert!(head.contains("content-type: application/json"), "{head}");
+        let v: Value = serde_json::from_str(&body).expect("json");
+        assert_eq!(v["query"], "service=demo%2Fecho");
+        assert_eq!(get(addr, "GET", "/explain").await.0, 400);
+        assert_eq!(get(addr, "POST", "/explain").await.0, 405);
+        let (status, _, body) = get(addr, "GET", "/nope").await;
+        assert_eq!(status, 404);
+        assert!(body.contains("/explain"), "{body}");
+        assert_eq!(get(addr, "GET", "/healthz").await.0, 200);
+        let _ = stop.send(());
+        task.await.expect("task").expect("serve");
     }
 
     #[test]

@@ -16,7 +16,10 @@ pub mod http;
 pub mod socket;
 
 pub use client::{AdminClientError, admin_call};
-pub use http::{AdminHttpConfig, AdminHttpState, redact_secrets, serve_admin_http};
+pub use http::{
+    AdminHttpConfig, AdminHttpState, JsonRoute, JsonRouteFn, redact_secrets, serve_admin_http,
+    serve_admin_http_with,
+};
 pub use socket::{
     AdminError, AdminHandler, BoundAdminSocket, bind_admin_socket, serve_admin_socket,
 };

@@ -1,6 +1,7 @@
 //! The hop from the inbound side to a local endpoint (plaintext by default): pooled HTTP/1.1 or
 //! HTTP/2 (prior knowledge, for `http2` and `grpc` ports) clients, TCP for CONNECT tunnels, and
-//! an HTTP/1.1 WebSocket handshake for extended CONNECT.
+//! an HTTP/1.1 WebSocket handshake for extended CONNECT. The state that outlives config snapshots
+//! lives here too: the endpoints' statistics (in the balancer) and the services' limits.
 
 use std::net::SocketAddr;
 
@@ -12,6 +13,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
+use super::limit::{Limiters, Slot};
 use crate::accesslog::Entry;
 use crate::body::{self, Body, Counted};
 use crate::config::Limits;
@@ -20,12 +22,31 @@ use crate::lb::{Balancer, InFlight, random};
 use crate::metrics::Metrics;
 use crate::table::{LocalEndpoint, Port};
 
-/// Clients to local endpoints, and the balancer that picks among them.
+/// Clients to local endpoints, the balancer that picks among them, and the rate and concurrency
+/// limits in front of them.
 pub struct Backends {
     h1: Client<HttpConnector, Body>,
     h2: Client<HttpConnector, Body>,
     limits: Limits,
     pub balancer: Balancer,
+    pub limiters: Limiters,
+}
+
+/// What an exchange with a local endpoint holds until it ends (the response body, or the
+/// tunnel): the endpoint's in-flight count and, when the service bounds its concurrency, one of
+/// its slots.
+pub struct Held {
+    pub endpoint: InFlight,
+    pub slot: Option<Slot>,
+}
+
+impl From<InFlight> for Held {
+    fn from(endpoint: InFlight) -> Self {
+        Self {
+            endpoint,
+            slot: None,
+        }
+    }
 }
 
 impl Backends {
@@ -50,6 +71,7 @@ impl Backends {
             h2,
             limits,
             balancer: Balancer::default(),
+            limiters: Limiters::default(),
         }
     }
 
@@ -66,16 +88,19 @@ impl Backends {
         body::error(status, &reason)
     }
 
-    /// Forwards an HTTP request to `endpoint`, streaming both bodies.
+    /// Forwards an HTTP request to `endpoint`, streaming both bodies; `held` (the endpoint's
+    /// in-flight count, and a concurrency slot on the inbound side) is released when the
+    /// response body ends.
     pub async fn forward_http(
         &self,
         req: Request<Body>,
         endpoint: &LocalEndpoint,
         port: Port,
-        in_flight: InFlight,
+        held: impl Into<Held>,
         mut entry: Entry,
         metrics: &std::sync::Arc<Metrics>,
     ) -> Response<Body> {
+        let held = held.into();
         let (mut parts, incoming) = req.into_parts();
         let original = std::mem::take(&mut parts.uri).into_parts();
         let mut uri = http::uri::Parts::default();
@@ -131,13 +156,13 @@ impl Backends {
                     return r;
                 }
             };
-        in_flight.stats().observe(started.elapsed());
+        held.endpoint.stats().observe(started.elapsed());
         let (mut parts, incoming) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         entry.status = parts.status.as_u16();
         metrics.request(entry.side, entry.status);
         let counted = Counted::new(incoming, entry.counters.bytes_out.clone()).on_end(move || {
-            drop(in_flight);
+            drop(held);
             entry.finish();
         });
         Response::from_parts(parts, body::boxed(counted))
@@ -240,5 +265,97 @@ impl Backends {
                 format!("local endpoint {endpoint}: WebSocket handshake timed out"),
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::sync::{Arc, Mutex};
+
+    use bytes::Bytes;
+    use http_body_util::{BodyExt as _, StreamBody};
+    use hyper::body::Frame;
+    use tokio::sync::mpsc;
+    use tokio::time::Instant;
+
+    use super::*;
+    use crate::accesslog::Side;
+    use crate::policy::RateLimit;
+    use crate::table::PortProtocol;
+
+    type Chunks = mpsc::Receiver<Result<Frame<Bytes>, Infallible>>;
+
+    /// A local endpoint answering one request with a body the test streams.
+    async fn endpoint(chunks: Chunks) -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let chunks = Arc::new(Mutex::new(Some(chunks)));
+        tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.expect("accept");
+            let service = hyper::service::service_fn(move |_req| {
+                let rx = chunks.lock().expect("lock").take();
+                async move {
+                    let frames = futures_util::stream::unfold(rx, |rx| async move {
+                        let mut rx = rx?;
+                        rx.recv().await.map(|f| (f, Some(rx)))
+                    });
+                    Ok::<_, Infallible>(Response::new(StreamBody::new(Box::pin(frames))))
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_concurrency_slot_is_held_until_the_response_body_ends() {
+        let (tx, rx) = mpsc::channel(4);
+        let addr = endpoint(rx).await;
+        let backends = Backends::new(Limits::default());
+        let limit = RateLimit {
+            max_concurrent: Some(1),
+            ..RateLimit::default()
+        };
+        let limiter = backends
+            .limiters
+            .get(&"echo.demo".into(), &limit, Instant::now());
+        let west: Arc<str> = "west".into();
+        let slot = limiter.admit(&west, Instant::now()).expect("admitted");
+        let endpoints = [LocalEndpoint::new(addr, "z".into(), 1).expect("endpoint")];
+        let (endpoint, in_flight) = backends.balancer.pick(&endpoints).expect("picked");
+        let port = Port {
+            port: addr.port(),
+            protocol: PortProtocol::Http,
+        };
+        let held = Held {
+            endpoint: in_flight,
+            slot,
+        };
+        let entry = Entry::new(false, Side::Inbound, "http", west.clone());
+        let req = Request::get("/").body(body::empty()).expect("request");
+        let metrics = Arc::new(Metrics::default());
+        let response = backends
+            .forward_http(req, endpoint, port, held, entry, &metrics)
+            .await;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert!(
+            limiter.admit(&west, Instant::now()).is_err(),
+            "the response body is still streaming: the slot is taken"
+        );
+        tx.send(Ok(Frame::data(Bytes::from_static(b"done"))))
+            .await
+            .expect("send");
+        drop(tx);
+        let body = response.into_body().collect().await.expect("body");
+        assert_eq!(&body.to_bytes()[..], b"done");
+        assert!(
+            limiter.admit(&west, Instant::now()).is_ok(),
+            "the slot is released when the body ends"
+        );
     }
 }

@@ -5,10 +5,17 @@
 //! cluster — chosen by power-of-two-choices over latency and load, weights honoured.
 //!
 //! The destination service sees the caller's identity in `x-forwarded-client-cert` (the calling
-//! gateway's ID; this gateway as `By`) and the calling cluster in `x-isthmus-source-cluster`;
-//! whatever the caller sent under those names is dropped first.
+//! gateway's ID; this gateway as `By`; the calling workload first when its gateway named one in
+//! `isthmus-caller`), the calling cluster in `x-isthmus-source-cluster`, and `x-isthmus-shadow`
+//! on shadow copies; whatever the caller sent under those names is dropped first.
+//!
+//! Before an endpoint is picked, the service's serving-side policy runs ([`guard`]):
+//! authorization, fault injection, rate and concurrency limits.
 
 mod backend;
+mod caller;
+mod guard;
+mod limit;
 
 use std::sync::Arc;
 
@@ -24,14 +31,19 @@ use tokio::sync::watch;
 use crate::accesslog::{Entry, Side};
 use crate::body::{self, Body, Counted};
 use crate::config::Limits;
-use crate::headers::{FORWARDED_CLIENT_CERT, PROBE, SOURCE_CLUSTER, TARGET, strip_identity};
+use crate::headers::{
+    FORWARDED_CLIENT_CERT, PROBE, SHADOW, SHADOW_MARK, SOURCE_CLUSTER, TARGET, strip_identity,
+};
 use crate::metrics::Metrics;
+use crate::retry::is_grpc;
 use crate::serve::{ConnLimit, Drain, http_builder, serve_connection};
 use crate::table::{Export, Port, Snapshot};
 use crate::tunnel::pipe;
 use hyper_util::rt::TokioIo;
 
 pub use backend::Backends;
+use backend::Held;
+use guard::{Admission, Refusal};
 
 /// Everything the inbound request path reads.
 pub struct Inbound {
@@ -50,9 +62,10 @@ enum Local {
     Upgrade(hyper::upgrade::OnUpgrade),
 }
 
-/// A verified caller: its peer cluster.
-struct Caller {
+/// A verified caller: its peer cluster and its gateway's identity.
+struct Caller<'a> {
     cluster: Arc<str>,
+    gateway: &'a SpiffeId,
 }
 
 /// One connection from a peer gateway: who it is (from its verified certificate) and the
@@ -131,7 +144,7 @@ impl Inbound {
         }
     }
 
-    fn authorize(&self, snap: &Snapshot, conn: &PeerConn) -> Result<Caller, String> {
+    fn authorize<'a>(&self, snap: &Snapshot, conn: &'a PeerConn) -> Result<Caller<'a>, String> {
         let id =
             conn.info.id.as_ref().ok_or(
                 "no client certificate: peer gateways must present their SPIFFE certificate",
@@ -149,13 +162,14 @@ impl Inbound {
         }
         Ok(Caller {
             cluster: cluster.clone(),
+            gateway: id,
         })
     }
 
     /// The exported service and port a stream asks for, if this caller may reach it.
     fn target(
         snap: &Snapshot,
-        caller: &Caller,
+        caller: &Caller<'_>,
         req: &Request<Incoming>,
     ) -> Result<(Arc<Export>, Port), (StatusCode, String)> {
         let raw = req
@@ -213,20 +227,61 @@ impl Inbound {
             Err((status, reason)) => return self.refuse(entry, status, reason),
         };
         entry.service = Some(export.name.clone());
+        // Read before the identity headers are stripped.
+        let grpc = is_grpc(req.headers());
+        entry.shadow = req.headers().contains_key(SHADOW);
+        let workload = match caller::workload(req.headers(), caller.gateway, &caller.cluster) {
+            Ok(w) => w,
+            Err(reason) => {
+                let refusal = Refusal::new(StatusCode::FORBIDDEN, reason);
+                return self.refuse_with(entry, refusal, grpc);
+            }
+        };
+        let identity = workload.as_ref().map(ToString::to_string);
+        entry.note(|e| e.caller = identity.clone());
+        let admission = Admission {
+            policy: snap.traffic.for_service(&export.name),
+            policies: &snap.traffic,
+            service: &export.name,
+            cluster: &caller.cluster,
+            caller: crate::policy::Caller {
+                cluster: &caller.cluster,
+                trust_domain: caller.gateway.trust_domain().as_str(),
+                identity: identity.as_deref(),
+            },
+            metrics: &self.metrics,
+        };
+        let slot = match admission.run(&self.backends.limiters).await {
+            Ok(slot) => slot,
+            Err(refusal) => return self.refuse_with(entry, refusal, grpc),
+        };
         let Some((endpoint, in_flight)) = self.backends.balancer.pick(&export.endpoints) else {
             let reason = format!("{} has no ready endpoint in {}", export.name, snap.cluster);
             return self.refuse(entry, StatusCode::SERVICE_UNAVAILABLE, reason);
+        };
+        let held = Held {
+            endpoint: in_flight,
+            slot,
         };
         entry.note(|e| e.upstream = Some(endpoint.address.to_string()));
         let (mut parts, incoming) = req.into_parts();
         // HTTP/2 has no connection-specific headers (h2 refuses them); identity claims are
         // dropped whatever the version.
         strip_identity(&mut parts.headers);
-        if let Some(v) = &conn.forwarded_client_cert {
-            parts.headers.insert(FORWARDED_CLIENT_CERT, v.clone());
+        let forwarded_client_cert = match &workload {
+            Some(w) => caller::forwarded_client_cert(&self.own_id, caller.gateway, w),
+            None => conn.forwarded_client_cert.clone(),
+        };
+        if let Some(v) = forwarded_client_cert {
+            parts.headers.insert(FORWARDED_CLIENT_CERT, v);
         }
         if let Some(v) = conn.source_cluster(&caller.cluster) {
             parts.headers.insert(SOURCE_CLUSTER, v);
+        }
+        if entry.shadow {
+            parts
+                .headers
+                .insert(SHADOW_MARK, HeaderValue::from_static("true"));
         }
         let is_connect = parts.method == Method::CONNECT;
         let protocol = parts
@@ -238,7 +293,7 @@ impl Inbound {
             let req = Request::from_parts(parts, body::boxed(counted));
             return self
                 .backends
-                .forward_http(req, endpoint, port, in_flight, entry, &self.metrics)
+                .forward_http(req, endpoint, port, held, entry, &self.metrics)
                 .await;
         }
         let started = tokio::time::Instant::now();
@@ -281,7 +336,7 @@ impl Inbound {
                 return self.refuse(entry, StatusCode::BAD_REQUEST, reason);
             }
         };
-        in_flight.stats().observe(started.elapsed());
+        held.endpoint.stats().observe(started.elapsed());
         *response.status_mut() = StatusCode::OK;
         entry.status = 200;
         self.metrics.request(Side::Inbound, 200);
@@ -301,18 +356,31 @@ impl Inbound {
                 },
                 Err(e) => entry.reason = Some(format!("tunnel setup failed: {e}")),
             }
-            drop(in_flight);
+            drop(held);
             entry.finish();
         });
         response
     }
 
-    fn refuse(&self, mut entry: Entry, status: StatusCode, reason: String) -> Response<Body> {
-        tracing::debug!(peer = ?entry.peer, %status, %reason, "inbound call refused");
+    fn refuse(&self, entry: Entry, status: StatusCode, reason: String) -> Response<Body> {
+        self.refuse_with(entry, Refusal::new(status, reason), false)
+    }
+
+    /// Answers a refused call (gRPC calls get a trailers-only response) and finishes its entry.
+    /// The access log and the request metric record the refusal's HTTP status even when a gRPC
+    /// caller receives it as a `grpc-status`.
+    fn refuse_with(&self, mut entry: Entry, refusal: Refusal, grpc: bool) -> Response<Body> {
+        let Refusal {
+            status,
+            reason,
+            retry_after,
+        } = refusal;
+        tracing::debug!(peer = ?entry.peer, service = ?entry.service, %status, %reason, "inbound call refused");
         entry.status = status.as_u16();
-        entry.reason = Some(reason.clone());
         self.metrics.request(Side::Inbound, status.as_u16());
+        let response = body::refusal(status, &reason, grpc, retry_after);
+        entry.reason = Some(reason);
         entry.finish();
-        body::error(status, &reason)
+        response
     }
 }

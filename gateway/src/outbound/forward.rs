@@ -12,10 +12,10 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use super::{Outbound, Resolved};
+use super::{Outbound, Resolved, verdicts};
 use crate::accesslog::Entry;
 use crate::body::{self, Body, Counted};
-use crate::headers::{TARGET, strip_hop_by_hop, strip_identity};
+use crate::headers::{CALLER, TARGET, strip_hop_by_hop, strip_identity};
 use crate::lb::{cluster_order, random};
 use crate::policy::ServicePolicy;
 use crate::retry::{self, Replay};
@@ -40,6 +40,16 @@ fn target_value(resolved: &Resolved) -> HeaderValue {
     .unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
 
+/// What a request to a peer gateway carries besides the client's own headers: HTTP/2, the
+/// target, and the calling workload when this gateway knows it.
+fn peer_headers(parts: &mut http::request::Parts, resolved: &Resolved, caller: Option<&str>) {
+    parts.version = Version::HTTP_2;
+    parts.headers.insert(TARGET, target_value(resolved));
+    if let Some(v) = caller.and_then(|c| HeaderValue::from_str(c).ok()) {
+        parts.headers.insert(CALLER, v);
+    }
+}
+
 impl Outbound {
     /// The clusters to try, best first, and the service's policy.
     fn plan<'a>(
@@ -54,10 +64,7 @@ impl Outbound {
             &snap.cluster,
             &snap.region,
             &policy,
-            |b| {
-                self.health
-                    .verdict(name, b, b.cluster == snap.cluster, policy.slow_start)
-            },
+            verdicts(&self.health, snap, name, &policy),
             random,
         );
         (order, policy)
@@ -208,7 +215,12 @@ impl Outbound {
         Err(self.refuse(entry, StatusCode::SERVICE_UNAVAILABLE, reason))
     }
 
-    fn refuse(&self, entry: &mut Entry, status: StatusCode, reason: String) -> Response<Body> {
+    pub(super) fn refuse(
+        &self,
+        entry: &mut Entry,
+        status: StatusCode,
+        reason: String,
+    ) -> Response<Body> {
         tracing::debug!(service = ?entry.service, %status, %reason, "outbound call refused");
         entry.status = status.as_u16();
         entry.reason = Some(reason.clone());
@@ -251,11 +263,44 @@ impl Outbound {
         };
         let counted = Counted::new(incoming, entry.counters.bytes_in.clone());
         let (order, policy) = self.plan(snap, &resolved);
-        if let Some(first) = order.first()
-            && first.cluster == snap.cluster
-            && let Some(export) = snap.exports.get(&resolved.target.import.name)
-            && let Some(port) = export.port(resolved.port)
-        {
+        let local = order
+            .first()
+            .filter(|b| b.cluster == snap.cluster)
+            .and_then(|_| snap.exports.get(&resolved.target.import.name))
+            .and_then(|e| Some((e, e.port(resolved.port)?)));
+        if local.is_none() {
+            peer_headers(&mut parts, &resolved, entry.caller.as_deref());
+        }
+        let may_retry = local.is_none()
+            && policy.retries > 0
+            && (retry::idempotent(&parts.method) || retry::is_grpc(&parts.headers));
+        let shadow = self.shadow_copy(snap, &resolved, &policy);
+        // The replay buffer serves retries and shadow copies alike.
+        let req = Request::from_parts(parts, counted);
+        let (req, replay) = if may_retry || shadow.is_some() {
+            match retry::prepare(req) {
+                Ok(replay) => (replay.request(), Some(replay)),
+                Err(streaming) => (*streaming, None),
+            }
+        } else {
+            let (parts, counted) = req.into_parts();
+            (Request::from_parts(parts, body::boxed(counted)), None)
+        };
+        if let Some(copy) = shadow {
+            match &replay {
+                Some(r) => {
+                    let (mut parts, body) = r.request().into_parts();
+                    peer_headers(&mut parts, &resolved, entry.caller.as_deref());
+                    self.send_shadow(snap, copy, Request::from_parts(parts, body));
+                }
+                None => {
+                    tracing::debug!(service = %resolved.target.import.name, "shadow copy skipped: the body is larger than the replay buffer or still streaming");
+                    self.metrics.shadow(&resolved.target.import.name, "skipped");
+                }
+            }
+        }
+        let replay = replay.filter(|_| may_retry);
+        if let Some((export, port)) = local {
             let Some((endpoint, in_flight)) = self.local.balancer.pick(&export.endpoints) else {
                 let reason = format!("{} has no ready endpoint in this cluster", export.name);
                 let r = self.refuse(&mut entry, StatusCode::SERVICE_UNAVAILABLE, reason);
@@ -264,7 +309,6 @@ impl Outbound {
             };
             entry.dst_cluster = Some(snap.cluster.clone());
             entry.note(|e| e.upstream = Some(endpoint.address.to_string()));
-            let req = Request::from_parts(parts, body::boxed(counted));
             let response = self
                 .local
                 .forward_http(req, endpoint, port, in_flight, entry, &self.metrics)
@@ -275,20 +319,6 @@ impl Outbound {
                 .outcome(&resolved.target.import.name, &snap.cluster, !failed);
             return response;
         }
-        parts.version = Version::HTTP_2;
-        parts.headers.insert(TARGET, target_value(&resolved));
-        let req = Request::from_parts(parts, counted);
-        let may_retry = policy.retries > 0
-            && (retry::idempotent(req.method()) || retry::is_grpc(req.headers()));
-        let (req, replay) = if may_retry {
-            match retry::prepare(req) {
-                Ok(replay) => (replay.request(), Some(replay)),
-                Err(streaming) => (*streaming, None),
-            }
-        } else {
-            let (parts, counted) = req.into_parts();
-            (Request::from_parts(parts, body::boxed(counted)), None)
-        };
         match self
             .send(
                 snap,
@@ -365,6 +395,13 @@ impl Outbound {
         *req.version_mut() = Version::HTTP_2;
         *req.headers_mut() = extra;
         req.headers_mut().insert(TARGET, target_value(resolved));
+        if let Some(v) = entry
+            .caller
+            .as_deref()
+            .and_then(|c| HeaderValue::from_str(c).ok())
+        {
+            req.headers_mut().insert(CALLER, v);
+        }
         if let Some(p) = protocol {
             req.extensions_mut()
                 .insert(hyper::ext::Protocol::from_static(p));

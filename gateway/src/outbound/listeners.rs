@@ -9,7 +9,7 @@ use std::sync::Arc;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
-use super::{Origin, Outbound};
+use super::{LocalClient, Origin, Outbound};
 use crate::h1guard::H1Guard;
 use crate::serve::{ConnLimit, Drain, http_builder, serve_connection};
 use crate::table::{Port, Snapshot};
@@ -51,7 +51,8 @@ pub async fn accept_loop(
                 }
                 return;
             }
-            serve_local(outbound, stream, origin, &builder, &drain).await;
+            let client = outbound.local_client(remote);
+            serve_local(outbound, stream, origin, client, &builder, &drain).await;
         });
     }
 }
@@ -60,6 +61,7 @@ async fn serve_local(
     outbound: Arc<Outbound>,
     stream: TcpStream,
     origin: Origin,
+    client: LocalClient,
     builder: &hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
     drain: &Drain,
 ) {
@@ -67,7 +69,7 @@ async fn serve_local(
     let guarded =
         H1Guard::new(stream, limits.max_header_bytes).with_head_timeout(limits.header_read_timeout);
     serve_connection(guarded, builder, &limits, drain, move |req| {
-        outbound.clone().handle(origin, req)
+        outbound.clone().handle(origin, client, req)
     })
     .await;
 }

@@ -4,10 +4,18 @@
 //! pooled mTLS HTTP/2 connection to that cluster's gateway.
 //!
 //! It never reads endpoint addresses of other clusters (it has none); it routes to gateways.
+//! Before a client's routing and identity headers are stripped, [`client`] reads what they may
+//! ask (a cluster, where policy allows; the calling workload, from a trusted local source);
+//! [`shadow`] copies a share of requests to another cluster where policy asks.
 
+mod client;
 mod forward;
+mod shadow;
 pub(crate) use forward::websocket_accept;
 pub mod listeners;
+
+pub use client::LocalClient;
+pub use shadow::ShadowSlots;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -18,10 +26,12 @@ use tokio::sync::watch;
 
 use crate::accesslog::{Entry, Side};
 use crate::body::{self, Body};
-use crate::config::Limits;
+use crate::config::{Limits, SourceRange};
+use crate::health::{Health, Verdict};
 use crate::metrics::Metrics;
+use crate::policy::ServicePolicy;
 use crate::pool::PeerPool;
-use crate::table::{Snapshot, Target};
+use crate::table::{Backend, ServiceName, Snapshot, Target};
 
 /// Where a local connection arrived.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,6 +54,20 @@ pub struct Outbound {
     pub health: Arc<crate::health::Health>,
     pub budget: crate::retry::Budget,
     pub breakers: crate::retry::Breakers,
+    /// Local peers whose `x-forwarded-client-cert` names the calling workload.
+    pub trusted_sources: Vec<SourceRange>,
+    /// Shadow copies in flight, bounded.
+    pub shadows: ShadowSlots,
+}
+
+/// The verdict the outbound side acts on for each cluster of `service`; explain shows the same.
+pub(crate) fn verdicts<'a>(
+    health: &'a Health,
+    snap: &'a Snapshot,
+    service: &'a ServiceName,
+    policy: &'a ServicePolicy,
+) -> impl Fn(&Backend) -> Verdict + 'a {
+    move |b| health.verdict(service, b, b.cluster == snap.cluster, policy.slow_start)
 }
 
 /// What a request addressed, resolved against the table.
@@ -60,7 +84,12 @@ impl Outbound {
     }
 
     /// Handles one request from a local client.
-    pub async fn handle(self: Arc<Self>, origin: Origin, req: Request<Incoming>) -> Response<Body> {
+    pub async fn handle(
+        self: Arc<Self>,
+        origin: Origin,
+        client: LocalClient,
+        req: Request<Incoming>,
+    ) -> Response<Body> {
         let snap = self.snapshot();
         let mut entry = Entry::new(
             self.access_log,
@@ -72,7 +101,7 @@ impl Outbound {
             e.method = Some(req.method().to_string());
             e.path = req.uri().path_and_query().map(|p| p.as_str().to_string());
         });
-        let resolved = match resolve(&snap, origin, &req) {
+        let mut resolved = match resolve(&snap, origin, &req) {
             Ok(r) => r,
             Err((status, reason)) => {
                 entry.status = status.as_u16();
@@ -89,6 +118,13 @@ impl Outbound {
             entry.protocol = "tcp";
             return self.proxy_connect(&snap, resolved, req, entry).await;
         }
+        // HTTP and WebSocket: what the client's headers may ask, before they are stripped.
+        if let Err((status, reason)) = self.pin_by_header(&snap, &mut resolved, req.headers()) {
+            let refused = self.refuse(&mut entry, status, reason);
+            entry.finish();
+            return refused;
+        }
+        entry.caller = self.caller(&snap, client, req.headers());
         if ext_connect || is_websocket_upgrade(&req) {
             entry.protocol = "websocket";
             return self.websocket(&snap, resolved, req, entry).await;
