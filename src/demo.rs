@@ -543,6 +543,17 @@ pub async fn run(dir: Option<PathBuf>, exit: bool) -> anyhow::Result<()> {
         "  curl -s http://{}/metrics | grep isthmus_gateway",
         gw.admin
     );
+    println!(
+        "  {} explain echo.demo --from east --gateway {}   # where east's next call goes, and why",
+        exe.display(),
+        gw.admin
+    );
+    println!(
+        "  # traffic policy (split, authorization, rate limits, drills): add a `policies:` section to a\n  \
+         # cluster's catalog while the demo runs, e.g. in {}:\n  \
+         #   policies: {{canary: {{services: [demo/echo], split: {{weights: {{west: 90, south: 10}}}}}}}}",
+        east.dir.join("catalog.yaml").display()
+    );
     if exit {
         return stop(clusters).await;
     }

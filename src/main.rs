@@ -3,6 +3,7 @@
 mod admin_cmd;
 mod demo;
 mod dns_cmd;
+mod explain_cmd;
 mod logging;
 mod sample;
 mod sample_client;
@@ -100,6 +101,22 @@ enum Command {
         target: Target,
         #[command(subcommand)]
         op: WorkloadOp,
+    },
+    /// Where the next request for a service goes from a cluster, and why (asks that cluster's
+    /// gateway admin port).
+    Explain {
+        /// The service: `<svc>.<ns>`, `<ns>/<svc>` or `<svc>.<ns>.svc.clusterset.local`.
+        #[arg(env = "ISTHMUS_EXPLAIN_SERVICE")]
+        service: String,
+        /// The calling cluster; the gateway asked must belong to it.
+        #[arg(long, env = "ISTHMUS_EXPLAIN_FROM")]
+        from: String,
+        /// That cluster's gateway admin port (`listen.admin` in its config), host:port.
+        #[arg(long, env = "ISTHMUS_GATEWAY_ADMIN", default_value = "127.0.0.1:15021")]
+        gateway: String,
+        /// Print JSON instead of words.
+        #[arg(long, env = "ISTHMUS_JSON")]
+        json: bool,
     },
     /// The demo's sample services (HTTP echo, gRPC echo, TCP echo) for one cluster.
     #[command(hide = true)]
@@ -316,6 +333,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             admin_cmd::workload_issue(&target, &namespace, &service_account, &csr, out.as_deref())
                 .await
+        }
+        Command::Explain {
+            service,
+            from,
+            gateway,
+            json,
+        } => {
+            explain_cmd::run(explain_cmd::Options {
+                service,
+                from,
+                gateway,
+                json,
+            })
+            .await
         }
         Command::Demo { dir, exit } => demo::run(dir, exit).await,
         Command::SampleBackends {
