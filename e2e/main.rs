@@ -20,3 +20,4 @@ mod harness;
 mod hostile_peers;
 mod registry_lease;
 mod root_rotation;
+mod traffic_policy;

@@ -391,10 +391,7 @@ impl Federation {
             Ok(b) => b,
             Err(e) => self.fail(&format!("GET /metrics: {e:#}")),
         };
-        body.lines()
-            .filter(|l| l.starts_with(name) && labels.iter().all(|x| l.contains(x)))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+        super::sum_metric(&body, name, labels)
     }
 }
 

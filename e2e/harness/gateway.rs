@@ -182,6 +182,14 @@ impl Gateway {
         Ok(serde_json::from_str(&body)?)
     }
 
+    /// Sum of the gateway's `/metrics` samples named `name` carrying every label in `labels`.
+    pub async fn metric(&self, name: &str, labels: &[&str]) -> f64 {
+        match http_get(self.admin, "/metrics").await {
+            Ok(body) => super::sum_metric(&body, name, labels),
+            Err(e) => self.fail(&format!("GET /metrics: {e:#}")),
+        }
+    }
+
     /// Waits until the gateway routes `service` (`<svc>.<ns>`) through a VIP.
     pub async fn wait_import(&self, service: &str) {
         let deadline = tokio::time::Instant::now() + super::CONVERGE;
@@ -264,7 +272,7 @@ pub struct Samples {
     pub http: SocketAddr,
     pub grpc: SocketAddr,
     pub tcp: SocketAddr,
-    _child: Child,
+    child: Child,
 }
 
 impl Samples {
@@ -293,8 +301,13 @@ impl Samples {
             http,
             grpc,
             tcp,
-            _child: child,
+            child,
         }
+    }
+
+    /// Stops the sample services: their endpoints refuse connections from now on.
+    pub async fn stop(&mut self) {
+        let _ = self.child.kill().await;
     }
 
     /// The catalog file exporting the samples as `demo/echo` (http 8080), `demo/grpc-echo`
@@ -319,7 +332,7 @@ pub struct Member {
     pub fed: Federation,
     pub gw: Gateway,
     /// Kept for the processes' lifetime (dropping it stops them).
-    pub _samples: Samples,
+    pub samples: Samples,
 }
 
 impl Member {
@@ -370,7 +383,7 @@ pub async fn mesh(base: u8, east_extra: &str, fed_extra: Value, gw_extra: Value)
         members.push(Member {
             fed,
             gw,
-            _samples: s,
+            samples: s,
         });
     }
     for m in &members {

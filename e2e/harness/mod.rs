@@ -151,3 +151,12 @@ pub fn write_private(path: &std::path::Path, bytes: &[u8]) {
         .expect("open a private file");
     f.write_all(bytes).expect("write a private file");
 }
+
+/// Sum of the Prometheus samples in `body` named `name` (or starting with it) that carry every
+/// label in `labels` (`key="value"`); 0 when absent.
+pub fn sum_metric(body: &str, name: &str, labels: &[&str]) -> f64 {
+    body.lines()
+        .filter(|l| l.starts_with(name) && labels.iter().all(|x| l.contains(x)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}

@@ -417,10 +417,7 @@ impl Node {
     /// Sum of the gateway's `/metrics` samples named `name` carrying every label in `labels`.
     pub async fn gateway_metric(&self, name: &str, labels: &[&str]) -> f64 {
         let body = self.gateway_admin("/metrics").await.unwrap_or_default();
-        body.lines()
-            .filter(|l| l.starts_with(name) && labels.iter().all(|x| l.contains(x)))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+        super::sum_metric(&body, name, labels)
     }
 
     /// Every access-log line the gateway (all its incarnations) wrote so far.
@@ -757,57 +754,12 @@ impl Wan {
     ) -> Load {
         let node = self.node_mut(name);
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &node.ns, exe(), "sample-client"])
-            .args(["--url", url, "--rate", &rate.to_string()])
-            .args(["--seconds", &seconds.to_string()])
-            .args(["--timeout-ms", &timeout_ms.to_string()])
-            .env_remove("RUST_BACKTRACE")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        let mut child = cmd.spawn().expect("spawn isthmus sample-client");
-        if let Some(pid) = child.id() {
+        cmd.args(["netns", "exec", &node.ns, exe()]);
+        let load = Load::start(cmd, &["--url", url], rate, seconds, timeout_ms).await;
+        if let Some(pid) = load.child.id() {
             node.started.push(pid);
         }
-        let state = Arc::new(Mutex::new(LoadState::default()));
-        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-        let s = state.clone();
-        let reader = tokio::spawn(async move {
-            while let Ok(Some(l)) = lines.next_line().await {
-                let v: Value = serde_json::from_str(&l).unwrap_or_default();
-                let mut st = s.lock().expect("load state");
-                if let Some(ms) = v["started"]["unix_ms"].as_u64() {
-                    st.started_unix_ms = ms;
-                } else if v.get("t_ms").is_some() {
-                    let at_ms = st.started_unix_ms as f64 + v["t_ms"].as_f64().unwrap_or(0.0);
-                    st.samples.push(Sample {
-                        at_ms,
-                        status: v["status"].as_u64().unwrap_or(0) as u16,
-                        cluster: v["cluster"].as_str().map(str::to_string),
-                        latency_ms: v["latency_ms"].as_f64().unwrap_or(0.0),
-                        error: v["error"].as_str().map(str::to_string),
-                    });
-                } else if v.get("done").is_some() {
-                    st.done = Some(v["done"].clone());
-                }
-            }
-        });
-        // Wait for the client's start line so callers can schedule faults against it.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        while state.lock().expect("load state").started_unix_ms == 0 {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "sample-client printed no start line within 20 s"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Load {
-            child,
-            state,
-            reader,
-            limit: Duration::from_secs(u64::from(seconds)) + Duration::from_millis(timeout_ms),
-        }
+        load
     }
 }
 
@@ -894,6 +846,69 @@ pub struct Load {
 }
 
 impl Load {
+    /// Runs `isthmus sample-client` through `launcher` (the binary itself, or a wrapper such as
+    /// `ip netns exec <ns> <binary>`) with `args` (`--url …`, optionally `--proxy …`): open-loop
+    /// requests at `rate` per second for `seconds`, collected as they arrive. Returns once the
+    /// client printed its start line.
+    pub async fn start(
+        mut launcher: Command,
+        args: &[&str],
+        rate: u32,
+        seconds: u32,
+        timeout_ms: u64,
+    ) -> Load {
+        launcher
+            .arg("sample-client")
+            .args(args)
+            .args(["--rate", &rate.to_string()])
+            .args(["--seconds", &seconds.to_string()])
+            .args(["--timeout-ms", &timeout_ms.to_string()])
+            .env_remove("RUST_BACKTRACE")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = launcher.spawn().expect("spawn isthmus sample-client");
+        let state = Arc::new(Mutex::new(LoadState::default()));
+        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let s = state.clone();
+        let reader = tokio::spawn(async move {
+            while let Ok(Some(l)) = lines.next_line().await {
+                let v: Value = serde_json::from_str(&l).unwrap_or_default();
+                let mut st = s.lock().expect("load state");
+                if let Some(ms) = v["started"]["unix_ms"].as_u64() {
+                    st.started_unix_ms = ms;
+                } else if v.get("t_ms").is_some() {
+                    let at_ms = st.started_unix_ms as f64 + v["t_ms"].as_f64().unwrap_or(0.0);
+                    st.samples.push(Sample {
+                        at_ms,
+                        status: v["status"].as_u64().unwrap_or(0) as u16,
+                        cluster: v["cluster"].as_str().map(str::to_string),
+                        latency_ms: v["latency_ms"].as_f64().unwrap_or(0.0),
+                        error: v["error"].as_str().map(str::to_string),
+                    });
+                } else if v.get("done").is_some() {
+                    st.done = Some(v["done"].clone());
+                }
+            }
+        });
+        // Wait for the client's start line so callers can schedule faults against it.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while state.lock().expect("load state").started_unix_ms == 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "sample-client printed no start line within 20 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Load {
+            child,
+            state,
+            reader,
+            limit: Duration::from_secs(u64::from(seconds)) + Duration::from_millis(timeout_ms),
+        }
+    }
+
     /// Waits for the client to finish; every request, sorted by send time.
     pub async fn finish(mut self) -> Vec<Sample> {
         let limit = self.limit + Duration::from_secs(30);
