@@ -36,6 +36,16 @@ pub fn random() -> u64 {
     })
 }
 
+/// A random `u64` as a uniform draw from [0, 1) (its top 53 bits).
+pub fn unit(r: u64) -> f64 {
+    (r >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// True for `percent` % of the draws `r` (uniform `u64`s): never at 0, always at 100.
+pub fn chance(percent: f64, r: u64) -> bool {
+    unit(r) * 100.0 < percent
+}
+
 /// Index drawn with probability proportional to `weight(i)`; `None` for an empty or all-zero set.
 fn weighted_index(weights: impl Iterator<Item = u64> + Clone, r: u64) -> Option<usize> {
     let total: u64 = weights.clone().sum();

@@ -307,7 +307,7 @@ mod tests {
 
     fn doc(exports: &[String]) -> String {
         format!(
-            "{{\"imports\": [{{\"peer\": \"*\", \"namespaces\": [\"*\"]}}],\n \"exports\": [{}], \"policies\": {{\"p\": {{\"x\": [1, 2]}}}}}}",
+            "{{\"imports\": [{{\"peer\": \"*\", \"namespaces\": [\"*\"]}}],\n \"exports\": [{}], \"policies\": {{\"p\": {{\"services\": [\"*\"], \"retry\": {{\"retries\": 1}}}}}}}}",
             exports.join(",\n  ")
         )
     }

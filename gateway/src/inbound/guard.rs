@@ -163,12 +163,7 @@ impl Admission<'_> {
 
 /// True with probability `percent` / 100.
 fn chance(percent: f64) -> bool {
-    if percent >= 100.0 {
-        return true;
-    }
-    // 53 random bits: a uniform draw from [0, 100).
-    let draw = (random() >> 11) as f64 * (100.0 / (1u64 << 53) as f64);
-    draw < percent
+    crate::lb::chance(percent, random())
 }
 
 #[cfg(test)]

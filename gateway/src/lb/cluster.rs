@@ -285,8 +285,7 @@ pub fn cluster_order<'a>(
     let first: Option<Group> = match &choice.first {
         FirstPick::Split(pool) => Some(choice.split_group(pool)),
         FirstPick::Tiers(loads) => {
-            let unit = |r: u64| (r >> 11) as f64 / (1u64 << 53) as f64;
-            let mut point = unit(rand());
+            let mut point = super::unit(rand());
             let mut drawn = None;
             for (t, load) in loads.iter().enumerate() {
                 if *load > 0.0 && point < *load {

@@ -18,7 +18,7 @@ use super::{Outbound, Resolved};
 use crate::accesslog::{Entry, Side};
 use crate::body::Body;
 use crate::headers::SHADOW;
-use crate::lb::random;
+use crate::lb::{chance, random};
 use crate::metrics::Metrics;
 use crate::policy::ServicePolicy;
 use crate::pool::PeerPool;
@@ -47,12 +47,6 @@ impl Default for ShadowSlots {
     }
 }
 
-/// Whether a call is copied, for a uniform draw `r`: `percent` of all draws are.
-pub fn drawn(percent: f64, r: u64) -> bool {
-    let unit = (r >> 11) as f64 / (1u64 << 53) as f64;
-    unit * 100.0 < percent
-}
-
 /// A copy to send: where, and what is needed to send it.
 pub(super) struct ShadowCopy {
     import: Arc<Import>,
@@ -72,7 +66,7 @@ impl Outbound {
         policy: &ServicePolicy,
     ) -> Option<ShadowCopy> {
         let shadow = policy.shadow.as_ref()?;
-        if !drawn(shadow.percent, random()) {
+        if !chance(shadow.percent, random()) {
             return None;
         }
         let import = &resolved.target.import;
@@ -214,7 +208,7 @@ mod tests {
         let n = 10_000u64;
         let step = u64::MAX / n;
         for (percent, want) in [(0.0, 0), (10.0, 1_000), (37.5, 3_750), (100.0, n)] {
-            let copied = (0..n).filter(|i| drawn(percent, i * step)).count() as u64;
+            let copied = (0..n).filter(|i| chance(percent, i * step)).count() as u64;
             assert!(
                 copied.abs_diff(want) <= 1,
                 "{percent} %: {copied} of {n} copied"
