@@ -719,7 +719,7 @@ pub fn parse(name: &str, json: &serde_json::Value) -> Result<Document, PolicyErr
                 return Err(bad(field, "above 0 and at most 10000000".into()));
             }
             let burst = burst.unwrap_or(per_second.max(1.0));
-            if !(burst >= 1.0 && burst <= 10_000_000.0) {
+            if !(1.0..=10_000_000.0).contains(&burst) {
                 return Err(bad(
                     "rate_limit.burst",
                     "at least 1 and at most 10000000".into(),

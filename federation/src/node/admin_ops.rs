@@ -1,8 +1,8 @@
 //! The state-changing admin operations behind the local admin socket, the config dump, and the
 //! root-rotation driver (switches signing once every peer and gateway ACKed the new bundle).
 
-use std::sync::Arc;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use futures_util::future::BoxFuture;
