@@ -498,6 +498,41 @@ async fn inbound_admits_only_peer_gateways_and_listeners_enforce_limits() {
         "By=spiffe://east.mesh/isthmus/gateway/gw-1;URI=spiffe://west.mesh/isthmus/gateway/gw-probe",
         "the caller's x-forwarded-client-cert was replaced: {body}"
     );
+    // A peer gateway may name the calling workload, in its own trust domain only: the service
+    // then sees both hops, the workload first.
+    let ok = answer(&inbound_call(
+        east.gw.inbound,
+        Some(&probe),
+        "open.demo:8080",
+        "/open",
+        &["isthmus-caller: spiffe://west.mesh/ns/shop/sa/cart"],
+    ))
+    .expect("an HTTP answer");
+    assert_eq!(
+        ok.json()["forwarded_client_cert"],
+        "By=spiffe://west.mesh/isthmus/gateway/gw-probe;URI=spiffe://west.mesh/ns/shop/sa/cart,\
+         By=spiffe://east.mesh/isthmus/gateway/gw-1;URI=spiffe://west.mesh/isthmus/gateway/gw-probe",
+        "{ok:?}"
+    );
+    // A hostile peer asserting an identity of another trust domain, or a gateway's, is refused.
+    for claim in [
+        "spiffe://east.mesh/ns/shop/sa/cart",
+        "spiffe://south.mesh/ns/shop/sa/cart",
+        "spiffe://west.mesh/isthmus/gateway/gw-1",
+        "not-an-id",
+    ] {
+        let refused = answer(&inbound_call(
+            east.gw.inbound,
+            Some(&probe),
+            "open.demo:8080",
+            "/open",
+            &[&format!("isthmus-caller: {claim}")],
+        ))
+        .expect("an HTTP answer");
+        assert_eq!(refused.status, 403, "{claim}: {refused:?}");
+        let reason = refused.header("x-isthmus-error").unwrap_or_default();
+        assert!(reason.contains(claim), "{claim}: {reason}");
+    }
     let ok = answer(&inbound_call(
         south.gw.inbound,
         Some(&probe),
@@ -768,6 +803,51 @@ async fn inbound_admits_only_peer_gateways_and_listeners_enforce_limits() {
     assert_eq!(answer(&out).expect("an HTTP answer").status, 200);
 
     upgrades_and_http2_get_the_same_protections(east, vip_addr, &many).await;
+    rapid_reset_floods_end_in_goaway(vip_addr).await;
+}
+
+/// HTTP/2 rapid reset (CVE-2023-44487): a client that opens streams and cancels them at once,
+/// thousands of times, makes the server start work it never finishes. The gateway ends such a
+/// connection with GOAWAY long before the flood is through, and keeps serving everyone else.
+async fn rapid_reset_floods_end_in_goaway(vip: SocketAddr) {
+    let tcp = TcpStream::connect(vip).await.expect("connect to the VIP");
+    let (client, connection) = h2::client::handshake(tcp).await.expect("h2c handshake");
+    let driver = tokio::spawn(connection);
+    let mut client = client.ready().await.expect("ready");
+    const FLOOD: usize = 5_000;
+    let mut sent = 0;
+    for _ in 0..FLOOD {
+        let req = http::Request::get(format!("http://{ECHO_HOST}/slow?ms=10000"))
+            .body(())
+            .expect("request");
+        match client.send_request(req, true) {
+            Ok((_response, mut stream)) => stream.send_reset(h2::Reason::CANCEL),
+            Err(_) => break,
+        }
+        sent += 1;
+        match client.ready().await {
+            Ok(c) => client = c,
+            Err(_) => break,
+        }
+    }
+    let ended = tokio::time::timeout(Duration::from_secs(10), driver)
+        .await
+        .expect("the flooded connection ends")
+        .expect("connection task");
+    let err = ended.expect_err("the server ends a flooded connection with an error");
+    println!("rapid reset: connection ended after {sent} streams: {err}");
+    assert!(
+        err.is_go_away() && err.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM),
+        "GOAWAY (ENHANCE_YOUR_CALM) expected, got {err:?}"
+    );
+    assert!(sent < FLOOD, "all {sent} streams were accepted");
+    // The listener still serves a well-behaved client.
+    let out = curl(&[
+        "-i",
+        "--http2-prior-knowledge",
+        &format!("http://{vip}/after-flood"),
+    ]);
+    assert_eq!(answer(&out).expect("an HTTP answer").status, 200, "{out:?}");
 }
 
 /// Two gaps found (and fixed) here, kept as regressions.
