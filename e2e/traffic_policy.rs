@@ -82,6 +82,13 @@ fn tally(samples: &[Sample]) -> (BTreeMap<String, usize>, usize) {
     (by, failed)
 }
 
+/// Requests admitted (2xx) and the rate they make over `seconds` once the initial `burst` is
+/// taken out.
+fn admitted(samples: &[Sample], burst: f64, seconds: u32) -> (usize, f64) {
+    let ok = samples.iter().filter(|s| s.ok()).count();
+    (ok, (ok as f64 - burst) / f64::from(seconds))
+}
+
 fn json_body(out: &(i32, String, String)) -> Value {
     assert_eq!(out.0, 0, "curl failed: {}{}", out.1, out.2);
     serde_json::from_str(out.1.trim()).unwrap_or_else(|e| panic!("{e}: {:?}", out.1))
@@ -625,9 +632,8 @@ async fn rate_limits_hold_under_twice_their_load_and_spare_other_services_and_ca
     let limited = load(&format!("http://{echo}:8080/"), 80, seconds).await;
     let spared = load(&format!("http://{other_vip}:8080/"), 80, seconds).await;
     let (limited, spared) = (limited.finish().await, spared.finish().await);
-    let ok = limited.iter().filter(|s| s.ok()).count();
+    let (ok, rate) = admitted(&limited, 10.0, seconds);
     let refused = limited.iter().filter(|s| s.status == 429).count();
-    let rate = (ok as f64 - 10.0) / f64::from(seconds);
     println!(
         "RATE LIMIT 40/s under 80/s: {ok} ok ({rate:.1}/s), {refused} x 429, of {}; other service {} of {} ok",
         limited.len(),
@@ -667,8 +673,7 @@ async fn rate_limits_hold_under_twice_their_load_and_spare_other_services_and_ca
     .await;
     let from_east = load(&format!("http://{echo}:8080/"), 40, seconds).await;
     let (from_south, from_east) = (from_south.finish().await, from_east.finish().await);
-    let east_ok = from_east.iter().filter(|s| s.ok()).count();
-    let east_rate = (east_ok as f64 - 20.0) / f64::from(seconds);
+    let (east_ok, east_rate) = admitted(&from_east, 20.0, seconds);
     println!(
         "RATE LIMIT per cluster: east {east_ok} ok ({east_rate:.1}/s) of {}; south {} of {} ok",
         from_east.len(),

@@ -482,24 +482,10 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::table::{Import, PeerGateway};
+    use crate::table::Import;
 
     fn backend(cluster: &str, region: &str, gateway: &str) -> Backend {
-        Backend {
-            cluster: cluster.into(),
-            trust_domain: format!("{cluster}.mesh").into(),
-            region: region.into(),
-            zone: "".into(),
-            gateways: vec![PeerGateway {
-                name: "gw".into(),
-                address: gateway.into(),
-                zone: "".into(),
-            }],
-            healthy: 2,
-            weight: 1,
-            stale: false,
-            confirmed_at: tokio::time::Instant::now(),
-        }
+        Backend::for_test(cluster, region, gateway, 1, 2, false)
     }
 
     fn snapshot(policy: &str) -> Snapshot {

@@ -423,6 +423,35 @@ fn backend(c: &proto::ClusterBackend) -> Backend {
 }
 
 #[cfg(test)]
+impl Backend {
+    /// A cluster for tests: one gateway at `gateway`, trust domain `<cluster>.mesh`.
+    pub(crate) fn for_test(
+        cluster: &str,
+        region: &str,
+        gateway: &str,
+        weight: u32,
+        healthy: u32,
+        stale: bool,
+    ) -> Self {
+        Backend {
+            cluster: cluster.into(),
+            trust_domain: format!("{cluster}.mesh").into(),
+            region: region.into(),
+            zone: "".into(),
+            gateways: vec![PeerGateway {
+                name: "gw".into(),
+                address: gateway.into(),
+                zone: "".into(),
+            }],
+            healthy,
+            weight,
+            stale,
+            confirmed_at: tokio::time::Instant::now(),
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -378,24 +378,10 @@ mod tests {
     use super::*;
     use crate::lb::random;
     use crate::policy::Split;
-    use crate::table::{Import, PeerGateway};
+    use crate::table::Import;
 
     fn backend(cluster: &str, region: &str, weight: u32, healthy: u32, stale: bool) -> Backend {
-        Backend {
-            cluster: cluster.into(),
-            trust_domain: format!("{cluster}.mesh").into(),
-            region: region.into(),
-            zone: "".into(),
-            gateways: vec![PeerGateway {
-                name: "gw".into(),
-                address: "127.0.0.1:1".into(),
-                zone: "".into(),
-            }],
-            healthy,
-            weight,
-            stale,
-            confirmed_at: tokio::time::Instant::now(),
-        }
+        Backend::for_test(cluster, region, "127.0.0.1:1", weight, healthy, stale)
     }
 
     fn target(backends: Vec<Backend>, pinned: Option<&str>) -> Target {
