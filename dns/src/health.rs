@@ -47,6 +47,16 @@ impl Verdicts {
     pub fn says_unhealthy(&self, cluster: &ClusterName, key: &ServiceKey) -> bool {
         !self.unhealthy.is_empty() && self.unhealthy.contains(&(cluster.clone(), key.clone()))
     }
+
+    /// Services some cluster's verdict differs for between `self` and `other` (with repeats).
+    pub fn differing_keys<'a>(
+        &'a self,
+        other: &'a Verdicts,
+    ) -> impl Iterator<Item = &'a ServiceKey> {
+        self.unhealthy
+            .symmetric_difference(&other.unhealthy)
+            .map(|(_, key)| key)
+    }
 }
 
 /// Whether `c` may serve `key`: healthy endpoints, a live catalog, and no gateway verdict
@@ -70,5 +80,31 @@ mod tests {
         let key = ServiceKey::parse("shop/cart").expect("key");
         assert!(v.says_unhealthy(&"west".parse().expect("c"), &key));
         assert!(!v.says_unhealthy(&"east".parse().expect("c"), &key));
+    }
+
+    #[test]
+    fn differing_keys_are_the_services_whose_verdicts_changed() {
+        let pair = |c: &str, k: &str| (c.parse().expect("c"), ServiceKey::parse(k).expect("k"));
+        type Pairs = &'static [(&'static str, &'static str)];
+        // (unhealthy before, unhealthy after, services that differ)
+        let cases: &[(Pairs, Pairs, &[&str])] = &[
+            (&[], &[], &[]),
+            (&[("west", "shop/cart")], &[("west", "shop/cart")], &[]),
+            (&[("west", "shop/cart")], &[], &["shop/cart"]),
+            (&[], &[("east", "a/b")], &["a/b"]),
+            (
+                &[("west", "shop/cart"), ("east", "a/b")],
+                &[("east", "shop/cart"), ("east", "a/b")],
+                &["shop/cart"],
+            ),
+        ];
+        for (old, new, want) in cases {
+            let old = Verdicts::new(old.iter().map(|(c, k)| pair(c, k)));
+            let new = Verdicts::new(new.iter().map(|(c, k)| pair(c, k)));
+            let mut got: Vec<String> = old.differing_keys(&new).map(|k| k.to_string()).collect();
+            got.sort();
+            got.dedup();
+            assert_eq!(got, *want, "{old:?} -> {new:?}");
+        }
     }
 }

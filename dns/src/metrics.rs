@@ -12,6 +12,7 @@
 //! | `isthmus_dns_snapshot_age_seconds` | gauge | | since the served zone was built |
 //! | `isthmus_dns_snapshot_names`, `_view_version`, `_serial` | gauge | | the served zone |
 //! | `isthmus_dns_snapshot_build_seconds` | gauge | | how long the last rebuild took |
+//! | `isthmus_dns_snapshot_replanned_routes` | gauge | | routes the last rebuild re-planned (all of them on the first) |
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -74,6 +75,7 @@ struct Inner {
     snapshot_view_version: AtomicU64,
     snapshot_serial: AtomicU64,
     snapshot_build_us: AtomicU64,
+    snapshot_replanned: AtomicU64,
 }
 
 /// Cheap to clone; every clone counts into the same atomics.
@@ -114,7 +116,14 @@ impl DnsMetrics {
         }
     }
 
-    pub fn snapshot(&self, names: usize, view_version: u64, serial: u32, build: Duration) {
+    pub fn snapshot(
+        &self,
+        names: usize,
+        view_version: u64,
+        serial: u32,
+        replanned: usize,
+        build: Duration,
+    ) {
         let m = &self.0;
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -125,6 +134,7 @@ impl DnsMetrics {
         m.snapshot_view_version.store(view_version, Relaxed);
         m.snapshot_serial.store(u64::from(serial), Relaxed);
         m.snapshot_build_us.store(build.as_micros() as u64, Relaxed);
+        m.snapshot_replanned.store(replanned as u64, Relaxed);
     }
 
     /// Total answered queries (tests).
@@ -235,6 +245,11 @@ impl Collector for DnsMetrics {
                 "isthmus_dns_snapshot_build_seconds",
                 "Time the last snapshot rebuild took",
                 m.snapshot_build_us.load(Relaxed) as f64 / 1e6,
+            ),
+            (
+                "isthmus_dns_snapshot_replanned_routes",
+                "Routes the last snapshot rebuild re-planned (the others kept their encoded names)",
+                m.snapshot_replanned.load(Relaxed) as f64,
             ),
         ] {
             let e = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;

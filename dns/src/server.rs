@@ -4,8 +4,10 @@
 //! Threading: each UDP worker is a plain OS thread blocked in `recv_from` on its own socket
 //! (SO_REUSEPORT spreads clients over them); it answers from a thread-local cached `Arc` of the
 //! current snapshot (`arc-swap`), into a reused buffer, and never touches the async runtime.
-//! TCP runs on the runtime through hickory-server. Rebuilds run on the blocking pool and swap
-//! the snapshot in one store: a query sees the old zone or the new one, never a mix.
+//! TCP runs on the runtime through hickory-server. Rebuilds run on the blocking pool (one at a
+//! time: the [`Rebuilder`] moves into the task and back; changes that arrive meanwhile are
+//! coalesced into the next one) and swap the snapshot in one store: a query sees the old zone or
+//! the new one, never a mix.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,11 +25,11 @@ use tokio::sync::watch;
 use crate::answer::{self, Transport};
 use crate::health::Verdicts;
 use crate::metrics::DnsMetrics;
+use crate::rebuild::Rebuilder;
 use crate::rrl::{RateLimiter, Verdict};
 use crate::settings::Settings;
-use crate::snapshot::{Snapshot, compile};
+use crate::snapshot::Snapshot;
 use crate::tcp::TcpServer;
-use crate::zone;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DnsError {
@@ -133,8 +135,9 @@ impl DnsServer {
             mut verdicts,
             metrics,
         } = inputs;
+        let mut rebuilder = Rebuilder::new(settings.clone());
         let first = build(
-            &settings,
+            &mut rebuilder,
             &views.borrow_and_update().clone(),
             &verdicts.borrow_and_update().clone(),
             1,
@@ -174,15 +177,23 @@ impl DnsServer {
                 }
                 let view = views.borrow_and_update().clone();
                 let v = verdicts.borrow_and_update().clone();
-                let settings = settings.clone();
                 let metrics = driver_shared.metrics.clone();
                 serial = next_serial(serial);
                 let s = serial;
-                match tokio::task::spawn_blocking(move || build(&settings, &view, &v, s, &metrics))
-                    .await
+                let mut r = rebuilder;
+                match tokio::task::spawn_blocking(move || {
+                    let snap = build(&mut r, &view, &v, s, &metrics);
+                    (r, snap)
+                })
+                .await
                 {
-                    Ok(snap) => driver_shared.snapshot.store(Arc::new(snap)),
+                    Ok((r, snap)) => {
+                        rebuilder = r;
+                        driver_shared.snapshot.store(Arc::new(snap));
+                    }
                     Err(e) => {
+                        // The rebuilder went down with the task: the next change builds afresh.
+                        rebuilder = Rebuilder::new(settings.clone());
                         tracing::error!(error = %e, "rebuilding the DNS zone failed; still serving the previous one")
                     }
                 }
@@ -233,20 +244,27 @@ fn next_serial(prev: u32) -> u32 {
 }
 
 fn build(
-    settings: &Settings,
-    view: &MeshView,
-    verdicts: &Verdicts,
+    rebuilder: &mut Rebuilder,
+    view: &Arc<MeshView>,
+    verdicts: &Arc<Verdicts>,
     serial: u32,
     metrics: &DnsMetrics,
 ) -> Snapshot {
     let started = Instant::now();
     let serial = serial.max(unix_secs());
-    let plan = zone::plan(view, settings, verdicts);
-    let snap = compile(&plan, settings, serial, view.version);
+    let rebuilt = rebuilder.update(view, verdicts, serial);
+    let snap = rebuilt.snapshot;
     let took = started.elapsed();
-    metrics.snapshot(snap.nodes.len(), view.version, snap.serial, took);
+    metrics.snapshot(
+        snap.nodes.len(),
+        view.version,
+        snap.serial,
+        rebuilt.replanned,
+        took,
+    );
     tracing::debug!(
         names = snap.nodes.len(),
+        routes_replanned = rebuilt.replanned,
         view_version = view.version,
         serial = snap.serial,
         took_ms = took.as_millis() as u64,

@@ -1,25 +1,27 @@
-//! The immutable, query-ready form of a zone [`Plan`]: one hash map from lowercase wire name to
-//! node, and for every (node, type) the answer already encoded as response bytes (answer and
+//! The immutable, query-ready form of a zone: a [`NameTable`] from lowercase wire name to node,
+//! and for every (node, type) the answer already encoded as response bytes (answer and
 //! additional sections) whose names point into the echoed question. Answering a hit is one hash
 //! lookup and a copy; NXDOMAIN and NODATA are one lookup (plus a few byte compares to find the
 //! zone) and a copy of the zone's pre-encoded SOA. Nothing here is allocated per query.
 //!
+//! [`compile`] encodes a whole [`Plan`]; [`crate::rebuild`] encodes only the names that changed
+//! into a copy of the previous table (sharing the rest), with the same [`encode_node`].
 //! Snapshots are swapped whole (`arc-swap`); a query never sees a half-built zone.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::SystemTime;
 
 use crate::name;
 use crate::packet::{TYPE_A, TYPE_AAAA, TYPE_NS, TYPE_SOA, TYPE_SRV};
 use crate::settings::{Gslb, SOA_EXPIRE, SOA_REFRESH, SOA_RETRY, Settings};
-use crate::zone::{Plan, Rdata};
+use crate::table::NameTable;
+use crate::zone::{NodePlan, Plan, Rdata};
 
 const CLASS_IN: u16 = 1;
 
 /// Pre-encoded sections of one answer: `bytes[..main_len]` is the answer section,
 /// `bytes[main_len..]` the additional section (dropped first when the response must shrink).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Body {
     pub bytes: Box<[u8]>,
     pub main_len: usize,
@@ -27,14 +29,14 @@ pub struct Body {
     pub additionals: u16,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Answer {
     Fixed(Body),
     /// GSLB: one body per client region group.
     ByGroup(Box<[Body]>),
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Node {
     pub zone: u16,
     /// `(qtype, answer)`; at most a handful.
@@ -62,7 +64,7 @@ pub struct ZoneAuth {
 
 pub struct Snapshot {
     pub zones: Vec<ZoneAuth>,
-    pub nodes: HashMap<Box<[u8]>, Node>,
+    pub nodes: NameTable,
     pub gslb: Option<Gslb>,
     pub udp_payload: u16,
     /// The mesh view it was built from.
@@ -89,9 +91,23 @@ impl Snapshot {
             .position(|z| name::in_zone(qname, &z.apex))
     }
 
-    /// A snapshot answering nothing but REFUSED (before the first view arrives).
-    pub fn empty(settings: &Settings) -> Self {
-        compile(&Plan::default(), settings, 0, 0)
+    /// Puts the parts together.
+    pub fn new(
+        zones: Vec<ZoneAuth>,
+        nodes: NameTable,
+        settings: &Settings,
+        serial: u32,
+        view_version: u64,
+    ) -> Self {
+        Snapshot {
+            zones,
+            nodes,
+            gslb: settings.gslb.clone(),
+            udp_payload: settings.udp_payload,
+            view_version,
+            serial,
+            built_at: SystemTime::now(),
+        }
     }
 }
 
@@ -167,27 +183,18 @@ fn body(
     }
 }
 
-/// Address records of `target` in the plan, for the additional section (GSLB targets, whose
-/// answer depends on the client, are left out).
-fn addresses_of<'p>(plan: &'p Plan, target: &'p [u8]) -> Vec<(&'p [u8], IpAddr)> {
-    plan.names
-        .get(target)
-        .map(|n| {
-            n.records
-                .iter()
-                .filter_map(|r| match r {
-                    Rdata::Addr(ip) => Some((target, *ip)),
-                    _ => None,
-                })
-                .collect()
-        })
-        .unwrap_or_default()
+/// The zone (index into `zones`) a name falls in.
+pub fn zone_index(zones: &[Vec<u8>], owner: &[u8]) -> Option<u16> {
+    zones
+        .iter()
+        .position(|z| name::in_zone(owner, z))
+        .map(|i| i as u16)
 }
 
-/// Encodes a plan. `serial` is the SOA serial; `view_version` is recorded for metrics.
-pub fn compile(plan: &Plan, settings: &Settings, serial: u32, view_version: u64) -> Snapshot {
+/// Every zone's authority data (negative answers), from the apexes' SOA in `plan`.
+pub fn zone_auths(plan: &Plan, settings: &Settings, serial: u32) -> Vec<ZoneAuth> {
     let ttl = settings.ttl;
-    let zones: Vec<ZoneAuth> = settings
+    settings
         .zones
         .iter()
         .map(|apex| {
@@ -212,91 +219,111 @@ pub fn compile(plan: &Plan, settings: &Settings, serial: u32, view_version: u64)
                 soa_tail: tail.into_boxed_slice(),
             }
         })
-        .collect();
-    let mut nodes = HashMap::with_capacity(plan.names.len());
-    for (owner, np) in &plan.names {
-        let Some(zone) = zones.iter().position(|z| name::in_zone(owner, &z.apex)) else {
+        .collect()
+}
+
+/// Encodes one name of zone `zone`. `addresses` gives the address records of another name of the
+/// zone, for the additional section (SRV targets, in-zone name servers).
+pub fn encode_node(
+    owner: &[u8],
+    np: &NodePlan,
+    zone: u16,
+    addresses: &dyn Fn(&[u8]) -> Vec<IpAddr>,
+    serial: u32,
+    ttl: u32,
+) -> Node {
+    let mut answers: Vec<(u16, Answer)> = Vec::new();
+    for rtype in [TYPE_A, TYPE_AAAA, TYPE_SRV, TYPE_SOA, TYPE_NS] {
+        let rs: Vec<&Rdata> = np.records.iter().filter(|r| rtype_of(r) == rtype).collect();
+        if rs.is_empty() {
             continue;
-        };
-        let mut answers: Vec<(u16, Answer)> = Vec::new();
-        for rtype in [TYPE_A, TYPE_AAAA, TYPE_SRV, TYPE_SOA, TYPE_NS] {
-            let rs: Vec<&Rdata> = np.records.iter().filter(|r| rtype_of(r) == rtype).collect();
-            if rs.is_empty() {
-                continue;
-            }
-            let additional: Vec<(&[u8], IpAddr)> = match rtype {
-                TYPE_SRV => {
-                    let mut targets: Vec<&[u8]> = rs
-                        .iter()
-                        .filter_map(|r| match r {
-                            Rdata::Srv { target, .. } => Some(target.as_slice()),
-                            _ => None,
-                        })
-                        .collect();
-                    targets.dedup();
-                    targets
-                        .into_iter()
-                        .flat_map(|t| addresses_of(plan, t))
-                        .collect()
-                }
-                TYPE_NS => rs
+        }
+        let targets: Vec<&[u8]> = match rtype {
+            TYPE_SRV => {
+                let mut targets: Vec<&[u8]> = rs
                     .iter()
                     .filter_map(|r| match r {
-                        Rdata::Ns(n) if name::in_zone(n, owner) => Some(n.as_slice()),
+                        Rdata::Srv { target, .. } => Some(target.as_slice()),
                         _ => None,
                     })
-                    .flat_map(|n| addresses_of(plan, n))
-                    .collect(),
-                _ => Vec::new(),
-            };
-            answers.push((
-                rtype,
-                Answer::Fixed(body(owner, &rs, &additional, serial, ttl)),
-            ));
-        }
-        if let Some(groups) = &np.by_group {
-            for (rtype, v4) in [(TYPE_A, true), (TYPE_AAAA, false)] {
-                if answers.iter().any(|(t, _)| *t == rtype) {
-                    continue;
-                }
-                let bodies: Vec<Body> = groups
-                    .iter()
-                    .map(|ips| {
-                        let rs: Vec<Rdata> = ips
-                            .iter()
-                            .filter(|ip| ip.is_ipv4() == v4)
-                            .map(|ip| Rdata::Addr(*ip))
-                            .collect();
-                        let refs: Vec<&Rdata> = rs.iter().collect();
-                        body(owner, &refs, &[], serial, ttl)
-                    })
                     .collect();
-                if bodies.iter().any(|b| b.answers > 0) {
-                    answers.push((rtype, Answer::ByGroup(bodies.into_boxed_slice())));
-                }
+                targets.dedup();
+                targets
+            }
+            TYPE_NS => rs
+                .iter()
+                .filter_map(|r| match r {
+                    Rdata::Ns(n) if name::in_zone(n, owner) => Some(n.as_slice()),
+                    _ => None,
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        let additional: Vec<(&[u8], IpAddr)> = targets
+            .into_iter()
+            .flat_map(|t| addresses(t).into_iter().map(move |ip| (t, ip)))
+            .collect();
+        answers.push((
+            rtype,
+            Answer::Fixed(body(owner, &rs, &additional, serial, ttl)),
+        ));
+    }
+    if let Some(groups) = &np.by_group {
+        for (rtype, v4) in [(TYPE_A, true), (TYPE_AAAA, false)] {
+            if answers.iter().any(|(t, _)| *t == rtype) {
+                continue;
+            }
+            let bodies: Vec<Body> = groups
+                .iter()
+                .map(|ips| {
+                    let rs: Vec<Rdata> = ips
+                        .iter()
+                        .filter(|ip| ip.is_ipv4() == v4)
+                        .map(|ip| Rdata::Addr(*ip))
+                        .collect();
+                    let refs: Vec<&Rdata> = rs.iter().collect();
+                    body(owner, &refs, &[], serial, ttl)
+                })
+                .collect();
+            if bodies.iter().any(|b| b.answers > 0) {
+                answers.push((rtype, Answer::ByGroup(bodies.into_boxed_slice())));
             }
         }
-        // ANY: the apex answers its SOA; other names their first RRset (A, AAAA, SRV).
-        let any = [TYPE_SOA, TYPE_A, TYPE_AAAA, TYPE_SRV]
-            .iter()
-            .find_map(|t| answers.iter().position(|(at, _)| at == t))
-            .map(|i| i as u8);
-        nodes.insert(
-            owner.clone().into_boxed_slice(),
-            Node {
-                zone: zone as u16,
-                answers: answers.into_boxed_slice(),
-                any,
-            },
-        );
     }
-    Snapshot {
-        zones,
+    // ANY: the apex answers its SOA; other names their first RRset (A, AAAA, SRV).
+    let any = [TYPE_SOA, TYPE_A, TYPE_AAAA, TYPE_SRV]
+        .iter()
+        .find_map(|t| answers.iter().position(|(at, _)| at == t))
+        .map(|i| i as u8);
+    Node {
+        zone,
+        answers: answers.into_boxed_slice(),
+        any,
+    }
+}
+
+/// Encodes a whole plan (GSLB targets' addresses, which depend on the client, are left out of
+/// additional sections). `serial` is the SOA serial; `view_version` is recorded for metrics.
+pub fn compile(plan: &Plan, settings: &Settings, serial: u32, view_version: u64) -> Snapshot {
+    let addresses = |target: &[u8]| -> Vec<IpAddr> {
+        plan.names
+            .get(target)
+            .map(|n| n.addresses().collect())
+            .unwrap_or_default()
+    };
+    let mut nodes = NameTable::new();
+    for (owner, np) in &plan.names {
+        let Some(zone) = zone_index(&settings.zones, owner) else {
+            continue;
+        };
+        let node = encode_node(owner, np, zone, &addresses, serial, settings.ttl);
+        nodes.insert(owner, node);
+    }
+    Snapshot::new(
+        zone_auths(plan, settings, serial),
         nodes,
-        gslb: settings.gslb.clone(),
-        udp_payload: settings.udp_payload,
-        view_version,
+        settings,
         serial,
-        built_at: SystemTime::now(),
-    }
+        view_version,
+    )
 }

@@ -1,6 +1,8 @@
-//! Mesh view -> zone contents: a pure function ([`plan`]) from the federation's merged view, the
-//! DNS settings and the gateway verdicts to every name the server answers and its records.
-//! [`crate::snapshot`] then encodes it for the query path.
+//! Mesh view -> zone contents: pure functions from the federation's merged view, the DNS settings
+//! and the gateway verdicts to every name the server answers and its records. [`plan`] gives the
+//! whole zone; it is the union of [`static_plan`] (apexes and name servers) and one
+//! [`route_plan`] per route (what [`crate::rebuild`] re-plans when a route changes), plus the
+//! empty non-terminals that join them. [`crate::snapshot`] then encodes it for the query path.
 //!
 //! Names (zone `clusterset.local` by default; GSLB zone e.g. `mesh.example`):
 //!
@@ -15,6 +17,11 @@
 //!
 //! Every ancestor of a name inside its zone exists too, without records (an empty non-terminal:
 //! NODATA, never NXDOMAIN).
+//!
+//! Every name of a route lies at or below its **root** in each zone (`<svc>.<ns>.svc.<zone>`,
+//! `<svc>.<ns>.<gslb>`). Two routes have different roots at the same depth and zones are
+//! disjoint, so no name belongs to two routes; only the ancestors above the roots
+//! (`<ns>.svc.<zone>`, `svc.<zone>`, `<ns>.<gslb>`) are shared.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -41,6 +48,25 @@ pub struct NodePlan {
     pub records: Vec<Rdata>,
     /// GSLB names: the addresses per client region group (`Settings::gslb.groups` order).
     pub by_group: Option<Vec<Vec<IpAddr>>>,
+}
+
+impl NodePlan {
+    /// `self` with `more` added after it: records appended, `by_group` replaced when `more` has
+    /// one (what adding both to one plan gives).
+    pub fn absorb(&mut self, more: NodePlan) {
+        self.records.extend(more.records);
+        if more.by_group.is_some() {
+            self.by_group = more.by_group;
+        }
+    }
+
+    /// Its address records.
+    pub fn addresses(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        self.records.iter().filter_map(|r| match r {
+            Rdata::Addr(ip) => Some(*ip),
+            _ => None,
+        })
+    }
 }
 
 /// Every name (lowercase wire form) with its records.
@@ -80,6 +106,49 @@ impl Plan {
     }
 }
 
+/// The names one route puts in the zone, with the empty non-terminals between them and its
+/// roots (not above: those are shared).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RoutePlan {
+    /// In the order first added. A route has a handful of names (one per port and cluster), so a
+    /// vector searched front to back beats a map.
+    pub names: Vec<(Vec<u8>, NodePlan)>,
+    /// The route's root in every zone it has a name in.
+    pub roots: Vec<Vec<u8>>,
+}
+
+impl RoutePlan {
+    pub fn get(&self, owner: &[u8]) -> Option<&NodePlan> {
+        self.names
+            .iter()
+            .find(|(n, _)| n.as_slice() == owner)
+            .map(|(_, p)| p)
+    }
+
+    fn node(&mut self, owner: Vec<u8>) -> &mut NodePlan {
+        let i = match self.names.iter().position(|(n, _)| *n == owner) {
+            Some(i) => i,
+            None => {
+                self.names.push((owner, NodePlan::default()));
+                self.names.len() - 1
+            }
+        };
+        &mut self.names[i].1
+    }
+
+    fn add(&mut self, owner: Vec<u8>, rdata: Rdata) {
+        self.node(owner).records.push(rdata);
+    }
+
+    /// The node of the route's root in a zone (every function adding names to a zone adds it).
+    fn root(&mut self, root: Vec<u8>) -> &mut NodePlan {
+        if !self.roots.contains(&root) {
+            self.roots.push(root.clone());
+        }
+        self.node(root)
+    }
+}
+
 /// The SRV label of a port: its name, else its number.
 fn port_label(p: &ServicePort) -> String {
     match &p.name {
@@ -88,28 +157,67 @@ fn port_label(p: &ServicePort) -> String {
     }
 }
 
-/// Builds the zone contents. Pure: the same inputs give the same plan.
+/// The whole zone. Pure: the same inputs give the same plan.
 pub fn plan(view: &MeshView, settings: &Settings, verdicts: &Verdicts) -> Plan {
     let mut plan = Plan::default();
     plan.names.reserve(view.routes.len() * 4 + 16);
     for zone in &settings.zones {
         apex(&mut plan, zone, settings);
     }
-    let gslb_zone = settings.gslb.as_ref().map(|g| g.zone.as_slice());
     for (_, route) in view.routes.iter() {
-        for zone in settings
-            .zones
-            .iter()
-            .filter(|z| Some(z.as_slice()) != gslb_zone)
-        {
-            mesh_names(&mut plan, route, zone, settings, verdicts);
-        }
-        if let Some(g) = &settings.gslb {
-            gslb_names(&mut plan, route, g, settings, verdicts);
+        for (owner, node) in route_plan(route, settings, verdicts).names {
+            plan.names.entry(owner).or_default().absorb(node);
         }
     }
     add_empty_non_terminals(&mut plan, &settings.zones);
     plan
+}
+
+/// What the zone holds without any route: every apex (SOA, NS) and the addresses of in-zone name
+/// servers, with their empty non-terminals.
+pub fn static_plan(settings: &Settings) -> Plan {
+    let mut plan = Plan::default();
+    for zone in &settings.zones {
+        apex(&mut plan, zone, settings);
+    }
+    add_empty_non_terminals(&mut plan, &settings.zones);
+    plan
+}
+
+/// The names of one route in every zone (see the table above), and the empty non-terminals
+/// between them and the route's roots. Pure.
+pub fn route_plan(route: &Route, settings: &Settings, verdicts: &Verdicts) -> RoutePlan {
+    let mut rp = RoutePlan::default();
+    let gslb_zone = settings.gslb.as_ref().map(|g| g.zone.as_slice());
+    for zone in settings
+        .zones
+        .iter()
+        .filter(|z| Some(z.as_slice()) != gslb_zone)
+    {
+        mesh_names(&mut rp, route, zone, settings, verdicts);
+    }
+    if let Some(g) = &settings.gslb {
+        gslb_names(&mut rp, route, g, settings, verdicts);
+    }
+    let mut missing: Vec<Vec<u8>> = Vec::new();
+    for (owner, _) in &rp.names {
+        let Some(root) = rp.roots.iter().find(|r| name::in_zone(owner, r)) else {
+            continue;
+        };
+        let mut cur = owner.as_slice();
+        while cur.len() > root.len() {
+            let Some(p) = name::parent(cur) else { break };
+            if rp.get(p).is_some() || missing.iter().any(|m| m.as_slice() == p) {
+                break;
+            }
+            missing.push(p.to_vec());
+            cur = p;
+        }
+    }
+    for m in missing {
+        rp.node(m);
+    }
+    rp
 }
 
 fn apex(plan: &mut Plan, zone: &[u8], settings: &Settings) {
@@ -136,7 +244,7 @@ fn apex(plan: &mut Plan, zone: &[u8], settings: &Settings) {
 }
 
 fn mesh_names(
-    plan: &mut Plan,
+    plan: &mut RoutePlan,
     route: &Route,
     zone: &[u8],
     settings: &Settings,
@@ -149,7 +257,7 @@ fn mesh_names(
         return;
     }
     let owner = name::under(&[svc, ns, "svc"], zone);
-    let node = plan.names.entry(owner.clone()).or_default();
+    let node = plan.root(owner.clone());
     node.records.extend(route.vips.addrs().map(Rdata::Addr));
     let mut seen = Vec::with_capacity(route.ports.len());
     for p in &route.ports {
@@ -174,13 +282,19 @@ fn mesh_names(
             .any(|c| &c.place.cluster == cluster && serves(c, key, verdicts));
         if serving {
             let owner = name::under(&[cluster.as_str(), svc, ns, "svc"], zone);
-            let node = plan.names.entry(owner).or_default();
+            let node = plan.node(owner);
             node.records.extend(vips.addrs().map(Rdata::Addr));
         }
     }
 }
 
-fn gslb_names(plan: &mut Plan, route: &Route, g: &Gslb, settings: &Settings, verdicts: &Verdicts) {
+fn gslb_names(
+    plan: &mut RoutePlan,
+    route: &Route,
+    g: &Gslb,
+    settings: &Settings,
+    verdicts: &Verdicts,
+) {
     let key = &route.key;
     let (svc, ns) = (key.name.as_str(), key.namespace.as_str());
     // Clusters serving the service that have a public ingress: (region, serving, addresses).
@@ -198,7 +312,7 @@ fn gslb_names(plan: &mut Plan, route: &Route, g: &Gslb, settings: &Settings, ver
     for (c, ok, addrs) in &candidates {
         if *ok {
             let owner = name::under(&[c.place.cluster.as_str(), svc, ns], &g.zone);
-            let node = plan.names.entry(owner).or_default();
+            let node = plan.node(owner);
             node.records.extend(addrs.iter().copied().map(Rdata::Addr));
         }
     }
@@ -235,7 +349,7 @@ fn gslb_names(plan: &mut Plan, route: &Route, g: &Gslb, settings: &Settings, ver
             .collect()
     };
     let owner = name::under(&[svc, ns], &g.zone);
-    plan.names.entry(owner.clone()).or_default().by_group = Some(by_group);
+    plan.root(owner.clone()).by_group = Some(by_group);
     let mut seen = Vec::new();
     for p in &route.ports {
         let label = port_label(p);
