@@ -9,7 +9,7 @@ use std::str::FromStr as _;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::process::Command;
 use tokio::time::Instant;
 
@@ -566,6 +566,103 @@ async fn dns_follows_catalog_and_health_within_a_ttl() {
         |d| d.status() == "NOERROR" && d.answers().len() == 1,
     )
     .await;
+}
+
+/// `isthmus dns` on its own, started the way an operator would: once following the running
+/// federation (through its admin socket), once serving a saved `isthmus catalog --json` file.
+/// Both follow changes within a TTL.
+#[tokio::test]
+async fn standalone_dns_follows_the_federation_and_a_saved_catalog() {
+    need("dig", "dnsutils");
+    let echo = yaml_export("demo", "echo", ECHO_PORTS, true);
+    let (fed, _) = start(
+        "east",
+        107,
+        &catalog_of(std::slice::from_ref(&echo), "imports: []\n"),
+        json!({}),
+    )
+    .await;
+    let z = "svc.clusterset.local";
+    let ip = vip(&fed, "demo/echo", None).await;
+    let config = fed.dir.join("federation.yaml");
+    let saved = fed.dir.join("saved-catalog.json");
+    let save = |text: String| {
+        let tmp = saved.with_extension("tmp");
+        std::fs::write(&tmp, text).expect("write saved catalog");
+        std::fs::rename(&tmp, &saved).expect("rename saved catalog");
+    };
+    save(fed.cli_ok(&["catalog", "--json"]).await);
+    let host = Ipv4Addr::new(127, 0, 107, 1);
+    let mut servers = Vec::new();
+    let mut children = Vec::new();
+    for snapshot in [None, Some(&saved)] {
+        let bind = SocketAddr::from((host, free_dns_port(host)));
+        let mut cmd = Command::new(crate::harness::federation::exe());
+        cmd.args(["dns", "--config"])
+            .arg(&config)
+            .args(["--bind", &bind.to_string(), "--poll-ms", "200"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true);
+        if let Some(file) = snapshot {
+            cmd.arg("--snapshot").arg(file);
+        }
+        let mut child = cmd.spawn().expect("spawn isthmus dns");
+        let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let ready = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .expect("isthmus dns ready in time")
+            .expect("read")
+            .expect("isthmus dns exited");
+        assert!(ready.contains("ready"), "{ready}");
+        children.push(child);
+        servers.push(bind);
+    }
+    let (live, file) = (servers[0], servers[1]);
+    for server in [live, file] {
+        let d = dig(server, &[&format!("echo.demo.{z}")]).await;
+        assert_eq!(d.answers(), vec![ip.clone()], "{server}: {}", d.text);
+    }
+
+    // A new export: the live one follows the federation; the file one follows the file.
+    let fresh = yaml_export("demo", "fresh", "[{port: 80, protocol: http}]", true);
+    fed.write_catalog(&catalog_of(&[echo.clone(), fresh], "imports: []\n"));
+    until_dig(
+        &fed,
+        live,
+        &[&format!("fresh.demo.{z}")],
+        TTL,
+        "standalone DNS follows the federation",
+        |d| d.status() == "NOERROR" && d.answers().len() == 1,
+    )
+    .await;
+    let d = dig(file, &[&format!("fresh.demo.{z}")]).await;
+    assert_eq!(
+        d.status(),
+        "NXDOMAIN",
+        "the saved file does not have it yet: {}",
+        d.text
+    );
+    save(fed.cli_ok(&["catalog", "--json"]).await);
+    until_dig(
+        &fed,
+        file,
+        &[&format!("fresh.demo.{z}")],
+        TTL,
+        "standalone DNS follows its saved file",
+        |d| d.status() == "NOERROR" && d.answers().len() == 1,
+    )
+    .await;
+    // A broken file keeps the last good view.
+    save("{ not json".into());
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let d = dig(file, &[&format!("fresh.demo.{z}")]).await;
+    assert_eq!(
+        d.answers().len(),
+        1,
+        "a bad file must not empty the zone: {}",
+        d.text
+    );
 }
 
 #[tokio::test]

@@ -67,36 +67,63 @@ pub enum ViewSource {
     File(PathBuf),
 }
 
-/// A new mesh view, with what identifies its version (the view version from the admin socket, a
-/// hash of a file's bytes); `None` when it is still `last` (nothing is parsed then).
-async fn read_view(
-    source: &ViewSource,
-    last: Option<u64>,
-) -> anyhow::Result<Option<(u64, MeshView)>> {
+/// What identifies the view last served: its version (admin socket) or the hash of the file's
+/// bytes, and for a file its size, modification time and inode, so that an unchanged file is not
+/// even read. Polling must stay cheap: it shares the CPU with the query path.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct Seen {
+    key: Option<u64>,
+    stamp: Option<(u64, std::time::SystemTime, u64)>,
+}
+
+fn file_stamp(meta: &std::fs::Metadata) -> Option<(u64, std::time::SystemTime, u64)> {
+    use std::os::unix::fs::MetadataExt as _;
+    Some((meta.len(), meta.modified().ok()?, meta.ino()))
+}
+
+/// A new mesh view when the source changed since `seen` (which is updated); `None` when it is
+/// the same (nothing is parsed then, and for the admin socket only the view version is asked).
+async fn read_view(source: &ViewSource, seen: &mut Seen) -> anyhow::Result<Option<MeshView>> {
     match source {
         ViewSource::AdminSocket(socket) => {
-            let v = isthmus_federation::admin::admin_call(
-                socket,
-                "catalog",
-                &Value::Null,
-                Duration::from_secs(30),
-            )
-            .await
-            .with_context(|| {
+            let call = |op: &'static str| {
+                isthmus_federation::admin::admin_call(
+                    socket,
+                    op,
+                    &Value::Null,
+                    Duration::from_secs(30),
+                )
+            };
+            let context = || {
                 format!(
                     "reading the catalog from the federation's admin socket {} (is the federation running? or pass --snapshot <file>)",
                     socket.display()
                 )
-            })?;
+            };
+            if seen.key.is_some() {
+                let status = call("status").await.with_context(context)?;
+                if status.get("view_version").and_then(Value::as_u64) == seen.key {
+                    return Ok(None);
+                }
+            }
+            let v = call("catalog").await.with_context(context)?;
             let version = v.get("version").and_then(Value::as_u64).unwrap_or(0);
-            if last == Some(version) {
+            if seen.key == Some(version) {
                 return Ok(None);
             }
             let view = isthmus_dns::view_from_json(&v)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", socket.display()))?;
-            Ok(Some((version, view)))
+            seen.key = Some(version);
+            Ok(Some(view))
         }
         ViewSource::File(path) => {
+            let stamp = tokio::fs::metadata(path)
+                .await
+                .ok()
+                .and_then(|m| file_stamp(&m));
+            if stamp.is_some() && stamp == seen.stamp {
+                return Ok(None);
+            }
             let text = tokio::fs::read(path)
                 .await
                 .with_context(|| format!("reading {}", path.display()))?;
@@ -104,12 +131,14 @@ async fn read_view(
                 use std::hash::{BuildHasher as _, BuildHasherDefault, DefaultHasher};
                 BuildHasherDefault::<DefaultHasher>::default().hash_one(&text)
             };
-            if last == Some(key) {
+            seen.stamp = stamp;
+            if seen.key == Some(key) {
                 return Ok(None);
             }
             let view = isthmus_dns::view_from_json_bytes(&text)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-            Ok(Some((key, view)))
+            seen.key = Some(key);
+            Ok(Some(view))
         }
     }
 }
@@ -136,7 +165,8 @@ pub async fn run_standalone(
         Some(p) => ViewSource::File(p),
         None => ViewSource::AdminSocket(cfg.admin_socket()),
     };
-    let (mut last, first) = read_view(&source, None)
+    let mut seen = Seen::default();
+    let first = read_view(&source, &mut seen)
         .await?
         .context("no mesh view to serve")?;
     let (views_tx, views) = watch::channel(Arc::new(first));
@@ -183,10 +213,9 @@ pub async fn run_standalone(
     let follow = async {
         loop {
             tokio::time::sleep(poll).await;
-            match read_view(&source, Some(last)).await {
-                Ok(Some((key, view))) => {
+            match read_view(&source, &mut seen).await {
+                Ok(Some(view)) => {
                     views_tx.send_replace(Arc::new(view));
-                    last = key;
                 }
                 Ok(None) => {}
                 Err(e) => tracing::warn!(
