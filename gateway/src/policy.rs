@@ -34,7 +34,13 @@ impl Policies {
                 .and_then(|v| parse(name, &v).map_err(|e| e.to_string()));
             match parsed {
                 Ok(doc) => out.documents.push(doc),
-                Err(reason) => out.refused.push(reason),
+                Err(reason) => {
+                    // Fail closed: a document this gateway cannot read (a newer federation's,
+                    // say) may have been a lockdown. The services it names — every service when
+                    // even that is unreadable — are denied to all callers until it parses.
+                    out.documents.extend(deny_all(name, json));
+                    out.refused.push(reason);
+                }
             }
         }
         let mut fallback = ServicePolicy::default();
@@ -62,6 +68,23 @@ impl Policies {
     pub fn for_service(&self, service: &str) -> &Arc<ServicePolicy> {
         self.by_service.get(service).unwrap_or(&self.fallback)
     }
+}
+
+/// An authorization that denies every caller, for the services a refused document names.
+fn deny_all(name: &str, json: &str) -> Option<Document> {
+    let deny = |services: serde_json::Value| {
+        parse(
+            name,
+            &serde_json::json!({ "services": services, "authorization": { "default": "deny" } }),
+        )
+    };
+    let named = serde_json::from_str::<serde_json::Value>(json)
+        .ok()
+        .and_then(|v| v.get("services").cloned())
+        .filter(|s| s.as_array().is_some_and(|a| !a.is_empty()));
+    named
+        .and_then(|s| deny(s).ok())
+        .or_else(|| deny(serde_json::json!(["*"])).ok())
 }
 
 #[cfg(test)]
@@ -109,7 +132,20 @@ mod tests {
             p.refused
         );
         assert!(p.refused[1].contains("policy worse"), "{:?}", p.refused);
-        assert_eq!(**p.for_service("b.a"), ServicePolicy::default());
+        // Nothing of a refused document applies, except that it fails closed: its services
+        // (every service, when not even those can be read) deny every caller.
+        let b = p.for_service("b.a");
+        assert_eq!(b.threshold, ServicePolicy::default().threshold);
+        assert_eq!(
+            b.authorization.as_ref().map(|a| (a.default, a.allow.len())),
+            Some((Action::Deny, 0))
+        );
+        let other = p.for_service("other.ns");
+        assert_eq!(
+            other.authorization.as_ref().map(|a| a.default),
+            Some(Action::Deny),
+            "\"worse\" names no readable service: it stands for all of them"
+        );
     }
 
     #[test]

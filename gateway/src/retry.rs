@@ -46,11 +46,16 @@ pub fn failed_attempt(status: StatusCode, headers: &HeaderMap, grpc_statuses: &[
     ) {
         return true;
     }
-    headers
+    let code = headers
         .get("grpc-status")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u32>().ok())
-        .is_some_and(|code| grpc_statuses.contains(&code))
+        .and_then(|v| v.parse::<u32>().ok());
+    // RESOURCE_EXHAUSTED with a `retry-after` is a rate limit telling this caller to slow down
+    // (the gRPC form of a 429): never an attempt to take elsewhere, never a health signal.
+    if code == Some(8) && headers.contains_key(http::header::RETRY_AFTER) {
+        return false;
+    }
+    code.is_some_and(|code| grpc_statuses.contains(&code))
 }
 
 /// A request kept for replay: everything needed to send it again.
@@ -268,10 +273,20 @@ mod tests {
             (StatusCode::OK, grpc("14"), true),
             (StatusCode::OK, grpc("13"), false),
             (StatusCode::OK, grpc("0"), false),
+            (StatusCode::OK, grpc("8"), true),
+            (
+                StatusCode::OK,
+                {
+                    let mut h = grpc("8");
+                    h.insert(http::header::RETRY_AFTER, "1".parse().expect("value"));
+                    h
+                },
+                false,
+            ),
         ];
         for (status, headers, want) in cases {
             assert_eq!(
-                failed_attempt(status, &headers, &[14]),
+                failed_attempt(status, &headers, &[14, 8]),
                 want,
                 "{status} {headers:?}"
             );

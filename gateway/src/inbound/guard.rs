@@ -46,6 +46,8 @@ pub struct Admission<'a> {
     pub cluster: &'a Arc<str>,
     pub caller: Caller<'a>,
     pub metrics: &'a Metrics,
+    /// A shadow copy: limited to spare capacity.
+    pub shadow: bool,
 }
 
 impl Admission<'_> {
@@ -137,7 +139,12 @@ impl Admission<'_> {
             return Ok(None);
         };
         let limiter = limiters.get(self.service, limit, now);
-        limiter.admit(self.cluster, now).map_err(|e| {
+        let admitted = if self.shadow {
+            limiter.admit_spare(self.cluster, now)
+        } else {
+            limiter.admit(self.cluster, now)
+        };
+        admitted.map_err(|e| {
             self.metrics
                 .rate_limited
                 .get_or_create(&RateLimitLabels {
@@ -225,6 +232,7 @@ mod tests {
                     identity,
                 },
                 metrics: &self.metrics,
+                shadow: false,
             }
             .run(&self.limiters)
             .await

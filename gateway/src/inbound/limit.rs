@@ -139,6 +139,22 @@ impl ServiceLimiter {
     /// a token from the calling cluster's bucket and the service's, taken together or not at
     /// all. `Ok(None)` when no concurrency bound is set.
     pub fn admit(&self, cluster: &Arc<str>, now: Instant) -> Result<Option<Slot>, Exceeded> {
+        self.admit_as(cluster, now, true)
+    }
+
+    /// A shadow copy rides on spare capacity only: it needs a free concurrency slot (and holds
+    /// it: it is real load) and a token in each bucket, but takes no token, so copies never
+    /// crowd out the calling cluster's own requests.
+    pub fn admit_spare(&self, cluster: &Arc<str>, now: Instant) -> Result<Option<Slot>, Exceeded> {
+        self.admit_as(cluster, now, false)
+    }
+
+    fn admit_as(
+        &self,
+        cluster: &Arc<str>,
+        now: Instant,
+        take: bool,
+    ) -> Result<Option<Slot>, Exceeded> {
         let slot = match self.limit.max_concurrent {
             Some(max) => {
                 let prev = self.in_flight.fetch_add(1, Ordering::Relaxed);
@@ -157,11 +173,11 @@ impl ServiceLimiter {
             }
             None => None,
         };
-        self.take_tokens(cluster, now)?;
+        self.take_tokens(cluster, now, take)?;
         Ok(slot)
     }
 
-    fn take_tokens(&self, cluster: &Arc<str>, now: Instant) -> Result<(), Exceeded> {
+    fn take_tokens(&self, cluster: &Arc<str>, now: Instant, take: bool) -> Result<(), Exceeded> {
         let cluster_rate = self.limit.for_cluster(cluster);
         if cluster_rate.is_none() && self.limit.service.is_none() {
             return Ok(());
@@ -184,9 +200,11 @@ impl ServiceLimiter {
             if !bucket.has_token() {
                 return Err(self.exceeded(Limit::Service, cluster, rate, bucket));
             }
-            bucket.take();
+            if take {
+                bucket.take();
+            }
         }
-        if let Some(bucket) = by_cluster {
+        if let Some(bucket) = by_cluster.filter(|_| take) {
             bucket.take();
         }
         Ok(())
@@ -229,8 +247,11 @@ impl Limiters {
             Some(l) => l.in_flight.clone(),
             None => {
                 if map.len() >= MAX_SERVICES {
-                    // Forget services nothing holds right now (idle, or no longer limited).
-                    map.retain(|_, l| Arc::strong_count(l) > 1);
+                    // Forget services with nothing in flight and nobody holding their limiter
+                    // (idle, or no longer limited); a held slot keeps its count.
+                    map.retain(|_, l| {
+                        Arc::strong_count(l) > 1 || Arc::strong_count(&l.in_flight) > 1
+                    });
                 }
                 Arc::default()
             }
@@ -429,6 +450,25 @@ mod tests {
     }
 
     #[test]
+    fn shadow_copies_use_spare_tokens_without_taking_them() {
+        let t0 = Instant::now();
+        let l = limiter(
+            RateLimit {
+                per_source_cluster: vec![("*".into(), rate(1.0, 2.0))],
+                ..RateLimit::default()
+            },
+            t0,
+        );
+        let east: Arc<str> = "east".into();
+        for _ in 0..10 {
+            assert!(l.admit_spare(&east, t0).is_ok(), "a spare token is there");
+        }
+        assert!(l.admit(&east, t0).is_ok());
+        assert!(l.admit(&east, t0).is_ok(), "the copies took nothing");
+        assert!(l.admit_spare(&east, t0).is_err(), "no spare token: no copy");
+    }
+
+    #[test]
     fn the_registry_forgets_idle_services_when_full() {
         let t0 = Instant::now();
         let reg = Limiters::default();
@@ -437,6 +477,13 @@ mod tests {
             ..RateLimit::default()
         };
         let held = reg.get(&"held.demo".into(), &limit, t0);
+        // A request in flight on a service whose limiter nobody holds any more.
+        let busy = reg.get(&"busy.demo".into(), &limit, t0);
+        let slot = busy
+            .admit(&"west".into(), t0)
+            .expect("admitted")
+            .expect("a slot");
+        drop(busy);
         for i in 0..MAX_SERVICES + 10 {
             reg.get(&format!("s{i}.demo").into(), &limit, t0);
         }
@@ -445,5 +492,11 @@ mod tests {
             &held,
             &reg.get(&"held.demo".into(), &limit, t0)
         ));
+        let busy = reg.get(&"busy.demo".into(), &limit, t0);
+        assert!(
+            busy.admit(&"west".into(), t0).is_err(),
+            "the request in flight still counts against max_concurrent"
+        );
+        drop(slot);
     }
 }

@@ -250,6 +250,7 @@ impl Inbound {
                 identity: identity.as_deref(),
             },
             metrics: &self.metrics,
+            shadow: entry.shadow,
         };
         let slot = match admission.run(&self.backends.limiters).await {
             Ok(slot) => slot,

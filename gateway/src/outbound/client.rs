@@ -69,6 +69,19 @@ impl Outbound {
                 ),
             ));
         };
+        if let Some(regions) = &policy.fence_regions
+            && !regions.contains(&backend.region)
+        {
+            return Err((
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "{CLUSTER}: {asked} is in region {}, outside the fence of {} ({})",
+                    backend.region,
+                    import.name,
+                    regions.join(", ")
+                ),
+            ));
+        }
         match &resolved.target.pinned {
             Some(pinned) if *pinned != backend.cluster => Err((
                 StatusCode::BAD_REQUEST,
@@ -95,11 +108,16 @@ impl Outbound {
         if !client.trusted || !headers.contains_key(FORWARDED_CLIENT_CERT) {
             return None;
         }
-        let values = headers
+        // A line that is not text could hide what the trusted proxy appended: believe nothing.
+        let values: Result<Vec<&str>, _> = headers
             .get_all(FORWARDED_CLIENT_CERT)
             .iter()
-            .map(|v| v.to_str().unwrap_or(""));
-        match workload_from_xfcc(values, &snap.trust_domain) {
+            .map(|v| v.to_str())
+            .collect();
+        let parsed = values
+            .map_err(|_| "a header line is not text".to_string())
+            .and_then(|v| workload_from_xfcc(v.into_iter(), &snap.trust_domain));
+        match parsed {
             Ok(id) => Some(id.to_string()),
             Err(reason) => {
                 tracing::debug!(client = %client.addr, %reason, "not asserting a caller identity");
@@ -116,14 +134,16 @@ pub fn workload_from_xfcc<'a>(
     values: impl Iterator<Item = &'a str>,
     trust_domain: &str,
 ) -> Result<SpiffeId, String> {
-    // Several header lines are one list.
+    // Several header lines are one list. The trusted proxy appended the last element: it is
+    // taken literally (never an earlier one, even when the last is empty), and a quote left open
+    // by an earlier element — which could swallow the proxy's own — refuses the whole header.
     let joined = values.collect::<Vec<_>>().join(",");
-    let last = split_unquoted(&joined, ',')
-        .into_iter()
-        .rev()
-        .find(|e| !e.trim().is_empty())
-        .ok_or("the header is empty")?;
-    let mut uris = split_unquoted(last, ';').into_iter().filter_map(|pair| {
+    let elements = split_unquoted(&joined, ',')?;
+    let last = elements.last().copied().unwrap_or_default();
+    if last.trim().is_empty() {
+        return Err("its last element is empty".into());
+    }
+    let mut uris = split_unquoted(last, ';')?.into_iter().filter_map(|pair| {
         let (key, value) = pair.split_once('=')?;
         key.trim()
             .eq_ignore_ascii_case("uri")
@@ -147,8 +167,9 @@ pub fn workload_from_xfcc<'a>(
     Ok(id)
 }
 
-/// `text` split at `sep` outside double quotes (a backslash escapes the next character).
-fn split_unquoted(text: &str, sep: char) -> Vec<&str> {
+/// `text` split at `sep` outside double quotes (a backslash escapes the next character); an
+/// error when a quote is left open.
+fn split_unquoted(text: &str, sep: char) -> Result<Vec<&str>, String> {
     let mut parts = Vec::new();
     let (mut start, mut quoted, mut escaped) = (0, false, false);
     for (i, c) in text.char_indices() {
@@ -163,8 +184,11 @@ fn split_unquoted(text: &str, sep: char) -> Vec<&str> {
             _ => {}
         }
     }
+    if quoted {
+        return Err("a quoted value is never closed".into());
+    }
     parts.push(&text[start..]);
-    parts
+    Ok(parts)
 }
 
 /// A value without its surrounding quotes and escapes.
@@ -192,7 +216,7 @@ mod tests {
     #[test]
     fn the_last_elements_uri_names_the_caller_in_our_trust_domain_only() {
         let td = "east.mesh";
-        let cases: [(&[&str], Result<&str, &str>); 10] = [
+        let cases: [(&[&str], Result<&str, &str>); 12] = [
             (
                 &[
                     "By=spiffe://east.mesh/ns/a/sa/sidecar;Hash=abc;URI=spiffe://east.mesh/ns/shop/sa/cart",
@@ -233,6 +257,18 @@ mod tests {
                 Err("more than one URI"),
             ),
             (&[""], Err("empty")),
+            (
+                // A client's open quote must not swallow the element its sidecar appended.
+                &[
+                    "URI=spiffe://east.mesh/ns/admin/sa/root;Subject=\",By=spiffe://east.mesh/ns/a/sa/sidecar;URI=spiffe://east.mesh/ns/shop/sa/cart",
+                ],
+                Err("never closed"),
+            ),
+            (
+                // An empty last element is not an invitation to believe the one before it.
+                &["URI=spiffe://east.mesh/ns/admin/sa/root", ""],
+                Err("empty"),
+            ),
         ];
         for (values, want) in cases {
             let got = workload_from_xfcc(values.iter().copied(), td);
@@ -252,8 +288,9 @@ mod tests {
     fn quoted_separators_do_not_split() {
         assert_eq!(
             split_unquoted(r#"a="x,y\",z",b"#, ','),
-            [r#"a="x,y\",z""#, "b"]
+            Ok(vec![r#"a="x,y\",z""#, "b"])
         );
+        assert!(split_unquoted(r#"a="x,b"#, ',').is_err());
         assert_eq!(unquote(r#""a\"b""#), "a\"b");
         assert_eq!(unquote("plain"), "plain");
     }
