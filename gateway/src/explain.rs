@@ -215,10 +215,7 @@ pub fn explain(
                 in_flight: breakers.in_flight(&b.cluster),
                 max_requests: policy.max_requests,
                 usable: lb::usable(b, me),
-                fenced: policy
-                    .fence_regions
-                    .as_ref()
-                    .is_some_and(|r| !r.contains(&b.region)),
+                fenced: policy.fences_out(&b.region),
                 share: share_of(b),
             }
         })

@@ -90,6 +90,15 @@ impl Default for ServicePolicy {
     }
 }
 
+impl ServicePolicy {
+    /// Whether `region` lies outside the policy's fence (never chosen, never copied to).
+    pub fn fences_out(&self, region: &str) -> bool {
+        self.fence_regions
+            .as_ref()
+            .is_some_and(|regions| !regions.iter().any(|r| **r == *region))
+    }
+}
+
 /// Shares of the first try across clusters.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Split {
@@ -878,6 +887,8 @@ mod tests {
         })]);
         assert_eq!(p.threshold, 0.5);
         assert_eq!(p.fence_regions.as_deref().map(|r| &*r[0]), Some("eu"));
+        assert!(p.fences_out("us") && !p.fences_out("eu"));
+        assert!(!ServicePolicy::default().fences_out("us"), "no fence: every region");
         assert_eq!(p.slow_start, Duration::from_secs(30));
         assert_eq!(
             (p.retries, p.per_try_timeout),

@@ -122,12 +122,7 @@ impl<'a> Choice<'a> {
         policy: &ServicePolicy,
         verdict: impl Fn(&Backend) -> Verdict,
     ) -> Self {
-        let fenced_in = |b: &Backend| {
-            policy
-                .fence_regions
-                .as_ref()
-                .is_none_or(|regions| regions.contains(&b.region))
-        };
+        let fenced_in = |b: &Backend| !policy.fences_out(&b.region);
         let candidates: Vec<Candidate<'a>> = target
             .import
             .backends

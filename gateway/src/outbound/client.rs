@@ -69,16 +69,18 @@ impl Outbound {
                 ),
             ));
         };
-        if let Some(regions) = &policy.fence_regions
-            && !regions.contains(&backend.region)
-        {
+        if policy.fences_out(&backend.region) {
             return Err((
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!(
                     "{CLUSTER}: {asked} is in region {}, outside the fence of {} ({})",
                     backend.region,
                     import.name,
-                    regions.join(", ")
+                    policy
+                        .fence_regions
+                        .as_deref()
+                        .unwrap_or_default()
+                        .join(", ")
                 ),
             ));
         }

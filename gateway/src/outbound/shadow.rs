@@ -79,12 +79,7 @@ impl Outbound {
             Some((_, b)) if b.cluster == snap.cluster => {
                 "the shadow cluster is this cluster (copies go to peer gateways only)"
             }
-            Some((_, b))
-                if policy
-                    .fence_regions
-                    .as_ref()
-                    .is_some_and(|regions| !regions.contains(&b.region)) =>
-            {
+            Some((_, b)) if policy.fences_out(&b.region) => {
                 "the shadow cluster is outside the policy's fence"
             }
             Some((_, b)) if b.gateways.is_empty() || b.healthy == 0 => {
