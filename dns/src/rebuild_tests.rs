@@ -8,7 +8,6 @@ use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
-use isthmus_federation::config::DnsConfig;
 use isthmus_federation::mesh::{ClusterPlace, ClusterRoute, MeshView, Route};
 use isthmus_federation::model::{
     ClusterName, Protocol, ServiceKey, ServicePort, ServiceSummary, ZoneCounts,
@@ -202,27 +201,13 @@ fn key(ns: &str, i: usize) -> ServiceKey {
     ServiceKey::parse(&format!("{ns}/svc-{i}")).expect("key")
 }
 
+/// The tests' DNS config with a second mesh zone (`extra`'s top-level keys replace).
 fn settings(extra: Value) -> Settings {
-    let mut base = json!({
-        "bind": "127.0.0.1:5353",
-        "zones": ["clusterset.local", "other.test"],
-        "gslb": {
-            "zone": "mesh.example",
-            "ingress": { "west": ["203.0.113.2"], "south": ["198.51.100.3", "2001:db8::3"] },
-            "regions": [
-                { "region": "us-west", "subnets": ["10.2.0.0/16"], "prefer": ["us-west", "sa-east"] },
-                { "region": "sa-east", "subnets": ["10.3.0.0/16"], "prefer": ["sa-east", "us-west"] },
-            ],
-        },
-    });
-    if let (Some(b), Some(e)) = (base.as_object_mut(), extra.as_object()) {
-        for (k, v) in e {
-            b.insert(k.clone(), v.clone());
-        }
+    let mut with_zones = json!({ "zones": ["clusterset.local", "other.test"] });
+    if let (Some(b), Some(e)) = (with_zones.as_object_mut(), extra.as_object()) {
+        b.extend(e.clone());
     }
-    let cfg: DnsConfig = serde_json::from_value(base).expect("dns config");
-    cfg.validate().expect("valid");
-    Settings::from_config(&cfg, None)
+    Settings::from_config(&crate::tests::dns_config(with_zones), None)
 }
 
 /// Every name worth asking about for `key`: its names in every zone, names it could have

@@ -61,7 +61,8 @@ fn view_json() -> Value {
     })
 }
 
-fn dns_config(extra: Value) -> DnsConfig {
+/// A valid DNS config with a GSLB zone (`extra`'s top-level keys replace the defaults).
+pub(crate) fn dns_config(extra: Value) -> DnsConfig {
     let mut base = json!({
         "bind": "127.0.0.1:5353",
         "gslb": {

@@ -888,7 +888,10 @@ mod tests {
         assert_eq!(p.threshold, 0.5);
         assert_eq!(p.fence_regions.as_deref().map(|r| &*r[0]), Some("eu"));
         assert!(p.fences_out("us") && !p.fences_out("eu"));
-        assert!(!ServicePolicy::default().fences_out("us"), "no fence: every region");
+        assert!(
+            !ServicePolicy::default().fences_out("us"),
+            "no fence: every region"
+        );
         assert_eq!(p.slow_start, Duration::from_secs(30));
         assert_eq!(
             (p.retries, p.per_try_timeout),
