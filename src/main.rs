@@ -241,12 +241,25 @@ enum WorkloadOp {
     },
 }
 
+// The gateway's request path allocates small, short-lived buffers and futures at a high rate;
+// mimalloc's per-thread free lists serve them for about a third of glibc malloc's cost.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     // One crypto provider for the whole process, before anything touches TLS.
     let _ = rustls::crypto::ring::default_provider().install_default();
     logging::init();
     let cli = Cli::parse();
-    let result = tokio::runtime::Builder::new_multi_thread()
+    // One usable core (a pinned or CPU-limited process): a single-threaded runtime, so that a
+    // wakeup never hops between threads on that core.
+    let single = std::thread::available_parallelism().is_ok_and(|n| n.get() == 1);
+    let mut builder = if single {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    let result = builder
         .enable_all()
         .build()
         .context("starting the runtime")
