@@ -3,11 +3,15 @@
 //! an HTTP/1.1 WebSocket handshake for extended CONNECT. The state that outlives config snapshots
 //! lives here too: the endpoints' statistics (in the balancer) and the services' limits.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use http::{HeaderValue, Request, Response, StatusCode, Uri, Version, header};
 use hyper::body::Incoming;
+use hyper::client::conn::http1;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -25,7 +29,7 @@ use crate::table::{LocalEndpoint, Port};
 /// Clients to local endpoints, the balancer that picks among them, and the rate and concurrency
 /// limits in front of them.
 pub struct Backends {
-    h1: Client<HttpConnector, Body>,
+    h1: H1Pool,
     h2: Client<HttpConnector, Body>,
     limits: Limits,
     pub balancer: Balancer,
@@ -54,11 +58,7 @@ impl Backends {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(limits.connect_timeout));
-        let h1 = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(std::time::Duration::from_secs(90))
-            .build(connector.clone());
+        let h1 = H1Pool::new(limits.connect_timeout);
         let h2 = Client::builder(TokioExecutor::new())
             .timer(TokioTimer::new())
             .pool_timer(TokioTimer::new())
@@ -118,27 +118,43 @@ impl Backends {
             }
         };
         let endpoint = endpoint.address;
-        let client = if port.protocol.is_h2() {
+        let h2 = port.protocol.is_h2();
+        if h2 {
             parts.version = Version::HTTP_2;
-            &self.h2
         } else {
             parts.version = Version::HTTP_11;
-            if !parts.headers.contains_key(header::HOST)
-                && let Some(a) = original.authority.and_then(|a| {
-                    HeaderValue::from_maybe_shared(bytes::Bytes::copy_from_slice(
-                        a.as_str().as_bytes(),
-                    ))
-                    .ok()
-                })
-            {
-                parts.headers.insert(header::HOST, a);
+            if !parts.headers.contains_key(header::HOST) {
+                // The caller's authority, else the endpoint's own.
+                if let Some(host) = original.authority.as_ref().or(parts.uri.authority())
+                    && let Ok(v) = HeaderValue::from_str(host.as_str())
+                {
+                    parts.headers.insert(header::HOST, v);
+                }
             }
-            &self.h1
-        };
+            // A connection of its own carries origin-form targets only.
+            parts.uri = Uri::from(
+                parts
+                    .uri
+                    .path_and_query()
+                    .cloned()
+                    .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+            );
+        }
         let req = Request::from_parts(parts, incoming);
         let started = tokio::time::Instant::now();
-        let response =
-            match tokio::time::timeout(self.limits.request_timeout, client.request(req)).await {
+        let exchange = async {
+            if h2 {
+                self.h2
+                    .request(req)
+                    .await
+                    .map(|r| (r, None))
+                    .map_err(|e| e.to_string())
+            } else {
+                self.h1.send(endpoint, req).await.map(|(r, c)| (r, Some(c)))
+            }
+        };
+        let (response, connection) =
+            match tokio::time::timeout(self.limits.request_timeout, exchange).await {
                 Ok(Ok(r)) => r,
                 Ok(Err(e)) => {
                     let reason = format!("local endpoint {endpoint} failed: {e}");
@@ -161,7 +177,11 @@ impl Backends {
         strip_hop_by_hop(&mut parts.headers);
         entry.status = parts.status.as_u16();
         metrics.request(entry.side, entry.status);
+        let pool = self.h1.clone();
         let counted = Counted::new(incoming, entry.counters.bytes_out.clone()).on_end(move || {
+            if let Some(sender) = connection {
+                pool.check_in(endpoint, sender);
+            }
             drop(held);
             entry.finish();
         });
@@ -264,6 +284,137 @@ impl Backends {
                 StatusCode::GATEWAY_TIMEOUT,
                 format!("local endpoint {endpoint}: WebSocket handshake timed out"),
             )),
+        }
+    }
+}
+
+/// How long an HTTP/1.1 connection to a local endpoint may sit unused before it is closed.
+const H1_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// Idle HTTP/1.1 connections kept per local endpoint; more are closed when they come back.
+const H1_MAX_IDLE: usize = 512;
+
+/// Keep-alive HTTP/1.1 connections to local endpoints, by address. The request path takes a
+/// connection under a short lock and hands it back when the response body ends: no task per
+/// request and no waiting on a connection that is still finishing its last response (one that
+/// is not ready yet stays for a later request; a fresh connection is opened instead).
+#[derive(Clone)]
+struct H1Pool {
+    inner: std::sync::Arc<H1PoolInner>,
+}
+
+struct H1PoolInner {
+    idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
+    connect_timeout: Duration,
+}
+
+struct Idle {
+    sender: http1::SendRequest<Body>,
+    since: Instant,
+}
+
+impl Idle {
+    fn usable(&self, now: Instant) -> bool {
+        !self.sender.is_closed() && now.saturating_duration_since(self.since) < H1_IDLE_TIMEOUT
+    }
+}
+
+impl H1Pool {
+    fn new(connect_timeout: Duration) -> Self {
+        Self {
+            inner: std::sync::Arc::new(H1PoolInner {
+                idle: Mutex::new(HashMap::new()),
+                connect_timeout,
+            }),
+        }
+    }
+
+    fn idle(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Vec<Idle>>> {
+        // A panic while holding the lock cannot leave the map inconsistent: keep using it.
+        self.inner
+            .idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The most recently used ready connection to `addr`, dropping closed and stale ones.
+    fn check_out(&self, addr: SocketAddr) -> Option<http1::SendRequest<Body>> {
+        let now = Instant::now();
+        let mut idle = self.idle();
+        let list = idle.get_mut(&addr)?;
+        list.retain(|i| i.usable(now));
+        let ready = list.iter().rposition(|i| i.sender.is_ready())?;
+        Some(list.swap_remove(ready).sender)
+    }
+
+    /// Returns a connection after its response ended. Endpoints nobody calls any more lose
+    /// their idle connections on the next return to any endpoint after the idle timeout.
+    fn check_in(&self, addr: SocketAddr, sender: http1::SendRequest<Body>) {
+        if sender.is_closed() {
+            return;
+        }
+        let now = Instant::now();
+        let mut idle = self.idle();
+        let list = idle.entry(addr).or_default();
+        if list.len() >= H1_MAX_IDLE {
+            list.retain(|i| i.usable(now));
+        }
+        if list.len() < H1_MAX_IDLE {
+            list.push(Idle { sender, since: now });
+        }
+        if idle.len() > 1 {
+            idle.retain(|_, l| {
+                l.retain(|i| i.usable(now));
+                !l.is_empty()
+            });
+        }
+    }
+
+    async fn connect(&self, addr: SocketAddr) -> Result<http1::SendRequest<Body>, String> {
+        let connect = async {
+            let tcp = TcpStream::connect(addr)
+                .await
+                .map_err(|e| format!("connect: {e}"))?;
+            let _ = tcp.set_nodelay(true);
+            let (mut sender, conn) = http1::handshake::<_, Body>(TokioIo::new(tcp))
+                .await
+                .map_err(|e| e.to_string())?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(endpoint = %addr, error = %e, "local connection ended");
+                }
+            });
+            sender.ready().await.map_err(|e| e.to_string())?;
+            Ok(sender)
+        };
+        match tokio::time::timeout(self.inner.connect_timeout, connect).await {
+            Ok(r) => r,
+            Err(_) => Err(format!(
+                "connect timed out after {} ms",
+                self.inner.connect_timeout.as_millis()
+            )),
+        }
+    }
+
+    /// Sends `req` on a pooled connection, or a new one. A pooled connection that closed before
+    /// the request went out (the endpoint ended it while idle) gives the request back, and the
+    /// next one is tried; a request that reached the wire is never sent twice.
+    async fn send(
+        &self,
+        addr: SocketAddr,
+        mut req: Request<Body>,
+    ) -> Result<(Response<Incoming>, http1::SendRequest<Body>), String> {
+        loop {
+            let (mut sender, fresh) = match self.check_out(addr) {
+                Some(s) => (s, false),
+                None => (self.connect(addr).await?, true),
+            };
+            match sender.try_send_request(req).await {
+                Ok(response) => return Ok((response, sender)),
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) if !fresh => req = unsent,
+                    _ => return Err(e.into_error().to_string()),
+                },
+            }
         }
     }
 }
