@@ -509,4 +509,118 @@ mod tests {
             "the slot is released when the body ends"
         );
     }
+    /// A raw HTTP/1.1 endpoint: counts its connections, answers every request on a connection
+    /// with `hello` and keep-alive, and closes a connection after `per_conn` answers. Each
+    /// answer carries the request's Host header and target.
+    async fn counting_endpoint(
+        per_conn: usize,
+    ) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    return;
+                };
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    for _ in 0..per_conn {
+                        let head = loop {
+                            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                                let head = String::from_utf8_lossy(&buf[..end]).to_string();
+                                buf.drain(..end + 4);
+                                break head;
+                            }
+                            let mut chunk = [0u8; 1024];
+                            match stream.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        };
+                        let target = head.split(' ').nth(1).unwrap_or("").to_string();
+                        let host = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("host: "))
+                            .unwrap_or("")
+                            .to_string();
+                        let body = format!("{host} {target}");
+                        let answer = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        if stream.write_all(answer.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                    // Closes after the last answer, as an endpoint ending idle keep-alive does.
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
+    async fn get(pool: &H1Pool, addr: SocketAddr, host: &str) -> String {
+        let req = Request::get("/path?q=1")
+            .header(header::HOST, host)
+            .body(body::empty())
+            .expect("request");
+        let (response, sender) = pool.send(addr, req).await.expect("answered");
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        pool.check_in(addr, sender);
+        String::from_utf8_lossy(&body).to_string()
+    }
+
+    #[tokio::test]
+    async fn http1_connections_are_reused() {
+        let (addr, accepted) = counting_endpoint(usize::MAX).await;
+        let pool = H1Pool::new(Duration::from_secs(2));
+        for i in 0..20 {
+            assert_eq!(
+                get(&pool, addr, "svc.example").await,
+                "svc.example /path?q=1",
+                "request {i}"
+            );
+        }
+        assert_eq!(
+            accepted.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "twenty sequential requests share one connection"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_endpoint_closed_while_idle_is_replaced_without_an_error() {
+        let (addr, accepted) = counting_endpoint(1).await;
+        let pool = H1Pool::new(Duration::from_secs(2));
+        for i in 0..5 {
+            assert_eq!(get(&pool, addr, "a").await, "a /path?q=1", "request {i}");
+            // Let the closed connection be noticed, or not: either way the request succeeds.
+            if i % 2 == 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 5);
+    }
+
+    #[tokio::test]
+    async fn an_endpoint_that_is_down_is_a_clear_error() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        drop(listener);
+        let pool = H1Pool::new(Duration::from_secs(2));
+        let req = Request::get("/").body(body::empty()).expect("request");
+        let err = pool.send(addr, req).await.expect_err("nobody listens");
+        assert!(err.starts_with("connect:"), "{err}");
+    }
 }
