@@ -202,6 +202,8 @@ pids_of() {
   esac
 }
 ticks() { local t=0; for p in $1; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo $t; }
+# Kernel-mode ticks alone (stime): what the loopback TCP path itself costs, whoever proxies.
+sys_ticks() { local t=0; for p in $1; do t=$((t + $(awk '{print $15}' "/proc/$p/stat"))); done; echo $t; }
 url_of() { # target proto path
   case $1:$2 in
     direct:h1) echo "http://127.0.0.1:18080$3" ;; direct:h2) echo "http://127.0.0.1:18081$3" ;;
@@ -215,9 +217,11 @@ run() { # kind rep target proto path conns extra-args...
   local kind=$1 rep=$2 target=$3 proto=$4 path=$5 conns=$6; shift 6
   local pids; pids=$(pids_of "$target")
   local before; before=$(ticks "$pids")
+  local sys_before; sys_before=$(sys_ticks "$pids")
   local out; out=$(taskset -c "$CLIENT_CPU" "$LOAD" load --url "$(url_of "$target" "$proto" "$path")" --proto "$proto" --conns "$conns" "$@")
   local after; after=$(ticks "$pids")
-  echo "{\"kind\":\"$kind\",\"rep\":$rep,\"target\":\"$target\",\"proto\":\"$proto\",\"body\":\"$path\",\"conns\":$conns,\"cpu_ms\":$(( (after - before) * 1000 / HZ )),\"result\":$out}" | tee -a results.jsonl >&2
+  local sys_after; sys_after=$(sys_ticks "$pids")
+  echo "{\"kind\":\"$kind\",\"rep\":$rep,\"target\":\"$target\",\"proto\":\"$proto\",\"body\":\"$path\",\"conns\":$conns,\"cpu_ms\":$(( (after - before) * 1000 / HZ )),\"sys_ms\":$(( (sys_after - sys_before) * 1000 / HZ )),\"result\":$out}" | tee -a results.jsonl >&2
 }
 
 : > results.jsonl

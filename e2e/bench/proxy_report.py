@@ -32,6 +32,20 @@ for proto in ["h1", "h2"]:
             ratios_cpu.append(cr)
             print(f"| {proto} | {body[1:]} | {conns} | {rps['direct']:.0f} | {rps['isthmus']:.0f} | {rps['haproxy']:.0f} | {rps['nginx']:.0f} | {rr:.2f} | {cpu['isthmus']:.1f} | {cpu['haproxy']:.1f} | {cpu['nginx']:.1f} | {cr:.2f} |")
 
+print("\n### Where the proxy CPU goes: kernel (loopback TCP, both hops) vs user space, µs per request, medians\n")
+print("| client | body | conns | Isthmus kernel | Isthmus user | HAProxy kernel | HAProxy user | nginx kernel | nginx user |")
+print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+for proto in ["h1", "h2"]:
+    for body in ["/19", "/1k", "/16k"]:
+        for conns in [16, 64]:
+            cells = []
+            for t in TARGETS[1:]:
+                xs = [x for x in sat[(proto, body, conns, t)] if "sys_ms" in x]
+                k = med([x["sys_ms"] * 1000.0 / max(x["result"]["requests"], 1) for x in xs]) if xs else 0
+                u = med([(x["cpu_ms"] - x["sys_ms"]) * 1000.0 / max(x["result"]["requests"], 1) for x in xs]) if xs else 0
+                cells += [f"{k:.1f}", f"{u:.1f}"]
+            print(f"| {proto} | {body[1:]} | {conns} | " + " | ".join(cells) + " |")
+
 lat = defaultdict(list)
 for r in rows:
     if r["kind"] == "latency":
