@@ -5,7 +5,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use hyper::body::Incoming;
@@ -74,35 +74,44 @@ impl ConnLimit {
     }
 }
 
-/// The last time bytes moved on a connection.
+/// Whether bytes moved on a connection since the idle watch last looked. Marking it is a
+/// relaxed flag store (no clock read on the I/O path); the watch samples it every quarter of the
+/// timeout, so an idle connection is noticed between one and one and a quarter timeouts after
+/// its last byte.
 #[derive(Clone)]
 pub struct Activity {
-    base: Instant,
-    last_ms: Arc<AtomicU64>,
+    moved: Arc<AtomicBool>,
 }
 
 impl Activity {
     pub fn new() -> Self {
         Self {
-            base: Instant::now(),
-            last_ms: Arc::new(AtomicU64::new(0)),
+            moved: Arc::new(AtomicBool::new(false)),
         }
     }
 
     pub fn touch(&self) {
-        let ms = u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last_ms.store(ms, Ordering::Relaxed);
+        // Read first: most touches find the flag already set and leave the cache line clean.
+        if !self.moved.load(Ordering::Relaxed) {
+            self.moved.store(true, Ordering::Relaxed);
+        }
     }
 
-    /// Resolves once nothing moved for `timeout`.
+    /// Resolves once nothing moved for `timeout` (counted from the call).
     pub async fn idle_for(&self, timeout: Duration) {
+        let step = (timeout / 4).max(Duration::from_millis(1));
+        let mut quiet = Duration::ZERO;
+        self.moved.store(false, Ordering::Relaxed);
         loop {
-            let last = self.base + Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
-            let quiet = Instant::now().saturating_duration_since(last);
-            if quiet >= timeout {
-                return;
+            tokio::time::sleep(step).await;
+            if self.moved.swap(false, Ordering::Relaxed) {
+                quiet = Duration::ZERO;
+            } else {
+                quiet += step;
+                if quiet >= timeout {
+                    return;
+                }
             }
-            tokio::time::sleep(timeout - quiet).await;
         }
     }
 }
@@ -254,7 +263,9 @@ pub async fn serve_connection<IO, F, Fut>(
             }
             let switch = wants_protocol_switch(&req);
             let is_connect = req.method() == http::Method::CONNECT;
-            let mut response = handler(req).await;
+            // Boxed: HTTP/2 spawns this future as a task per stream, and the handler's state
+            // machine is large; it is moved by pointer instead of by value.
+            let mut response = Box::pin(handler(req)).await;
             if switch && !switched(response.status(), is_connect) {
                 // The HTTP/1 smuggling guard stops judging framing once a connection may switch
                 // protocols; when it did not, no further request may be read from it.
@@ -287,5 +298,47 @@ pub async fn serve_connection<IO, F, Fut>(
                 draining = true;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::time::Instant;
+
+    use super::Activity;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_quiet_connection_is_idle_after_one_to_one_and_a_quarter_timeouts() {
+        let activity = Activity::new();
+        let started = Instant::now();
+        activity.idle_for(Duration::from_secs(8)).await;
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_secs(8) && took <= Duration::from_secs(10),
+            "{took:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn bytes_moving_keep_a_connection_from_going_idle() {
+        let activity = Activity::new();
+        let mover = activity.clone();
+        let started = Instant::now();
+        let moving = tokio::spawn(async move {
+            // Bytes every second for 20 s, then silence.
+            for _ in 0..20 {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                mover.touch();
+            }
+        });
+        activity.idle_for(Duration::from_secs(4)).await;
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_secs(24) && took <= Duration::from_secs(26),
+            "idle {took:?} after the start; the last byte moved at 20 s"
+        );
+        moving.await.expect("mover");
     }
 }
