@@ -290,6 +290,8 @@ impl Backends {
 
 /// How long an HTTP/1.1 connection to a local endpoint may sit unused before it is closed.
 const H1_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// How often returning a connection also sweeps every endpoint's idle list.
+const H1_SWEEP_EVERY: Duration = Duration::from_secs(5);
 /// Idle HTTP/1.1 connections kept per local endpoint; more are closed when they come back.
 const H1_MAX_IDLE: usize = 512;
 
@@ -303,8 +305,14 @@ struct H1Pool {
 }
 
 struct H1PoolInner {
-    idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
+    idle: Mutex<IdleLists>,
     connect_timeout: Duration,
+}
+
+struct IdleLists {
+    /// Most recently returned last.
+    by_endpoint: HashMap<SocketAddr, Vec<Idle>>,
+    swept: Instant,
 }
 
 struct Idle {
@@ -312,61 +320,74 @@ struct Idle {
     since: Instant,
 }
 
-impl Idle {
-    fn usable(&self, now: Instant) -> bool {
-        !self.sender.is_closed() && now.saturating_duration_since(self.since) < H1_IDLE_TIMEOUT
-    }
-}
-
 impl H1Pool {
     fn new(connect_timeout: Duration) -> Self {
         Self {
             inner: std::sync::Arc::new(H1PoolInner {
-                idle: Mutex::new(HashMap::new()),
+                idle: Mutex::new(IdleLists {
+                    by_endpoint: HashMap::new(),
+                    swept: Instant::now(),
+                }),
                 connect_timeout,
             }),
         }
     }
 
-    fn idle(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Vec<Idle>>> {
-        // A panic while holding the lock cannot leave the map inconsistent: keep using it.
+    fn idle(&self) -> std::sync::MutexGuard<'_, IdleLists> {
+        // A panic while holding the lock cannot leave the lists inconsistent: keep using them.
         self.inner
             .idle
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// The most recently used ready connection to `addr`, dropping closed and stale ones.
+    /// The most recently returned ready connection to `addr`; closed ones met on the way are
+    /// dropped, busy ones left in place.
     fn check_out(&self, addr: SocketAddr) -> Option<http1::SendRequest<Body>> {
-        let now = Instant::now();
         let mut idle = self.idle();
-        let list = idle.get_mut(&addr)?;
-        list.retain(|i| i.usable(now));
-        let ready = list.iter().rposition(|i| i.sender.is_ready())?;
-        Some(list.swap_remove(ready).sender)
+        let list = idle.by_endpoint.get_mut(&addr)?;
+        let mut i = list.len();
+        while i > 0 {
+            i -= 1;
+            if list[i].sender.is_closed() {
+                list.swap_remove(i);
+            } else if list[i].sender.is_ready() {
+                return Some(list.swap_remove(i).sender);
+            }
+        }
+        None
     }
 
-    /// Returns a connection after its response ended. Endpoints nobody calls any more lose
-    /// their idle connections on the next return to any endpoint after the idle timeout.
+    /// Returns a connection after its response ended. Every few seconds this also closes the
+    /// connections idle past the timeout and forgets endpoints left with none.
     fn check_in(&self, addr: SocketAddr, sender: http1::SendRequest<Body>) {
         if sender.is_closed() {
             return;
         }
         let now = Instant::now();
         let mut idle = self.idle();
-        let list = idle.entry(addr).or_default();
+        let list = idle.by_endpoint.entry(addr).or_default();
         if list.len() >= H1_MAX_IDLE {
-            list.retain(|i| i.usable(now));
+            list.retain(|i| !i.sender.is_closed());
         }
         if list.len() < H1_MAX_IDLE {
             list.push(Idle { sender, since: now });
         }
-        if idle.len() > 1 {
-            idle.retain(|_, l| {
-                l.retain(|i| i.usable(now));
+        if now.saturating_duration_since(idle.swept) >= H1_SWEEP_EVERY {
+            idle.swept = now;
+            idle.by_endpoint.retain(|_, l| {
+                l.retain(|i| {
+                    !i.sender.is_closed()
+                        && now.saturating_duration_since(i.since) < H1_IDLE_TIMEOUT
+                });
                 !l.is_empty()
             });
         }
+    }
+
+    #[cfg(test)]
+    fn idle_count(&self, addr: SocketAddr) -> usize {
+        self.idle().by_endpoint.get(&addr).map_or(0, Vec::len)
     }
 
     async fn connect(&self, addr: SocketAddr) -> Result<http1::SendRequest<Body>, String> {
@@ -597,6 +618,21 @@ mod tests {
             1,
             "twenty sequential requests share one connection"
         );
+        assert_eq!(pool.idle_count(addr), 1);
+    }
+
+    #[tokio::test]
+    async fn each_endpoint_keeps_its_own_connections() {
+        let (a, accepted_a) = counting_endpoint(usize::MAX).await;
+        let (b, accepted_b) = counting_endpoint(usize::MAX).await;
+        let pool = H1Pool::new(Duration::from_secs(2));
+        for _ in 0..10 {
+            assert_eq!(get(&pool, a, "a").await, "a /path?q=1");
+            assert_eq!(get(&pool, b, "b").await, "b /path?q=1");
+        }
+        assert_eq!(accepted_a.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(accepted_b.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!((pool.idle_count(a), pool.idle_count(b)), (1, 1));
     }
 
     #[tokio::test]
