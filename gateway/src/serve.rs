@@ -97,7 +97,8 @@ impl Activity {
         }
     }
 
-    /// Resolves once nothing moved for `timeout` (counted from the call).
+    /// Resolves once nothing moved for `timeout` (counted from the call). One watcher per
+    /// `Activity`: each sample clears the flag, so two watchers would hide bytes from each other.
     pub async fn idle_for(&self, timeout: Duration) {
         let step = (timeout / 4).max(Duration::from_millis(1));
         let mut quiet = Duration::ZERO;

@@ -290,7 +290,7 @@ impl Backends {
 
 /// How long an HTTP/1.1 connection to a local endpoint may sit unused before it is closed.
 const H1_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
-/// How often returning a connection also sweeps every endpoint's idle list.
+/// How often every endpoint's idle list is swept of closed and timed-out connections.
 const H1_SWEEP_EVERY: Duration = Duration::from_secs(5);
 /// Idle HTTP/1.1 connections kept per local endpoint; more are closed when they come back.
 const H1_MAX_IDLE: usize = 512;
@@ -312,7 +312,16 @@ struct H1PoolInner {
 struct IdleLists {
     /// Most recently returned last.
     by_endpoint: HashMap<SocketAddr, Vec<Idle>>,
-    swept: Instant,
+}
+
+impl IdleLists {
+    /// Closes the connections idle past the timeout and forgets endpoints left with none.
+    fn sweep(&mut self, now: Instant) {
+        self.by_endpoint.retain(|_, l| {
+            l.retain(|i| i.fresh(now));
+            !l.is_empty()
+        });
+    }
 }
 
 struct Idle {
@@ -320,17 +329,34 @@ struct Idle {
     since: Instant,
 }
 
+impl Idle {
+    fn fresh(&self, now: Instant) -> bool {
+        !self.sender.is_closed() && now.saturating_duration_since(self.since) < H1_IDLE_TIMEOUT
+    }
+}
+
 impl H1Pool {
+    /// A pool, and (inside a runtime) the task that sweeps it until the pool is dropped.
     fn new(connect_timeout: Duration) -> Self {
-        Self {
+        let pool = Self {
             inner: std::sync::Arc::new(H1PoolInner {
                 idle: Mutex::new(IdleLists {
                     by_endpoint: HashMap::new(),
-                    swept: Instant::now(),
                 }),
                 connect_timeout,
             }),
+        };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let weak = std::sync::Arc::downgrade(&pool.inner);
+            runtime.spawn(async move {
+                loop {
+                    tokio::time::sleep(H1_SWEEP_EVERY).await;
+                    let Some(inner) = weak.upgrade() else { return };
+                    H1Pool { inner }.idle().sweep(Instant::now());
+                }
+            });
         }
+        pool
     }
 
     fn idle(&self) -> std::sync::MutexGuard<'_, IdleLists> {
@@ -341,15 +367,16 @@ impl H1Pool {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// The most recently returned ready connection to `addr`; closed ones met on the way are
-    /// dropped, busy ones left in place.
+    /// The most recently returned ready connection to `addr`; closed and timed-out ones met on
+    /// the way are dropped, busy ones left in place.
     fn check_out(&self, addr: SocketAddr) -> Option<http1::SendRequest<Body>> {
+        let now = Instant::now();
         let mut idle = self.idle();
         let list = idle.by_endpoint.get_mut(&addr)?;
         let mut i = list.len();
         while i > 0 {
             i -= 1;
-            if list[i].sender.is_closed() {
+            if !list[i].fresh(now) {
                 list.swap_remove(i);
             } else if list[i].sender.is_ready() {
                 return Some(list.swap_remove(i).sender);
@@ -358,8 +385,7 @@ impl H1Pool {
         None
     }
 
-    /// Returns a connection after its response ended. Every few seconds this also closes the
-    /// connections idle past the timeout and forgets endpoints left with none.
+    /// Returns a connection after its response ended.
     fn check_in(&self, addr: SocketAddr, sender: http1::SendRequest<Body>) {
         if sender.is_closed() {
             return;
@@ -368,20 +394,10 @@ impl H1Pool {
         let mut idle = self.idle();
         let list = idle.by_endpoint.entry(addr).or_default();
         if list.len() >= H1_MAX_IDLE {
-            list.retain(|i| !i.sender.is_closed());
+            list.retain(|i| i.fresh(now));
         }
         if list.len() < H1_MAX_IDLE {
             list.push(Idle { sender, since: now });
-        }
-        if now.saturating_duration_since(idle.swept) >= H1_SWEEP_EVERY {
-            idle.swept = now;
-            idle.by_endpoint.retain(|_, l| {
-                l.retain(|i| {
-                    !i.sender.is_closed()
-                        && now.saturating_duration_since(i.since) < H1_IDLE_TIMEOUT
-                });
-                !l.is_empty()
-            });
         }
     }
 
@@ -619,6 +635,38 @@ mod tests {
             "twenty sequential requests share one connection"
         );
         assert_eq!(pool.idle_count(addr), 1);
+    }
+
+    /// Makes every idle connection to `addr` look older than the idle timeout.
+    fn age(pool: &H1Pool, addr: SocketAddr) {
+        let long_ago = std::time::Instant::now()
+            .checked_sub(H1_IDLE_TIMEOUT + Duration::from_secs(1))
+            .expect("the clock is past the idle timeout");
+        for i in pool.idle().by_endpoint.get_mut(&addr).expect("idle list") {
+            i.since = long_ago;
+        }
+    }
+
+    #[tokio::test]
+    async fn connections_idle_past_the_timeout_are_closed_not_reused() {
+        let (addr, accepted) = counting_endpoint(usize::MAX).await;
+        let pool = H1Pool::new(Duration::from_secs(2));
+        assert_eq!(get(&pool, addr, "a").await, "a /path?q=1");
+        age(&pool, addr);
+        assert_eq!(get(&pool, addr, "a").await, "a /path?q=1");
+        assert_eq!(
+            accepted.load(std::sync::atomic::Ordering::SeqCst),
+            2,
+            "the timed-out connection was not reused"
+        );
+        assert_eq!(pool.idle_count(addr), 1);
+        age(&pool, addr);
+        pool.idle().sweep(std::time::Instant::now());
+        assert_eq!(pool.idle_count(addr), 0, "the sweep closed it");
+        assert!(
+            pool.idle().by_endpoint.is_empty(),
+            "and forgot the endpoint"
+        );
     }
 
     #[tokio::test]
