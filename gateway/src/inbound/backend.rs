@@ -103,43 +103,38 @@ impl Backends {
         let held = held.into();
         let (mut parts, incoming) = req.into_parts();
         let original = std::mem::take(&mut parts.uri).into_parts();
-        let mut uri = http::uri::Parts::default();
-        uri.scheme = Some(http::uri::Scheme::HTTP);
-        uri.authority = Some(endpoint.authority.clone());
-        uri.path_and_query = original
+        let path = original
             .path_and_query
-            .or_else(|| Some(http::uri::PathAndQuery::from_static("/")));
-        parts.uri = match Uri::from_parts(uri) {
-            Ok(u) => u,
-            Err(e) => {
-                let r = Self::fail(&mut entry, metrics, StatusCode::BAD_REQUEST, e.to_string());
-                entry.finish();
-                return r;
-            }
-        };
-        let endpoint = endpoint.address;
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
         let h2 = port.protocol.is_h2();
         if h2 {
             parts.version = Version::HTTP_2;
+            // The multiplexed client picks its connection by the absolute URI.
+            let mut uri = http::uri::Parts::default();
+            uri.scheme = Some(http::uri::Scheme::HTTP);
+            uri.authority = Some(endpoint.authority.clone());
+            uri.path_and_query = Some(path);
+            parts.uri = match Uri::from_parts(uri) {
+                Ok(u) => u,
+                Err(e) => {
+                    let r = Self::fail(&mut entry, metrics, StatusCode::BAD_REQUEST, e.to_string());
+                    entry.finish();
+                    return r;
+                }
+            };
         } else {
             parts.version = Version::HTTP_11;
             if !parts.headers.contains_key(header::HOST) {
                 // The caller's authority, else the endpoint's own.
-                if let Some(host) = original.authority.as_ref().or(parts.uri.authority())
-                    && let Ok(v) = HeaderValue::from_str(host.as_str())
-                {
+                let host = original.authority.as_ref().unwrap_or(&endpoint.authority);
+                if let Ok(v) = HeaderValue::from_str(host.as_str()) {
                     parts.headers.insert(header::HOST, v);
                 }
             }
-            // A connection of its own carries origin-form targets only.
-            parts.uri = Uri::from(
-                parts
-                    .uri
-                    .path_and_query()
-                    .cloned()
-                    .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
-            );
+            // The pool's connections carry origin-form targets.
+            parts.uri = Uri::from(path);
         }
+        let endpoint = endpoint.address;
         let req = Request::from_parts(parts, incoming);
         let started = tokio::time::Instant::now();
         let exchange = async {
@@ -177,9 +172,9 @@ impl Backends {
         strip_hop_by_hop(&mut parts.headers);
         entry.status = parts.status.as_u16();
         metrics.request(entry.side, entry.status);
-        let pool = self.h1.clone();
+        let give_back = connection.map(|c| (self.h1.clone(), c));
         let counted = Counted::new(incoming, entry.counters.bytes_out.clone()).on_end(move || {
-            if let Some(sender) = connection {
+            if let Some((pool, sender)) = give_back {
                 pool.check_in(endpoint, sender);
             }
             drop(held);
@@ -221,17 +216,7 @@ impl Backends {
         mut headers: http::HeaderMap,
     ) -> Result<Response<Incoming>, (StatusCode, String)> {
         let handshake = async {
-            let tcp = TcpStream::connect(endpoint)
-                .await
-                .map_err(|e| e.to_string())?;
-            let _ = tcp.set_nodelay(true);
-            let (mut sender, conn) =
-                hyper::client::conn::http1::handshake::<_, Body>(TokioIo::new(tcp))
-                    .await
-                    .map_err(|e| e.to_string())?;
-            tokio::spawn(async move {
-                let _ = conn.with_upgrades().await;
-            });
+            let mut sender = dial_http1(endpoint).await?;
             let mut up = Request::new(body::empty());
             *up.uri_mut() = path
                 .parse()
@@ -288,6 +273,24 @@ impl Backends {
     }
 }
 
+/// A plaintext HTTP/1.1 connection to a local endpoint, its driver spawned (upgrades allowed,
+/// for WebSocket).
+async fn dial_http1(addr: SocketAddr) -> Result<http1::SendRequest<Body>, String> {
+    let tcp = TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let _ = tcp.set_nodelay(true);
+    let (sender, conn) = http1::handshake::<_, Body>(TokioIo::new(tcp))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(endpoint = %addr, error = %e, "local connection ended");
+        }
+    });
+    Ok(sender)
+}
+
 /// How long an HTTP/1.1 connection to a local endpoint may sit unused before it is closed.
 const H1_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// How often every endpoint's idle list is swept of closed and timed-out connections.
@@ -305,19 +308,22 @@ struct H1Pool {
 }
 
 struct H1PoolInner {
-    idle: Mutex<IdleLists>,
+    /// Per endpoint, most recently returned last.
+    idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
     connect_timeout: Duration,
 }
 
-struct IdleLists {
-    /// Most recently returned last.
-    by_endpoint: HashMap<SocketAddr, Vec<Idle>>,
-}
+impl H1PoolInner {
+    fn idle(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Vec<Idle>>> {
+        // A panic while holding the lock cannot leave the lists inconsistent: keep using them.
+        self.idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 
-impl IdleLists {
     /// Closes the connections idle past the timeout and forgets endpoints left with none.
-    fn sweep(&mut self, now: Instant) {
-        self.by_endpoint.retain(|_, l| {
+    fn sweep(&self, now: Instant) {
+        self.idle().retain(|_, l| {
             l.retain(|i| i.fresh(now));
             !l.is_empty()
         });
@@ -340,9 +346,7 @@ impl H1Pool {
     fn new(connect_timeout: Duration) -> Self {
         let pool = Self {
             inner: std::sync::Arc::new(H1PoolInner {
-                idle: Mutex::new(IdleLists {
-                    by_endpoint: HashMap::new(),
-                }),
+                idle: Mutex::new(HashMap::new()),
                 connect_timeout,
             }),
         };
@@ -352,27 +356,19 @@ impl H1Pool {
                 loop {
                     tokio::time::sleep(H1_SWEEP_EVERY).await;
                     let Some(inner) = weak.upgrade() else { return };
-                    H1Pool { inner }.idle().sweep(Instant::now());
+                    inner.sweep(Instant::now());
                 }
             });
         }
         pool
     }
 
-    fn idle(&self) -> std::sync::MutexGuard<'_, IdleLists> {
-        // A panic while holding the lock cannot leave the lists inconsistent: keep using them.
-        self.inner
-            .idle
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
     /// The most recently returned ready connection to `addr`; closed and timed-out ones met on
     /// the way are dropped, busy ones left in place.
     fn check_out(&self, addr: SocketAddr) -> Option<http1::SendRequest<Body>> {
         let now = Instant::now();
-        let mut idle = self.idle();
-        let list = idle.by_endpoint.get_mut(&addr)?;
+        let mut idle = self.inner.idle();
+        let list = idle.get_mut(&addr)?;
         let mut i = list.len();
         while i > 0 {
             i -= 1;
@@ -391,8 +387,8 @@ impl H1Pool {
             return;
         }
         let now = Instant::now();
-        let mut idle = self.idle();
-        let list = idle.by_endpoint.entry(addr).or_default();
+        let mut idle = self.inner.idle();
+        let list = idle.entry(addr).or_default();
         if list.len() >= H1_MAX_IDLE {
             list.retain(|i| i.fresh(now));
         }
@@ -403,23 +399,12 @@ impl H1Pool {
 
     #[cfg(test)]
     fn idle_count(&self, addr: SocketAddr) -> usize {
-        self.idle().by_endpoint.get(&addr).map_or(0, Vec::len)
+        self.inner.idle().get(&addr).map_or(0, Vec::len)
     }
 
     async fn connect(&self, addr: SocketAddr) -> Result<http1::SendRequest<Body>, String> {
         let connect = async {
-            let tcp = TcpStream::connect(addr)
-                .await
-                .map_err(|e| format!("connect: {e}"))?;
-            let _ = tcp.set_nodelay(true);
-            let (mut sender, conn) = http1::handshake::<_, Body>(TokioIo::new(tcp))
-                .await
-                .map_err(|e| e.to_string())?;
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(endpoint = %addr, error = %e, "local connection ended");
-                }
-            });
+            let mut sender = dial_http1(addr).await?;
             sender.ready().await.map_err(|e| e.to_string())?;
             Ok(sender)
         };
@@ -642,7 +627,7 @@ mod tests {
         let long_ago = std::time::Instant::now()
             .checked_sub(H1_IDLE_TIMEOUT + Duration::from_secs(1))
             .expect("the clock is past the idle timeout");
-        for i in pool.idle().by_endpoint.get_mut(&addr).expect("idle list") {
+        for i in pool.inner.idle().get_mut(&addr).expect("idle list") {
             i.since = long_ago;
         }
     }
@@ -661,12 +646,9 @@ mod tests {
         );
         assert_eq!(pool.idle_count(addr), 1);
         age(&pool, addr);
-        pool.idle().sweep(std::time::Instant::now());
+        pool.inner.sweep(std::time::Instant::now());
         assert_eq!(pool.idle_count(addr), 0, "the sweep closed it");
-        assert!(
-            pool.idle().by_endpoint.is_empty(),
-            "and forgot the endpoint"
-        );
+        assert!(pool.inner.idle().is_empty(), "and forgot the endpoint");
     }
 
     #[tokio::test]
