@@ -201,9 +201,14 @@ pids_of() {
     nginx) echo "$(children "$NG1") $(children "$NG2")" ;;
   esac
 }
-ticks() { local t=0; for p in $1; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo $t; }
-# Kernel-mode ticks alone (stime): what the loopback TCP path itself costs, whoever proxies.
-sys_ticks() { local t=0; for p in $1; do t=$((t + $(awk '{print $15}' "/proc/$p/stat"))); done; echo $t; }
+# CPU ticks of the processes in $1: utime + stime, or with `sys` stime alone (kernel mode: what
+# the loopback TCP path itself costs, whoever proxies).
+ticks() {
+  local t=0 f='$14 + $15'
+  [ "${2:-}" = sys ] && f='$15'
+  for p in $1; do t=$((t + $(awk "{print $f}" "/proc/$p/stat"))); done
+  echo $t
+}
 url_of() { # target proto path
   case $1:$2 in
     direct:h1) echo "http://127.0.0.1:18080$3" ;; direct:h2) echo "http://127.0.0.1:18081$3" ;;
@@ -217,10 +222,10 @@ run() { # kind rep target proto path conns extra-args...
   local kind=$1 rep=$2 target=$3 proto=$4 path=$5 conns=$6; shift 6
   local pids; pids=$(pids_of "$target")
   local before; before=$(ticks "$pids")
-  local sys_before; sys_before=$(sys_ticks "$pids")
+  local sys_before; sys_before=$(ticks "$pids" sys)
   local out; out=$(taskset -c "$CLIENT_CPU" "$LOAD" load --url "$(url_of "$target" "$proto" "$path")" --proto "$proto" --conns "$conns" "$@")
   local after; after=$(ticks "$pids")
-  local sys_after; sys_after=$(sys_ticks "$pids")
+  local sys_after; sys_after=$(ticks "$pids" sys)
   echo "{\"kind\":\"$kind\",\"rep\":$rep,\"target\":\"$target\",\"proto\":\"$proto\",\"body\":\"$path\",\"conns\":$conns,\"cpu_ms\":$(( (after - before) * 1000 / HZ )),\"sys_ms\":$(( (sys_after - sys_before) * 1000 / HZ )),\"result\":$out}" | tee -a results.jsonl >&2
 }
 
