@@ -20,6 +20,7 @@ use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
 use crate::body::Body;
+use crate::coalesce::Coalesced;
 use crate::config::Limits;
 use crate::table::{Backend, PeerGateway};
 
@@ -186,7 +187,7 @@ impl PeerPool {
             .initial_connection_window_size(self.limits.connection_window)
             .max_header_list_size(u32::try_from(self.limits.max_header_bytes).unwrap_or(u32::MAX))
             .max_send_buf_size(usize::try_from(self.limits.stream_window).unwrap_or(1 << 20))
-            .handshake(TokioIo::new(tls))
+            .handshake(TokioIo::new(Coalesced::new(tls)))
             .await
             .map_err(|e| format!("HTTP/2 handshake: {e}"))?;
         let cluster = backend.cluster.clone();

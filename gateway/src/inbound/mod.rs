@@ -30,6 +30,7 @@ use tokio::sync::watch;
 
 use crate::accesslog::{Entry, Side};
 use crate::body::{self, Body, Counted};
+use crate::coalesce::Coalesced;
 use crate::config::Limits;
 use crate::headers::{
     FORWARDED_CLIENT_CERT, PROBE, SHADOW, SHADOW_MARK, SOURCE_CLUSTER, TARGET, strip_identity,
@@ -136,9 +137,13 @@ impl Inbound {
             tokio::spawn(async move {
                 let _permit = permit;
                 let limits = this.limits.clone();
-                serve_connection(stream, &builder, &limits, &drain, move |req| {
-                    this.clone().handle(conn.clone(), req)
-                })
+                serve_connection(
+                    Coalesced::new(stream),
+                    &builder,
+                    &limits,
+                    &drain,
+                    move |req| this.clone().handle(conn.clone(), req),
+                )
                 .await;
             });
         }
