@@ -39,6 +39,12 @@ struct TurnEnd {
     task: Mutex<Option<Waker>>,
 }
 
+impl TurnEnd {
+    fn has_ended(&self) -> bool {
+        self.ended.load(Ordering::Acquire)
+    }
+}
+
 impl Wake for TurnEnd {
     fn wake(self: Arc<Self>) {
         self.wake_by_ref();
@@ -74,7 +80,7 @@ impl<T> Coalesced<T> {
     /// Whether the flush must still wait for the end of the turn (arming the wait if needed).
     fn wait_for_turn_end(&mut self, cx: &mut Context<'_>) -> bool {
         match &self.turn {
-            Some(turn) if turn.ended.load(Ordering::Acquire) => {
+            Some(turn) if turn.has_ended() => {
                 self.turn = None;
                 false
             }
@@ -125,13 +131,22 @@ impl<T: AsyncWrite + Unpin> Coalesced<T> {
     }
 }
 
-impl<T: AsyncRead + Unpin> AsyncRead for Coalesced<T> {
+impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for Coalesced<T> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let this = &mut *self;
+        // A caller that only reads after the turn ended (a handshake waiting for the peer's
+        // preface) still gets its held-back writes sent.
+        if this.buffered() > 0 && this.turn.as_ref().is_some_and(|t| t.has_ended()) {
+            this.turn = None;
+            if let Poll::Ready(Err(e)) = this.poll_drain(cx) {
+                return Poll::Ready(Err(e));
+            }
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
     }
 }
 
@@ -204,7 +219,7 @@ mod tests {
     use std::sync::{Arc, Mutex};
     use std::task::{Context, Poll, Waker};
 
-    use tokio::io::{AsyncWrite, AsyncWriteExt};
+    use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
     use super::{Coalesced, MAX_BUFFERED};
 
@@ -334,6 +349,27 @@ mod tests {
         );
         w.shutdown().await.unwrap();
         assert_eq!(wire.writes().concat(), b"goaway");
+    }
+
+    #[tokio::test]
+    async fn a_caller_that_only_reads_after_the_turn_still_sends_what_it_wrote() {
+        let (ours, mut theirs) = tokio::io::duplex(1024);
+        let peer = tokio::spawn(async move {
+            let mut settings = [0u8; 8];
+            theirs.read_exact(&mut settings).await.unwrap();
+            assert_eq!(&settings, b"settings");
+            theirs.write_all(b"preface").await.unwrap();
+        });
+        let mut w = Coalesced::new(ours);
+        w.write_all(b"settings").await.unwrap();
+        w.flush().await.unwrap();
+        let mut preface = [0u8; 7];
+        tokio::time::timeout(std::time::Duration::from_secs(10), w.read_exact(&mut preface))
+            .await
+            .expect("the held-back write went out while the caller waited to read")
+            .unwrap();
+        assert_eq!(&preface, b"preface");
+        peer.await.unwrap();
     }
 
     #[tokio::test]
