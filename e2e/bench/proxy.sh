@@ -26,6 +26,14 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/isthmus-release}"
 cargo build --release -j2 --bin isthmus --bench proxy >&2
 BIN="$CARGO_TARGET_DIR/release/isthmus"
 LOAD=$(ls -t "$CARGO_TARGET_DIR"/release/deps/proxy-* | grep -v '\.d$' | head -1)
+# HAProxy binds with SO_REUSEPORT: a chain left running by an earlier run would silently share
+# these ports (and answer with its own, different certificates).
+for port in 18080 18081 19080 19081 19443 20080 20081 20443; do
+  if ss -Hltn "sport = :$port" | grep -q .; then
+    echo "port $port is already in use: stop the earlier bench's servers first (pgrep -af 'haproxy|nginx')" >&2
+    exit 1
+  fi
+done
 OUT=${OUT:-$(mktemp -d /tmp/isthmus-proxy-bench.XXXX)}
 mkdir -p "$OUT"
 # nginx workers run as an unprivileged user: they must be able to read the bodies.
