@@ -152,19 +152,11 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for Coalesced<T> {
 
 impl<T: AsyncWrite + Unpin> AsyncWrite for Coalesced<T> {
     fn poll_write(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let this = &mut *self;
-        if this.buffered() > 0 && this.buffered() + data.len() > MAX_BUFFERED {
-            ready!(this.poll_drain(cx))?;
-        }
-        if this.buffered() == 0 && data.len() >= MAX_BUFFERED {
-            return Pin::new(&mut this.inner).poll_write(cx, data);
-        }
-        this.buf.extend_from_slice(data);
-        Poll::Ready(Ok(data.len()))
+        self.poll_write_vectored(cx, &[IoSlice::new(data)])
     }
 
     fn poll_write_vectored(
@@ -199,6 +191,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Coalesced<T> {
                 return Poll::Ready(Ok(()));
             }
             ready!(this.poll_drain(cx))?;
+        } else {
+            // Emptied by a spill: the next batch waits for a turn of its own.
+            this.turn = None;
         }
         Pin::new(&mut this.inner).poll_flush(cx)
     }
@@ -364,12 +359,40 @@ mod tests {
         w.write_all(b"settings").await.unwrap();
         w.flush().await.unwrap();
         let mut preface = [0u8; 7];
-        tokio::time::timeout(std::time::Duration::from_secs(10), w.read_exact(&mut preface))
-            .await
-            .expect("the held-back write went out while the caller waited to read")
-            .unwrap();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            w.read_exact(&mut preface),
+        )
+        .await
+        .expect("the held-back write went out while the caller waited to read")
+        .unwrap();
         assert_eq!(&preface, b"preface");
         peer.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_batch_after_a_spill_waits_for_its_own_turn() {
+        let wire = Recorder::default();
+        let mut w = Coalesced::new(wire.clone());
+        w.write_all(b"a").await.unwrap();
+        w.flush().await.unwrap();
+        w.write_all(&vec![0u8; MAX_BUFFERED]).await.unwrap();
+        assert_eq!(
+            wire.writes().len(),
+            2,
+            "the held byte, then the large write"
+        );
+        w.flush().await.unwrap();
+        tokio::task::yield_now().await;
+        w.write_all(b"b").await.unwrap();
+        w.flush().await.unwrap();
+        assert_eq!(
+            wire.writes().len(),
+            2,
+            "the next batch is held until its turn ends"
+        );
+        w.shutdown().await.unwrap();
+        assert_eq!(wire.writes().last().unwrap(), b"b");
     }
 
     #[tokio::test]
