@@ -6,6 +6,7 @@
 #   cargo build --release --bin isthmus
 #   e2e/bench/dns.sh                       # 10,000 and 100,000 names
 #   SIZES="1000" SECONDS_PER_RUN=5 e2e/bench/dns.sh
+#   SIZES=100000 MIXES="nxdomain" ROUNDS=5 e2e/bench/dns.sh   # one cell again
 #
 # The three servers run side by side, each pinned to CPU 0 (`taskset -c 0`; only the one being
 # measured is busy); dnsperf is pinned to CPU 1. For each size and query mix the servers take
@@ -23,6 +24,7 @@ SIZES=${SIZES:-"10000 100000"}
 SECONDS_PER_RUN=${SECONDS_PER_RUN:-5}
 ROUNDS=${ROUNDS:-3}
 RATE=${RATE:-30000}
+MIXES=${MIXES:-"hits hit90-nx10 nxdomain nodata"}
 BIN=${ISTHMUS_BIN:-${CARGO_TARGET_DIR:-$HOME/.cache/isthmus-release}/release/isthmus}
 [[ -x $BIN ]] || BIN=target/release/isthmus
 for tool in dnsperf knotd nsd python3 taskset; do
@@ -238,7 +240,7 @@ for n in $SIZES; do
   for server in isthmus knot nsd; do
     echo "== $n names: $server pid ${PID[$server]}, rss $(awk '/VmRSS/ {print $2 $3}' /proc/"${PID[$server]}"/status)"
   done
-  for mix in hits hit90-nx10 nxdomain nodata; do
+  for mix in $MIXES; do
     for round in $(seq 1 "$ROUNDS"); do
       for server in isthmus knot nsd; do
         measure "$n" "$dir" "$server" "${PORT[$server]}" "${PID[$server]}" "$mix" "$round"
