@@ -24,6 +24,10 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 const MAX_BUFFERED: usize = 64 * 1024;
 
 /// A stream whose writes are gathered until the end of the runtime's current turn.
+///
+/// Made for a caller that flushes or reads each time its task is polled, as an HTTP/2
+/// connection does: a flush that waits for the turn's end returns at once, and the write happens
+/// on the caller's next flush or read after the deferred wake (or at shutdown).
 pub struct Coalesced<T> {
     inner: T,
     buf: Vec<u8>,
@@ -67,10 +71,6 @@ impl<T> Coalesced<T> {
             sent: 0,
             turn: None,
         }
-    }
-
-    pub fn get_ref(&self) -> &T {
-        &self.inner
     }
 
     fn buffered(&self) -> usize {
