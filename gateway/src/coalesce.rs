@@ -14,7 +14,7 @@
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Wake, Waker, ready};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -33,8 +33,10 @@ pub struct Coalesced<T> {
     buf: Vec<u8>,
     /// How much of `buf` the inner stream has taken.
     sent: usize,
-    /// Set while a flush waits for the end of the turn.
-    turn: Option<Arc<TurnEnd>>,
+    /// The deferred wake, reused from batch to batch once the scheduler has let go of it.
+    turn: Arc<TurnEnd>,
+    /// Whether a flush waits for `turn` to end.
+    armed: bool,
 }
 
 /// The deferred wake: records that the turn ended and wakes the connection's task.
@@ -44,6 +46,13 @@ struct TurnEnd {
 }
 
 impl TurnEnd {
+    fn new() -> Self {
+        Self {
+            ended: AtomicBool::new(false),
+            task: Mutex::new(None),
+        }
+    }
+
     fn has_ended(&self) -> bool {
         self.ended.load(Ordering::Acquire)
     }
@@ -56,7 +65,11 @@ impl Wake for TurnEnd {
 
     fn wake_by_ref(self: &Arc<Self>) {
         self.ended.store(true, Ordering::Release);
-        let task = self.task.lock().ok().and_then(|mut t| t.take());
+        let task = self
+            .task
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
         if let Some(task) = task {
             task.wake();
         }
@@ -69,7 +82,8 @@ impl<T> Coalesced<T> {
             inner,
             buf: Vec::new(),
             sent: 0,
-            turn: None,
+            turn: Arc::new(TurnEnd::new()),
+            armed: false,
         }
     }
 
@@ -79,36 +93,40 @@ impl<T> Coalesced<T> {
 
     /// Whether the flush must still wait for the end of the turn (arming the wait if needed).
     fn wait_for_turn_end(&mut self, cx: &mut Context<'_>) -> bool {
-        match &self.turn {
-            Some(turn) if turn.has_ended() => {
-                self.turn = None;
-                false
+        if self.armed {
+            if self.turn.has_ended() {
+                self.armed = false;
+                return false;
             }
-            Some(turn) => {
-                // Polled early (another wake): keep waiting, and wake whichever task polls now.
-                if let Ok(mut task) = turn.task.lock() {
-                    match &*task {
-                        Some(t) if t.will_wake(cx.waker()) => {}
-                        _ => *task = Some(cx.waker().clone()),
-                    }
-                }
-                true
+            // Polled early (another wake): keep waiting, and wake whichever task polls now.
+            let mut task = self
+                .turn
+                .task
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if !task.as_ref().is_some_and(|t| t.will_wake(cx.waker())) {
+                *task = Some(cx.waker().clone());
             }
-            None => {
-                let turn = Arc::new(TurnEnd {
-                    ended: AtomicBool::new(false),
-                    task: Mutex::new(Some(cx.waker().clone())),
-                });
-                let waker = Waker::from(turn.clone());
-                self.turn = Some(turn);
-                // `yield_now` hands its waker to the scheduler's deferred list, woken once the
-                // tasks that are ready have run and the driver has been polled (or at once
-                // outside a runtime).
-                let mut yielded = std::pin::pin!(tokio::task::yield_now());
-                let _ = yielded.as_mut().poll(&mut Context::from_waker(&waker));
-                true
-            }
+            return true;
         }
+        match Arc::get_mut(&mut self.turn) {
+            Some(turn) => *turn.ended.get_mut() = false,
+            // The scheduler still holds the last turn's wake (the batch was sent early by a
+            // spill): that wake must not end this turn.
+            None => self.turn = Arc::new(TurnEnd::new()),
+        }
+        *self
+            .turn
+            .task
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(cx.waker().clone());
+        self.armed = true;
+        // `yield_now` hands its waker to the scheduler's deferred list, woken once the tasks
+        // that are ready have run and the driver has been polled (or at once outside a runtime).
+        let waker = Waker::from(self.turn.clone());
+        let mut yielded = std::pin::pin!(tokio::task::yield_now());
+        let _ = yielded.as_mut().poll(&mut Context::from_waker(&waker));
+        true
     }
 }
 
@@ -139,8 +157,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for Coalesced<T> {
         let this = &mut *self;
         // A caller that only reads after the turn ended (a handshake waiting for the peer's
         // preface) still gets its held-back writes sent.
-        if this.buffered() > 0 && this.turn.as_ref().is_some_and(|t| t.has_ended()) {
-            this.turn = None;
+        if this.buffered() > 0 && this.armed && this.turn.has_ended() {
+            this.armed = false;
             if let Poll::Ready(Err(e)) = this.poll_drain(cx) {
                 return Poll::Ready(Err(e));
             }
@@ -192,7 +210,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Coalesced<T> {
             ready!(this.poll_drain(cx))?;
         } else {
             // Emptied by a spill: the next batch waits for a turn of its own.
-            this.turn = None;
+            this.armed = false;
         }
         Pin::new(&mut this.inner).poll_flush(cx)
     }
