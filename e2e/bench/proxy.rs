@@ -236,7 +236,9 @@ fn tls_client(args: &[String]) -> tokio_rustls::TlsConnector {
         .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
         .with_client_auth_cert(certs, key)
         .expect("client cert");
-    config.alpn_protocols = vec![b"h2".to_vec()];
+    // nginx's second hop speaks only HTTP/1.1 and fails a handshake that offers nothing it
+    // speaks; the others pick h2.
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     config.resumption = rustls::client::Resumption::disabled();
     tokio_rustls::TlsConnector::from(Arc::new(config))
 }
