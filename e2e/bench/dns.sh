@@ -7,6 +7,7 @@
 #   e2e/bench/dns.sh                       # 10,000 and 100,000 names
 #   SIZES="1000" SECONDS_PER_RUN=5 e2e/bench/dns.sh
 #   SIZES=100000 MIXES="nxdomain" ROUNDS=5 e2e/bench/dns.sh   # one cell again
+#   SERVERS=isthmus ISTHMUS_BIN=path/to/isthmus e2e/bench/dns.sh  # Isthmus alone, another build
 #
 # The three servers run side by side, each pinned to CPU 0 (`taskset -c 0`; only the one being
 # measured is busy); dnsperf is pinned to CPU 1. For each size and query mix the servers take
@@ -25,9 +26,13 @@ SECONDS_PER_RUN=${SECONDS_PER_RUN:-5}
 ROUNDS=${ROUNDS:-3}
 RATE=${RATE:-30000}
 MIXES=${MIXES:-"hits hit90-nx10 nxdomain nodata"}
+SERVERS=${SERVERS:-"isthmus knot nsd"}
 BIN=${ISTHMUS_BIN:-${CARGO_TARGET_DIR:-$HOME/.cache/isthmus-release}/release/isthmus}
 [[ -x $BIN ]] || BIN=target/release/isthmus
-for tool in dnsperf knotd nsd python3 taskset; do
+tools="dnsperf python3 taskset"
+[[ " $SERVERS " == *" knot "* ]] && tools+=" knotd"
+[[ " $SERVERS " == *" nsd "* ]] && tools+=" nsd"
+for tool in $tools; do
   command -v $tool >/dev/null || { echo "missing $tool (apt-get install dnsperf knot nsd)" >&2; exit 1; }
 done
 [[ -x $BIN ]] || { echo "build first: cargo build --release --bin isthmus" >&2; exit 1; }
@@ -229,26 +234,30 @@ for n in $SIZES; do
   echo "== $n names: generating"
   generate "$n" "$dir"
   declare -A PID PORT
-  PID[isthmus]=$(start_isthmus "$dir"); PORT[isthmus]=$PORT_ISTHMUS
-  PID[knot]=$(start_knot "$dir"); PORT[knot]=$PORT_KNOT
-  PID[nsd]=$(start_nsd "$dir"); PORT[nsd]=$PORT_NSD
-  for server in isthmus knot nsd; do
+  PORT[isthmus]=$PORT_ISTHMUS; PORT[knot]=$PORT_KNOT; PORT[nsd]=$PORT_NSD
+  for server in $SERVERS; do
+    PID[$server]=$(start_$server "$dir")
     PIDS+=("${PID[$server]}")
+  done
+  for server in $SERVERS; do
     wait_ready "${PORT[$server]}" "$server"
   done
   sleep 2
-  for server in isthmus knot nsd; do
+  for server in $SERVERS; do
     echo "== $n names: $server pid ${PID[$server]}, rss $(awk '/VmRSS/ {print $2 $3}' /proc/"${PID[$server]}"/status)"
   done
   for mix in $MIXES; do
     for round in $(seq 1 "$ROUNDS"); do
-      for server in isthmus knot nsd; do
+      for server in $SERVERS; do
         measure "$n" "$dir" "$server" "${PORT[$server]}" "${PID[$server]}" "$mix" "$round"
       done
     done
   done
-  for server in isthmus knot nsd; do kill "${PID[$server]}" 2>/dev/null || true; done
-  sleep 1
+  for server in $SERVERS; do kill "${PID[$server]}" 2>/dev/null || true; done
+  for server in $SERVERS; do
+    # Gone before the next size starts (and, for a profiling build, its profile written).
+    for _ in $(seq 100); do kill -0 "${PID[$server]}" 2>/dev/null || break; sleep 0.1; done
+  done
 done
 
 # Medians over the rounds.

@@ -10,6 +10,9 @@
 #
 #   e2e/bench/proxy.sh                # full run (~25 min)
 #   REPS=1 LAT_REPS=1 SECS=2 e2e/bench/proxy.sh   # quick look
+#   ISTHMUS_BIN=path/to/isthmus e2e/bench/proxy.sh  # a binary built elsewhere (deploy/build-pgo)
+#   TRAIN_ONLY=1 ISTHMUS_BIN=... e2e/bench/proxy.sh # load Isthmus alone, then stop it gracefully
+#                                     # (the training run of deploy/build-pgo)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 REPS=${REPS:-3}
@@ -23,8 +26,13 @@ for tool in haproxy nginx openssl taskset python3; do
   command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install -y haproxy nginx openssl util-linux" >&2; exit 1; }
 done
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/isthmus-release}"
-cargo build --release -j2 --bin isthmus --bench proxy >&2
-BIN="$CARGO_TARGET_DIR/release/isthmus"
+if [ -n "${ISTHMUS_BIN:-}" ]; then
+  cargo build --release -j2 --bench proxy >&2
+  BIN=$(realpath "$ISTHMUS_BIN")
+else
+  cargo build --release -j2 --bin isthmus --bench proxy >&2
+  BIN="$CARGO_TARGET_DIR/release/isthmus"
+fi
 LOAD=$(ls -t "$CARGO_TARGET_DIR"/release/deps/proxy-* | grep -v '\.d$' | head -1)
 # HAProxy binds with SO_REUSEPORT: a chain left running by an earlier run would silently share
 # these ports (and answer with its own, different certificates).
@@ -156,6 +164,7 @@ catalog: { file: $OUT/$name/catalog.yaml }
 ca: { kek_file: $OUT/$name/kek }
 EOF
   on_server "$BIN" federation --config "$OUT/$name/federation.yaml" > "$OUT/$name/ready" 2> "$OUT/$name/federation.log" & PIDS+=($!)
+  eval "FED_${name}=$!"
 done
 for name in east west; do
   for _ in $(seq 100); do [ -s "$OUT/$name/ready" ] && break; sleep 0.1; done
@@ -195,6 +204,27 @@ for url in http://127.0.0.1:18080/19 http://127.0.0.1:19080/19 http://127.0.0.1:
   curl -sf -o /dev/null "$url" || { echo "warm-up failed for $url" >&2; exit 1; }
 done
 
+if [ -n "${TRAIN_ONLY:-}" ]; then
+  # Every proxied path deploy/build-pgo optimises for: both client protocols, every body size,
+  # saturated and at a fixed rate, and full handshakes on the inbound.
+  for proto in h1 h2; do for path in /19 /1k /16k; do for conns in 16 64; do
+    taskset -c "$CLIENT_CPU" "$LOAD" load --url "http://$VIP:8080$path" --proto $proto --conns $conns --seconds 2 >&2
+  done; done
+    taskset -c "$CLIENT_CPU" "$LOAD" load --url "http://$VIP:8080/1k" --proto $proto --conns 16 --seconds 3 --rate "$RATE" >&2
+  done
+  taskset -c "$CLIENT_CPU" "$LOAD" handshakes --addr "$WEST_INBOUND" --cert "$OUT/cert.pem" --key "$OUT/key.pem" --seconds 2 --parallel 16 >&2
+  # A process writes its profile when it exits normally: SIGTERM, then wait for the drain.
+  ISTHMUS_PIDS="$GW_east $GW_west $FED_east $FED_west"
+  kill -TERM $ISTHMUS_PIDS
+  for _ in $(seq 300); do
+    alive=0
+    for p in $ISTHMUS_PIDS; do kill -0 "$p" 2>/dev/null && alive=1; done
+    [ $alive = 0 ] && exit 0
+    sleep 0.1
+  done
+  echo "Isthmus did not stop within 30 s of SIGTERM" >&2
+  exit 1
+fi
 if [ -n "${SETUP_ONLY:-}" ]; then
   # For profiling by hand: everything stays up until Ctrl-C.
   echo "isthmus: http://$VIP:8080 (gateways $GW_east $GW_west)  haproxy: :19080/:19081 ($HA1 $HA2)  nginx: :20080/:20081 ($NG1 $NG2)  direct: :18080/:18081" >&2
