@@ -20,6 +20,13 @@ LAT_REPS=${LAT_REPS:-5}
 SECS=${SECS:-4}
 LAT_SECS=${LAT_SECS:-10}
 RATE=${RATE:-2000}
+HS_REPS=${HS_REPS:-3}
+HS_SECS=${HS_SECS:-5}
+TARGETS="direct isthmus haproxy nginx"
+if [ -n "${TRAIN_ONLY:-}" ]; then
+  # deploy/build-pgo's training: every Isthmus case below once, briefly.
+  TARGETS=isthmus REPS=1 SECS=2 LAT_REPS=1 LAT_SECS=3 HS_REPS=1 HS_SECS=2
+fi
 SERVER_CPU=${SERVER_CPU:-0}
 CLIENT_CPU=${CLIENT_CPU:-1}
 for tool in haproxy nginx openssl taskset python3; do
@@ -204,27 +211,6 @@ for url in http://127.0.0.1:18080/19 http://127.0.0.1:19080/19 http://127.0.0.1:
   curl -sf -o /dev/null "$url" || { echo "warm-up failed for $url" >&2; exit 1; }
 done
 
-if [ -n "${TRAIN_ONLY:-}" ]; then
-  # Every proxied path deploy/build-pgo optimises for: both client protocols, every body size,
-  # saturated and at a fixed rate, and full handshakes on the inbound.
-  for proto in h1 h2; do for path in /19 /1k /16k; do for conns in 16 64; do
-    taskset -c "$CLIENT_CPU" "$LOAD" load --url "http://$VIP:8080$path" --proto $proto --conns $conns --seconds 2 >&2
-  done; done
-    taskset -c "$CLIENT_CPU" "$LOAD" load --url "http://$VIP:8080/1k" --proto $proto --conns 16 --seconds 3 --rate "$RATE" >&2
-  done
-  taskset -c "$CLIENT_CPU" "$LOAD" handshakes --addr "$WEST_INBOUND" --cert "$OUT/cert.pem" --key "$OUT/key.pem" --seconds 2 --parallel 16 >&2
-  # A process writes its profile when it exits normally: SIGTERM, then wait for the drain.
-  ISTHMUS_PIDS="$GW_east $GW_west $FED_east $FED_west"
-  kill -TERM $ISTHMUS_PIDS
-  for _ in $(seq 300); do
-    alive=0
-    for p in $ISTHMUS_PIDS; do kill -0 "$p" 2>/dev/null && alive=1; done
-    [ $alive = 0 ] && exit 0
-    sleep 0.1
-  done
-  echo "Isthmus did not stop within 30 s of SIGTERM" >&2
-  exit 1
-fi
 if [ -n "${SETUP_ONLY:-}" ]; then
   # For profiling by hand: everything stays up until Ctrl-C.
   echo "isthmus: http://$VIP:8080 (gateways $GW_east $GW_west)  haproxy: :19080/:19081 ($HA1 $HA2)  nginx: :20080/:20081 ($NG1 $NG2)  direct: :18080/:18081" >&2
@@ -270,26 +256,40 @@ run() { # kind rep target proto path conns extra-args...
 : > results.jsonl
 for rep in $(seq "$REPS"); do
   for proto in h1 h2; do for path in /19 /1k /16k; do for conns in 16 64; do
-    for target in direct isthmus haproxy nginx; do
+    for target in $TARGETS; do
       run saturated "$rep" $target $proto $path $conns --seconds "$SECS"
     done
   done; done; done
 done
 for rep in $(seq "$LAT_REPS"); do
-  for proto in h1 h2; do for target in direct isthmus haproxy nginx; do
+  for proto in h1 h2; do for target in $TARGETS; do
     run latency "$rep" $target $proto /1k 16 --seconds "$LAT_SECS" --rate "$RATE"
   done; done
 done
-for rep in $(seq 3); do
+for rep in $(seq "$HS_REPS"); do
   for t in "isthmus $WEST_INBOUND $OUT/cert.pem $OUT/key.pem" "haproxy 127.0.0.1:19443 $OUT/client.pem $OUT/client.key" "nginx 127.0.0.1:20443 $OUT/client.pem $OUT/client.key"; do
     set -- $t
+    [[ " $TARGETS " == *" $1 "* ]] || continue
     pid=$GW_west; [ "$1" = haproxy ] && pid=$HA2; [ "$1" = nginx ] && pid="$(children "$NG2")"
     before=$(ticks "$pid")
-    out=$(taskset -c "$CLIENT_CPU" "$LOAD" handshakes --addr "$2" --cert "$3" --key "$4" --seconds 5 --parallel 16)
+    out=$(taskset -c "$CLIENT_CPU" "$LOAD" handshakes --addr "$2" --cert "$3" --key "$4" --seconds "$HS_SECS" --parallel 16)
     after=$(ticks "$pid")
     echo "{\"kind\":\"handshakes\",\"rep\":$rep,\"target\":\"$1\",\"cpu_ms\":$(( (after - before) * 1000 / HZ )),\"result\":$out}" | tee -a results.jsonl >&2
   done
 done
+if [ -n "${TRAIN_ONLY:-}" ]; then
+  # A process writes its profile when it exits normally: SIGTERM, then wait for the drain.
+  ISTHMUS_PIDS="$GW_east $GW_west $FED_east $FED_west"
+  kill -TERM $ISTHMUS_PIDS
+  for _ in $(seq 300); do
+    alive=0
+    for p in $ISTHMUS_PIDS; do kill -0 "$p" 2>/dev/null && alive=1; done
+    [ $alive = 0 ] && exit 0
+    sleep 0.1
+  done
+  echo "Isthmus did not stop within 30 s of SIGTERM" >&2
+  exit 1
+fi
 rss() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 base=$(rss "$GW_west")
 taskset -c "$CLIENT_CPU" "$LOAD" idle --addr "$WEST_INBOUND" --cert "$OUT/cert.pem" --key "$OUT/key.pem" --count 1000 --hold 8 > idle.out &
