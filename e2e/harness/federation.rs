@@ -72,10 +72,13 @@ pub struct Federation {
     _tmp: tempfile::TempDir,
 }
 
-/// A loopback port nobody listens on right now, on `ip`.
-pub fn free_port(ip: Ipv4Addr) -> SocketAddr {
-    let l = TcpListener::bind((ip, 0)).expect("bind a free loopback port");
-    l.local_addr().expect("local addr")
+/// `N` distinct loopback ports nobody listens on right now, on `ip`. Every listener is held until
+/// all are chosen: released one by one, the kernel may hand the same port out twice.
+pub fn free_ports<const N: usize>(ip: Ipv4Addr) -> [SocketAddr; N] {
+    let held: Vec<TcpListener> = (0..N)
+        .map(|_| TcpListener::bind((ip, 0)).expect("bind a free loopback port"))
+        .collect();
+    std::array::from_fn(|i| held[i].local_addr().expect("local addr"))
 }
 
 pub fn exe() -> &'static str {
@@ -90,7 +93,7 @@ impl Federation {
             .expect("temp dir");
         let dir = tmp.path().to_path_buf();
         let ip = Ipv4Addr::new(127, 0, spec.index, 1);
-        let (peering, api, admin_http) = (free_port(ip), free_port(ip), free_port(ip));
+        let [peering, api, admin_http] = free_ports(ip);
         let kek = isthmus_federation::identity::Kek::generate().expect("kek");
         super::write_private(&dir.join("kek"), kek.to_base64().as_bytes());
         let catalog_path = dir.join("catalog.yaml");

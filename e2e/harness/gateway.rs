@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::process::{Child, Command};
 
-use super::federation::{exe, free_port};
+use super::federation::{exe, free_ports};
 use super::{Federation, Spec, peer_via_cli};
 
 /// One `isthmus gateway run` process.
@@ -49,7 +49,7 @@ impl Gateway {
             std::net::IpAddr::V4(v4) => v4,
             std::net::IpAddr::V6(_) => Ipv4Addr::LOCALHOST,
         };
-        let (inbound, proxy, admin) = (free_port(ip), free_port(ip), free_port(ip));
+        let [inbound, proxy, admin] = free_ports(ip);
         let mut cfg = json!({
             "bootstrap_file": bootstrap,
             "listen": {
@@ -277,7 +277,7 @@ pub struct Samples {
 
 impl Samples {
     pub async fn start(cluster: &str, ip: Ipv4Addr) -> Samples {
-        let (http, grpc, tcp) = (free_port(ip), free_port(ip), free_port(ip));
+        let [http, grpc, tcp] = free_ports(ip);
         let mut child = Command::new(exe())
             .args(["sample-backends", "--cluster", cluster])
             .args(["--http", &http.to_string(), "--grpc", &grpc.to_string()])
