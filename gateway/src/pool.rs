@@ -121,7 +121,9 @@ impl PeerPool {
                 at.saturating_duration_since(Instant::now()).as_millis()
             )));
         }
-        match self.dial(backend, gateway).await {
+        // Boxed: the dial's TLS and HTTP/2 handshakes would otherwise make every request's
+        // future (which holds this one) several kilobytes larger, copied and allocated per call.
+        match Box::pin(self.dial(backend, gateway)).await {
             Ok(sender) => {
                 state.sender = Some(sender.clone());
                 slot.ready.store(Some(Arc::new(sender.clone())));

@@ -428,7 +428,8 @@ impl H1Pool {
         loop {
             let (mut sender, fresh) = match self.check_out(addr) {
                 Some(s) => (s, false),
-                None => (self.connect(addr).await?, true),
+                // Boxed, like the peer dial: a rare path kept out of every request's future.
+                None => (Box::pin(self.connect(addr)).await?, true),
             };
             match sender.try_send_request(req).await {
                 Ok(response) => return Ok((response, sender)),

@@ -38,7 +38,7 @@ use crate::headers::{
 use crate::metrics::Metrics;
 use crate::retry::is_grpc;
 use crate::serve::{ConnLimit, Drain, http_builder, serve_connection};
-use crate::table::{Export, Port, Snapshot};
+use crate::table::{Export, LocalEndpoint, Port, Snapshot};
 use crate::tunnel::pipe;
 use hyper_util::rt::TokioIo;
 
@@ -289,12 +289,7 @@ impl Inbound {
                 .headers
                 .insert(SHADOW_MARK, HeaderValue::from_static("true"));
         }
-        let is_connect = parts.method == Method::CONNECT;
-        let protocol = parts
-            .extensions
-            .get::<hyper::ext::Protocol>()
-            .map(|p| p.as_str().to_string());
-        if !is_connect {
+        if parts.method != Method::CONNECT {
             let counted = Counted::new(incoming, entry.counters.bytes_in.clone());
             let req = Request::from_parts(parts, body::boxed(counted));
             return self
@@ -302,8 +297,25 @@ impl Inbound {
                 .forward_http(req, endpoint, port, held, entry, &self.metrics)
                 .await;
         }
+        // Boxed: tunnels are rare next to requests, and their handshakes would otherwise size
+        // every request's future, which is allocated and copied per call.
+        Box::pin(self.tunnel(Request::from_parts(parts, incoming), endpoint, held, entry)).await
+    }
+
+    /// Answers a CONNECT (TCP) or extended CONNECT (WebSocket) stream: opens the local side,
+    /// then splices the two in a task of their own once the peer's stream is upgraded.
+    async fn tunnel(
+        &self,
+        mut req: Request<Incoming>,
+        endpoint: &LocalEndpoint,
+        held: Held,
+        mut entry: Entry,
+    ) -> Response<Body> {
+        let protocol = req
+            .extensions()
+            .get::<hyper::ext::Protocol>()
+            .map(|p| p.as_str().to_string());
         let started = tokio::time::Instant::now();
-        let mut req = Request::from_parts(parts, incoming);
         let peer_side = hyper::upgrade::on(&mut req);
         let (mut response, local) = match protocol.as_deref() {
             None => {

@@ -309,10 +309,16 @@ impl Outbound {
             };
             entry.dst_cluster = Some(snap.cluster.clone());
             entry.note(|e| e.upstream = Some(endpoint.address.to_string()));
-            let response = self
-                .local
-                .forward_http(req, endpoint, port, in_flight, entry, &self.metrics)
-                .await;
+            // Boxed: calls that cross clusters need not carry this path's state.
+            let response = Box::pin(self.local.forward_http(
+                req,
+                endpoint,
+                port,
+                in_flight,
+                entry,
+                &self.metrics,
+            ))
+            .await;
             let failed =
                 retry::failed_attempt(response.status(), response.headers(), &policy.grpc_statuses);
             self.health

@@ -116,7 +116,9 @@ impl Outbound {
         let ext_connect = req.extensions().get::<hyper::ext::Protocol>().is_some();
         if is_connect && !ext_connect {
             entry.protocol = "tcp";
-            return self.proxy_connect(&snap, resolved, req, entry).await;
+            // Tunnels and WebSockets are boxed: their state would otherwise size every
+            // request's future, which is allocated and copied per call.
+            return Box::pin(self.proxy_connect(&snap, resolved, req, entry)).await;
         }
         // HTTP and WebSocket: what the client's headers may ask, before they are stripped.
         if let Err((status, reason)) = self.pin_by_header(&snap, &mut resolved, req.headers()) {
@@ -127,7 +129,7 @@ impl Outbound {
         entry.caller = self.caller(&snap, client, req.headers());
         if ext_connect || is_websocket_upgrade(&req) {
             entry.protocol = "websocket";
-            return self.websocket(&snap, resolved, req, entry).await;
+            return Box::pin(self.websocket(&snap, resolved, req, entry)).await;
         }
         self.forward(&snap, resolved, req, entry).await
     }
