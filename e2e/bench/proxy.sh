@@ -29,8 +29,8 @@ if [ -n "${TRAIN_ONLY:-}" ]; then
 fi
 SERVER_CPU=${SERVER_CPU:-0}
 CLIENT_CPU=${CLIENT_CPU:-1}
-for tool in haproxy nginx openssl taskset python3; do
-  command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install -y haproxy nginx openssl util-linux" >&2; exit 1; }
+for tool in haproxy nginx openssl taskset python3 protoc; do
+  command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install -y haproxy nginx openssl util-linux protobuf-compiler" >&2; exit 1; }
 done
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/isthmus-release}"
 if [ -n "${ISTHMUS_BIN:-}" ]; then
