@@ -2,8 +2,6 @@
 //! counted so the access log can report bytes.
 
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -11,6 +9,8 @@ use http::{HeaderValue, Response, StatusCode};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt as _, Empty, Full};
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
+
+use crate::accesslog::Tally;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -121,12 +121,12 @@ pub fn refusal(
 /// when the body ends, fails or is dropped (the access log is written from there).
 pub struct Counted<B> {
     inner: B,
-    counter: Arc<AtomicU64>,
+    counter: Tally,
     on_end: Option<Box<dyn FnOnce() + Send>>,
 }
 
 impl<B> Counted<B> {
-    pub fn new(inner: B, counter: Arc<AtomicU64>) -> Self {
+    pub fn new(inner: B, counter: Tally) -> Self {
         Self {
             inner,
             counter,
@@ -167,7 +167,7 @@ where
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
-                    self.counter.fetch_add(data.len() as u64, Ordering::Relaxed);
+                    self.counter.add(data.len() as u64);
                 }
             }
             Poll::Ready(None) | Poll::Ready(Some(Err(_))) => self.finish(),

@@ -18,7 +18,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
 use super::limit::{Limiters, Slot};
-use crate::accesslog::Entry;
+use crate::accesslog::{Direction, Entry};
 use crate::body::{self, Body, Counted};
 use crate::config::Limits;
 use crate::headers::strip_hop_by_hop;
@@ -173,7 +173,7 @@ impl Backends {
         entry.status = parts.status.as_u16();
         metrics.request(entry.side, entry.status);
         let give_back = connection.map(|c| (self.h1.clone(), c));
-        let counted = Counted::new(incoming, entry.counters.bytes_out.clone()).on_end(move || {
+        let counted = Counted::new(incoming, entry.tally(Direction::Out)).on_end(move || {
             if let Some((pool, sender)) = give_back {
                 pool.check_in(endpoint, sender);
             }

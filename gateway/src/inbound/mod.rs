@@ -28,7 +28,7 @@ use rustls::ServerConfig;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::accesslog::{Entry, Side};
+use crate::accesslog::{Direction, Entry, Side};
 use crate::body::{self, Body, Counted};
 use crate::coalesce::Coalesced;
 use crate::config::Limits;
@@ -290,7 +290,7 @@ impl Inbound {
                 .insert(SHADOW_MARK, HeaderValue::from_static("true"));
         }
         if parts.method != Method::CONNECT {
-            let counted = Counted::new(incoming, entry.counters.bytes_in.clone());
+            let counted = Counted::new(incoming, entry.tally(Direction::In));
             let req = Request::from_parts(parts, body::boxed(counted));
             return self
                 .backends

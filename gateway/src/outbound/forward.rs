@@ -13,7 +13,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use super::{Outbound, Resolved, verdicts};
-use crate::accesslog::Entry;
+use crate::accesslog::{Direction, Entry};
 use crate::body::{self, Body, Counted};
 use crate::headers::{CALLER, TARGET, strip_hop_by_hop, strip_identity};
 use crate::lb::{cluster_order, random};
@@ -234,7 +234,7 @@ impl Outbound {
         let (parts, incoming) = response.into_parts();
         entry.status = parts.status.as_u16();
         self.metrics.request(entry.side, parts.status.as_u16());
-        let counter = entry.counters.bytes_out.clone();
+        let counter = entry.tally(Direction::Out);
         let counted = Counted::new(incoming, counter).on_end(move || entry.finish());
         Response::from_parts(parts, body::boxed(counted))
     }
@@ -261,7 +261,7 @@ impl Outbound {
             Ok(u) => u,
             Err(reason) => return self.refuse(&mut entry, StatusCode::BAD_REQUEST, reason),
         };
-        let counted = Counted::new(incoming, entry.counters.bytes_in.clone());
+        let counted = Counted::new(incoming, entry.tally(Direction::In));
         let (order, policy) = self.plan(snap, &resolved);
         let local = order
             .first()
