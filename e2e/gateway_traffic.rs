@@ -4,7 +4,9 @@
 
 use serde_json::{Value, json};
 
-use crate::harness::gateway::{curl, mesh};
+use std::time::Duration;
+
+use crate::harness::gateway::{Gateway, curl, mesh};
 
 fn json_body(out: &(i32, String, String)) -> Value {
     assert_eq!(out.0, 0, "curl failed: {}{}", out.1, out.2);
@@ -101,5 +103,69 @@ async fn http_crosses_clusters_through_proxy_and_vip() {
             .iter()
             .any(|l| l["side"] == "inbound" && l["src_cluster"] == "east" && l["path"] == "/vip"),
         "{inbound:?}"
+    );
+}
+
+/// A cluster with two gateways, one of them killed but still registered (its lease has not run
+/// out): calls pinned to that cluster are all served, by the gateway that answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_gateway_of_a_cluster_costs_none_of_its_calls_while_another_answers() {
+    let m = mesh(131, "", json!({}), json!({})).await;
+    let (east, west) = (&m[0], &m[1]);
+    // West's second gateway, with a lease that outlives the test.
+    let gw2 = Gateway::start(
+        &west.fed,
+        "gw-2",
+        json!({ "registration_ttl": "120s", "access_log": true }),
+    )
+    .await;
+    let proxy = east.gw.proxy.to_string();
+    let url = "http://west.echo.demo.svc.clusterset.local:8080/";
+    // Until east's gateway has sent a call through gw-2, it does not know gw-2.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while gw2.access_log().is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "east never routed a call through west's second gateway"
+        );
+        let out = curl(&["-x", &proxy, url]);
+        assert_eq!(json_body(&out)["cluster"], "west");
+    }
+    drop(gw2); // SIGKILL: nothing deregisters it.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut failed = Vec::new();
+    for i in 0..30 {
+        let out = curl(&[
+            "-x",
+            &proxy,
+            "-sS",
+            "--max-time",
+            "10",
+            "-w",
+            "\n%{http_code}",
+            &format!("{url}{i}"),
+        ]);
+        let (body, status) = out.1.trim().rsplit_once('\n').unwrap_or(("", ""));
+        let served_by_west = serde_json::from_str::<Value>(body)
+            .is_ok_and(|b| b["cluster"] == "west" && b["path"] == format!("/{i}"));
+        if out.0 != 0 || status != "200" || !served_by_west {
+            failed.push(format!("#{i}: curl {} status {status} {:?}", out.0, out.1));
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "{} of 30 calls to west failed with one of its two gateways dead:\n{}",
+        failed.len(),
+        failed.join("\n")
+    );
+    let catalog = east.fed.catalog().await;
+    let still_listed = crate::harness::route(&catalog, "demo/echo")
+        .and_then(|r| r["clusters"].as_array())
+        .and_then(|cs| cs.iter().find(|c| c["place"]["cluster"] == "west"))
+        .and_then(|c| c["gateways"].as_array())
+        .map_or(0, Vec::len);
+    assert_eq!(
+        still_listed, 2,
+        "the dead gateway was still registered while the calls ran (else this test shows nothing)"
     );
 }

@@ -359,6 +359,18 @@ impl Health {
         v
     }
 
+    /// Which of `gateways` answer probes (or were never probed), as bit `i` for gateway `i` of
+    /// the first 128.
+    pub fn gateways_up(&self, gateways: &[crate::table::PeerGateway]) -> u128 {
+        let g = lock(&self.gateways);
+        gateways
+            .iter()
+            .take(128)
+            .enumerate()
+            .filter(|(_, gw)| g.get(&gw.address).is_none_or(|s| s.healthy))
+            .fold(0, |up, (i, _)| up | 1 << i)
+    }
+
     /// Whether any of `gateways` answers probes (an empty list: no).
     pub fn any_gateway_up(&self, gateways: &[crate::table::PeerGateway]) -> bool {
         let g = lock(&self.gateways);

@@ -22,6 +22,8 @@ use tokio_rustls::TlsConnector;
 use crate::body::Body;
 use crate::coalesce::Coalesced;
 use crate::config::Limits;
+use crate::health::Health;
+use crate::lb::random;
 use crate::table::{Backend, PeerGateway};
 
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
@@ -37,6 +39,19 @@ pub enum PoolError {
         gateway: Arc<str>,
         reason: String,
     },
+    #[error("{cluster} has no gateway registered")]
+    NoGateway { cluster: Arc<str> },
+}
+
+/// The order in which to try a cluster's `n` gateways: those marked up in `up` (bit `i` for
+/// gateway `i`; gateways past the 128th count as up) first, then the others; each group from
+/// `start` on, wrapping, so requests spread over the gateways that answer.
+fn gateway_order(n: usize, start: usize, up: u128) -> impl Iterator<Item = usize> {
+    let is_up = move |i: usize| i >= 128 || up & (1u128 << i) != 0;
+    let rotation = move || (0..n).map(move |k| (start + k) % n);
+    rotation()
+        .filter(move |&i| is_up(i))
+        .chain(rotation().filter(move |&i| !is_up(i)))
 }
 
 /// A peer gateway: its address and the trust domain its certificate must carry.
@@ -75,6 +90,31 @@ impl PeerPool {
             limits,
             slots: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// A ready stream sender to one of `backend`'s gateways, and which one. The gateways that
+    /// answer probes are tried first, from a random one on; then the others. Each is tried once
+    /// (one whose last dial failed fails at once while it backs off), so one dead gateway of a
+    /// cluster costs that cluster nothing while another answers. The error is the last one.
+    pub async fn get_any<'b>(
+        &self,
+        backend: &'b Backend,
+        health: &Health,
+    ) -> Result<(SendRequest<Body>, &'b PeerGateway), PoolError> {
+        let gateways = &backend.gateways;
+        let up = health.gateways_up(gateways);
+        let start = usize::try_from(random()).unwrap_or(0) % gateways.len().max(1);
+        let mut last = PoolError::NoGateway {
+            cluster: backend.cluster.clone(),
+        };
+        for i in gateway_order(gateways.len(), start, up) {
+            let gateway = &gateways[i];
+            match self.get(backend, gateway).await {
+                Ok(sender) => return Ok((sender, gateway)),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
     }
 
     /// A ready stream sender to `gateway` of `backend`'s cluster: the pooled connection, or a
@@ -218,5 +258,32 @@ impl PeerPool {
                     .unwrap_or(true)
             })
             .count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::gateway_order;
+
+    #[test]
+    fn gateways_that_answer_are_tried_first_from_the_start_then_the_rest() {
+        let order = |n, start, up| gateway_order(n, start, up).collect::<Vec<_>>();
+        assert_eq!(order(1, 0, 0b1), [0]);
+        assert_eq!(
+            order(1, 0, 0b0),
+            [0],
+            "a gateway marked down is still tried last"
+        );
+        assert_eq!(order(3, 1, 0b111), [1, 2, 0]);
+        assert_eq!(order(3, 1, 0b101), [2, 0, 1], "gateway 1 is down");
+        assert_eq!(order(4, 3, 0b0110), [1, 2, 3, 0]);
+        assert_eq!(order(0, 0, 0), Vec::<usize>::new());
+        let many = order(130, 127, 0);
+        assert_eq!(
+            &many[..2],
+            [128, 129],
+            "gateways past the 128th count as up"
+        );
+        assert_eq!(many.len(), 130);
     }
 }

@@ -413,7 +413,13 @@ fn backend(c: &proto::ClusterBackend) -> Backend {
                 zone: g.zone.as_str().into(),
             })
             .collect(),
-        healthy: summary.map_or(0, |s| s.zones.iter().map(|z| z.healthy).sum()),
+        // Saturating: counts from a peer's federation are not trusted to fit when summed.
+        healthy: summary.map_or(0, |s| {
+            s.zones
+                .iter()
+                .map(|z| z.healthy)
+                .fold(0, u32::saturating_add)
+        }),
         weight: summary.map_or(1, |s| s.weight.max(1)),
         stale: c.stale,
         confirmed_at: tokio::time::Instant::now()
@@ -548,6 +554,27 @@ mod tests {
             t.import.backends[0].weight, 1,
             "weight 0 means the default 1"
         );
+    }
+
+    #[test]
+    fn healthy_counts_that_overflow_when_summed_saturate() {
+        let mut r = route("cart", "127.9.0.1", &["west"]);
+        let summary = r.clusters[0].summary.as_mut().expect("summary");
+        summary.zones = vec![
+            proto::ZoneCount {
+                zone: "a".into(),
+                healthy: u32::MAX,
+            },
+            proto::ZoneCount {
+                zone: "b".into(),
+                healthy: 5,
+            },
+        ];
+        let snap = TableBuilder::default()
+            .apply(snapshot_msg(vec![r], false))
+            .expect("complete");
+        let t = &snap.vips[&"127.9.0.1".parse::<IpAddr>().expect("ip")];
+        assert_eq!(t.import.backends[0].healthy, u32::MAX);
     }
 
     #[test]

@@ -134,8 +134,7 @@ impl Outbound {
                 pending = Some(req);
                 continue;
             };
-            let gateway = &backend.gateways[(random() as usize) % backend.gateways.len()];
-            let mut sender = match self.pool.get(backend, gateway).await {
+            let (mut sender, gateway) = match self.pool.get_any(backend, &self.health).await {
                 Ok(s) => s,
                 Err(e) => {
                     self.health.outcome(name, &backend.cluster, false);

@@ -132,6 +132,7 @@ impl Outbound {
         });
         let task = ShadowTask {
             pool: self.pool.clone(),
+            health: self.health.clone(),
             metrics: self.metrics.clone(),
             timeout: self.limits.request_timeout,
         };
@@ -142,6 +143,7 @@ impl Outbound {
 /// What a copy's task holds.
 struct ShadowTask {
     pool: Arc<PeerPool>,
+    health: Arc<crate::health::Health>,
     metrics: Arc<Metrics>,
     timeout: std::time::Duration,
 }
@@ -153,13 +155,12 @@ impl ShadowTask {
         let service = &copy.import.name;
         entry.dst_cluster = Some(backend.cluster.clone());
         let exchange = async {
-            let gateway = &backend.gateways[(random() as usize) % backend.gateways.len()];
-            entry.note(|e| e.upstream = Some(gateway.address.to_string()));
-            let mut sender = self
+            let (mut sender, gateway) = self
                 .pool
-                .get(backend, gateway)
+                .get_any(backend, &self.health)
                 .await
                 .map_err(|e| e.to_string())?;
+            entry.note(|e| e.upstream = Some(gateway.address.to_string()));
             let response = sender
                 .try_send_request(req)
                 .await
