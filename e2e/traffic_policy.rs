@@ -820,3 +820,47 @@ async fn a_fault_drill_fails_over_like_an_outage_and_ends_at_its_expiry() {
         .map(|d| d["fault"]["active"].clone());
     assert_eq!(active, Some(json!(false)), "{status}");
 }
+
+/// Retries never take a call past the gateway's `request_timeout`: the tries (one per cluster,
+/// each cut off by the policy's `per_try_timeout`) share one deadline, and the client gets a
+/// 504 saying so when it is spent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_share_one_deadline_the_gateways_request_timeout() {
+    let m = mesh(
+        134,
+        "",
+        json!({}),
+        json!({ "limits": { "request_timeout": "2s" } }),
+    )
+    .await;
+    m[0].fed.write_catalog(&east_catalog(
+        "  tries: {services: [demo/echo], retry: {retries: 2, per_try_timeout: 1500ms}}\n",
+    ));
+    wait_policy(&m[0].gw, "tries").await;
+    let started = std::time::Instant::now();
+    // Neither west nor south answers within a try: each sleeps 10 s.
+    let out = curl(&[
+        "-x",
+        &m[0].gw.proxy.to_string(),
+        "-sS",
+        "--max-time",
+        "20",
+        "-D",
+        "-",
+        "-o",
+        "/dev/null",
+        "http://echo.demo.svc.clusterset.local:8080/slow?ms=10000",
+    ]);
+    let took = started.elapsed();
+    assert_eq!(out.0, 0, "{out:?}");
+    assert!(out.1.starts_with("HTTP/1.1 504"), "{out:?}");
+    assert!(
+        out.1.contains("within the request timeout of 2000 ms"),
+        "{out:?}"
+    );
+    // One try of 1.5 s and what is left of 2 s for the second: not two full tries (3 s).
+    assert!(
+        took >= Duration::from_millis(1_900) && took < Duration::from_millis(2_750),
+        "the call took {took:?}"
+    );
+}

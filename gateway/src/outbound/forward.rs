@@ -95,6 +95,8 @@ impl Outbound {
             return Err(self.refuse(entry, StatusCode::SERVICE_UNAVAILABLE, reason));
         }
         self.budget.deposit(policy.budget_percent);
+        // Every try, and every dial before one, shares the gateway's request_timeout.
+        let deadline = tokio::time::Instant::now() + self.limits.request_timeout;
         let timeout = retry::try_timeout(
             replay.is_some(),
             policy.per_try_timeout,
@@ -104,10 +106,15 @@ impl Outbound {
         let mut sent = 0u32;
         let mut last = String::new();
         let mut last_answer: Option<Response<Incoming>> = None;
+        let mut out_of_time = false;
         for backend in order {
             if backend.cluster == snap.cluster {
                 // Local delivery is decided before a request is built for a peer.
                 continue;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                out_of_time = true;
+                break;
             }
             let req = match pending.take() {
                 Some(r) => r,
@@ -144,10 +151,17 @@ impl Outbound {
                     continue;
                 }
             };
+            // After the dial: what is left of the request's time, if anything.
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                out_of_time = true;
+                break;
+            }
+            let try_timeout = timeout.min(left);
             entry.dst_cluster = Some(backend.cluster.clone());
             entry.note(|e| e.upstream = Some(gateway.address.to_string()));
             sent += 1;
-            match tokio::time::timeout(timeout, sender.try_send_request(req)).await {
+            match tokio::time::timeout(try_timeout, sender.try_send_request(req)).await {
                 Ok(Ok(response)) => {
                     let failed = retry::failed_attempt(
                         response.status(),
@@ -194,11 +208,16 @@ impl Outbound {
                     last = format!(
                         "{} did not answer within {} ms",
                         backend.cluster,
-                        timeout.as_millis()
+                        try_timeout.as_millis()
                     );
                     entry.failed_over_from.push(backend.cluster.clone());
                     if replay.is_none() {
                         return Err(self.refuse(entry, StatusCode::GATEWAY_TIMEOUT, last));
+                    }
+                    if try_timeout < timeout {
+                        // Cut short by the request's deadline: nothing is left for another.
+                        out_of_time = true;
+                        break;
                     }
                 }
             }
@@ -210,6 +229,13 @@ impl Outbound {
             return Ok(answer);
         }
         entry.dst_cluster = None;
+        if out_of_time {
+            let reason = format!(
+                "no answer for {name} within the request timeout of {} ms: {last}",
+                self.limits.request_timeout.as_millis()
+            );
+            return Err(self.refuse(entry, StatusCode::GATEWAY_TIMEOUT, reason));
+        }
         let reason = format!("no cluster serving {name} could take the request: {last}");
         Err(self.refuse(entry, StatusCode::SERVICE_UNAVAILABLE, reason))
     }
