@@ -123,6 +123,8 @@ pub struct Counted<B> {
     inner: B,
     counter: Tally,
     on_end: Option<Box<dyn FnOnce() + Send>>,
+    /// Applied to the trailers, when the body ends with some.
+    trailers: Option<fn(&mut http::HeaderMap)>,
 }
 
 impl<B> Counted<B> {
@@ -131,7 +133,15 @@ impl<B> Counted<B> {
             inner,
             counter,
             on_end: None,
+            trailers: None,
         }
+    }
+
+    /// Passes the body's trailers through `filter` (a request's trailers get the same
+    /// stripping as its headers).
+    pub fn filter_trailers(mut self, filter: fn(&mut http::HeaderMap)) -> Self {
+        self.trailers = Some(filter);
+        self
     }
 
     pub fn on_end(mut self, f: impl FnOnce() + Send + 'static) -> Self {
@@ -163,11 +173,14 @@ where
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        match &polled {
+        let mut polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &mut polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     self.counter.add(data.len() as u64);
+                } else if let (Some(trailers), Some(filter)) = (frame.trailers_mut(), self.trailers)
+                {
+                    filter(trailers);
                 }
             }
             Poll::Ready(None) | Poll::Ready(Some(Err(_))) => self.finish(),
@@ -217,6 +230,45 @@ mod tests {
         assert!(
             r.body().is_end_stream(),
             "no message: the headers end the stream"
+        );
+    }
+
+    #[tokio::test]
+    async fn filtered_trailers_lose_what_the_filter_strips_and_data_is_counted() {
+        use http_body_util::{BodyExt as _, StreamBody};
+
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert(
+            "x-forwarded-client-cert",
+            HeaderValue::from_static("URI=forged"),
+        );
+        trailers.insert("grpc-status", HeaderValue::from_static("0"));
+        let frames: Vec<Result<Frame<Bytes>, std::convert::Infallible>> = vec![
+            Ok(Frame::data(Bytes::from_static(b"hello"))),
+            Ok(Frame::trailers(trailers)),
+        ];
+        let entry = crate::accesslog::Entry::new(
+            true,
+            crate::accesslog::Side::Inbound,
+            "http",
+            "east".into(),
+        );
+        let body = Counted::new(
+            StreamBody::new(futures_util::stream::iter(frames)),
+            entry.tally(crate::accesslog::Direction::In),
+        )
+        .filter_trailers(crate::headers::strip_identity);
+        let collected = body.collect().await.expect("body");
+        let trailers = collected.trailers().cloned().expect("trailers");
+        assert!(!trailers.contains_key("x-forwarded-client-cert"));
+        assert_eq!(trailers["grpc-status"], "0");
+        assert_eq!(collected.to_bytes(), "hello");
+        assert_eq!(
+            entry
+                .counters
+                .bytes_in
+                .load(std::sync::atomic::Ordering::Relaxed),
+            5
         );
     }
 

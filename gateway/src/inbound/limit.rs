@@ -47,8 +47,8 @@ impl Bucket {
         }
     }
 
-    fn has_token(&self) -> bool {
-        self.tokens >= 1.0 - EPSILON
+    fn has_tokens(&self, n: f64) -> bool {
+        self.tokens >= n - EPSILON
     }
 
     fn take(&mut self) {
@@ -143,8 +143,9 @@ impl ServiceLimiter {
     }
 
     /// A shadow copy rides on spare capacity only: it needs a free concurrency slot (and holds
-    /// it: it is real load) and a token in each bucket, but takes no token, so copies never
-    /// crowd out the calling cluster's own requests.
+    /// it: it is real load) and two tokens in each bucket, and takes one. So copies never take
+    /// the last token from the calling cluster's own requests, and a peer that marks every
+    /// request a copy (the mark is the peer's word) gets less than the limit, never more.
     pub fn admit_spare(&self, cluster: &Arc<str>, now: Instant) -> Result<Option<Slot>, Exceeded> {
         self.admit_as(cluster, now, false)
     }
@@ -153,7 +154,7 @@ impl ServiceLimiter {
         &self,
         cluster: &Arc<str>,
         now: Instant,
-        take: bool,
+        own: bool,
     ) -> Result<Option<Slot>, Exceeded> {
         let slot = match self.limit.max_concurrent {
             Some(max) => {
@@ -173,11 +174,12 @@ impl ServiceLimiter {
             }
             None => None,
         };
-        self.take_tokens(cluster, now, take)?;
+        self.take_tokens(cluster, now, if own { 1.0 } else { 2.0 })?;
         Ok(slot)
     }
 
-    fn take_tokens(&self, cluster: &Arc<str>, now: Instant, take: bool) -> Result<(), Exceeded> {
+    /// Takes one token from each of the request's buckets when each holds at least `need`.
+    fn take_tokens(&self, cluster: &Arc<str>, now: Instant, need: f64) -> Result<(), Exceeded> {
         let cluster_rate = self.limit.for_cluster(cluster);
         if cluster_rate.is_none() && self.limit.service.is_none() {
             return Ok(());
@@ -190,21 +192,19 @@ impl ServiceLimiter {
                 .entry(cluster.clone())
                 .or_insert_with(|| Bucket::full(rate, now));
             bucket.refill(rate, now);
-            if !bucket.has_token() {
+            if !bucket.has_tokens(need) {
                 return Err(self.exceeded(Limit::SourceCluster, cluster, rate, bucket));
             }
             by_cluster = Some(bucket);
         }
         if let (Some(bucket), Some(rate)) = (service.as_mut(), self.limit.service) {
             bucket.refill(rate, now);
-            if !bucket.has_token() {
+            if !bucket.has_tokens(need) {
                 return Err(self.exceeded(Limit::Service, cluster, rate, bucket));
             }
-            if take {
-                bucket.take();
-            }
+            bucket.take();
         }
-        if let Some(bucket) = by_cluster.filter(|_| take) {
+        if let Some(bucket) = by_cluster {
             bucket.take();
         }
         Ok(())
@@ -450,22 +450,61 @@ mod tests {
     }
 
     #[test]
-    fn shadow_copies_use_spare_tokens_without_taking_them() {
+    fn shadow_copies_take_tokens_but_never_the_last_one() {
+        let t0 = Instant::now();
+        for limit in [
+            RateLimit {
+                per_source_cluster: vec![("*".into(), rate(1.0, 3.0))],
+                ..RateLimit::default()
+            },
+            RateLimit {
+                service: Some(rate(1.0, 3.0)),
+                ..RateLimit::default()
+            },
+        ] {
+            let l = limiter(limit, t0);
+            let east: Arc<str> = "east".into();
+            assert!(
+                l.admit_spare(&east, t0).is_ok(),
+                "3 tokens: a copy takes one"
+            );
+            assert!(
+                l.admit_spare(&east, t0).is_ok(),
+                "2 tokens: a copy takes one"
+            );
+            assert!(
+                l.admit_spare(&east, t0).is_err(),
+                "the last token is not a copy's"
+            );
+            assert!(
+                l.admit(&east, t0).is_ok(),
+                "the caller's own request gets it"
+            );
+            assert!(l.admit(&east, t0).is_err(), "and the copies used the rest");
+        }
+    }
+
+    #[test]
+    fn a_peer_marking_every_request_a_copy_gets_no_more_than_the_limit() {
         let t0 = Instant::now();
         let l = limiter(
             RateLimit {
-                per_source_cluster: vec![("*".into(), rate(1.0, 2.0))],
+                per_source_cluster: vec![("*".into(), rate(10.0, 10.0))],
                 ..RateLimit::default()
             },
             t0,
         );
         let east: Arc<str> = "east".into();
-        for _ in 0..10 {
-            assert!(l.admit_spare(&east, t0).is_ok(), "a spare token is there");
+        let mut admitted = 0;
+        for ms in 0..2_000u64 {
+            // 1,000 "copies" per second for 2 s against 10/s.
+            let now = t0 + Duration::from_millis(ms);
+            admitted += usize::from(l.admit_spare(&east, now).is_ok());
         }
-        assert!(l.admit(&east, t0).is_ok());
-        assert!(l.admit(&east, t0).is_ok(), "the copies took nothing");
-        assert!(l.admit_spare(&east, t0).is_err(), "no spare token: no copy");
+        assert!(
+            (10..=30).contains(&admitted),
+            "{admitted} admitted: the burst and 2 s at 10/s is at most 30"
+        );
     }
 
     #[test]

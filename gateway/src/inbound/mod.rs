@@ -290,7 +290,8 @@ impl Inbound {
                 .insert(SHADOW_MARK, HeaderValue::from_static("true"));
         }
         if parts.method != Method::CONNECT {
-            let counted = Counted::new(incoming, entry.tally(Direction::In));
+            let counted =
+                Counted::new(incoming, entry.tally(Direction::In)).filter_trailers(strip_identity);
             let req = Request::from_parts(parts, body::boxed(counted));
             return self
                 .backends

@@ -286,7 +286,8 @@ impl Outbound {
             Ok(u) => u,
             Err(reason) => return self.refuse(&mut entry, StatusCode::BAD_REQUEST, reason),
         };
-        let counted = Counted::new(incoming, entry.tally(Direction::In));
+        let counted =
+            Counted::new(incoming, entry.tally(Direction::In)).filter_trailers(strip_identity);
         let (order, policy) = self.plan(snap, &resolved);
         let local = order
             .first()
