@@ -169,3 +169,79 @@ async fn a_dead_gateway_of_a_cluster_costs_none_of_its_calls_while_another_answe
         "the dead gateway was still registered while the calls ran (else this test shows nothing)"
     );
 }
+
+/// Local clients that ask for large downloads from a peer cluster and stop reading hold that
+/// peer link's flow-control credit. Eight of them must not freeze the link: a ninth call to the
+/// same cluster, over the same pooled connection, is still answered at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_stop_reading_do_not_freeze_the_link_to_a_peer() {
+    use tokio::io::AsyncWriteExt;
+
+    let m = mesh(137, "", json!({}), json!({})).await;
+    let east = &m[0];
+    let proxy = east.gw.proxy;
+    let url = "http://west.echo.demo.svc.clusterset.local:8080/";
+    assert_eq!(
+        json_body(&curl(&["-x", &proxy.to_string(), url]))["cluster"],
+        "west"
+    );
+
+    let mut stalled = Vec::new();
+    for _ in 0..8 {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(4096).expect("rcvbuf");
+        let mut conn = socket
+            .connect(proxy)
+            .await
+            .expect("connect to the proxy port");
+        conn.write_all(
+            format!(
+                "GET {url}bytes?n=1073741824 HTTP/1.1\r\n\
+                 Host: west.echo.demo.svc.clusterset.local:8080\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .expect("send the request");
+        stalled.push(conn); // never read
+    }
+    // Long enough for every stalled download to fill its sockets and buffers.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    for i in 0..3 {
+        let out = curl(&[
+            "-x",
+            &proxy.to_string(),
+            "-sS",
+            "--max-time",
+            "5",
+            &format!("{url}after-stall-{i}"),
+        ]);
+        assert_eq!(
+            json_body(&out)["path"],
+            format!("/after-stall-{i}"),
+            "a call to west while 8 clients stopped reading"
+        );
+    }
+    // Probes use the pooled connection too: one established connection from east to west.
+    let west_inbound = m[1].gw.inbound;
+    let ss = std::process::Command::new("ss")
+        .args([
+            "-Htnp",
+            "state",
+            "established",
+            "dst",
+            &west_inbound.to_string(),
+        ])
+        .output()
+        .expect("ss");
+    let east_pid = format!("pid={},", east.gw.pid().expect("east's gateway runs"));
+    let links = String::from_utf8_lossy(&ss.stdout)
+        .lines()
+        .filter(|l| l.contains(&east_pid))
+        .count();
+    assert_eq!(
+        links, 1,
+        "every call to west went over one pooled connection (else this test shows nothing)"
+    );
+    drop(stalled);
+}

@@ -13,6 +13,9 @@ use isthmus_federation::config::Listener;
 use isthmus_federation::duration;
 use serde::{Deserialize, Serialize};
 
+/// The largest HTTP/2 flow-control window (2^31 - 1).
+const MAX_WINDOW: u32 = (1 << 31) - 1;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{path}: {reason}")]
@@ -218,9 +221,14 @@ pub struct Limits {
     pub max_connections: usize,
     /// HTTP/2 streams per connection.
     pub max_concurrent_streams: u32,
-    /// Per-stream HTTP/2 flow-control window (bounds memory per stream).
+    /// Per-stream HTTP/2 flow-control window: what one stream may have in flight unread, so
+    /// it bounds the memory a stream whose reader is slow holds.
     pub stream_window: u32,
-    /// Per-connection HTTP/2 flow-control window.
+    /// Per-connection HTTP/2 flow-control window, shared by all streams of a connection (at
+    /// least 8 stream windows). Streams whose readers stop reading hold a stream window of it
+    /// each; once they hold all of it, every other stream on the connection (every call to
+    /// that peer gateway) waits. The default (64 stream windows) bounds that memory at 64 MiB
+    /// per connection.
     pub connection_window: u32,
     /// Time to wait for a response's headers from the next hop.
     #[serde(with = "duration")]
@@ -241,7 +249,7 @@ impl Default for Limits {
             max_connections: 10_000,
             max_concurrent_streams: 1_000,
             stream_window: 1024 * 1024,
-            connection_window: 4 * 1024 * 1024,
+            connection_window: 64 * 1024 * 1024,
             request_timeout: d(30),
             connect_timeout: d(5),
         }
@@ -293,10 +301,18 @@ impl GatewayConfig {
         if l.max_concurrent_streams == 0 {
             return invalid("limits.max_concurrent_streams", "at least 1");
         }
-        if l.stream_window < 65_535 || l.connection_window < l.stream_window {
+        // HTTP/2 windows are 31-bit. The connection window is shared by every stream of a
+        // connection: at four streams' worth, four readers that stop reading would stop all the
+        // others.
+        if !(65_535..=MAX_WINDOW).contains(&l.stream_window) {
+            return invalid("limits.stream_window", "between 65535 and 2147483647");
+        }
+        if l.connection_window > MAX_WINDOW
+            || u64::from(l.connection_window) < 8 * u64::from(l.stream_window)
+        {
             return invalid(
-                "limits.stream_window",
-                "at least 65535 and not above limits.connection_window",
+                "limits.connection_window",
+                "at least 8 times limits.stream_window and at most 2147483647",
             );
         }
         for (field, value) in [
@@ -366,6 +382,20 @@ mod tests {
             (
                 format!("{MINIMAL}limits:\n  stream_window: 10\n"),
                 "limits.stream_window",
+            ),
+            (
+                format!("{MINIMAL}limits:\n  stream_window: 4294967295\n"),
+                "limits.stream_window",
+            ),
+            (
+                format!("{MINIMAL}limits:\n  connection_window: 4194304\n"),
+                "limits.connection_window",
+            ),
+            (
+                format!(
+                    "{MINIMAL}limits:\n  stream_window: 268435456\n  connection_window: 4294967295\n"
+                ),
+                "limits.connection_window",
             ),
             (
                 format!("{MINIMAL}limits:\n  idle_timeout: 0s\n"),
