@@ -212,7 +212,10 @@ pub struct Limits {
     /// Time to read a request's headers on HTTP/1.
     #[serde(with = "duration")]
     pub header_read_timeout: Duration,
-    /// A connection with no bytes moving for this long is closed.
+    /// A connection with no request open for this long is closed gracefully
+    /// (HTTP/2 GOAWAY or HTTP/1 close, then dropped 5 s later); one with
+    /// requests open but no bytes moving for this long is dropped. PINGs alone
+    /// do not count as activity.
     #[serde(with = "duration")]
     pub idle_timeout: Duration,
     #[serde(with = "duration")]

@@ -5,7 +5,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use hyper::body::Incoming;
@@ -74,44 +74,107 @@ impl ConnLimit {
     }
 }
 
-/// Whether bytes moved on a connection since the idle watch last looked. Marking it is a
-/// relaxed flag store (no clock read on the I/O path); the watch samples it every quarter of the
-/// timeout, so an idle connection is noticed between one and one and a quarter timeouts after
-/// its last byte.
+/// What a connection is doing, as the idle watch samples it: how many of its requests have
+/// not finished (a request counts from its head until its response body ends, a tunnel until
+/// it closes), whether one started or finished, and whether bytes moved. Each mark is a relaxed
+/// atomic (no clock read on the I/O path); the watch samples every quarter of the timeout.
 #[derive(Clone)]
 pub struct Activity {
-    moved: Arc<AtomicBool>,
+    inner: Arc<ActivityInner>,
+}
+
+#[derive(Default)]
+struct ActivityInner {
+    moved: AtomicBool,
+    changed: AtomicBool,
+    open: AtomicUsize,
+}
+
+/// Why the idle watch gave up on a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Quiet {
+    /// No request open for the whole timeout. Keepalive PINGs and other bytes do not count:
+    /// a client that only pings is idle.
+    Idle,
+    /// Requests open, and not a byte moved for the whole timeout: the client stopped reading
+    /// (or the connection is dead without a reset).
+    Stalled,
+}
+
+/// One open request of a connection; dropping it finishes the request.
+pub struct Open(Arc<ActivityInner>);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+        self.0.changed.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A request's hold on its connection, in the request's extensions when it may become a
+/// tunnel (CONNECT or Upgrade): whoever runs the tunnel keeps it until the tunnel ends, so a
+/// connection carrying tunnels is not idle.
+#[derive(Clone)]
+pub struct Hold {
+    _open: Arc<Open>,
+}
+
+impl Hold {
+    pub fn take<B>(req: &mut Request<B>) -> Option<Hold> {
+        req.extensions_mut().remove::<Hold>()
+    }
 }
 
 impl Activity {
     pub fn new() -> Self {
         Self {
-            moved: Arc::new(AtomicBool::new(false)),
+            inner: Arc::new(ActivityInner::default()),
         }
     }
 
     pub fn touch(&self) {
         // Read first: most touches find the flag already set and leave the cache line clean.
-        if !self.moved.load(Ordering::Relaxed) {
-            self.moved.store(true, Ordering::Relaxed);
+        if !self.inner.moved.load(Ordering::Relaxed) {
+            self.inner.moved.store(true, Ordering::Relaxed);
         }
     }
 
-    /// Resolves once nothing moved for `timeout` (counted from the call). One watcher per
-    /// `Activity`: each sample clears the flag, so two watchers would hide bytes from each other.
-    pub async fn idle_for(&self, timeout: Duration) {
+    /// Counts a request as open until the returned guard drops.
+    pub fn open(&self) -> Open {
+        self.inner.open.fetch_add(1, Ordering::Relaxed);
+        self.inner.changed.store(true, Ordering::Relaxed);
+        Open(self.inner.clone())
+    }
+
+    /// Resolves once the connection was idle or stalled for `timeout` (counted from the call),
+    /// saying which: noticed between one and one and a quarter timeouts after it began. One
+    /// watcher per `Activity`: each sample clears the flags, so two would hide marks from each
+    /// other.
+    pub async fn quiet_for(&self, timeout: Duration) -> Quiet {
         let step = (timeout / 4).max(Duration::from_millis(1));
-        let mut quiet = Duration::ZERO;
-        self.moved.store(false, Ordering::Relaxed);
+        let (mut idle, mut stalled) = (Duration::ZERO, Duration::ZERO);
+        self.inner.moved.store(false, Ordering::Relaxed);
+        self.inner.changed.store(false, Ordering::Relaxed);
         loop {
             tokio::time::sleep(step).await;
-            if self.moved.swap(false, Ordering::Relaxed) {
-                quiet = Duration::ZERO;
+            let moved = self.inner.moved.swap(false, Ordering::Relaxed);
+            let changed = self.inner.changed.swap(false, Ordering::Relaxed);
+            let open = self.inner.open.load(Ordering::Relaxed);
+            idle = if open == 0 && !changed {
+                idle + step
             } else {
-                quiet += step;
-                if quiet >= timeout {
-                    return;
-                }
+                Duration::ZERO
+            };
+            stalled = if open > 0 && !moved {
+                stalled + step
+            } else {
+                Duration::ZERO
+            };
+            if idle >= timeout {
+                return Quiet::Idle;
+            }
+            if stalled >= timeout {
+                return Quiet::Stalled;
             }
         }
     }
@@ -235,8 +298,40 @@ fn switched(status: http::StatusCode, connect: bool) -> bool {
     status == http::StatusCode::SWITCHING_PROTOCOLS || (connect && status.is_success())
 }
 
-/// Serves one connection until it closes, goes idle past `limits.idle_timeout`, or the drain
-/// finishes it gracefully.
+/// A response body that keeps its request open on the connection until it ends.
+struct Finishing {
+    body: Body,
+    _open: Open,
+}
+
+impl hyper::body::Body for Finishing {
+    type Data = bytes::Bytes;
+    type Error = crate::body::BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// How long an idle connection told to close gets to say goodbye (HTTP/2 GOAWAY) before it is
+/// dropped.
+const IDLE_GOODBYE: Duration = Duration::from_secs(5);
+
+/// Serves one connection until it closes, the drain finishes it gracefully, or it goes quiet
+/// for `limits.idle_timeout`: idle (no request open; closed gracefully) or stalled (requests
+/// open and not a byte moving, as when a client stops reading a response; dropped, which
+/// resets its streams and frees what they held).
 pub async fn serve_connection<IO, F, Fut>(
     io: IO,
     builder: &auto::Builder<TokioExecutor>,
@@ -252,18 +347,26 @@ pub async fn serve_connection<IO, F, Fut>(
     let io = TokioIo::new(Tracked::new(io, activity.clone()));
     let handler = Arc::new(handler);
     let max_headers = limits.max_headers;
-    let service = service_fn(move |req: Request<Incoming>| {
+    let requests = activity.clone();
+    let service = service_fn(move |mut req: Request<Incoming>| {
         let handler = handler.clone();
+        let open = requests.open();
+        let switch = wants_protocol_switch(&req);
+        let is_connect = req.method() == http::Method::CONNECT;
+        if switch || is_connect {
+            req.extensions_mut().insert(Hold {
+                _open: Arc::new(requests.open()),
+            });
+        }
         async move {
             // hyper counts headers on HTTP/1 only; HTTP/2 gets the same limit here.
             if req.headers().len() > max_headers {
-                return Ok(crate::body::error(
+                let refused = crate::body::error(
                     http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                     &format!("more than {max_headers} request headers"),
-                ));
+                );
+                return Ok(refused.map(|body| Finishing { body, _open: open }));
             }
-            let switch = wants_protocol_switch(&req);
-            let is_connect = req.method() == http::Method::CONNECT;
             // Boxed: HTTP/2 spawns this future as a task per stream, and the handler's state
             // machine is large; it is moved by pointer instead of by value.
             let mut response = Box::pin(handler(req)).await;
@@ -275,12 +378,14 @@ pub async fn serve_connection<IO, F, Fut>(
                     http::HeaderValue::from_static("close"),
                 );
             }
-            Ok::<_, std::convert::Infallible>(response)
+            Ok::<_, std::convert::Infallible>(response.map(|body| Finishing { body, _open: open }))
         }
     });
     let conn = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
     let mut draining = false;
+    let mut goodbye = std::pin::pin!(tokio::time::sleep(Duration::MAX));
+    let mut saying_goodbye = false;
     loop {
         tokio::select! {
             result = conn.as_mut() => {
@@ -289,10 +394,23 @@ pub async fn serve_connection<IO, F, Fut>(
                 }
                 return;
             }
-            () = activity.idle_for(limits.idle_timeout), if !draining => {
-                tracing::debug!("closing an idle connection");
-                conn.as_mut().graceful_shutdown();
-                draining = true;
+            quiet = activity.quiet_for(limits.idle_timeout) => match quiet {
+                Quiet::Stalled => {
+                    tracing::debug!("dropping a stalled connection (requests open, nothing moving)");
+                    return;
+                }
+                Quiet::Idle if !draining => {
+                    tracing::debug!("closing an idle connection");
+                    conn.as_mut().graceful_shutdown();
+                    draining = true;
+                    goodbye.as_mut().reset(Instant::now() + IDLE_GOODBYE);
+                    saying_goodbye = true;
+                }
+                Quiet::Idle => {}
+            },
+            () = &mut goodbye, if saying_goodbye => {
+                tracing::debug!("dropping an idle connection that did not close");
+                return;
             }
             () = drain.signaled(), if !draining => {
                 conn.as_mut().graceful_shutdown();
@@ -306,40 +424,150 @@ pub async fn serve_connection<IO, F, Fut>(
 mod tests {
     use std::time::Duration;
 
+    use bytes::Bytes;
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use tokio::io::AsyncWriteExt;
     use tokio::time::Instant;
 
-    use super::Activity;
+    use super::{Activity, Drain, Quiet, http_builder, serve_connection};
+    use crate::config::Limits;
 
     #[tokio::test(start_paused = true)]
-    async fn a_quiet_connection_is_idle_after_one_to_one_and_a_quarter_timeouts() {
+    async fn a_connection_with_no_request_is_idle_after_one_to_one_and_a_quarter_timeouts() {
         let activity = Activity::new();
+        let pinger = activity.clone();
+        // Bytes without requests (keepalive PINGs) do not keep it open.
+        let pings = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                pinger.touch();
+            }
+        });
         let started = Instant::now();
-        activity.idle_for(Duration::from_secs(8)).await;
+        assert_eq!(
+            activity.quiet_for(Duration::from_secs(8)).await,
+            Quiet::Idle
+        );
         let took = started.elapsed();
         assert!(
             took >= Duration::from_secs(8) && took <= Duration::from_secs(10),
             "{took:?}"
         );
+        pings.abort();
     }
 
     #[tokio::test(start_paused = true)]
-    async fn bytes_moving_keep_a_connection_from_going_idle() {
+    async fn an_open_request_keeps_a_connection_until_its_bytes_stop_moving() {
         let activity = Activity::new();
         let mover = activity.clone();
+        let open = activity.open();
         let started = Instant::now();
         let moving = tokio::spawn(async move {
-            // Bytes every second for 20 s, then silence.
+            // Bytes every second for 20 s, then silence with the request still open.
             for _ in 0..20 {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 mover.touch();
             }
         });
-        activity.idle_for(Duration::from_secs(4)).await;
+        assert_eq!(
+            activity.quiet_for(Duration::from_secs(4)).await,
+            Quiet::Stalled
+        );
         let took = started.elapsed();
         assert!(
             took >= Duration::from_secs(24) && took <= Duration::from_secs(26),
-            "idle {took:?} after the start; the last byte moved at 20 s"
+            "stalled {took:?} after the start; the last byte moved at 20 s"
         );
         moving.await.expect("mover");
+        // Once the request finishes, the connection is idle a timeout later.
+        drop(open);
+        let finished = Instant::now();
+        assert_eq!(
+            activity.quiet_for(Duration::from_secs(4)).await,
+            Quiet::Idle
+        );
+        let took = finished.elapsed();
+        assert!(
+            took >= Duration::from_secs(4) && took <= Duration::from_secs(6),
+            "{took:?}"
+        );
+    }
+
+    fn short_idle() -> Limits {
+        Limits {
+            idle_timeout: Duration::from_millis(800),
+            ..Limits::default()
+        }
+    }
+
+    /// Serves one in-memory connection; resolves when `serve_connection` returns.
+    fn serve(
+        server: tokio::io::DuplexStream,
+        body: fn() -> crate::body::Body,
+    ) -> tokio::task::JoinHandle<()> {
+        let limits = short_idle();
+        let builder = http_builder(&limits, false);
+        let (_tx, drain) = Drain::new();
+        tokio::spawn(async move {
+            let _keep_drain_open = _tx;
+            serve_connection(server, &builder, &limits, &drain, move |_req| async move {
+                http::Response::new(body())
+            })
+            .await;
+        })
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_http2_client_that_only_pings_is_closed_as_idle() {
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let served = serve(server, crate::body::empty);
+        let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Duration::from_millis(100))
+            .keep_alive_while_idle(true)
+            .handshake::<_, crate::body::Body>(TokioIo::new(client))
+            .await
+            .expect("h2 handshake");
+        let conn = tokio::spawn(conn);
+        let response = sender
+            .send_request(http::Request::new(crate::body::empty()))
+            .await
+            .expect("one request");
+        assert_eq!(response.status(), 200);
+        drop(response);
+        let started = Instant::now();
+        tokio::time::timeout(Duration::from_secs(10), served)
+            .await
+            .expect("a connection that only pings is closed within the idle timeout")
+            .expect("server task");
+        assert!(
+            started.elapsed() >= Duration::from_millis(700),
+            "{:?}",
+            started.elapsed()
+        );
+        let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_http1_client_that_stops_reading_a_response_is_dropped() {
+        fn endless() -> crate::body::Body {
+            let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+            let frames = futures_util::stream::repeat_with(move || {
+                Ok::<_, crate::body::BoxError>(hyper::body::Frame::data(chunk.clone()))
+            });
+            crate::body::boxed(http_body_util::StreamBody::new(frames))
+        }
+        let (mut client, server) = tokio::io::duplex(16 * 1024);
+        let served = serve(server, endless);
+        client
+            .write_all(b"GET /endless HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .expect("send the request");
+        // Never read: the response fills the pipe and stops.
+        tokio::time::timeout(Duration::from_secs(10), served)
+            .await
+            .expect("a connection whose client stopped reading is dropped, not kept forever")
+            .expect("server task");
+        drop(client);
     }
 }

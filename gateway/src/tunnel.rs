@@ -17,6 +17,8 @@ where
     B: AsyncRead + AsyncWrite + Unpin,
 {
     let activity = Activity::new();
+    // The tunnel counts as an open request: its activity goes quiet when no byte moves.
+    let _open = activity.open();
     let mut client = Tracked::new(client, activity.clone());
     let mut upstream = upstream;
     tokio::select! {
@@ -31,7 +33,7 @@ where
                 false
             }
         },
-        () = activity.idle_for(idle) => {
+        _ = activity.quiet_for(idle) => {
             tracing::debug!(idle_ms = idle.as_millis() as u64, "closing an idle tunnel");
             false
         }

@@ -37,7 +37,7 @@ use crate::headers::{
 };
 use crate::metrics::Metrics;
 use crate::retry::is_grpc;
-use crate::serve::{ConnLimit, Drain, http_builder, serve_connection};
+use crate::serve::{ConnLimit, Drain, Hold, http_builder, serve_connection};
 use crate::table::{Export, LocalEndpoint, Port, Snapshot};
 use crate::tunnel::pipe;
 use hyper_util::rt::TokioIo;
@@ -317,6 +317,7 @@ impl Inbound {
             .get::<hyper::ext::Protocol>()
             .map(|p| p.as_str().to_string());
         let started = tokio::time::Instant::now();
+        let hold = Hold::take(&mut req);
         let peer_side = hyper::upgrade::on(&mut req);
         let (mut response, local) = match protocol.as_deref() {
             None => {
@@ -375,7 +376,7 @@ impl Inbound {
                 },
                 Err(e) => entry.reason = Some(format!("tunnel setup failed: {e}")),
             }
-            drop(held);
+            drop((held, hold));
             entry.finish();
         });
         response

@@ -19,6 +19,7 @@ use crate::headers::{CALLER, TARGET, strip_hop_by_hop, strip_identity};
 use crate::lb::{cluster_order, random};
 use crate::policy::ServicePolicy;
 use crate::retry::{self, Replay};
+use crate::serve::Hold;
 use crate::table::{Backend, Snapshot};
 use crate::tunnel::pipe;
 
@@ -464,6 +465,7 @@ impl Outbound {
         mut req: Request<Incoming>,
         mut entry: Entry,
     ) -> Response<Body> {
+        let hold = Hold::take(&mut req);
         let client = hyper::upgrade::on(&mut req);
         let upstream = match self
             .open_stream(
@@ -485,7 +487,7 @@ impl Outbound {
         entry.status = 200;
         self.metrics.request(entry.side, 200);
         let idle = self.limits.idle_timeout;
-        tokio::spawn(upstream.splice_when_upgraded(client, idle, entry));
+        tokio::spawn(upstream.splice_when_upgraded(client, idle, entry, hold));
         Response::new(body::empty())
     }
 
@@ -558,6 +560,7 @@ impl Outbound {
                 "WebSocket upgrade without Sec-WebSocket-Key".into(),
             );
         }
+        let hold = Hold::take(&mut req);
         let client = hyper::upgrade::on(&mut req);
         let path = req
             .uri()
@@ -605,7 +608,7 @@ impl Outbound {
         entry.status = response.status().as_u16();
         self.metrics.request(entry.side, entry.status);
         let idle = self.limits.idle_timeout;
-        tokio::spawn(upstream.splice_when_upgraded(client, idle, entry));
+        tokio::spawn(upstream.splice_when_upgraded(client, idle, entry, hold));
         response
     }
 }
@@ -633,6 +636,7 @@ impl Upstream {
         client: hyper::upgrade::OnUpgrade,
         idle: std::time::Duration,
         mut entry: Entry,
+        hold: Option<Hold>,
     ) {
         let spliced = match client.await {
             Ok(c) => self.splice(TokioIo::new(c), idle, &entry).await,
@@ -641,6 +645,7 @@ impl Upstream {
         if let Err(reason) = spliced {
             entry.reason = Some(reason);
         }
+        drop(hold);
         entry.finish();
     }
 
