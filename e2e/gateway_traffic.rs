@@ -170,6 +170,91 @@ async fn a_dead_gateway_of_a_cluster_costs_none_of_its_calls_while_another_answe
     );
 }
 
+/// Calls in flight through a peer gateway that dies are tried again through the same cluster's
+/// other gateway: a gateway lost is not the cluster lost, so calls pinned to that cluster (no
+/// other cluster to fail over to) are all answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_in_flight_through_a_gateway_that_dies_go_through_its_clusters_other_gateway() {
+    let m = mesh(140, "", json!({}), json!({})).await;
+    let (east, west) = (&m[0], &m[1]);
+    let proxy = east.gw.proxy.to_string();
+    let url = "http://west.echo.demo.svc.clusterset.local:8080/";
+    // Which of west's gateways a call starts on is random; a round whose calls all started on
+    // gw-1 shows nothing, so it is repeated with a new gateway (10 calls: 1 in 1024 rounds).
+    for round in 2..5 {
+        let name = format!("gw-{round}");
+        let gw = Gateway::start(
+            &west.fed,
+            &name,
+            json!({ "registration_ttl": "120s", "access_log": true }),
+        )
+        .await;
+        let doomed = gw.inbound.to_string();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while gw.access_log().is_empty() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "east never routed a call through west's {name}"
+            );
+            let out = curl(&["-x", &proxy, url]);
+            assert_eq!(json_body(&out)["cluster"], "west");
+        }
+        let calls: Vec<_> = (0..10)
+            .map(|_| {
+                let proxy = proxy.clone();
+                std::thread::spawn(move || {
+                    curl(&[
+                        "-x",
+                        &proxy,
+                        "-w",
+                        "\n%{http_code}",
+                        &format!("{url}slow?ms=1500"),
+                    ])
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        drop(gw); // SIGKILL with the calls in flight.
+        let mut failed = Vec::new();
+        for (i, call) in calls.into_iter().enumerate() {
+            let out = call.join().expect("curl thread");
+            let (body, status) = out.1.trim().rsplit_once('\n').unwrap_or(("", ""));
+            let answered = serde_json::from_str::<Value>(body)
+                .is_ok_and(|b| b["cluster"] == "west" && b["slept_ms"] == 1500);
+            if out.0 != 0 || status != "200" || !answered {
+                failed.push(format!(
+                    "#{i}: curl {} status {status} {:?} {}",
+                    out.0, out.1, out.2
+                ));
+            }
+        }
+        assert!(
+            failed.is_empty(),
+            "{} of 10 calls to west failed when {name}, one of its gateways, died under them:\n{}",
+            failed.len(),
+            failed.join("\n")
+        );
+        let retried = east
+            .gw
+            .access_log()
+            .into_iter()
+            .filter(|l| {
+                l["reason"].as_str().is_some_and(|r| {
+                    r.starts_with("retried on another connection") && r.contains(&doomed)
+                })
+            })
+            .inspect(|l| {
+                assert_eq!(l["dst_cluster"], "west", "{l}");
+                assert_eq!(l["status"], 200, "{l}");
+            })
+            .count();
+        if retried > 0 {
+            return;
+        }
+    }
+    panic!("in three rounds no call was in flight through the gateway killed");
+}
+
 /// Local clients that ask for large downloads from a peer cluster and stop reading hold that
 /// peer link's flow-control credit. Eight of them must not freeze the link: a ninth call to the
 /// same cluster, over the same pooled connection, is still answered at once.

@@ -114,12 +114,14 @@ pub struct Metrics {
     pub certificate_expiry_seconds: Gauge,
     /// 1 while the config stream from the federation is up.
     pub control_connected: Gauge,
-    /// Tries sent again to another cluster.
+    /// Tries sent again, through another gateway or to another cluster.
     pub retries: Counter,
     /// Retries not sent because the retry budget was spent.
     pub retries_refused: Counter,
     /// Peer gateways failing their probes.
     pub peer_gateways_down: Gauge,
+    /// Pooled mTLS connections open to peer gateways.
+    pub peer_connections: Gauge,
     /// Inbound authorization decisions of services whose policy has an `authorization` section.
     pub authz_decisions: Family<AuthzLabels, Counter>,
     /// Faults injected by policy on the inbound side.
@@ -214,7 +216,7 @@ impl Metrics {
         );
         r.register(
             "retries",
-            "Tries sent again to another cluster",
+            "Tries sent again, through another gateway or to another cluster",
             self.retries.clone(),
         );
         r.register(
@@ -226,6 +228,11 @@ impl Metrics {
             "peer_gateways_down",
             "Peer gateways failing their probes",
             self.peer_gateways_down.clone(),
+        );
+        r.register(
+            "peer_connections",
+            "Pooled mTLS connections open to peer gateways",
+            self.peer_connections.clone(),
         );
         r.register(
             "control_connected",

@@ -54,15 +54,29 @@ fn gateway_order(n: usize, start: usize, up: u128) -> impl Iterator<Item = usize
         .chain(rotation().filter(move |&i| !is_up(i)))
 }
 
-/// A peer gateway: its address and the trust domain its certificate must carry.
-type SlotKey = (Arc<str>, Arc<str>);
+/// A peer gateway: its address, and the trust domain and name its certificate must carry.
+type SlotKey = (Arc<str>, Arc<str>, Arc<str>);
+
+/// Slots past this many are swept of those with no connection, no dial and no backoff.
+const SWEEP_ABOVE: usize = 64;
 
 #[derive(Default)]
 struct Slot {
     /// The open connection, read without a lock on the request path.
     ready: arc_swap::ArcSwapOption<SendRequest<Body>>,
-    /// Held while dialing, so one dial serves every waiting request.
-    conn: tokio::sync::Mutex<SlotState>,
+    /// Held while dialing (by the dial's own task), so one dial serves every waiting request.
+    conn: Arc<tokio::sync::Mutex<SlotState>>,
+}
+
+impl Slot {
+    /// Nothing here worth keeping: no live connection, no dial, no backoff still running.
+    fn is_spent(&self, now: Instant) -> bool {
+        self.ready.load().as_ref().is_none_or(|s| s.is_closed())
+            && self
+                .conn
+                .try_lock()
+                .is_ok_and(|st| st.retry_at.is_none_or(|at| at <= now))
+    }
 }
 
 #[derive(Default)]
@@ -74,72 +88,77 @@ struct SlotState {
     last_error: String,
 }
 
-/// Connections to peer gateways, keyed by address and expected identity.
-pub struct PeerPool {
+/// What a dial needs, shared with the tasks that dial.
+struct Dialer {
     certs: CertStore,
     trust: TrustStore,
     limits: Limits,
+}
+
+/// Connections to peer gateways, keyed by address and expected identity.
+pub struct PeerPool {
+    dialer: Arc<Dialer>,
     slots: Mutex<HashMap<SlotKey, Arc<Slot>>>,
 }
 
 impl PeerPool {
     pub fn new(certs: CertStore, trust: TrustStore, limits: Limits) -> Self {
         Self {
-            certs,
-            trust,
-            limits,
+            dialer: Arc::new(Dialer {
+                certs,
+                trust,
+                limits,
+            }),
             slots: Mutex::new(HashMap::new()),
         }
     }
 
     /// A ready stream sender to one of `backend`'s gateways, and which one. The gateways that
-    /// answer probes are tried first, from a random one on; then the others. Each is tried once
-    /// (one whose last dial failed fails at once while it backs off), so one dead gateway of a
-    /// cluster costs that cluster nothing while another answers. The error is the last one.
+    /// answer probes are tried first, from a random one on; then the others; `last` (a gateway
+    /// that just failed a try) after all of them. Each is tried once (one whose last dial
+    /// failed fails at once while it backs off), so one dead gateway of a cluster costs that
+    /// cluster nothing while another answers. The error is the last one.
     pub async fn get_any<'b>(
         &self,
         backend: &'b Backend,
         health: &Health,
+        last: Option<&str>,
     ) -> Result<(SendRequest<Body>, &'b PeerGateway), PoolError> {
         let gateways = &backend.gateways;
         let up = health.gateways_up(gateways);
         let start = usize::try_from(random()).unwrap_or(0) % gateways.len().max(1);
-        let mut last = PoolError::NoGateway {
+        let is_last = |i: &usize| last.is_some_and(|a| *gateways[*i].address == *a);
+        let order = gateway_order(gateways.len(), start, up);
+        let (later, first): (Vec<usize>, Vec<usize>) = order.partition(is_last);
+        let mut error = PoolError::NoGateway {
             cluster: backend.cluster.clone(),
         };
-        for i in gateway_order(gateways.len(), start, up) {
+        for i in first.into_iter().chain(later) {
             let gateway = &gateways[i];
             match self.get(backend, gateway).await {
                 Ok(sender) => return Ok((sender, gateway)),
-                Err(e) => last = e,
+                Err(e) => error = e,
             }
         }
-        Err(last)
+        Err(error)
     }
 
     /// A ready stream sender to `gateway` of `backend`'s cluster: the pooled connection, or a
-    /// new one. Fails fast while a recent dial to it is backing off.
+    /// new one. Fails fast while a recent dial to it is backing off. The dial runs in its own
+    /// task: a caller that gives up (a probe's timeout, a client gone) does not cancel it, and
+    /// the callers after it get its connection instead of dialing again.
     pub async fn get(
         &self,
         backend: &Backend,
         gateway: &PeerGateway,
     ) -> Result<SendRequest<Body>, PoolError> {
-        let slot = {
-            let mut slots = match self.slots.lock() {
-                Ok(s) => s,
-                Err(poisoned) => poisoned.into_inner(),
-            };
-            slots
-                .entry((gateway.address.clone(), backend.trust_domain.clone()))
-                .or_default()
-                .clone()
-        };
+        let slot = self.slot(backend, gateway);
         if let Some(sender) = &*slot.ready.load()
             && !sender.is_closed()
         {
             return Ok((**sender).clone());
         }
-        let mut state = slot.conn.lock().await;
+        let mut state = slot.conn.clone().lock_owned().await;
         if let Some(sender) = &state.sender
             && !sender.is_closed()
         {
@@ -161,26 +180,56 @@ impl PeerPool {
                 at.saturating_duration_since(Instant::now()).as_millis()
             )));
         }
-        // Boxed: the dial's TLS and HTTP/2 handshakes would otherwise make every request's
-        // future (which holds this one) several kilobytes larger, copied and allocated per call.
-        match Box::pin(self.dial(backend, gateway)).await {
-            Ok(sender) => {
-                state.sender = Some(sender.clone());
-                slot.ready.store(Some(Arc::new(sender.clone())));
-                state.retry_at = None;
-                state.backoff = Duration::ZERO;
-                Ok(sender)
+        let dialer = self.dialer.clone();
+        let (backend_, gateway_) = (backend.clone(), gateway.clone());
+        let task = tokio::spawn(async move {
+            let result = dialer.dial(&backend_, &gateway_).await;
+            match &result {
+                Ok(sender) => {
+                    state.sender = Some(sender.clone());
+                    slot.ready.store(Some(Arc::new(sender.clone())));
+                    state.retry_at = None;
+                    state.backoff = Duration::ZERO;
+                }
+                Err(reason) => {
+                    state.backoff = (state.backoff * 2).clamp(BACKOFF_MIN, BACKOFF_MAX);
+                    state.retry_at = Some(Instant::now() + state.backoff);
+                    state.last_error.clone_from(reason);
+                    tracing::warn!(peer.cluster = %backend_.cluster, gateway = %gateway_.address, error = %reason, "dialing peer gateway failed");
+                }
             }
-            Err(reason) => {
-                state.backoff = (state.backoff * 2).clamp(BACKOFF_MIN, BACKOFF_MAX);
-                state.retry_at = Some(Instant::now() + state.backoff);
-                state.last_error = reason.clone();
-                tracing::warn!(peer.cluster = %backend.cluster, gateway = %gateway.address, error = %reason, "dialing peer gateway failed");
-                Err(unreachable(reason))
-            }
+            result
+        });
+        match task.await {
+            Ok(result) => result.map_err(unreachable),
+            Err(e) => Err(unreachable(format!("the dial was cut short: {e}"))),
         }
     }
 
+    /// The slot of `gateway`, made on first use. Making one sweeps away spent slots once there
+    /// are many (gateways that left, addresses reused under new names).
+    fn slot(&self, backend: &Backend, gateway: &PeerGateway) -> Arc<Slot> {
+        let mut slots = match self.slots.lock() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let key = (
+            gateway.address.clone(),
+            backend.trust_domain.clone(),
+            gateway.name.clone(),
+        );
+        if let Some(slot) = slots.get(&key) {
+            return slot.clone();
+        }
+        if slots.len() >= SWEEP_ABOVE {
+            let now = Instant::now();
+            slots.retain(|_, slot| Arc::strong_count(slot) > 1 || !slot.is_spent(now));
+        }
+        slots.entry(key).or_default().clone()
+    }
+}
+
+impl Dialer {
     async fn dial(
         &self,
         backend: &Backend,
@@ -242,28 +291,130 @@ impl PeerPool {
         tracing::debug!(peer.cluster = %backend.cluster, gateway = %gateway.address, "connected to peer gateway");
         Ok(sender)
     }
+}
 
-    /// Open pooled connections (for metrics).
+impl PeerPool {
+    /// Open pooled connections to peer gateways (for metrics).
     pub fn open_connections(&self) -> usize {
         let slots = match self.slots.lock() {
-            Ok(s) => s.values().cloned().collect::<Vec<_>>(),
-            Err(_) => return 0,
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
         };
         slots
-            .iter()
-            .filter(|s| {
-                s.conn
-                    .try_lock()
-                    .map(|st| st.sender.as_ref().is_some_and(|c| !c.is_closed()))
-                    .unwrap_or(true)
-            })
+            .values()
+            .filter(|s| s.ready.load().as_ref().is_some_and(|c| !c.is_closed()))
             .count()
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::gateway_order;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use hyper::service::service_fn;
+    use isthmus_federation::identity::{Accept, Ca, Kek, SpiffeClientVerifier};
+    use tokio::net::TcpListener;
+    use tokio_rustls::TlsAcceptor;
+
+    use super::*;
+
+    fn credential(ca: &Ca, name: &str) -> CertStore {
+        let id = SpiffeId::gateway(ca.trust_domain(), name).expect("id");
+        let (cert, key) = ca
+            .issue_local(&id, Duration::from_secs(3600))
+            .expect("leaf");
+        let store = CertStore::new();
+        store.set_from_pem(&cert.chain_pem, &key).expect("pem");
+        store
+    }
+
+    /// A peer gateway that counts its TCP connections and waits `delay` before each TLS
+    /// handshake; it answers every request 200.
+    async fn slow_peer(
+        certs: CertStore,
+        trust: TrustStore,
+        delay: Duration,
+    ) -> (String, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("addr").to_string();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let verifier = SpiffeClientVerifier::new(trust, Accept::Any).into_arc();
+        let config = tls::server_config(&certs, verifier, &[tls::ALPN_H2]).expect("config");
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                let acceptor = TlsAcceptor::from(config.clone());
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let ok = service_fn(|_req| async {
+                        Ok::<_, std::convert::Infallible>(
+                            hyper::Response::new(crate::body::empty()),
+                        )
+                    });
+                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tls), ok)
+                        .await;
+                });
+            }
+        });
+        (address, accepted)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dial_its_caller_gave_up_on_still_lands_and_serves_the_next_caller() {
+        let kek = Kek::generate().expect("kek");
+        let day = Duration::from_secs(86_400);
+        let west = Ca::generate("west.mesh".parse().expect("td"), &kek, day).expect("ca");
+        let east = Ca::generate("east.mesh".parse().expect("td"), &kek, day).expect("ca");
+        let trust = TrustStore::new();
+        trust.set(west.bundle());
+        trust.set(east.bundle());
+        let (address, accepted) = slow_peer(
+            credential(&west, "gw-1"),
+            trust.clone(),
+            Duration::from_millis(400),
+        )
+        .await;
+        let pool = PeerPool::new(credential(&east, "gw-1"), trust, Limits::default());
+        let gateway = PeerGateway {
+            name: "gw-1".into(),
+            address: address.into(),
+            zone: "".into(),
+        };
+        let backend = Backend {
+            cluster: "west".into(),
+            trust_domain: "west.mesh".into(),
+            region: "r".into(),
+            zone: "".into(),
+            gateways: vec![gateway.clone()],
+            healthy: 1,
+            weight: 1,
+            stale: false,
+            confirmed_at: Instant::now(),
+        };
+        // A caller (a probe with a short timeout) gives up while the handshake is held back.
+        let gave_up =
+            tokio::time::timeout(Duration::from_millis(100), pool.get(&backend, &gateway));
+        assert!(
+            gave_up.await.is_err(),
+            "the peer answered before the caller gave up"
+        );
+        let mut sender = pool.get(&backend, &gateway).await.expect("a connection");
+        let mut req = hyper::Request::new(crate::body::empty());
+        *req.uri_mut() = "http://peer/".parse().expect("uri");
+        let response = sender.send_request(req).await.expect("an answer");
+        assert_eq!(response.status(), hyper::StatusCode::OK);
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            1,
+            "the second caller dialed again instead of taking the first dial's connection"
+        );
+        assert_eq!(pool.open_connections(), 1);
+    }
 
     #[test]
     fn gateways_that_answer_are_tried_first_from_the_start_then_the_rest() {

@@ -99,5 +99,8 @@ pub async fn run(
         metrics
             .peer_gateways_down
             .set(health.down_gateways().len() as i64);
+        metrics
+            .peer_connections
+            .set(i64::try_from(pool.open_connections()).unwrap_or(i64::MAX));
     }
 }

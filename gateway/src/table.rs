@@ -60,7 +60,7 @@ fn ports(wire: &[proto::ServicePort]) -> Vec<Port> {
         .collect()
 }
 
-/// A peer gateway to dial: its exact SPIFFE ID is `spiffe://<trust_domain>/gateway/<name>`.
+/// A peer gateway to dial: its exact SPIFFE ID is `spiffe://<trust_domain>/isthmus/gateway/<name>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerGateway {
     pub name: Arc<str>,

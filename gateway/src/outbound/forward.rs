@@ -74,8 +74,11 @@ impl Outbound {
     /// Sends `req` (or, when the first try fails, its replay) to the clusters of `order` until
     /// one answers. A request not yet sent (the connection was closing, the peer unreachable,
     /// the cluster's circuit open) always moves on; one that was sent moves on only when it can
-    /// be replayed, within the retry budget and the policy's retries. On failure: the response
-    /// to give the client (the last peer answer, or 502/503/504 with the reason).
+    /// be replayed, within the retry budget and the policy's retries. When the link failed
+    /// under a try (the connection closing before it was sent, or lost while it ran), the same
+    /// cluster is tried once more through another of its gateways (or, with one, a new
+    /// connection) before the next cluster: a gateway lost is not the cluster lost. On failure:
+    /// the response to give the client (the last peer answer, or 502/503/504 with the reason).
     #[allow(clippy::too_many_arguments)]
     async fn send(
         &self,
@@ -108,7 +111,18 @@ impl Outbound {
         let mut last = String::new();
         let mut last_answer: Option<Response<Incoming>> = None;
         let mut out_of_time = false;
-        for backend in order {
+        let mut clusters = order.iter().copied();
+        // The cluster to try again after its link failed, and the gateway that failed.
+        let mut again: Option<(&Backend, Arc<str>)> = None;
+        let mut retried_here = false;
+        loop {
+            let (backend, failed_gateway) = match again.take() {
+                Some((b, g)) => (b, Some(g)),
+                None => match clusters.next() {
+                    Some(b) => (b, None),
+                    None => break,
+                },
+            };
             if backend.cluster == snap.cluster {
                 // Local delivery is decided before a request is built for a peer.
                 continue;
@@ -142,7 +156,11 @@ impl Outbound {
                 pending = Some(req);
                 continue;
             };
-            let (mut sender, gateway) = match self.pool.get_any(backend, &self.health).await {
+            let (mut sender, gateway) = match self
+                .pool
+                .get_any(backend, &self.health, failed_gateway.as_deref())
+                .await
+            {
                 Ok(s) => s,
                 Err(e) => {
                     self.health.outcome(name, &backend.cluster, false);
@@ -173,6 +191,8 @@ impl Outbound {
                     if !failed {
                         if !entry.failed_over_from.is_empty() {
                             entry.reason = Some(format!("failed over: {last}"));
+                        } else if retried_here {
+                            entry.reason = Some(format!("retried on another connection: {last}"));
                         }
                         return Ok(response);
                     }
@@ -191,17 +211,38 @@ impl Outbound {
                     last_answer = Some(response);
                 }
                 Ok(Err(mut e)) => {
-                    self.health.outcome(name, &backend.cluster, false);
-                    last = format!("{} failed: {}", backend.cluster, e.error());
-                    entry.failed_over_from.push(backend.cluster.clone());
-                    match e.take_message() {
-                        // Not sent: the connection was closing.
+                    last = format!(
+                        "{} failed through {}: {}",
+                        backend.cluster,
+                        gateway.address,
+                        e.error()
+                    );
+                    let unsent = e.take_message();
+                    let first_here = failed_gateway.is_none();
+                    // Once per cluster: this gateway again over a new connection (it was
+                    // closing), or another of the cluster's gateways (this one was lost).
+                    let stay = first_here && (unsent.is_some() || backend.gateways.len() > 1);
+                    if unsent.is_none() {
+                        self.health.outcome(name, &backend.cluster, false);
+                    }
+                    if stay {
+                        again = Some((backend, gateway.address.clone()));
+                        retried_here = true;
+                    } else {
+                        entry.failed_over_from.push(backend.cluster.clone());
+                    }
+                    match unsent {
                         Some(back) => {
                             sent -= 1;
                             pending = Some(back);
                         }
                         None if replay.is_some() => {}
-                        None => return Err(self.refuse(entry, StatusCode::BAD_GATEWAY, last)),
+                        None => {
+                            if stay {
+                                entry.failed_over_from.push(backend.cluster.clone());
+                            }
+                            return Err(self.refuse(entry, StatusCode::BAD_GATEWAY, last));
+                        }
                     }
                 }
                 Err(_) => {

@@ -157,7 +157,7 @@ impl ShadowTask {
         let exchange = async {
             let (mut sender, gateway) = self
                 .pool
-                .get_any(backend, &self.health)
+                .get_any(backend, &self.health, None)
                 .await
                 .map_err(|e| e.to_string())?;
             entry.note(|e| e.upstream = Some(gateway.address.to_string()));
