@@ -864,3 +864,86 @@ async fn retries_share_one_deadline_the_gateways_request_timeout() {
         "the call took {took:?}"
     );
 }
+
+/// A circuit breaker counts a call until its response body ends, not until its headers: with
+/// `max_requests: 2`, two downloads from west whose clients stopped reading keep west's circuit
+/// for `demo/echo` open, and a third call pinned to west is refused at once with the reason;
+/// once those clients go, calls flow again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_circuit_breaker_counts_calls_until_their_bodies_end() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let m = mesh(143, "", json!({}), json!({})).await;
+    let east = &m[0];
+    east.fed.write_catalog(&east_catalog(
+        "  cb: {services: [demo/echo], circuit_breaker: {max_requests: 2}}\n",
+    ));
+    wait_policy(&east.gw, "cb").await;
+    let proxy = east.gw.proxy;
+    let url = "http://west.echo.demo.svc.clusterset.local:8080/";
+    let status = |path: &str| {
+        let out = curl(&[
+            "-x",
+            &proxy.to_string(),
+            "-sS",
+            "--max-time",
+            "10",
+            "-w",
+            "\n%{http_code}",
+            &format!("{url}{path}"),
+        ]);
+        let (body, code) = out.1.trim().rsplit_once('\n').unwrap_or(("", ""));
+        (code.to_string(), body.to_string())
+    };
+    assert_eq!(status("before").0, "200");
+
+    let mut downloads = Vec::new();
+    for _ in 0..2 {
+        let mut conn = tokio::net::TcpStream::connect(proxy)
+            .await
+            .expect("connect to the proxy port");
+        conn.write_all(
+            format!(
+                "GET {url}bytes?n=1073741824 HTTP/1.1\r\n\
+                 Host: west.echo.demo.svc.clusterset.local:8080\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .expect("send the request");
+        let mut head = vec![0u8; 12];
+        tokio::time::timeout(Duration::from_secs(10), conn.read_exact(&mut head))
+            .await
+            .expect("the download's head in time")
+            .expect("the download's head");
+        assert_eq!(&head, b"HTTP/1.1 200", "{}", String::from_utf8_lossy(&head));
+        downloads.push(conn); // read no further: the body stays in flight
+    }
+    let explained = explain(&east.gw, "demo/echo").await;
+    let west = explained["clusters"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["cluster"] == "west"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(west["in_flight"], 2, "{explained}");
+    let (code, body) = status("third");
+    assert_eq!(code, "503", "{body}");
+    assert!(
+        body.contains("west has 2 requests in flight (circuit open)"),
+        "{body}"
+    );
+
+    drop(downloads);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let (code, body) = status("after");
+        if code == "200" {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "west's circuit stayed open after the downloads' clients left: {code} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -212,7 +212,7 @@ pub fn explain(
                     slow_start_factor: v.factor,
                     reason: v.reason.map(str::to_string),
                 },
-                in_flight: breakers.in_flight(&b.cluster),
+                in_flight: breakers.in_flight(&import.name, &b.cluster),
                 max_requests: policy.max_requests,
                 usable: lb::usable(b, me),
                 fenced: policy.fences_out(&b.region),
@@ -555,7 +555,7 @@ mod tests {
         for _ in 0..health.config.probe_failures {
             health.probed(&"10.0.0.1:15443".into(), false);
         }
-        let _in_flight = breakers.enter(&"south".into(), 1024);
+        let _in_flight = breakers.enter(&"echo.demo".into(), &"south".into(), 1024);
         let e =
             explain(&snap, &health, &breakers, "echo.demo.svc.clusterset.local.").expect("known");
         assert_eq!(e.decision.cluster.as_deref(), Some("south"));

@@ -180,6 +180,13 @@ impl Budget {
         s.0 = (s.0 + u64::from(percent) * 10).min(self.cap);
     }
 
+    /// Whether the budget has a retry now (without taking it).
+    pub fn has_one(&self) -> bool {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        self.refill(&mut s, Instant::now());
+        s.0 >= 1000
+    }
+
     /// Takes one retry, if the budget has one.
     pub fn withdraw(&self) -> bool {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -199,11 +206,16 @@ impl Default for Budget {
     }
 }
 
-/// Requests in flight per cluster, bounded.
+/// Calls in flight per service and cluster, bounded by the service's `max_requests`. A call
+/// counts from its send until its response body ends (a tunnel: until it is open), so long
+/// streams count for as long as they hold the peer's capacity.
 #[derive(Debug, Default)]
 pub struct Breakers {
-    counts: Mutex<HashMap<Arc<str>, Arc<AtomicU32>>>,
+    /// Service → cluster → calls in flight.
+    counts: Mutex<HashMap<Arc<str>, PerCluster>>,
 }
+
+type PerCluster = HashMap<Arc<str>, Arc<AtomicU32>>;
 
 /// Counts one request in flight until dropped.
 pub struct BreakerGuard(Arc<AtomicU32>);
@@ -215,15 +227,19 @@ impl Drop for BreakerGuard {
 }
 
 impl Breakers {
-    /// A slot for one more request to `cluster`, or `None` when `max` are in flight.
-    pub fn enter(&self, cluster: &Arc<str>, max: u32) -> Option<BreakerGuard> {
-        let count = self
-            .counts
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(cluster.clone())
-            .or_default()
-            .clone();
+    /// A slot for one more call to `service` on `cluster`, or `None` when `max` are in flight.
+    pub fn enter(&self, service: &Arc<str>, cluster: &Arc<str>, max: u32) -> Option<BreakerGuard> {
+        let count = {
+            let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+            let clusters = match counts.get_mut(&**service) {
+                Some(c) => c,
+                None => counts.entry(service.clone()).or_default(),
+            };
+            match clusters.get(&**cluster) {
+                Some(c) => c.clone(),
+                None => clusters.entry(cluster.clone()).or_default().clone(),
+            }
+        };
         let prev = count.fetch_add(1, Ordering::Relaxed);
         if prev >= max {
             count.fetch_sub(1, Ordering::Relaxed);
@@ -232,12 +248,13 @@ impl Breakers {
         Some(BreakerGuard(count))
     }
 
-    /// Requests in flight to `cluster` now (for explain).
-    pub fn in_flight(&self, cluster: &str) -> u32 {
+    /// Calls to `service` in flight on `cluster` now (for explain).
+    pub fn in_flight(&self, service: &str, cluster: &str) -> u32 {
         self.counts
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get(cluster)
+            .get(service)
+            .and_then(|c| c.get(cluster))
             .map_or(0, |c| c.load(Ordering::Relaxed))
     }
 }
@@ -379,14 +396,33 @@ mod tests {
     }
 
     #[test]
-    fn breakers_bound_requests_in_flight() {
+    fn breakers_bound_calls_in_flight_per_service_and_cluster() {
         let b = Breakers::default();
-        let c: Arc<str> = "west".into();
-        let held: Vec<_> = (0..3).map(|_| b.enter(&c, 3).expect("slot")).collect();
-        assert!(b.enter(&c, 3).is_none());
-        assert_eq!(b.in_flight("west"), 3, "a refused entry is not counted");
+        let (echo, other, west, east): (Arc<str>, Arc<str>, Arc<str>, Arc<str>) = (
+            "echo.demo".into(),
+            "other.demo".into(),
+            "west".into(),
+            "east".into(),
+        );
+        let held: Vec<_> = (0..3)
+            .map(|_| b.enter(&echo, &west, 3).expect("slot"))
+            .collect();
+        assert!(b.enter(&echo, &west, 3).is_none());
+        assert_eq!(
+            b.in_flight("echo.demo", "west"),
+            3,
+            "a refused entry is not counted"
+        );
+        assert!(
+            b.enter(&other, &west, 3).is_some(),
+            "another service's calls to the same cluster are not held back"
+        );
+        assert!(
+            b.enter(&echo, &east, 3).is_some(),
+            "nor calls to another cluster"
+        );
         drop(held);
-        assert_eq!(b.in_flight("west"), 0);
-        assert!(b.enter(&c, 3).is_some());
+        assert_eq!(b.in_flight("echo.demo", "west"), 0);
+        assert!(b.enter(&echo, &west, 3).is_some());
     }
 }

@@ -88,6 +88,8 @@ struct ActivityInner {
     moved: AtomicBool,
     changed: AtomicBool,
     open: AtomicUsize,
+    /// Woken when the last open request finishes.
+    all_closed: tokio::sync::Notify,
 }
 
 /// Why the idle watch gave up on a connection.
@@ -106,8 +108,10 @@ pub struct Open(Arc<ActivityInner>);
 
 impl Drop for Open {
     fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Ordering::Relaxed);
         self.0.changed.store(true, Ordering::Relaxed);
+        if self.0.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.all_closed.notify_waiters();
+        }
     }
 }
 
@@ -144,6 +148,19 @@ impl Activity {
         self.inner.open.fetch_add(1, Ordering::Relaxed);
         self.inner.changed.store(true, Ordering::Relaxed);
         Open(self.inner.clone())
+    }
+
+    /// Resolves once no request is open: every response finished and every tunnel closed.
+    pub async fn all_closed(&self) {
+        loop {
+            let notified = self.inner.all_closed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.inner.open.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// Resolves once the connection was idle or stalled for `timeout` (counted from the call),
@@ -382,41 +399,50 @@ pub async fn serve_connection<IO, F, Fut>(
         }
     });
     let conn = builder.serve_connection_with_upgrades(io, service);
-    tokio::pin!(conn);
-    let mut draining = false;
-    let mut goodbye = std::pin::pin!(tokio::time::sleep(Duration::MAX));
-    let mut saying_goodbye = false;
-    loop {
-        tokio::select! {
-            result = conn.as_mut() => {
-                if let Err(e) = result {
-                    tracing::debug!(error = %e, "connection ended with an error");
+    let ended = {
+        // Dropped at the end of this block: the connection owns its responses' bodies.
+        tokio::pin!(conn);
+        let mut draining = false;
+        let mut goodbye = std::pin::pin!(tokio::time::sleep(Duration::MAX));
+        let mut saying_goodbye = false;
+        loop {
+            tokio::select! {
+                result = conn.as_mut() => {
+                    if let Err(e) = result {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                    break true;
                 }
-                return;
-            }
-            quiet = activity.quiet_for(limits.idle_timeout) => match quiet {
-                Quiet::Stalled => {
-                    tracing::debug!("dropping a stalled connection (requests open, nothing moving)");
-                    return;
+                quiet = activity.quiet_for(limits.idle_timeout) => match quiet {
+                    Quiet::Stalled => {
+                        tracing::debug!("dropping a stalled connection (requests open, nothing moving)");
+                        break false;
+                    }
+                    Quiet::Idle if !draining => {
+                        tracing::debug!("closing an idle connection");
+                        conn.as_mut().graceful_shutdown();
+                        draining = true;
+                        goodbye.as_mut().reset(Instant::now() + IDLE_GOODBYE);
+                        saying_goodbye = true;
+                    }
+                    Quiet::Idle => {}
+                },
+                () = &mut goodbye, if saying_goodbye => {
+                    tracing::debug!("dropping an idle connection that did not close");
+                    break false;
                 }
-                Quiet::Idle if !draining => {
-                    tracing::debug!("closing an idle connection");
+                () = drain.signaled(), if !draining => {
                     conn.as_mut().graceful_shutdown();
                     draining = true;
-                    goodbye.as_mut().reset(Instant::now() + IDLE_GOODBYE);
-                    saying_goodbye = true;
                 }
-                Quiet::Idle => {}
-            },
-            () = &mut goodbye, if saying_goodbye => {
-                tracing::debug!("dropping an idle connection that did not close");
-                return;
-            }
-            () = drain.signaled(), if !draining => {
-                conn.as_mut().graceful_shutdown();
-                draining = true;
             }
         }
+    };
+    if ended {
+        // An HTTP/1 connection that became a tunnel (CONNECT, Upgrade) ends here for hyper,
+        // not for the listener: it counts against the connection limit (and the drain waits
+        // for it, up to the drain's deadline) until the tunnel closes.
+        activity.all_closed().await;
     }
 }
 
@@ -426,7 +452,7 @@ mod tests {
 
     use bytes::Bytes;
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-    use tokio::io::AsyncWriteExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::time::Instant;
 
     use super::{Activity, Drain, Quiet, http_builder, serve_connection};
@@ -546,6 +572,57 @@ mod tests {
             started.elapsed()
         );
         let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+    }
+
+    /// A listener holds its connection-limit permit while `serve_connection` runs: an HTTP/1
+    /// connection that became a tunnel must keep it running until the tunnel closes.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_http1_connection_turned_tunnel_is_served_until_the_tunnel_closes() {
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let limits = short_idle();
+        let builder = http_builder(&limits, false);
+        let (_tx, drain) = Drain::new();
+        let mut served = tokio::spawn(async move {
+            serve_connection(server, &builder, &limits, &drain, |mut req| async move {
+                let hold = super::Hold::take(&mut req);
+                tokio::spawn(async move {
+                    let _hold = hold;
+                    if let Ok(upgraded) = hyper::upgrade::on(req).await {
+                        let (mut r, mut w) = tokio::io::split(TokioIo::new(upgraded));
+                        let _ = tokio::io::copy(&mut r, &mut w).await;
+                    }
+                });
+                http::Response::new(crate::body::empty())
+            })
+            .await;
+        });
+        client
+            .write_all(b"CONNECT x:1 HTTP/1.1\r\nHost: x:1\r\n\r\n")
+            .await
+            .expect("send CONNECT");
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut byte = [0u8; 1];
+            client.read_exact(&mut byte).await.expect("response head");
+            head.push(byte[0]);
+        }
+        assert!(head.starts_with(b"HTTP/1.1 200"), "{head:?}");
+        client.write_all(b"ping").await.expect("tunnel write");
+        let mut echo = [0u8; 4];
+        client.read_exact(&mut echo).await.expect("tunnel echo");
+        assert_eq!(&echo, b"ping");
+        // Past the idle timeout too: a tunnel is an open request.
+        let early = tokio::time::timeout(Duration::from_millis(1500), &mut served).await;
+        assert!(
+            early.is_err(),
+            "the connection ended while its tunnel was open"
+        );
+        client.shutdown().await.expect("close the tunnel");
+        drop(client);
+        tokio::time::timeout(Duration::from_secs(10), served)
+            .await
+            .expect("the connection ends once its tunnel closed")
+            .expect("server task");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

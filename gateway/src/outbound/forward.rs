@@ -18,7 +18,7 @@ use crate::body::{self, Body, Counted};
 use crate::headers::{CALLER, TARGET, strip_hop_by_hop, strip_identity};
 use crate::lb::{cluster_order, random};
 use crate::policy::ServicePolicy;
-use crate::retry::{self, Replay};
+use crate::retry::{self, BreakerGuard, Replay};
 use crate::serve::Hold;
 use crate::table::{Backend, Snapshot};
 use crate::tunnel::pipe;
@@ -89,7 +89,7 @@ impl Outbound {
         req: Request<Body>,
         replay: Option<&Replay>,
         entry: &mut Entry,
-    ) -> Result<Response<Incoming>, Response<Body>> {
+    ) -> Result<(Response<Incoming>, BreakerGuard), Response<Body>> {
         let name = &resolved.target.import.name;
         if order.is_empty() {
             let reason = match &resolved.target.pinned {
@@ -106,10 +106,12 @@ impl Outbound {
             policy.per_try_timeout,
             self.limits.request_timeout,
         );
-        let mut pending = Some(req);
+        // The request in hand, and whether it is a retry still to be paid for from the budget
+        // (paid when sent: one that never leaves costs nothing).
+        let mut pending = Some((req, false));
         let mut sent = 0u32;
         let mut last = String::new();
-        let mut last_answer: Option<Response<Incoming>> = None;
+        let mut last_answer: Option<(Response<Incoming>, BreakerGuard)> = None;
         let mut out_of_time = false;
         let mut clusters = order.iter().copied();
         // The cluster to try again after its link failed, and the gateway that failed.
@@ -131,29 +133,28 @@ impl Outbound {
                 out_of_time = true;
                 break;
             }
-            let req = match pending.take() {
-                Some(r) => r,
+            let (req, owes) = match pending.take() {
+                Some(p) => p,
                 None => match replay {
-                    Some(r) if sent <= policy.retries && self.budget.withdraw() => {
-                        self.metrics.retries.inc();
-                        r.request()
-                    }
-                    Some(_) if sent <= policy.retries => {
-                        last = format!("{last}; retry budget exhausted");
-                        self.metrics.retries_refused.inc();
-                        break;
-                    }
+                    Some(r) if sent <= policy.retries => (r.request(), true),
                     _ => break,
                 },
             };
-            let Some(_in_flight) = self.breakers.enter(&backend.cluster, policy.max_requests)
+            if owes && !self.budget.has_one() {
+                last = format!("{last}; retry budget exhausted");
+                self.metrics.retries_refused.inc();
+                break;
+            }
+            let Some(in_flight) = self
+                .breakers
+                .enter(name, &backend.cluster, policy.max_requests)
             else {
                 last = format!(
                     "{} has {} requests in flight (circuit open)",
                     backend.cluster, policy.max_requests
                 );
                 entry.failed_over_from.push(backend.cluster.clone());
-                pending = Some(req);
+                pending = Some((req, owes));
                 continue;
             };
             let (mut sender, gateway) = match self
@@ -166,7 +167,7 @@ impl Outbound {
                     self.health.outcome(name, &backend.cluster, false);
                     last = e.to_string();
                     entry.failed_over_from.push(backend.cluster.clone());
-                    pending = Some(req);
+                    pending = Some((req, owes));
                     continue;
                 }
             };
@@ -175,6 +176,14 @@ impl Outbound {
             if left.is_zero() {
                 out_of_time = true;
                 break;
+            }
+            if owes {
+                if !self.budget.withdraw() {
+                    last = format!("{last}; retry budget exhausted");
+                    self.metrics.retries_refused.inc();
+                    break;
+                }
+                self.metrics.retries.inc();
             }
             let try_timeout = timeout.min(left);
             entry.dst_cluster = Some(backend.cluster.clone());
@@ -194,7 +203,7 @@ impl Outbound {
                         } else if retried_here {
                             entry.reason = Some(format!("retried on another connection: {last}"));
                         }
-                        return Ok(response);
+                        return Ok((response, in_flight));
                     }
                     last = format!(
                         "{} answered {}{}",
@@ -208,7 +217,7 @@ impl Outbound {
                             .unwrap_or_default()
                     );
                     entry.failed_over_from.push(backend.cluster.clone());
-                    last_answer = Some(response);
+                    last_answer = Some((response, in_flight));
                 }
                 Ok(Err(mut e)) => {
                     last = format!(
@@ -234,7 +243,8 @@ impl Outbound {
                     match unsent {
                         Some(back) => {
                             sent -= 1;
-                            pending = Some(back);
+                            // Paid for already, if it was a retry.
+                            pending = Some((back, false));
                         }
                         None if replay.is_some() => {}
                         None => {
@@ -295,14 +305,23 @@ impl Outbound {
         body::error(status, &reason)
     }
 
-    /// Finishes the log entry and metrics when `response`'s body ends.
-    fn respond(&self, response: Response<Incoming>, mut entry: Entry) -> Response<Body> {
+    /// Finishes the log entry and metrics when `response`'s body ends; the call counts against
+    /// its cluster's circuit breaker (`in_flight`) until then.
+    fn respond(
+        &self,
+        response: Response<Incoming>,
+        in_flight: BreakerGuard,
+        mut entry: Entry,
+    ) -> Response<Body> {
         // From a peer gateway: HTTP/2, no connection-specific headers.
         let (parts, incoming) = response.into_parts();
         entry.status = parts.status.as_u16();
         self.metrics.request(entry.side, parts.status.as_u16());
         let counter = entry.tally(Direction::Out);
-        let counted = Counted::new(incoming, counter).on_end(move || entry.finish());
+        let counted = Counted::new(incoming, counter).on_end(move || {
+            drop(in_flight);
+            entry.finish();
+        });
         Response::from_parts(parts, body::boxed(counted))
     }
 
@@ -405,7 +424,7 @@ impl Outbound {
             )
             .await
         {
-            Ok(response) => self.respond(response, entry),
+            Ok((response, in_flight)) => self.respond(response, in_flight, entry),
             Err(refused) => {
                 entry.finish();
                 refused
@@ -480,7 +499,9 @@ impl Outbound {
             req.extensions_mut()
                 .insert(hyper::ext::Protocol::from_static(p));
         }
-        let response = self
+        // A tunnel counts against the circuit breaker while it is opened, not while it lives:
+        // long-lived tunnels would otherwise hold back every call to the cluster.
+        let (response, _opened) = self
             .send(snap, resolved, &order, &policy, req, None, entry)
             .await?;
         if response.status() != StatusCode::OK {
