@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 
 use std::time::Duration;
 
-use crate::harness::gateway::{Gateway, curl, mesh};
+use crate::harness::gateway::{Gateway, curl, mesh, west_download};
 
 fn json_body(out: &(i32, String, String)) -> Value {
     assert_eq!(out.0, 0, "curl failed: {}{}", out.1, out.2);
@@ -260,8 +260,6 @@ async fn calls_in_flight_through_a_gateway_that_dies_go_through_its_clusters_oth
 /// same cluster, over the same pooled connection, is still answered at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_that_stop_reading_do_not_freeze_the_link_to_a_peer() {
-    use tokio::io::AsyncWriteExt;
-
     let m = mesh(137, "", json!({}), json!({})).await;
     let east = &m[0];
     let proxy = east.gw.proxy;
@@ -273,21 +271,7 @@ async fn clients_that_stop_reading_do_not_freeze_the_link_to_a_peer() {
 
     let mut stalled = Vec::new();
     for _ in 0..8 {
-        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-        socket.set_recv_buffer_size(4096).expect("rcvbuf");
-        let mut conn = socket
-            .connect(proxy)
-            .await
-            .expect("connect to the proxy port");
-        conn.write_all(
-            format!(
-                "GET {url}bytes?n=1073741824 HTTP/1.1\r\n\
-                 Host: west.echo.demo.svc.clusterset.local:8080\r\n\r\n"
-            )
-            .as_bytes(),
-        )
-        .await
-        .expect("send the request");
+        let conn = west_download(proxy, 4096).await;
         stalled.push(conn); // never read
     }
     // Long enough for every stalled download to fill its sockets and buffers.

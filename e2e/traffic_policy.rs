@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use tokio::process::Command;
 
 use crate::harness::federation::exe;
-use crate::harness::gateway::{Gateway, Member, curl, http_get, mesh};
+use crate::harness::gateway::{Gateway, Member, curl, http_get, mesh, west_download};
 use crate::harness::netns::{Load, Sample};
 use crate::harness::{CONVERGE, IMPORT_ALL};
 
@@ -871,7 +871,7 @@ async fn retries_share_one_deadline_the_gateways_request_timeout() {
 /// once those clients go, calls flow again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_circuit_breaker_counts_calls_until_their_bodies_end() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncReadExt;
 
     let m = mesh(143, "", json!({}), json!({})).await;
     let east = &m[0];
@@ -899,18 +899,7 @@ async fn a_circuit_breaker_counts_calls_until_their_bodies_end() {
 
     let mut downloads = Vec::new();
     for _ in 0..2 {
-        let mut conn = tokio::net::TcpStream::connect(proxy)
-            .await
-            .expect("connect to the proxy port");
-        conn.write_all(
-            format!(
-                "GET {url}bytes?n=1073741824 HTTP/1.1\r\n\
-                 Host: west.echo.demo.svc.clusterset.local:8080\r\n\r\n"
-            )
-            .as_bytes(),
-        )
-        .await
-        .expect("send the request");
+        let mut conn = west_download(proxy, 64 * 1024).await;
         let mut head = vec![0u8; 12];
         tokio::time::timeout(Duration::from_secs(10), conn.read_exact(&mut head))
             .await

@@ -238,6 +238,25 @@ impl Drop for Gateway {
     }
 }
 
+/// Opens a 1 GiB download from west's echo through the HTTP proxy port `proxy`, with a receive
+/// buffer of `rcvbuf` bytes; the caller reads as little of it as it likes.
+pub async fn west_download(proxy: SocketAddr, rcvbuf: u32) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(rcvbuf).expect("rcvbuf");
+    let mut conn = socket
+        .connect(proxy)
+        .await
+        .expect("connect to the proxy port");
+    conn.write_all(
+        b"GET http://west.echo.demo.svc.clusterset.local:8080/bytes?n=1073741824 HTTP/1.1\r\n\
+          Host: west.echo.demo.svc.clusterset.local:8080\r\n\r\n",
+    )
+    .await
+    .expect("send the request");
+    conn
+}
+
 /// `curl -sS --max-time 20` with `args` (a real client): (exit code, stdout, stderr).
 pub fn curl(args: &[&str]) -> (i32, String, String) {
     let out = std::process::Command::new("curl")
