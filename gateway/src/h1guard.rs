@@ -165,10 +165,7 @@ impl<T> H1Guard<T> {
         let search_from = old.saturating_sub(3);
         let take = input.len().min(self.max_head + 4 - old.min(self.max_head));
         self.held.extend_from_slice(&input[..take]);
-        let end = self.held[search_from..]
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .map(|p| search_from + p + 4);
+        let end = head_end(&self.held, search_from);
         let Some(end) = end else {
             if self.held.len() > self.max_head {
                 // Too large to judge: hyper refuses it with 431.
@@ -223,6 +220,22 @@ impl<T> H1Guard<T> {
             _ => {}
         }
     }
+}
+
+/// Where the head in `buf` ends (just past its blank line), searching from `from`. Lines may end
+/// in CRLF or a bare LF, as hyper reads them: a head the parser would take is always judged
+/// here, never held until the read timeout or passed on unjudged.
+fn head_end(buf: &[u8], from: usize) -> Option<usize> {
+    let mut i = from;
+    while let Some(p) = buf.get(i..)?.iter().position(|b| *b == b'\n') {
+        let at = i + p;
+        match (buf.get(at + 1), buf.get(at + 2)) {
+            (Some(b'\n'), _) => return Some(at + 2),
+            (Some(b'\r'), Some(b'\n')) => return Some(at + 3),
+            _ => i = at + 1,
+        }
+    }
+    None
 }
 
 fn trim_line(line: &[u8]) -> &[u8] {
@@ -436,6 +449,28 @@ mod tests {
         }
         let (out, _) = run(cases[3], 5);
         assert_eq!(out, b"GET /ok HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi");
+    }
+
+    #[test]
+    fn heads_with_bare_lf_lines_are_judged_like_crlf_ones() {
+        let smuggle: &[u8] =
+            b"POST / HTTP/1.1\nContent-Length: 4\nTransfer-Encoding: chunked\n\n0\r\n\r\n";
+        for split in [1, 3, 4096] {
+            let (out, state) = run(smuggle, split);
+            assert_eq!(state, Framing::Rejecting(0), "split {split}");
+            assert!(out.is_empty(), "split {split}: {out:?}");
+        }
+        // A plain bare-LF request reaches the parser at once, not at the head read timeout.
+        let (out, state) = run(b"GET / HTTP/1.1\nHost: x\n\n", 2);
+        assert_eq!(out, b"GET / HTTP/1.1\nHost: x\n\n");
+        assert_eq!(state, Framing::Head);
+        let (out, state) = run(b"GET / HTTP/1.1\r\nHost: x\n\r\nGET", 5);
+        assert_eq!(out, b"GET / HTTP/1.1\r\nHost: x\n\r\n");
+        assert_eq!(
+            state,
+            Framing::Head,
+            "the next request's first bytes are held"
+        );
     }
 
     #[test]
