@@ -106,6 +106,21 @@ async fn http_crosses_clusters_through_proxy_and_vip() {
     );
 }
 
+/// Calls `url` (served by west) through `proxy` until west's gateway `gw` has carried one
+/// (30 s at most): until then, the caller's gateway may not know `gw`.
+fn call_until_used(proxy: &str, url: &str, gw: &Gateway) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while gw.access_log().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "east never routed a call through west's {}",
+            gw.name
+        );
+        let out = curl(&["-x", proxy, url]);
+        assert_eq!(json_body(&out)["cluster"], "west");
+    }
+}
+
 /// A cluster with two gateways, one of them killed but still registered (its lease has not run
 /// out): calls pinned to that cluster are all served, by the gateway that answers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -122,15 +137,7 @@ async fn a_dead_gateway_of_a_cluster_costs_none_of_its_calls_while_another_answe
     let proxy = east.gw.proxy.to_string();
     let url = "http://west.echo.demo.svc.clusterset.local:8080/";
     // Until east's gateway has sent a call through gw-2, it does not know gw-2.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while gw2.access_log().is_empty() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "east never routed a call through west's second gateway"
-        );
-        let out = curl(&["-x", &proxy, url]);
-        assert_eq!(json_body(&out)["cluster"], "west");
-    }
+    call_until_used(&proxy, url, &gw2);
     drop(gw2); // SIGKILL: nothing deregisters it.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut failed = Vec::new();
@@ -190,15 +197,7 @@ async fn calls_in_flight_through_a_gateway_that_dies_go_through_its_clusters_oth
         )
         .await;
         let doomed = gw.inbound.to_string();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        while gw.access_log().is_empty() {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "east never routed a call through west's {name}"
-            );
-            let out = curl(&["-x", &proxy, url]);
-            assert_eq!(json_body(&out)["cluster"], "west");
-        }
+        call_until_used(&proxy, url, &gw);
         let calls: Vec<_> = (0..10)
             .map(|_| {
                 let proxy = proxy.clone();

@@ -128,12 +128,15 @@ impl PeerPool {
         let up = health.gateways_up(gateways);
         let start = usize::try_from(random()).unwrap_or(0) % gateways.len().max(1);
         let is_last = |i: &usize| last.is_some_and(|a| *gateways[*i].address == *a);
-        let order = gateway_order(gateways.len(), start, up);
-        let (later, first): (Vec<usize>, Vec<usize>) = order.partition(is_last);
+        let order = || gateway_order(gateways.len(), start, up);
         let mut error = PoolError::NoGateway {
             cluster: backend.cluster.clone(),
         };
-        for i in first.into_iter().chain(later) {
+        // No allocation on the request path: the order is walked twice, `last` held back.
+        for i in order()
+            .filter(|i| !is_last(i))
+            .chain(order().filter(is_last))
+        {
             let gateway = &gateways[i];
             match self.get(backend, gateway).await {
                 Ok(sender) => return Ok((sender, gateway)),
