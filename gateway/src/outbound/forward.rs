@@ -227,32 +227,26 @@ impl Outbound {
                         e.error()
                     );
                     let unsent = e.take_message();
-                    let first_here = failed_gateway.is_none();
-                    // Once per cluster: this gateway again over a new connection (it was
-                    // closing), or another of the cluster's gateways (this one was lost).
-                    let stay = first_here && (unsent.is_some() || backend.gateways.len() > 1);
                     if unsent.is_none() {
                         self.health.outcome(name, &backend.cluster, false);
+                        if replay.is_none() {
+                            entry.failed_over_from.push(backend.cluster.clone());
+                            return Err(self.refuse(entry, StatusCode::BAD_GATEWAY, last));
+                        }
                     }
-                    if stay {
+                    // Once per cluster: this gateway again over a new connection (it was
+                    // closing), or another of the cluster's gateways (this one was lost).
+                    if failed_gateway.is_none() && (unsent.is_some() || backend.gateways.len() > 1)
+                    {
                         again = Some((backend, gateway.address.clone()));
                         retried_here = true;
                     } else {
                         entry.failed_over_from.push(backend.cluster.clone());
                     }
-                    match unsent {
-                        Some(back) => {
-                            sent -= 1;
-                            // Paid for already, if it was a retry.
-                            pending = Some((back, false));
-                        }
-                        None if replay.is_some() => {}
-                        None => {
-                            if stay {
-                                entry.failed_over_from.push(backend.cluster.clone());
-                            }
-                            return Err(self.refuse(entry, StatusCode::BAD_GATEWAY, last));
-                        }
+                    if let Some(back) = unsent {
+                        sent -= 1;
+                        // Paid for already, if it was a retry.
+                        pending = Some((back, false));
                     }
                 }
                 Err(_) => {
