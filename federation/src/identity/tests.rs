@@ -22,7 +22,7 @@ use tokio::net::{TcpListener, TcpStream};
 use zeroize::Zeroizing;
 
 use super::tls::{ALPN_H2, client_config, server_config};
-use super::transport::{connect, connect_lazy, tls_incoming};
+use super::transport::{Caps, connect, connect_lazy, tls_incoming, tls_incoming_capped};
 use super::verifier::TrustDomainSet;
 use super::*;
 
@@ -316,12 +316,26 @@ async fn serve(
     verifier: SpiffeClientVerifier,
     handshake_timeout: Duration,
 ) -> Server {
+    serve_capped(certs, verifier, handshake_timeout, None).await
+}
+
+/// [`serve`], with handshake caps other than the listener's defaults.
+async fn serve_capped(
+    certs: &CertStore,
+    verifier: SpiffeClientVerifier,
+    handshake_timeout: Duration,
+    caps: Option<Caps>,
+) -> Server {
     let config = server_config(certs, verifier.into_arc(), &[ALPN_H2]).unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, accepted) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
-        let mut incoming = std::pin::pin!(tls_incoming(listener, config, handshake_timeout));
+        let incoming = match caps {
+            Some(caps) => tls_incoming_capped(listener, config, handshake_timeout, caps).boxed(),
+            None => tls_incoming(listener, config, handshake_timeout).boxed(),
+        };
+        let mut incoming = incoming;
         while let Some(Ok(mut stream)) = incoming.next().await {
             let _ = tx.send(stream.info().clone());
             let _ = stream.write_all(b"ok").await;
@@ -347,8 +361,30 @@ async fn dial(
     certs: Option<&CertStore>,
     verifier: SpiffeServerVerifier,
 ) -> std::io::Result<()> {
+    dial_from(LOOPBACK, addr, certs, verifier).await
+}
+
+const LOOPBACK: std::net::Ipv4Addr = std::net::Ipv4Addr::LOCALHOST;
+
+/// A TCP connection to `addr` from `source` (any address of 127.0.0.0/8 is local).
+async fn connect_from(
+    source: std::net::Ipv4Addr,
+    addr: std::net::SocketAddr,
+) -> std::io::Result<TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind((source, 0).into())?;
+    socket.connect(addr).await
+}
+
+/// [`dial`] from `source`.
+async fn dial_from(
+    source: std::net::Ipv4Addr,
+    addr: std::net::SocketAddr,
+    certs: Option<&CertStore>,
+    verifier: SpiffeServerVerifier,
+) -> std::io::Result<()> {
     let config = client_config(certs, verifier.into_arc(), &[ALPN_H2]).unwrap();
-    let tcp = TcpStream::connect(addr).await?;
+    let tcp = connect_from(source, addr).await?;
     let name = ServerName::try_from("127.0.0.1").unwrap();
     let mut tls = tokio_rustls::TlsConnector::from(config)
         .connect(name, tcp)
@@ -412,6 +448,75 @@ async fn mtls_handshakes_over_loopback() {
             .await
             .is_err()
     );
+}
+
+/// One host holding idle connections open takes at most its own share of the handshake slots:
+/// its connections beyond the share are closed at once, and other hosts are served.
+#[tokio::test]
+async fn one_source_cannot_take_every_pending_handshake_slot() {
+    let west = cluster("west");
+    let south = cluster("south");
+    let store = store_of(&[&west, &south]);
+    let (_, south_chain, south_key) = south.leaf(&south.gateway("gw-1"));
+    let server_certs = cert_store(&south_chain, &south_key);
+    let verifier = SpiffeClientVerifier::new(store.clone(), Accept::peers_of(south.td.clone()));
+    let caps = Caps {
+        total: 8,
+        per_source: 2,
+    };
+    let server = serve_capped(&server_certs, verifier, Duration::from_secs(60), Some(caps)).await;
+    let expect_south = || SpiffeServerVerifier::for_id(store.clone(), south.gateway("gw-1"));
+    let (_, west_chain, west_key) = west.leaf(&west.gateway("gw-1"));
+    let west_certs = cert_store(&west_chain, &west_key);
+
+    // As many idle connections from 127.0.0.1 as the listener has slots: only two are kept.
+    let mut idle = Vec::new();
+    for _ in 0..caps.total {
+        idle.push(connect_from(LOOPBACK, server.addr).await.unwrap());
+    }
+    let mut kept = Vec::new();
+    for mut tcp in idle {
+        let mut byte = [0u8; 1];
+        match tokio::time::timeout(Duration::from_millis(500), tcp.read(&mut byte)).await {
+            Err(_) => kept.push(tcp),
+            Ok(read) => assert!(
+                matches!(read, Ok(0) | Err(_)),
+                "an idle client was sent {read:?}"
+            ),
+        }
+    }
+    assert_eq!(kept.len(), caps.per_source, "idle connections left waiting");
+
+    // Another host handshakes at once; the full source is turned away at once.
+    let other = std::net::Ipv4Addr::new(127, 0, 0, 2);
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        dial_from(other, server.addr, Some(&west_certs), expect_south()),
+    )
+    .await
+    .expect("one host's idle connections must not hold up another's handshake")
+    .unwrap();
+    let refused = tokio::time::timeout(
+        Duration::from_secs(5),
+        dial(server.addr, Some(&west_certs), expect_south()),
+    )
+    .await
+    .expect("a source at its cap is closed, not left waiting");
+    assert!(refused.is_err(), "a source past its cap was served");
+
+    // Once its idle connections go, the source is served again.
+    drop(kept);
+    let served = async {
+        loop {
+            match dial(server.addr, Some(&west_certs), expect_south()).await {
+                Ok(()) => break,
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), served)
+        .await
+        .expect("a source's slots come back when its handshakes end");
 }
 
 #[tokio::test]

@@ -6,8 +6,9 @@
 //! Handlers read the caller with `request.extensions().get::<PeerInfo>()`. Authorization
 //! (which ID may call what) belongs to the services, not here.
 
+use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -32,6 +33,10 @@ use super::{IdentityError, Result};
 /// Handshakes in flight at once per listener; beyond it, accepting pauses (back-pressure
 /// against a flood of slow or idle connections).
 pub const MAX_PENDING_HANDSHAKES: usize = 1024;
+/// Handshakes in flight at once from one source (an IPv4 address, or an IPv6 /64, which one
+/// host usually holds whole); beyond it, that source's new connections are closed at once, so
+/// one host cannot take every handshake slot of a listener and lock everyone else out.
+pub const MAX_PENDING_HANDSHAKES_PER_SOURCE: usize = 64;
 /// Pause after an accept error such as EMFILE before trying again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// HTTP/2 keepalive on client channels: a dead peer is noticed within interval + timeout.
@@ -127,38 +132,106 @@ struct Incoming {
     listener: TcpListener,
     acceptor: TlsAcceptor,
     handshake_timeout: Duration,
-    pending: FuturesUnordered<BoxFuture<'static, Option<PeerStream>>>,
+    caps: Caps,
+    pending: FuturesUnordered<BoxFuture<'static, (IpAddr, Option<PeerStream>)>>,
+    /// Handshakes in flight per source (see [`source_of`]); no entry at zero.
+    per_source: HashMap<IpAddr, usize>,
+}
+
+/// How many handshakes may be in flight at once on a listener, and from one source.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Caps {
+    pub total: usize,
+    pub per_source: usize,
+}
+
+/// What the per-source cap counts by: an IPv4 address (IPv4-mapped IPv6 included), or the
+/// /64 an IPv6 address is in.
+fn source_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !u128::from(u64::MAX))),
+        },
+    }
+}
+
+impl Incoming {
+    /// Counts a handshake from `source` as started, unless that source is at its cap.
+    fn admit(&mut self, source: IpAddr) -> bool {
+        let n = self.per_source.entry(source).or_insert(0);
+        if *n >= self.caps.per_source {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    fn finished(&mut self, source: IpAddr) {
+        if let std::collections::hash_map::Entry::Occupied(mut n) = self.per_source.entry(source) {
+            *n.get_mut() -= 1;
+            if *n.get() == 0 {
+                n.remove();
+            }
+        }
+    }
 }
 
 /// Accepts TCP connections on `listener` and yields those whose TLS handshake (under
 /// `config`) completes within `handshake_timeout`. Handshakes run concurrently, so a slow
 /// client never delays others; failed or timed-out handshakes are logged at debug and
-/// skipped. Accept errors (e.g. out of file descriptors) are logged and retried after a short
+/// skipped. At most [`MAX_PENDING_HANDSHAKES`] are in flight (then accepting pauses) and
+/// [`MAX_PENDING_HANDSHAKES_PER_SOURCE`] from one source (then its new connections are
+/// closed). Accept errors (e.g. out of file descriptors) are logged and retried after a short
 /// pause, never yielded. For `tonic::transport::Server::builder().serve_with_incoming(..)`.
 pub fn tls_incoming(
     listener: TcpListener,
     config: Arc<ServerConfig>,
     handshake_timeout: Duration,
 ) -> impl Stream<Item = Result<PeerStream, io::Error>> + Send + 'static {
+    let caps = Caps {
+        total: MAX_PENDING_HANDSHAKES,
+        per_source: MAX_PENDING_HANDSHAKES_PER_SOURCE,
+    };
+    tls_incoming_capped(listener, config, handshake_timeout, caps)
+}
+
+/// [`tls_incoming`] with the handshake caps given.
+pub(crate) fn tls_incoming_capped(
+    listener: TcpListener,
+    config: Arc<ServerConfig>,
+    handshake_timeout: Duration,
+    caps: Caps,
+) -> impl Stream<Item = Result<PeerStream, io::Error>> + Send + 'static {
     let state = Incoming {
         listener,
         acceptor: TlsAcceptor::from(config),
         handshake_timeout,
+        caps,
         pending: FuturesUnordered::new(),
+        per_source: HashMap::new(),
     };
     futures_util::stream::unfold(state, |mut st| async move {
         loop {
             tokio::select! {
-                Some(done) = st.pending.next(), if !st.pending.is_empty() => {
+                Some((source, done)) = st.pending.next(), if !st.pending.is_empty() => {
+                    st.finished(source);
                     if let Some(stream) = done {
                         return Some((Ok(stream), st));
                     }
                 }
-                accepted = st.listener.accept(), if st.pending.len() < MAX_PENDING_HANDSHAKES => {
+                accepted = st.listener.accept(), if st.pending.len() < st.caps.total => {
                     match accepted {
                         Ok((tcp, remote)) => {
+                            let source = source_of(remote.ip());
+                            if !st.admit(source) {
+                                // Dropped: closed at once, before any TLS work.
+                                tracing::debug!(%remote, limit = st.caps.per_source, "too many TLS handshakes in flight from this source; connection closed");
+                                continue;
+                            }
                             let fut = handshake(st.acceptor.clone(), tcp, remote, st.handshake_timeout);
-                            st.pending.push(fut.boxed());
+                            st.pending.push(fut.map(move |done| (source, done)).boxed());
                         }
                         Err(e) => {
                             tracing::warn!(error = %e, "accepting a connection failed; retrying");
