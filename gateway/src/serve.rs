@@ -76,8 +76,9 @@ impl ConnLimit {
 
 /// What a connection is doing, as the idle watch samples it: how many of its requests have
 /// not finished (a request counts from its head until its response body ends, a tunnel until
-/// it closes), whether one started or finished, and whether bytes moved. Each mark is a relaxed
-/// atomic (no clock read on the I/O path); the watch samples every quarter of the timeout.
+/// it closes), whether one started or finished, whether bytes moved, and how many responses
+/// wait for the client to take them. Each mark is a relaxed atomic (no clock read on the I/O
+/// path); the watch samples every quarter of the timeout.
 #[derive(Clone)]
 pub struct Activity {
     inner: Arc<ActivityInner>,
@@ -88,6 +89,12 @@ struct ActivityInner {
     moved: AtomicBool,
     changed: AtomicBool,
     open: AtomicUsize,
+    /// Response bodies the connection holds and has not asked for more of since: not started,
+    /// or a frame handed over and not polled again. A body waiting on its upstream (polled,
+    /// pending) is not counted.
+    unread: AtomicUsize,
+    /// A counted response body was polled again or let go.
+    taken: AtomicBool,
     /// Woken when the last open request finishes.
     all_closed: tokio::sync::Notify,
 }
@@ -101,6 +108,10 @@ pub enum Quiet {
     /// Requests open, and not a byte moved for the whole timeout: the client stopped reading
     /// (or the connection is dead without a reset).
     Stalled,
+    /// A response waited the whole timeout for the client to take more of it while no other
+    /// response moved: the client keeps the connection alive (it answers PINGs) but never
+    /// opens its HTTP/2 flow-control window.
+    Unread,
 }
 
 /// One open request of a connection; dropping it finishes the request.
@@ -169,14 +180,17 @@ impl Activity {
     /// other.
     pub async fn quiet_for(&self, timeout: Duration) -> Quiet {
         let step = (timeout / 4).max(Duration::from_millis(1));
-        let (mut idle, mut stalled) = (Duration::ZERO, Duration::ZERO);
+        let (mut idle, mut stalled, mut unread) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
         self.inner.moved.store(false, Ordering::Relaxed);
         self.inner.changed.store(false, Ordering::Relaxed);
+        self.inner.taken.store(false, Ordering::Relaxed);
         loop {
             tokio::time::sleep(step).await;
             let moved = self.inner.moved.swap(false, Ordering::Relaxed);
             let changed = self.inner.changed.swap(false, Ordering::Relaxed);
+            let taken = self.inner.taken.swap(false, Ordering::Relaxed);
             let open = self.inner.open.load(Ordering::Relaxed);
+            let waiting = self.inner.unread.load(Ordering::Relaxed) > 0;
             idle = if open == 0 && !changed {
                 idle + step
             } else {
@@ -187,11 +201,19 @@ impl Activity {
             } else {
                 Duration::ZERO
             };
+            unread = if waiting && !taken {
+                unread + step
+            } else {
+                Duration::ZERO
+            };
             if idle >= timeout {
                 return Quiet::Idle;
             }
             if stalled >= timeout {
                 return Quiet::Stalled;
+            }
+            if unread >= timeout {
+                return Quiet::Unread;
             }
         }
     }
@@ -315,10 +337,40 @@ fn switched(status: http::StatusCode, connect: bool) -> bool {
     status == http::StatusCode::SWITCHING_PROTOCOLS || (connect && status.is_success())
 }
 
-/// A response body that keeps its request open on the connection until it ends.
+/// A response body that keeps its request open on the connection until it ends, and counts
+/// itself unread while the connection holds it without asking for more.
 struct Finishing {
     body: Body,
-    _open: Open,
+    /// Counted in `unread`.
+    waiting: bool,
+    open: Open,
+}
+
+impl Finishing {
+    fn new(body: Body, open: Open) -> Self {
+        open.0.unread.fetch_add(1, Ordering::Relaxed);
+        Self {
+            body,
+            waiting: true,
+            open,
+        }
+    }
+
+    fn taken(&mut self) {
+        if self.waiting {
+            self.waiting = false;
+            self.open.0.unread.fetch_sub(1, Ordering::Relaxed);
+            if !self.open.0.taken.load(Ordering::Relaxed) {
+                self.open.0.taken.store(true, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+impl Drop for Finishing {
+    fn drop(&mut self) {
+        self.taken();
+    }
 }
 
 impl hyper::body::Body for Finishing {
@@ -329,7 +381,14 @@ impl hyper::body::Body for Finishing {
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
-        std::pin::Pin::new(&mut self.get_mut().body).poll_frame(cx)
+        let this = self.get_mut();
+        this.taken();
+        let polled = std::pin::Pin::new(&mut this.body).poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Ok(_))) = polled {
+            this.waiting = true;
+            this.open.0.unread.fetch_add(1, Ordering::Relaxed);
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -346,9 +405,10 @@ impl hyper::body::Body for Finishing {
 const IDLE_GOODBYE: Duration = Duration::from_secs(5);
 
 /// Serves one connection until it closes, the drain finishes it gracefully, or it goes quiet
-/// for `limits.idle_timeout`: idle (no request open; closed gracefully) or stalled (requests
-/// open and not a byte moving, as when a client stops reading a response; dropped, which
-/// resets its streams and frees what they held).
+/// for `limits.idle_timeout`: idle (no request open; closed gracefully), stalled (requests
+/// open and not a byte moving, as when a client stops reading a response) or unread (a
+/// response waiting on the client, none moving, while the client still answers PINGs). Stalled
+/// and unread connections are dropped, which resets their streams and frees what they held.
 pub async fn serve_connection<IO, F, Fut>(
     io: IO,
     builder: &auto::Builder<TokioExecutor>,
@@ -382,7 +442,7 @@ pub async fn serve_connection<IO, F, Fut>(
                     http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                     &format!("more than {max_headers} request headers"),
                 );
-                return Ok(refused.map(|body| Finishing { body, _open: open }));
+                return Ok(refused.map(|body| Finishing::new(body, open)));
             }
             // Boxed: HTTP/2 spawns this future as a task per stream, and the handler's state
             // machine is large; it is moved by pointer instead of by value.
@@ -395,7 +455,7 @@ pub async fn serve_connection<IO, F, Fut>(
                     http::HeaderValue::from_static("close"),
                 );
             }
-            Ok::<_, std::convert::Infallible>(response.map(|body| Finishing { body, _open: open }))
+            Ok::<_, std::convert::Infallible>(response.map(|body| Finishing::new(body, open)))
         }
     });
     let conn = builder.serve_connection_with_upgrades(io, service);
@@ -416,6 +476,10 @@ pub async fn serve_connection<IO, F, Fut>(
                 quiet = activity.quiet_for(limits.idle_timeout) => match quiet {
                     Quiet::Stalled => {
                         tracing::debug!("dropping a stalled connection (requests open, nothing moving)");
+                        break false;
+                    }
+                    Quiet::Unread => {
+                        tracing::debug!("dropping a connection whose client does not take its responses");
                         break false;
                     }
                     Quiet::Idle if !draining => {
@@ -517,6 +581,47 @@ mod tests {
             took >= Duration::from_secs(4) && took <= Duration::from_secs(6),
             "{took:?}"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_response_the_client_never_takes_is_noticed_while_pings_keep_the_link_busy() {
+        let activity = Activity::new();
+        let pinger = activity.clone();
+        let pings = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                pinger.touch();
+            }
+        });
+        let open = activity.open();
+        let started = Instant::now();
+        let mut body = super::Finishing::new(endless(), open);
+        // A frame taken every second for 10 s (a client opening its window), then none.
+        let taker = tokio::spawn(async move {
+            for _ in 0..10 {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let frame = http_body_util::BodyExt::frame(&mut body).await;
+                assert!(matches!(frame, Some(Ok(_))), "a frame");
+            }
+            body
+        });
+        assert_eq!(
+            activity.quiet_for(Duration::from_secs(4)).await,
+            Quiet::Unread
+        );
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_secs(14) && took <= Duration::from_secs(16),
+            "unread {took:?} after the start; last taken at 10 s"
+        );
+        // Once the connection lets go of the response (it ended or was reset), the request is
+        // finished and the connection merely idle.
+        drop(taker.await.expect("taker"));
+        assert_eq!(
+            activity.quiet_for(Duration::from_secs(4)).await,
+            Quiet::Idle
+        );
+        pings.abort();
     }
 
     fn short_idle() -> Limits {
@@ -625,15 +730,43 @@ mod tests {
             .expect("server task");
     }
 
+    fn endless() -> crate::body::Body {
+        let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+        let frames = futures_util::stream::repeat_with(move || {
+            Ok::<_, crate::body::BoxError>(hyper::body::Frame::data(chunk.clone()))
+        });
+        crate::body::boxed(http_body_util::StreamBody::new(frames))
+    }
+
+    /// A slow-read client: it answers PINGs, so bytes keep moving, but never reads the
+    /// response, so its stream window stays shut.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_http2_client_that_pings_but_never_reads_a_response_is_dropped() {
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let served = serve(server, endless);
+        let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Duration::from_millis(100))
+            .keep_alive_while_idle(true)
+            .handshake::<_, crate::body::Body>(TokioIo::new(client))
+            .await
+            .expect("h2 handshake");
+        let conn = tokio::spawn(conn);
+        let response = sender
+            .send_request(http::Request::new(crate::body::empty()))
+            .await
+            .expect("the response head");
+        assert_eq!(response.status(), 200);
+        tokio::time::timeout(Duration::from_secs(10), served)
+            .await
+            .expect("a connection whose client never takes its response is dropped")
+            .expect("server task");
+        drop(response);
+        let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_http1_client_that_stops_reading_a_response_is_dropped() {
-        fn endless() -> crate::body::Body {
-            let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
-            let frames = futures_util::stream::repeat_with(move || {
-                Ok::<_, crate::body::BoxError>(hyper::body::Frame::data(chunk.clone()))
-            });
-            crate::body::boxed(http_body_util::StreamBody::new(frames))
-        }
         let (mut client, server) = tokio::io::duplex(16 * 1024);
         let served = serve(server, endless);
         client
