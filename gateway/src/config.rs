@@ -214,8 +214,9 @@ pub struct Limits {
     pub header_read_timeout: Duration,
     /// A connection with no request open for this long is closed gracefully
     /// (HTTP/2 GOAWAY or HTTP/1 close, then dropped 5 s later); one with
-    /// requests open but no bytes moving for this long is dropped. PINGs alone
-    /// do not count as activity.
+    /// requests open but no bytes moving for this long is dropped, and so is one
+    /// whose client takes none of its responses for this long (an HTTP/2 window
+    /// kept shut) while none moves. PINGs alone do not count as activity.
     #[serde(with = "duration")]
     pub idle_timeout: Duration,
     #[serde(with = "duration")]
