@@ -522,17 +522,22 @@ mod tests {
     use super::{Activity, Drain, Quiet, http_builder, serve_connection};
     use crate::config::Limits;
 
-    #[tokio::test(start_paused = true)]
-    async fn a_connection_with_no_request_is_idle_after_one_to_one_and_a_quarter_timeouts() {
-        let activity = Activity::new();
+    /// Marks bytes moving on `activity` every 500 ms, as keepalive PINGs do, until aborted.
+    fn pinging(activity: &Activity) -> tokio::task::JoinHandle<()> {
         let pinger = activity.clone();
-        // Bytes without requests (keepalive PINGs) do not keep it open.
-        let pings = tokio::spawn(async move {
+        tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 pinger.touch();
             }
-        });
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_with_no_request_is_idle_after_one_to_one_and_a_quarter_timeouts() {
+        let activity = Activity::new();
+        // Bytes without requests (keepalive PINGs) do not keep it open.
+        let pings = pinging(&activity);
         let started = Instant::now();
         assert_eq!(
             activity.quiet_for(Duration::from_secs(8)).await,
@@ -586,13 +591,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_response_the_client_never_takes_is_noticed_while_pings_keep_the_link_busy() {
         let activity = Activity::new();
-        let pinger = activity.clone();
-        let pings = tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                pinger.touch();
-            }
-        });
+        let pings = pinging(&activity);
         let open = activity.open();
         let started = Instant::now();
         let mut body = super::Finishing::new(endless(), open);
@@ -648,18 +647,28 @@ mod tests {
         })
     }
 
+    /// An HTTP/2 client that PINGs every 100 ms, idle or not; its connection runs in a task.
+    async fn pinging_client(
+        io: tokio::io::DuplexStream,
+    ) -> (
+        hyper::client::conn::http2::SendRequest<crate::body::Body>,
+        tokio::task::JoinHandle<hyper::Result<()>>,
+    ) {
+        let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Duration::from_millis(100))
+            .keep_alive_while_idle(true)
+            .handshake::<_, crate::body::Body>(TokioIo::new(io))
+            .await
+            .expect("h2 handshake");
+        (sender, tokio::spawn(conn))
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_http2_client_that_only_pings_is_closed_as_idle() {
         let (client, server) = tokio::io::duplex(64 * 1024);
         let served = serve(server, crate::body::empty);
-        let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .keep_alive_interval(Duration::from_millis(100))
-            .keep_alive_while_idle(true)
-            .handshake::<_, crate::body::Body>(TokioIo::new(client))
-            .await
-            .expect("h2 handshake");
-        let conn = tokio::spawn(conn);
+        let (mut sender, conn) = pinging_client(client).await;
         let response = sender
             .send_request(http::Request::new(crate::body::empty()))
             .await
@@ -744,14 +753,7 @@ mod tests {
     async fn an_http2_client_that_pings_but_never_reads_a_response_is_dropped() {
         let (client, server) = tokio::io::duplex(64 * 1024);
         let served = serve(server, endless);
-        let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .keep_alive_interval(Duration::from_millis(100))
-            .keep_alive_while_idle(true)
-            .handshake::<_, crate::body::Body>(TokioIo::new(client))
-            .await
-            .expect("h2 handshake");
-        let conn = tokio::spawn(conn);
+        let (mut sender, conn) = pinging_client(client).await;
         let response = sender
             .send_request(http::Request::new(crate::body::empty()))
             .await
