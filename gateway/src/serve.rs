@@ -347,15 +347,24 @@ struct Finishing {
 }
 
 impl Finishing {
+    /// Held by the connection from the start: not asked for yet.
     fn new(body: Body, open: Open) -> Self {
-        open.0.unread.fetch_add(1, Ordering::Relaxed);
-        Self {
+        let mut this = Self {
             body,
-            waiting: true,
+            waiting: false,
             open,
-        }
+        };
+        this.handed();
+        this
     }
 
+    /// Waiting for the connection (the client) to ask for more.
+    fn handed(&mut self) {
+        self.waiting = true;
+        self.open.0.unread.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Asked for again, or let go: no longer waiting.
     fn taken(&mut self) {
         if self.waiting {
             self.waiting = false;
@@ -385,8 +394,7 @@ impl hyper::body::Body for Finishing {
         this.taken();
         let polled = std::pin::Pin::new(&mut this.body).poll_frame(cx);
         if let std::task::Poll::Ready(Some(Ok(_))) = polled {
-            this.waiting = true;
-            this.open.0.unread.fetch_add(1, Ordering::Relaxed);
+            this.handed();
         }
         polled
     }
