@@ -1,7 +1,8 @@
 //! Access logs: one JSON line per request or TCP stream, on both sides, written to stdout when
-//! the exchange ends (so bytes and duration are final). Off with `access_log: false`.
+//! the exchange ends (so bytes and duration are final). Off with `access_log: false`. Lines go
+//! through [`crate::linewriter`], so a stuck stdout drops lines (counted) instead of stalling
+//! the runtime.
 
-use std::io::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -155,8 +156,7 @@ impl Entry {
         self.duration_ms = (elapsed * 1e6).round() / 1e3;
         if let Ok(mut line) = serde_json::to_vec(&self) {
             line.push(b'\n');
-            // A closed stdout must not take the data path down with it.
-            let _ = std::io::stdout().lock().write_all(&line);
+            crate::linewriter::stdout().write(line);
         }
     }
 }

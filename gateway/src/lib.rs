@@ -19,6 +19,7 @@ pub mod headers;
 pub mod health;
 pub mod inbound;
 pub mod lb;
+pub mod linewriter;
 pub mod metrics;
 pub mod outbound;
 pub mod policy;

@@ -180,6 +180,11 @@ impl Metrics {
             self.requests.family.clone(),
         );
         r.register(
+            "access_log_dropped",
+            "Access-log lines dropped because stdout did not keep up (the request path never waits for it)",
+            crate::linewriter::stdout().dropped().clone(),
+        );
+        r.register(
             "config_version",
             "The federation config version this gateway applied",
             self.config_version.clone(),

@@ -85,6 +85,11 @@ impl Running {
         for t in &self.tasks {
             t.abort();
         }
+        // The last exchanges' access-log lines, unless stdout is stuck.
+        let _ = tokio::task::spawn_blocking(|| {
+            crate::linewriter::stdout().drain(Duration::from_secs(1))
+        })
+        .await;
     }
 }
 
