@@ -48,20 +48,27 @@ pub async fn call_and_print(target: &Target, op: &str, body: Value) -> anyhow::R
 }
 
 fn print_peers(peers: &[Value]) {
+    // Values are turned into text first: `Value`'s Display ignores width and alignment.
+    let text = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".to_string(),
+        other => other.to_string(),
+    };
     println!(
-        "{:<12} {:<24} {:<13} {:>9} {:>10} {:>8} {:>6}",
-        "PEER", "TRUST DOMAIN", "STATE", "SERVICES", "AGE(ms)", "VERSION", "LAG"
+        "{:<12} {:<24} {:<13} {:>8} {:>8} {:>10} {:>8} {:>6}",
+        "PEER", "TRUST DOMAIN", "STATE", "OFFERED", "IMPORTED", "AGE(ms)", "VERSION", "LAG"
     );
     for p in peers {
         println!(
-            "{:<12} {:<24} {:<13} {:>9} {:>10} {:>8} {:>6}",
-            p["cluster"].as_str().unwrap_or("?"),
-            p["trust_domain"].as_str().unwrap_or("?"),
-            p["state"].as_str().unwrap_or("?"),
-            p["their_catalog"]["services"],
-            p["their_catalog"]["age_ms"],
-            p["their_catalog"]["version"],
-            p["our_catalog"]["lag"],
+            "{:<12} {:<24} {:<13} {:>8} {:>8} {:>10} {:>8} {:>6}",
+            text(&p["cluster"]),
+            text(&p["trust_domain"]),
+            text(&p["state"]),
+            text(&p["their_catalog"]["services"]),
+            text(&p["their_catalog"]["imported"]),
+            text(&p["their_catalog"]["age_ms"]),
+            text(&p["their_catalog"]["version"]),
+            text(&p["our_catalog"]["lag"]),
         );
     }
 }

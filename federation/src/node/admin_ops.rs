@@ -310,7 +310,12 @@ async fn peers(node: &Node) -> Vec<Value> {
                 "dials": p.record.dial_address,
                 "state": if l.connected { "connected" } else { "disconnected" },
                 "last_error": l.last_error,
+                // `services`: what the peer offers us (stored); `imported`: what our import
+                // rules admit of it, which is what reaches routes.
                 "their_catalog": { "epoch": p.catalog.epoch, "version": p.catalog.version, "services": p.catalog.services.len(),
+                    "imported": p.catalog.services.keys()
+                        .filter(|k| crate::model::import_allowed(&state.file.imports, &p.place.cluster, k))
+                        .count(),
                     "age_ms": if p.catalog.stored_at_ms > 0 { now - p.catalog.stored_at_ms } else { -1 } },
                 "last_seen_ms_ago": if l.last_seen_ms > 0 { now - l.last_seen_ms } else { -1 },
                 "our_catalog": { "version": state.local.version, "sent": l.sent_version, "acked": l.acked_version,
