@@ -8,17 +8,17 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::identity::{IdKind, PeerInfo, TrustBundle, TrustDomain};
+use crate::identity::{IdKind, PeerInfo, SpiffeId, TrustBundle, TrustDomain};
 use crate::model::{ClusterName, Region, Zone};
 use crate::node::state::{PeerEntry, json, place_of};
 use crate::node::{Node, keys, now_ms};
 use crate::peering::PeerRecord;
-use crate::peering::token::{self, TokenRecord};
+use crate::peering::token::{self, Presenter, TokenError, TokenRecord};
 use crate::proto::peering_server::Peering;
 use crate::proto::{EstablishRequest, EstablishResponse, PeerMessage};
 use crate::store::{Op, Store};
@@ -70,6 +70,12 @@ impl Peering for PeeringService {
         request: Request<EstablishRequest>,
     ) -> Result<Response<EstablishResponse>, Status> {
         let node = &self.node;
+        // A certificate sent on the peering port was verified against the bundle of the trust
+        // domain it names (only peers' domains are accepted): it proves a retry's sender.
+        let proven_id = request
+            .extensions()
+            .get::<PeerInfo>()
+            .and_then(|p| p.id.clone());
         let req = request.into_inner();
         let cluster: ClusterName = req.cluster.parse().map_err(|e| bad("cluster", e))?;
         let td: TrustDomain = req
@@ -124,12 +130,26 @@ impl Peering for PeeringService {
             })?;
         let mut record: TokenRecord = serde_json::from_slice(&record_bytes)
             .map_err(|e| Status::internal(format!("token record: {e}")))?;
-        if let Err(e) = token::check(&record, secret, &cluster, now_ms()) {
+        let proven = proven_id
+            .as_ref()
+            .filter(|id| SpiffeId::federation(&td, cluster.as_str()).is_ok_and(|want| want == **id))
+            .map(SpiffeId::trust_domain);
+        let presenter = Presenter {
+            cluster: &cluster,
+            trust_domain: &td,
+            proven,
+        };
+        if let Err(e) = token::check(&record, secret, presenter, now_ms()) {
             node.metrics.refused("token");
             tracing::warn!(peer.cluster = %cluster, token.id = %record.id, reason = %e, "refused a peering token");
-            return Err(Status::permission_denied(e.to_string()));
+            return Err(match e {
+                // The dialer answers this by calling again over mTLS with its certificate.
+                TokenError::RetryNeedsProof(_) => Status::failed_precondition(e.to_string()),
+                _ => Status::permission_denied(e.to_string()),
+            });
         }
-        record.used_by = Some(cluster.clone());
+        let retry = record.used_by.is_some();
+        record.spend(presenter);
         let existing = state.peers.get(&cluster).map(|p| p.record.clone());
         let peer = PeerRecord {
             cluster: cluster.clone(),
@@ -171,7 +191,7 @@ impl Peering for PeeringService {
         node.link_update(&cluster, |_| {});
         node.publish(&mut state);
         drop(state);
-        tracing::info!(peer.cluster = %cluster, trust_domain = %td, "peering established (they dial us)");
+        tracing::info!(peer.cluster = %cluster, trust_domain = %td, retry, "peering established (they dial us)");
         let ours = node
             .trust
             .get(&node.td)
@@ -227,10 +247,15 @@ impl Peering for PeeringService {
         let (tx, rx) = mpsc::channel::<PeerMessage>(64);
         let task_node = node.clone();
         let task_peer = peer.clone();
+        // How the session ended travels to the peer as the stream's grpc-status.
+        let (ended_tx, ended_rx) = tokio::sync::oneshot::channel::<Status>();
         let handle = tokio::spawn(async move {
             let result =
                 crate::peering::session::run(task_node.clone(), task_peer.clone(), inbound, tx)
                     .await;
+            if let Err(e) = &result {
+                let _ = ended_tx.send(e.to_status());
+            }
             crate::peering::dialer::session_ended(&task_node, &task_peer, result).await;
         });
         // One stream per peer: a reconnect replaces the old session.
@@ -242,7 +267,11 @@ impl Peering for PeeringService {
         {
             old.abort();
         }
-        let out = futures_util::StreamExt::map(ReceiverStream::new(rx), Ok::<_, Status>);
+        // The messages, then the session's error, if it ended with one (a session replaced by
+        // a reconnect or ended cleanly closes with OK).
+        let ended = futures_util::stream::once(ended_rx)
+            .filter_map(|r| std::future::ready(r.ok().map(Err)));
+        let out = ReceiverStream::new(rx).map(Ok::<_, Status>).chain(ended);
         Ok(Response::new(Box::pin(out)))
     }
 }

@@ -50,6 +50,26 @@ pub enum SessionError {
     Removed(ClusterName),
 }
 
+impl SessionError {
+    /// The grpc-status that tells the peer why its stream ended.
+    pub fn to_status(&self) -> Status {
+        let text = self.to_string();
+        match self {
+            SessionError::NoHello(_) => Status::deadline_exceeded(text),
+            SessionError::Protocol { .. } => Status::invalid_argument(text),
+            SessionError::Silent(_) => Status::unavailable(text),
+            // A message over the size limit fails to decode with OUT_OF_RANGE: the gRPC code for
+            // a message larger than the receiver accepts is RESOURCE_EXHAUSTED.
+            SessionError::Stream { status, .. } if status.code() == tonic::Code::OutOfRange => {
+                Status::resource_exhausted(text)
+            }
+            SessionError::Stream { status, .. } => Status::new(status.code(), text),
+            SessionError::Closed(_) => Status::cancelled(text),
+            SessionError::Removed(_) => Status::permission_denied(text),
+        }
+    }
+}
+
 fn msg(body: Body) -> PeerMessage {
     PeerMessage { body: Some(body) }
 }
