@@ -161,7 +161,8 @@ async fn crafted_updates_are_nacked() {
     }
 }
 
-/// 5c: trust-domain collisions, token reuse by another cluster, expired tokens.
+/// 5c: trust-domain collisions, token reuse by another cluster or by an impostor of the cluster
+/// that used it (a retry must prove it is the same party), expired tokens.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn establish_refusals() {
     let east = Federation::start(Spec::new("east", 63).catalog(&catalog(&[], IMPORT_ALL))).await;
@@ -191,22 +192,54 @@ async fn establish_refusals() {
 
     // A token used twice by two different clusters: the second is refused.
     let (_, t) = token_for(&east, "south").await;
+    let east_bundle = bundle_of(&east).await;
     let south = FakeCluster::new("south", "south.mesh");
     south
         .establish_with(&east, &t, "south")
         .await
         .expect("first use of the token");
-    // The same cluster may retry (a lost response must not strand it).
-    south
-        .establish_with(&east, &t, "south")
+    let south_certs = leaf(&south.ca, &south.id());
+    // The same name again without proof is no retry: the name is only claimed.
+    match south.establish_with(&east, &t, "south").await {
+        Err(s) if s.code() == tonic::Code::FailedPrecondition => {
+            assert!(s.message().contains("already used by south"), "{s:?}")
+        }
+        r => east.fail(&format!("a retry without proof: {r:?}")),
+    }
+    // An impostor: same name, same trust domain, its own CA (and so its own bundle and keys).
+    let impostor = FakeCluster::new("south", "south.mesh");
+    match impostor.establish_with(&east, &t, "south").await {
+        Err(s) if s.code() == tonic::Code::FailedPrecondition => {}
+        r => east.fail(&format!("an impostor replayed south's token: {r:?}")),
+    }
+    // Its own certificate does not chain to the bundle south presented: the call fails.
+    let impostor_certs = leaf(&impostor.ca, &impostor.id());
+    if let Ok(Ok(r)) = impostor
+        .establish_presenting(&east, &t, "south", Some(&impostor_certs))
         .await
-        .expect("a retry by the same cluster");
-    let impostor = FakeCluster::new("south", "south-two.mesh");
-    let second = impostor.establish_with(&east, &t, "south").await;
-    assert!(
-        second.is_err(),
-        "a second cluster (south-two.mesh) used south's token"
-    );
+    {
+        east.fail(&format!(
+            "an impostor with its own certificate replayed south's token: {r:?}"
+        ));
+    }
+    // East still trusts only south's root: the impostor's leaf cannot open south's stream.
+    match open_sync(&east, &east_bundle, Some(&impostor_certs), impostor.hello()).await {
+        Err(_) | Ok(Err(_)) => {}
+        Ok(Ok(mut s)) => {
+            let got = tokio::time::timeout(Duration::from_secs(5), s.rx.message()).await;
+            if let Ok(Ok(Some(m))) = got {
+                east.fail(&format!(
+                    "the impostor's certificate opened south's stream: {m:?}"
+                ));
+            }
+        }
+    }
+    // The party that spent the token retries (its answer was lost), proving it over mTLS.
+    south
+        .establish_presenting(&east, &t, "south", Some(&south_certs))
+        .await
+        .expect("connect with south's certificate")
+        .unwrap_or_else(|s| east.fail(&format!("south's proven retry was refused: {s:?}")));
     let other = FakeCluster::new("thief", "thief.mesh");
     match other.establish_with(&east, &t, "thief").await {
         Err(s) if s.code() == tonic::Code::PermissionDenied => {}
@@ -216,6 +249,12 @@ async fn establish_refusals() {
     }
     let p = east.admin("peering.show", json!({ "peer": "south" })).await;
     assert_eq!(p["trust_domain"], "south.mesh", "{p}");
+    let mut genuine = open_sync(&east, &east_bundle, Some(&south_certs), south.hello())
+        .await
+        .expect("connect")
+        .unwrap_or_else(|s| east.fail(&format!("south's genuine Sync refused: {s:?}")));
+    genuine.expect_hello().await;
+    drop(genuine);
 
     // An expired token.
     let north = Federation::start(
@@ -292,4 +331,122 @@ async fn forged_identity_from_another_peers_ca() {
         .expect("connect")
         .unwrap_or_else(|s| east.fail(&format!("south's genuine Sync refused: {s:?}")));
     s.expect_hello().await;
+}
+
+/// 5e: a used token replayed with the CLI by a second federation that calls itself `south`
+/// (its own CA and KEK) is refused, before and after east restarts, and the real south keeps
+/// its peering; south itself may run the same command again (its earlier answer "lost"), which
+/// proves its identity over mTLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_used_token_cannot_be_replayed_by_an_impostor() {
+    let mut east =
+        Federation::start(Spec::new("east", 146).catalog(&catalog(&[], IMPORT_ALL))).await;
+    let south = Federation::start(
+        Spec::new("south", 147).catalog(&catalog(&[export("shop", "real", 80, None)], "")),
+    )
+    .await;
+    let impostor = Federation::start(
+        Spec::new("south", 148).catalog(&catalog(&[export("shop", "fake", 80, None)], "")),
+    )
+    .await;
+    let token = east.cli_ok(&["peering", "token", "--peer", "south"]).await;
+    let token = token.trim();
+    south.cli_ok(&["peering", "establish", token]).await;
+    east.wait_catalog("east imports south's shop/real", |c| {
+        has_route(c, "shop/real")
+    })
+    .await;
+
+    let (ok, out, err) = impostor.cli(&["peering", "establish", token]).await;
+    assert!(!ok, "an impostor replayed a used token: {out}");
+    assert!(
+        err.contains("already used by south") && err.contains("create a new"),
+        "unclear refusal of a replayed token: {err}"
+    );
+    // The real south retries with the same token: accepted, it proves who it is.
+    south.cli_ok(&["peering", "establish", token]).await;
+
+    east.restart().await;
+    east.wait_connected(&["south"]).await;
+    east.wait_catalog("east imports south's shop/real after a restart", |c| {
+        has_route(c, "shop/real")
+    })
+    .await;
+    let (ok, out, _) = impostor.cli(&["peering", "establish", token]).await;
+    assert!(
+        !ok,
+        "an impostor replayed a used token after a restart: {out}"
+    );
+    // Give an impostor's stream time to show up, then check it never did.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let c = east.catalog().await;
+    assert!(
+        has_route(&c, "shop/real") && !has_route(&c, "shop/fake"),
+        "east's catalog after replays: {c}"
+    );
+    let refused = east
+        .metric("isthmus_federation_peering_refused", &["reason=\"token\""])
+        .await;
+    // Counters start again at the restart: the replay since then is counted.
+    assert!(refused >= 1.0, "replays are counted: {refused}");
+}
+
+/// 5f: a Sync stream the federation ends for a protocol violation ends with the gRPC code and
+/// the reason, not with OK: a hello naming another cluster, and a message over the size limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_ended_for_a_protocol_violation_says_why() {
+    use isthmus_federation::proto::peer_message::Body;
+
+    let east = Federation::start(Spec::new("east", 149).catalog(&catalog(&[], IMPORT_ALL))).await;
+    let east_bundle = bundle_of(&east).await;
+    let mallory = FakeCluster::new("mallory", "mallory.mesh");
+    mallory.establish(&east).await.expect("establish mallory");
+    let certs = leaf(&mallory.ca, &mallory.id());
+
+    /// Reads until the stream ends; returns its final status (OK when it ended cleanly).
+    async fn end_of(mut s: crate::harness::fake_peer::SyncStream) -> tonic::Status {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(15), s.rx.message()).await {
+                Err(_) => panic!("the stream did not end within 15 s"),
+                Ok(Ok(Some(_))) => continue,
+                Ok(Ok(None)) => return tonic::Status::ok(""),
+                Ok(Err(status)) => return status,
+            }
+        }
+    }
+
+    let mut hello = mallory.hello();
+    if let Some(Body::Hello(h)) = hello.body.as_mut() {
+        h.cluster = "west".into();
+    }
+    let s = open_sync(&east, &east_bundle, Some(&certs), hello)
+        .await
+        .expect("connect")
+        .unwrap_or_else(|s| east.fail(&format!("Sync refused before the hello: {s:?}")));
+    let status = end_of(s).await;
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().contains("hello names cluster \"west\""),
+        "{status:?}"
+    );
+
+    let mut s = open_sync(&east, &east_bundle, Some(&certs), mallory.hello())
+        .await
+        .expect("connect")
+        .unwrap_or_else(|s| east.fail(&format!("mallory's Sync refused: {s:?}")));
+    s.expect_hello().await;
+    let mut huge = mallory.snapshot(1, &[("shop", "big")]);
+    huge.upserts[0]
+        .metadata
+        .insert("padding".into(), "x".repeat(17 * 1024 * 1024));
+    s.tx.send(crate::harness::fake_peer::msg(Body::Update(huge)))
+        .await
+        .expect("send");
+    let status = end_of(s).await;
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("mallory"), "{status:?}");
+    assert!(
+        !has_route(&east.catalog().await, "shop/big"),
+        "an oversized update was stored"
+    );
 }

@@ -112,12 +112,24 @@ impl FakeCluster {
         token: &PeeringToken,
         as_cluster: &str,
     ) -> Result<proto::EstablishResponse, Status> {
+        self.establish_presenting(fed, token, as_cluster, None)
+            .await
+            .expect("connect for establish")
+    }
+
+    /// `Establish` over mTLS with `certs` when given (how a retry proves its sender). The outer
+    /// error is the connection failing (a refused certificate can end it).
+    pub async fn establish_presenting(
+        &self,
+        fed: &Federation,
+        token: &PeeringToken,
+        as_cluster: &str,
+        certs: Option<&CertStore>,
+    ) -> anyhow::Result<Result<proto::EstablishResponse, Status>> {
         let server_bundle =
             TrustBundle::from_spiffe_json(&token.trust_domain, &token.bundle).expect("bundle");
-        let ch = channel(fed.peering, client_to(fed, &server_bundle, None))
-            .await
-            .expect("connect for establish");
-        PeeringClient::new(ch)
+        let ch = channel(fed.peering, client_to(fed, &server_bundle, certs)).await?;
+        Ok(PeeringClient::new(ch)
             .establish(proto::EstablishRequest {
                 secret: format!("{}.{}", token.id, token.secret),
                 cluster: as_cluster.into(),
@@ -128,7 +140,7 @@ impl FakeCluster {
                 bundle: Some(self.bundle.to_proto()),
             })
             .await
-            .map(tonic::Response::into_inner)
+            .map(tonic::Response::into_inner))
     }
 
     pub fn hello(&self) -> PeerMessage {

@@ -86,7 +86,7 @@ pub async fn peer_via_cli(a: &Federation, b: &Federation) {
     let token = a.cli_ok(&["peering", "token", "--peer", b.name]).await;
     let token = token.trim();
     assert!(
-        token.starts_with("isthmus-peering-v1."),
+        token.starts_with("isthmus-peering-v2."),
         "unexpected token output {token:?}"
     );
     b.cli_ok(&["peering", "establish", token]).await;

@@ -38,8 +38,8 @@ pub enum EstablishError {
     Bundle(String),
     #[error("cannot reach {address}: {detail} (is the peer's peering port reachable from here?)")]
     Connect { address: String, detail: String },
-    #[error("the peer refused: {0}")]
-    Refused(String),
+    #[error("the peer refused: {}", .0.message())]
+    Refused(tonic::Status),
     #[error("storing the peering failed: {0}")]
     Store(String),
 }
@@ -79,44 +79,45 @@ pub async fn establish(node: &Arc<Node>, token_text: &str) -> Result<PeerRecord,
     }
     let their_bundle = TrustBundle::from_spiffe_json(&token.trust_domain, &token.bundle)
         .map_err(|e| EstablishError::Bundle(e.to_string()))?;
-    // Verify the peer's server against ONLY the bundle the token carried; present no client
-    // certificate (the peer does not trust our CA yet).
-    let pinned = TrustStore::new();
-    pinned.set(their_bundle.clone());
-    let expected =
-        federation_id(&token.trust_domain, &token.cluster).map_err(EstablishError::Bundle)?;
-    let verifier = SpiffeServerVerifier::for_id(pinned, expected).into_arc();
-    let config = tls::client_config(None, verifier, ALPN_H2)
-        .map_err(|e| EstablishError::Bundle(e.to_string()))?;
-    let channel = transport::connect(&token.address, config, CONNECT_TIMEOUT)
-        .await
-        .map_err(|e| EstablishError::Connect {
-            address: token.address.clone(),
-            detail: e.to_string(),
-        })?;
-    let ours = node
-        .trust
-        .get(&node.td)
-        .ok_or_else(|| EstablishError::Bundle("own bundle missing".into()))?;
-    let response = PeeringClient::new(channel)
-        .establish(EstablishRequest {
-            secret: format!("{}.{}", token.id, token.secret),
-            cluster: node.me.cluster.to_string(),
-            trust_domain: node.td.to_string(),
-            region: node.me.region.to_string(),
-            zone: node.me.zone_text(),
-            peering_address: node.advertised_peering.clone(),
-            bundle: Some(ours.to_proto()),
-        })
-        .await
-        .map_err(|s| EstablishError::Refused(s.message().to_string()))?
-        .into_inner();
+    // The first call presents no client certificate (the peer does not trust our CA yet). When
+    // the peer says the token is already spent by us (our earlier answer was lost), the second
+    // call proves it with our federation certificate, which the peer verifies against the bundle
+    // our first call stored there.
+    let response = match call_establish(node, &token, &their_bundle, false).await {
+        Err(EstablishError::Refused(status))
+            if status.code() == tonic::Code::FailedPrecondition =>
+        {
+            tracing::info!(peer.cluster = %token.cluster, "the token was spent by an earlier attempt whose answer was lost: retrying with our certificate");
+            call_establish(node, &token, &their_bundle, true)
+                .await
+                .map_err(|e| match e {
+                    // A client certificate the peer refuses ends the connection after the
+                    // handshake: it surfaces as the call's transport error.
+                    EstablishError::Refused(s)
+                        if matches!(
+                            s.code(),
+                            tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Internal
+                        ) =>
+                    {
+                        EstablishError::Refused(tonic::Status::permission_denied(format!(
+                            "{} (the peer did not accept this federation's certificate: {}; if another federation used the token, create a new one)",
+                            status.message(),
+                            s.message()
+                        )))
+                    }
+                    other => other,
+                })?
+        }
+        other => other?,
+    };
     if response.cluster != token.cluster.as_str()
         || response.trust_domain != token.trust_domain.as_str()
     {
-        return Err(EstablishError::Refused(format!(
-            "the peer answered as {}/{}, but the token is from {}/{}",
-            response.cluster, response.trust_domain, token.cluster, token.trust_domain
+        return Err(EstablishError::Refused(tonic::Status::permission_denied(
+            format!(
+                "the peer answered as {}/{}, but the token is from {}/{}",
+                response.cluster, response.trust_domain, token.cluster, token.trust_domain
+            ),
         )));
     }
     let bundle = match &response.bundle {
@@ -134,7 +135,9 @@ pub async fn establish(node: &Arc<Node>, token_text: &str) -> Result<PeerRecord,
         region: response
             .region
             .parse()
-            .map_err(|e: crate::model::NameError| EstablishError::Refused(e.to_string()))?,
+            .map_err(|e: crate::model::NameError| {
+                EstablishError::Refused(tonic::Status::invalid_argument(e.to_string()))
+            })?,
         zone: if response.zone.is_empty() {
             None
         } else {
@@ -176,6 +179,49 @@ pub async fn establish(node: &Arc<Node>, token_text: &str) -> Result<PeerRecord,
     tracing::info!(peer.cluster = %record.cluster, address = %token.address, "peering established (we dial them)");
     spawn_dialer(node.clone(), record.cluster.clone());
     Ok(record)
+}
+
+/// One `Establish` call to the token's issuer, verifying its server against only the token's
+/// bundle; with `prove`, over mTLS with this federation's own certificate.
+async fn call_establish(
+    node: &Arc<Node>,
+    token: &PeeringToken,
+    their_bundle: &TrustBundle,
+    prove: bool,
+) -> Result<crate::proto::EstablishResponse, EstablishError> {
+    let pinned = TrustStore::new();
+    pinned.set(their_bundle.clone());
+    let expected =
+        federation_id(&token.trust_domain, &token.cluster).map_err(EstablishError::Bundle)?;
+    let verifier = SpiffeServerVerifier::for_id(pinned, expected).into_arc();
+    let certs = prove.then_some(&node.certs);
+    let config = tls::client_config(certs, verifier, ALPN_H2)
+        .map_err(|e| EstablishError::Bundle(e.to_string()))?;
+    let connect_failed = |detail: String| EstablishError::Connect {
+        address: token.address.clone(),
+        detail,
+    };
+    let channel = transport::connect(&token.address, config, CONNECT_TIMEOUT)
+        .await
+        .map_err(|e| connect_failed(e.to_string()))?;
+    let ours = node
+        .trust
+        .get(&node.td)
+        .ok_or_else(|| EstablishError::Bundle("own bundle missing".into()))?;
+    let answer = PeeringClient::new(channel)
+        .establish(EstablishRequest {
+            secret: format!("{}.{}", token.id, token.secret),
+            cluster: node.me.cluster.to_string(),
+            trust_domain: node.td.to_string(),
+            region: node.me.region.to_string(),
+            zone: node.me.zone_text(),
+            peering_address: node.advertised_peering.clone(),
+            bundle: Some(ours.to_proto()),
+        })
+        .await;
+    answer
+        .map(tonic::Response::into_inner)
+        .map_err(EstablishError::Refused)
 }
 
 /// Starts (or restarts) the dial loop for a peer we dial.

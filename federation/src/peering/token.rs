@@ -3,20 +3,32 @@
 //! `isthmus peering token --peer west` on cluster A creates a [`PeeringToken`]: A's advertised
 //! peering address, A's trust bundle (so B can verify A's server certificate), a one-time secret
 //! and an expiry. A stores only a SHA-256 of the secret ([`TokenRecord`]); the secret is never
-//! logged. B presents the secret in `Establish`; A compares hashes in constant time. The token may
-//! be retried by the peer it was issued for until it expires (a lost response must not strand a
-//! peering), but once one cluster used it nobody else can, and after expiry nobody can.
+//! logged. B presents the secret in `Establish`; A compares hashes in constant time.
+//!
+//! A token works exactly once: the first successful `Establish` spends it, and the record keeps
+//! who spent it (cluster and trust domain). A retry after a lost answer is accepted only from the
+//! same party, which it proves by calling over mTLS with a certificate that chains to the bundle
+//! the first attempt presented (the issuer trusts that bundle from then on). A claimed cluster
+//! name proves nothing: anyone else needs a new token, and after expiry nobody can retry.
+//!
+//! The encoded token carries an HMAC of its body keyed by its own secret, so a token damaged in
+//! copying (or edited) is refused as malformed before anything is dialled.
+//!
+//! Must not: log or store the secret, or decide anything from a cluster name alone.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ring::digest::{SHA256, digest};
+use ring::hmac;
 use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
 
 use crate::identity::TrustDomain;
 use crate::model::ClusterName;
 
-const PREFIX: &str = "isthmus-peering-v1.";
+const PREFIX: &str = "isthmus-peering-v2.";
+/// Tokens of the first format carried no integrity check; they expire within hours anyway.
+const OLD_PREFIX: &str = "isthmus-peering-v1.";
 /// Tokens are pasted by hand; anything larger is not one of ours.
 const MAX_TOKEN_BYTES: usize = 64 * 1024;
 
@@ -41,23 +53,46 @@ pub struct PeeringToken {
 }
 
 impl PeeringToken {
+    /// `isthmus-peering-v2.<base64url JSON>.<base64url HMAC-SHA256 of the JSON, keyed by the secret>`.
     pub fn encode(&self) -> Result<String, TokenError> {
         let json = serde_json::to_vec(self).map_err(|e| TokenError::Malformed(e.to_string()))?;
-        Ok(format!("{PREFIX}{}", URL_SAFE_NO_PAD.encode(json)))
+        let tag = integrity_tag(&self.secret, &json);
+        Ok(format!(
+            "{PREFIX}{}.{}",
+            URL_SAFE_NO_PAD.encode(&json),
+            URL_SAFE_NO_PAD.encode(tag.as_ref())
+        ))
     }
 
     pub fn decode(text: &str) -> Result<Self, TokenError> {
+        const DAMAGED: &str =
+            "it was changed or not copied whole: copy the token again, or create a new one";
         let text = text.trim();
         if text.len() > MAX_TOKEN_BYTES {
             return Err(TokenError::Malformed("token is too large".into()));
         }
-        let body = text.strip_prefix(PREFIX).ok_or_else(|| {
+        if text.starts_with(OLD_PREFIX) {
+            return Err(TokenError::Malformed(
+                "this token is of an older format: create a new one with `isthmus peering token`"
+                    .into(),
+            ));
+        }
+        let rest = text.strip_prefix(PREFIX).ok_or_else(|| {
             TokenError::Malformed(format!("a peering token starts with {PREFIX:?}"))
         })?;
-        let json = URL_SAFE_NO_PAD.decode(body).map_err(|_| {
-            TokenError::Malformed("not base64url: was the token copied whole?".into())
-        })?;
-        serde_json::from_slice(&json).map_err(|e| TokenError::Malformed(e.to_string()))
+        let (body, tag) = rest
+            .split_once('.')
+            .ok_or_else(|| TokenError::Malformed(format!("its check is missing: {DAMAGED}")))?;
+        let (json, tag) = match (URL_SAFE_NO_PAD.decode(body), URL_SAFE_NO_PAD.decode(tag)) {
+            (Ok(j), Ok(t)) => (j, t),
+            _ => return Err(TokenError::Malformed(format!("not base64url: {DAMAGED}"))),
+        };
+        let token: PeeringToken = serde_json::from_slice(&json)
+            .map_err(|_| TokenError::Malformed(format!("unreadable: {DAMAGED}")))?;
+        let key = hmac::Key::new(hmac::HMAC_SHA256, token.secret.as_bytes());
+        hmac::verify(&key, &json, &tag)
+            .map_err(|_| TokenError::Malformed(format!("its check does not match: {DAMAGED}")))?;
+        Ok(token)
     }
 
     /// Redacted form for logs and `config_dump`.
@@ -77,8 +112,24 @@ pub struct TokenRecord {
     /// Hex SHA-256 of the secret.
     pub secret_sha256: String,
     pub expires_at_ms: i64,
-    /// The cluster that established with it; only that cluster may retry.
+    /// The cluster that established with it.
     pub used_by: Option<ClusterName>,
+    /// The trust domain whose bundle that cluster presented: a retry must prove a certificate of
+    /// it. Records spent before this field existed allow no retry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub used_by_trust_domain: Option<TrustDomain>,
+}
+
+/// Who presents a token, as far as the issuer can tell.
+#[derive(Debug, Clone, Copy)]
+pub struct Presenter<'a> {
+    /// The cluster name the request claims (proves nothing by itself).
+    pub cluster: &'a ClusterName,
+    /// The trust domain whose bundle the request carries.
+    pub trust_domain: &'a TrustDomain,
+    /// The trust domain of a federation certificate the caller presented over mTLS and the
+    /// verifier checked against the bundle the issuer holds for that trust domain.
+    pub proven: Option<&'a TrustDomain>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -98,8 +149,14 @@ pub enum TokenError {
         expected: ClusterName,
         presented: ClusterName,
     },
-    #[error("the peering token was already used by {0}: a token is single-use")]
+    #[error(
+        "the peering token was already used by {0}: a token works once; create a new one with `isthmus peering token --peer <name>` on the other cluster"
+    )]
     Spent(ClusterName),
+    #[error(
+        "the peering token was already used by {0}; a retry is accepted only over mTLS from the federation that used it, otherwise create a new token with `isthmus peering token --peer {0}` on the other cluster"
+    )]
+    RetryNeedsProof(ClusterName),
     #[error("no secure random numbers available")]
     Random,
 }
@@ -127,6 +184,7 @@ pub fn issue(
         secret_sha256: sha256_hex(&secret),
         expires_at_ms,
         used_by: None,
+        used_by_trust_domain: None,
     };
     let token = PeeringToken {
         id,
@@ -142,13 +200,15 @@ pub fn issue(
     Ok((token, record))
 }
 
-/// Checks a presented secret against a record. Pure; the caller persists `used_by` on success.
+/// Checks a presented secret against a record. Pure; on success the caller persists
+/// [`TokenRecord::spend`] together with what the token grants, in one commit.
 pub fn check(
     record: &TokenRecord,
     presented_secret: &str,
-    caller: &ClusterName,
+    by: Presenter<'_>,
     now_ms: i64,
 ) -> Result<(), TokenError> {
+    let caller = by.cluster;
     if now_ms >= record.expires_at_ms {
         return Err(TokenError::Expired);
     }
@@ -164,10 +224,30 @@ pub fn check(
             presented: caller.clone(),
         });
     }
-    match &record.used_by {
-        Some(user) if user != caller => Err(TokenError::Spent(user.clone())),
-        _ => Ok(()),
+    let Some(user) = &record.used_by else {
+        return Ok(());
+    };
+    if user != caller {
+        return Err(TokenError::Spent(user.clone()));
     }
+    // The same name again: a retry only if it proves to be the party that spent the token.
+    match &record.used_by_trust_domain {
+        Some(td) if td == by.trust_domain && by.proven == Some(td) => Ok(()),
+        Some(_) => Err(TokenError::RetryNeedsProof(user.clone())),
+        None => Err(TokenError::Spent(user.clone())),
+    }
+}
+
+impl TokenRecord {
+    /// The record after `by` established with it.
+    pub fn spend(&mut self, by: Presenter<'_>) {
+        self.used_by = Some(by.cluster.clone());
+        self.used_by_trust_domain = Some(by.trust_domain.clone());
+    }
+}
+
+fn integrity_tag(secret: &str, body: &[u8]) -> hmac::Tag {
+    hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, secret.as_bytes()), body)
 }
 
 /// A secret travels as `<id>.<secret>` in `Establish` so the issuer can find the record.
@@ -212,6 +292,10 @@ mod tests {
         .expect("issue")
     }
 
+    fn td(t: &str) -> TrustDomain {
+        t.parse().expect("td")
+    }
+
     #[test]
     fn encode_decode_and_record_has_no_secret() {
         let (t, r) = token();
@@ -226,8 +310,8 @@ mod tests {
         assert!(!t.describe().contains(&t.secret));
         for bad in [
             "",
-            "isthmus-peering-v1.",
-            "isthmus-peering-v1.!!!",
+            "isthmus-peering-v2.",
+            "isthmus-peering-v2.!!!",
             "other.abc",
             &text[..text.len() - 4],
         ] {
@@ -235,29 +319,99 @@ mod tests {
         }
     }
 
+    /// Every one-character change anywhere in a token is refused as malformed, never decoded into
+    /// a token that would dial a wrong address or trust a wrong bundle.
+    #[test]
+    fn any_changed_character_is_refused_as_malformed() {
+        let (t, _) = token();
+        let text = t.encode().expect("encode");
+        let start = PREFIX.len();
+        for i in start..text.len() {
+            let mut bytes = text.clone().into_bytes();
+            if bytes[i] == b'.' {
+                continue;
+            }
+            bytes[i] = if bytes[i] == b'A' { b'B' } else { b'A' };
+            let tampered = String::from_utf8(bytes).expect("ascii");
+            match PeeringToken::decode(&tampered) {
+                Err(TokenError::Malformed(why)) => {
+                    assert!(why.contains("copy the token again"), "{why}")
+                }
+                other => panic!("changed character {i}: {other:?}"),
+            }
+        }
+        let old = format!("{OLD_PREFIX}{}", &text[PREFIX.len()..]);
+        assert!(matches!(
+            PeeringToken::decode(&old),
+            Err(TokenError::Malformed(why)) if why.contains("older format")
+        ));
+    }
+
     #[test]
     fn check_table() {
         let (t, mut r) = token();
-        assert_eq!(check(&r, &t.secret, &name("west"), 0), Ok(()));
+        let (west, south) = (name("west"), name("south"));
+        let (west_td, other_td) = (td("west.mesh"), td("impostor.mesh"));
+        let fresh = |cluster| Presenter {
+            cluster,
+            trust_domain: &west_td,
+            proven: None,
+        };
+        assert_eq!(check(&r, &t.secret, fresh(&west), 0), Ok(()));
+        assert_eq!(check(&r, "nope", fresh(&west), 0), Err(TokenError::Invalid));
         assert_eq!(
-            check(&r, "nope", &name("west"), 0),
-            Err(TokenError::Invalid)
-        );
-        assert_eq!(
-            check(&r, &t.secret, &name("west"), 10_000),
+            check(&r, &t.secret, fresh(&west), 10_000),
             Err(TokenError::Expired)
         );
         assert!(matches!(
-            check(&r, &t.secret, &name("south"), 0),
+            check(&r, &t.secret, fresh(&south), 0),
             Err(TokenError::WrongPeer { .. })
         ));
-        r.used_by = Some(name("west"));
-        // The same peer may retry until expiry.
-        assert_eq!(check(&r, &t.secret, &name("west"), 5), Ok(()));
-        r.used_by = Some(name("south"));
+        r.spend(fresh(&west));
+        // Spent: the same name without proof, or with a proof of another trust domain, is no retry.
         assert_eq!(
-            check(&r, &t.secret, &name("west"), 5),
-            Err(TokenError::Spent(name("south")))
+            check(&r, &t.secret, fresh(&west), 5),
+            Err(TokenError::RetryNeedsProof(west.clone()))
+        );
+        let proven_other = Presenter {
+            cluster: &west,
+            trust_domain: &other_td,
+            proven: Some(&other_td),
+        };
+        assert_eq!(
+            check(&r, &t.secret, proven_other, 5),
+            Err(TokenError::RetryNeedsProof(west.clone()))
+        );
+        let claims_but_proves_other = Presenter {
+            cluster: &west,
+            trust_domain: &west_td,
+            proven: Some(&other_td),
+        };
+        assert_eq!(
+            check(&r, &t.secret, claims_but_proves_other, 5),
+            Err(TokenError::RetryNeedsProof(west.clone()))
+        );
+        // The party that spent it, proving its certificate: a retry after a lost answer.
+        let proven = Presenter {
+            cluster: &west,
+            trust_domain: &west_td,
+            proven: Some(&west_td),
+        };
+        assert_eq!(check(&r, &t.secret, proven, 5), Ok(()));
+        assert_eq!(
+            check(&r, &t.secret, proven, 10_000),
+            Err(TokenError::Expired)
+        );
+        // A record spent before the spender's trust domain was kept allows no retry at all.
+        r.used_by_trust_domain = None;
+        assert_eq!(
+            check(&r, &t.secret, proven, 5),
+            Err(TokenError::Spent(west.clone()))
+        );
+        r.spend(fresh(&south));
+        assert_eq!(
+            check(&r, &t.secret, proven, 5),
+            Err(TokenError::Spent(south))
         );
     }
 }
