@@ -32,18 +32,60 @@ pub struct Listener {
 }
 
 impl Listener {
-    pub fn advertised(&self) -> Result<String, ConfigError> {
+    /// Checks that others can be told an address to dial: `field` is the listener's config path
+    /// (`listen.peering`, `listen.api`), named in the error.
+    pub fn check(&self, field: &str) -> Result<(), ConfigError> {
+        self.advertised(field).map(drop)
+    }
+
+    /// What others dial: the advertised address, else the bind address when it is not a
+    /// wildcard (a bind port 0 is replaced by the bound port at run time).
+    pub fn advertised(&self, field: &str) -> Result<String, ConfigError> {
+        let invalid = |reason: String| ConfigError::Invalid {
+            field: format!("{field}.advertise"),
+            reason,
+        };
         match &self.advertise {
-            Some(a) => Ok(a.clone()),
+            Some(a) => match advertise_problem(a) {
+                Some(problem) => Err(invalid(format!("{a:?} {problem}"))),
+                None => Ok(a.clone()),
+            },
             None if !self.bind.ip().is_unspecified() => Ok(self.bind.to_string()),
-            None => Err(ConfigError::Invalid {
-                field: "listen.peering.advertise".into(),
-                reason: format!(
-                    "bind address {} is a wildcard: set the address peers should dial",
-                    self.bind
-                ),
-            }),
+            None => Err(invalid(format!(
+                "{field}.bind {} is a wildcard: set {field}.advertise to the address others dial",
+                self.bind
+            ))),
         }
+    }
+}
+
+/// Why `text` cannot be an advertised address (what others dial), if it cannot: it must be
+/// `host:port` (an IP literal, IPv6 in brackets, or a DNS name) with a port above zero, and not
+/// a wildcard address. Shared with the gateway's inbound listener.
+pub fn advertise_problem(text: &str) -> Option<&'static str> {
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return if addr.ip().is_unspecified() {
+            Some("is a wildcard address: give the address others dial")
+        } else if addr.port() == 0 {
+            Some("needs a port between 1 and 65535")
+        } else {
+            None
+        };
+    }
+    let Some((host, port)) = text.rsplit_once(':') else {
+        return Some("is not host:port");
+    };
+    let name_ok = !host.is_empty()
+        && host.len() <= 253
+        && host
+            .split('.')
+            .all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+    if !name_ok {
+        return Some("is not host:port (host: an IP address or a DNS name)");
+    }
+    match port.parse::<u16>() {
+        Ok(1..) => None,
+        _ => Some("needs a port between 1 and 65535"),
     }
 }
 
@@ -357,7 +399,8 @@ impl FederationConfig {
         if v6.is_some_and(|c| !c.to_string().contains(':')) {
             return Err(invalid("vips.ipv6", "must be an IPv6 range".into()));
         }
-        self.listen.peering.advertised()?;
+        self.listen.peering.check("listen.peering")?;
+        self.listen.api.check("listen.api")?;
         if self.ca.leaf_lifetime < Duration::from_secs(1) {
             return Err(invalid("ca.leaf_lifetime", "must be at least 1s".into()));
         }
@@ -792,7 +835,10 @@ vips: {ipv4: 127.77.0.0/24}
         assert_eq!(cfg.zone().as_str(), "us-east");
         assert_eq!(cfg.listen.api.bind.port(), 15012);
         assert_eq!(
-            cfg.listen.peering.advertised().expect("adv"),
+            cfg.listen
+                .peering
+                .advertised("listen.peering")
+                .expect("adv"),
             "127.0.0.1:15443"
         );
         assert_eq!(
@@ -830,6 +876,65 @@ vips: {ipv4: 127.77.0.0/24}
                 .expect_err(needle)
                 .to_string();
             assert!(err.contains(needle), "{needle}: {err}");
+        }
+    }
+
+    /// Every listener others dial is checked, and the error names that listener's field.
+    #[test]
+    fn every_listener_needs_an_address_others_can_dial() {
+        let wildcard_api = GOOD.replace(
+            "  peering: {bind: 127.0.0.1:15443}",
+            "  peering: {bind: 127.0.0.1:15443}\n  api: {bind: 0.0.0.0:15012}",
+        );
+        let cases = [
+            (wildcard_api.clone(), "listen.api.advertise"),
+            (
+                GOOD.replace("{bind: 127.0.0.1:15443}", "{bind: '[::]:15443'}"),
+                "listen.peering.advertise",
+            ),
+            (
+                GOOD.replace(
+                    "{bind: 127.0.0.1:15443}",
+                    "{bind: 127.0.0.1:15443, advertise: '0.0.0.0:15443'}",
+                ),
+                "listen.peering.advertise",
+            ),
+            (
+                GOOD.replace(
+                    "{bind: 127.0.0.1:15443}",
+                    "{bind: 127.0.0.1:15443, advertise: 'peer.example.com'}",
+                ),
+                "listen.peering.advertise",
+            ),
+            (
+                wildcard_api.replace("0.0.0.0:15012}", "0.0.0.0:15012, advertise: 'fed:0'}"),
+                "listen.api.advertise",
+            ),
+            (
+                wildcard_api.replace("0.0.0.0:15012}", "0.0.0.0:15012, advertise: 'a b:1'}"),
+                "listen.api.advertise",
+            ),
+        ];
+        for (text, field) in cases {
+            let err = FederationConfig::from_yaml("t.yaml", &text)
+                .expect_err(field)
+                .to_string();
+            assert!(err.contains(field), "{field}: {err}");
+        }
+        let fixed = wildcard_api.replace(
+            "0.0.0.0:15012}",
+            "0.0.0.0:15012, advertise: 'fed.east.example:15012'}",
+        );
+        let cfg = FederationConfig::from_yaml("t.yaml", &fixed).expect("valid");
+        assert_eq!(
+            cfg.listen.api.advertised("listen.api").expect("adv"),
+            "fed.east.example:15012"
+        );
+        for good in ["10.0.0.1:15443", "[fd00::1]:15443", "gw-1.east:443"] {
+            assert_eq!(advertise_problem(good), None, "{good}");
+        }
+        for bad in ["10.0.0.1", "[::]:1", "host:", ":80", "a..b:1", "h:70000"] {
+            assert!(advertise_problem(bad).is_some(), "{bad}");
         }
     }
 

@@ -286,11 +286,22 @@ impl GatewayConfig {
                 reason: reason.into(),
             })
         };
-        if let Some(a) = &self.listen.inbound.advertise
-            && a.parse::<SocketAddr>().is_err()
-            && !a.contains(':')
-        {
-            return invalid("listen.inbound.advertise", "expected host:port");
+        match &self.listen.inbound.advertise {
+            Some(a) => {
+                if let Some(problem) = isthmus_federation::config::advertise_problem(a) {
+                    return Err(ConfigError::Invalid {
+                        field: "listen.inbound.advertise".into(),
+                        reason: format!("{a:?} {problem}"),
+                    });
+                }
+            }
+            None if self.listen.inbound.bind.ip().is_unspecified() => {
+                return invalid(
+                    "listen.inbound.advertise",
+                    "listen.inbound.bind is a wildcard: set the address peer gateways should dial",
+                );
+            }
+            None => {}
         }
         let l = &self.limits;
         if l.max_header_bytes < 1024 {
@@ -474,13 +485,29 @@ mod tests {
         assert!(none.identity.trusted_ranges().expect("ranges").is_empty());
     }
 
+    /// Refused when the config is read, not only once the gateway has bound its port.
     #[test]
     fn wildcard_bind_needs_an_advertised_address() {
         let text = "bootstrap_file: gw.json\nlisten:\n  inbound:\n    bind: 0.0.0.0:15443\n";
-        let cfg = GatewayConfig::from_yaml("gw.yaml", text).expect("valid");
-        let err = cfg
-            .advertised_inbound("0.0.0.0:15443".parse().expect("addr"))
-            .expect_err("wildcard");
-        assert!(err.to_string().contains("listen.inbound.advertise"));
+        let err = GatewayConfig::from_yaml("gw.yaml", text).expect_err("wildcard");
+        assert!(
+            err.to_string().contains("listen.inbound.advertise"),
+            "{err}"
+        );
+        for bad in ["'0.0.0.0:15443'", "gw.example", "'gw.example:0'"] {
+            let text = format!("{text}    advertise: {bad}\n");
+            let err = GatewayConfig::from_yaml("gw.yaml", &text).expect_err(bad);
+            assert!(
+                err.to_string().contains("listen.inbound.advertise"),
+                "{err}"
+            );
+        }
+        let text = format!("{text}    advertise: gw.east.example:15443\n");
+        let cfg = GatewayConfig::from_yaml("gw.yaml", &text).expect("valid");
+        assert_eq!(
+            cfg.advertised_inbound("0.0.0.0:15443".parse().expect("addr"))
+                .expect("advertised"),
+            "gw.east.example:15443"
+        );
     }
 }
