@@ -8,7 +8,9 @@
 //! - the local listeners (proxy port and a VIP) answer oversized or too many headers with 431
 //!   and a request with both `Content-Length` and `Transfer-Encoding` with 400 and a close;
 //! - with 10 s certificates, a minute of steady traffic across clusters loses no request while
-//!   every gateway renews its certificate many times.
+//!   every gateway renews its certificate many times;
+//! - on every path a local client has ([`forged_identity`]), the service sees only the identity
+//!   its gateway set.
 //!
 //! Clients: `curl` (HTTP/2 over mTLS with `--cert/--key`, HTTP/1.1 through the proxy),
 //! `openssl s_client` (handshake-level refusals, with the TLS alert the gateway sent), raw TCP,
@@ -41,6 +43,8 @@ use tokio::time::Instant;
 
 use crate::harness::Federation;
 use crate::harness::gateway::{Gateway, Member, Samples, curl, http_get, mesh};
+
+mod forged_identity;
 
 const ECHO_HOST: &str = "echo.demo.svc.clusterset.local:8080";
 
