@@ -193,17 +193,21 @@ fn serve_inside(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::table::{Import, Port, PortProtocol};
+    use crate::table::{Backend, Import, Port, PortProtocol};
 
     fn import(name: &str, ports: &[(u16, PortProtocol)]) -> Arc<Import> {
         let ports = ports
             .iter()
             .map(|&(port, protocol)| Port { port, protocol })
             .collect();
-        Arc::new(Import::new(name.into(), ports, Vec::new()))
+        let backends = ["west", "south"]
+            .map(|c| Backend::for_test(c, "r", "10.0.0.1:15443", 1, 1, false))
+            .into();
+        Arc::new(Import::new(name.into(), ports, backends))
     }
 
-    /// echo.demo (http 8080, grpc 50051) on 127.1.0.1; tcp-echo.demo (tcp 9000) on 127.1.0.2.
+    /// echo.demo (http 8080, grpc 50051) on 127.1.0.1 and, pinned to west, on 127.1.0.3;
+    /// tcp-echo.demo (tcp 9000) on 127.1.0.2; each served by west and south.
     fn snapshot() -> Snapshot {
         let echo = import(
             "echo.demo",
@@ -212,12 +216,16 @@ mod tests {
         let tcp = import("tcp-echo.demo", &[(9000, PortProtocol::Tcp)]);
         let h2 = import("h2.demo", &[(80, PortProtocol::Http2)]);
         let mut snap = Snapshot::default();
-        for (ip, i) in [("127.1.0.1", &echo), ("127.1.0.2", &tcp)] {
+        for (ip, i, pinned) in [
+            ("127.1.0.1", &echo, None),
+            ("127.1.0.2", &tcp, None),
+            ("127.1.0.3", &echo, Some("west")),
+        ] {
             snap.vips.insert(
                 ip.parse().expect("ip"),
                 Target {
                     import: i.clone(),
-                    pinned: None,
+                    pinned: pinned.map(Into::into),
                 },
             );
         }
@@ -292,6 +300,7 @@ mod tests {
             "127.0.0.1:8080",
             "example.com:8080",
             "west.echo.demo:8080",
+            "127.1.0.3:8080",
         ] {
             let (status, reason) = decide(&snap, true, &echo, Some(foreign)).expect_err(foreign);
             assert_eq!(status, StatusCode::FORBIDDEN, "{foreign}");
@@ -304,6 +313,33 @@ mod tests {
             decide(&snap, true, &echo, None).map_err(|e| e.0),
             Err(StatusCode::BAD_REQUEST)
         );
+        // A per-cluster VIP stands for its per-cluster name only.
+        let west = Resolved {
+            target: Target {
+                pinned: Some("west".into()),
+                ..echo.target.clone()
+            },
+            ..resolved(&snap, "echo.demo", 8080)
+        };
+        for own in [
+            "west.echo.demo:8080",
+            "west.echo.demo.svc.clusterset.local:8080",
+            "127.1.0.3:8080",
+        ] {
+            assert_eq!(
+                decide(&snap, true, &west, Some(own)),
+                Ok(Tunnel::Http),
+                "{own}"
+            );
+        }
+        for foreign in ["echo.demo:8080", "south.echo.demo:8080", "127.1.0.1:8080"] {
+            let (status, reason) = decide(&snap, true, &west, Some(foreign)).expect_err(foreign);
+            assert_eq!(status, StatusCode::FORBIDDEN, "{foreign}");
+            assert!(
+                reason.contains("serves west.echo.demo:8080 only"),
+                "{foreign}: {reason}"
+            );
+        }
         // The proxy port stands for no one service: the CONNECT's own authority chose it.
         assert_eq!(
             decide(&snap, false, &echo, Some("anything:1")),
