@@ -175,7 +175,7 @@ print(json.dumps(out))
 "#;
 
 /// The venv's Python. A missing venv fails the test with how to make it.
-fn venv_python() -> PathBuf {
+pub(crate) fn venv_python() -> PathBuf {
     let home = std::env::var("HOME").expect("HOME is set");
     let python = Path::new(&home).join(".cache/isthmus-venv/bin/python");
     assert!(
@@ -189,7 +189,7 @@ fn venv_python() -> PathBuf {
 }
 
 /// Runs `script` with the venv's Python; its stdout is one JSON object.
-async fn python(dir: &Path, name: &str, script: &str, args: &[String]) -> Value {
+pub(crate) async fn python(dir: &Path, name: &str, script: &str, args: &[String]) -> Value {
     let path = dir.join(name);
     std::fs::write(&path, script).expect("write the client script");
     let run = tokio::process::Command::new(venv_python())

@@ -8,7 +8,11 @@
 //! - the local listeners (proxy port and a VIP) answer oversized or too many headers with 431
 //!   and a request with both `Content-Length` and `Transfer-Encoding` with 400 and a close;
 //! - with 10 s certificates, a minute of steady traffic across clusters loses no request while
-//!   every gateway renews its certificate many times.
+//!   every gateway renews its certificate many times;
+//! - a peer gateway's byte tunnel (CONNECT) to an HTTP port is refused: only `tcp` ports take
+//!   raw bytes;
+//! - on every path a local client has ([`forged_identity`]), the service sees only the identity
+//!   its gateway set.
 //!
 //! Clients: `curl` (HTTP/2 over mTLS with `--cert/--key`, HTTP/1.1 through the proxy),
 //! `openssl s_client` (handshake-level refusals, with the TLS alert the gateway sent), raw TCP,
@@ -30,7 +34,8 @@ use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use isthmus_federation::gwapi::BootstrapFile;
 use isthmus_federation::identity::{
-    Ca, Kek, SpiffeId, SpiffeServerVerifier, TrustBundle, TrustDomain, TrustStore, tls, transport,
+    Ca, CertStore, Kek, SpiffeId, SpiffeServerVerifier, TrustBundle, TrustDomain, TrustStore, tls,
+    transport,
 };
 use isthmus_federation::proto::BootstrapRequest;
 use isthmus_federation::proto::gateway_control_client::GatewayControlClient;
@@ -41,6 +46,8 @@ use tokio::time::Instant;
 
 use crate::harness::Federation;
 use crate::harness::gateway::{Gateway, Member, Samples, curl, http_get, mesh};
+
+mod forged_identity;
 
 const ECHO_HOST: &str = "echo.demo.svc.clusterset.local:8080";
 
@@ -224,6 +231,57 @@ fn inbound_call(
     }
     args.push(&url);
     curl(&args)
+}
+
+/// A byte tunnel (HTTP/2 CONNECT, as gateways open them for `tcp` ports) from the peer
+/// gateway `cred` to `target` at `fed`'s gateway's inbound port (verified as `gw-1` against
+/// `fed`'s bundle): the answer's status and `x-isthmus-error`.
+async fn inbound_connect(
+    fed: &Federation,
+    inbound: SocketAddr,
+    cred: &Cred,
+    target: &str,
+) -> (u16, String) {
+    let bundle = crate::harness::fake_peer::bundle_of(fed).await;
+    let gateway = SpiffeId::gateway(bundle.trust_domain(), "gw-1").expect("gateway ID");
+    let trust = TrustStore::new();
+    trust.set(bundle);
+    let store = CertStore::new();
+    store
+        .set_from_pem(
+            &std::fs::read_to_string(&cred.cert).expect("certificate"),
+            &std::fs::read_to_string(&cred.key).expect("key"),
+        )
+        .expect("credential");
+    let verifier = SpiffeServerVerifier::for_id(trust, gateway).into_arc();
+    let config = tls::client_config(Some(&store), verifier, &[tls::ALPN_H2]).expect("TLS config");
+    let tcp = TcpStream::connect(inbound).await.expect("connect");
+    let name = rustls::pki_types::ServerName::try_from("gateway").expect("name");
+    let stream = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .expect("mTLS handshake as a peer gateway");
+    let (client, conn) = h2::client::handshake(stream).await.expect("h2 handshake");
+    tokio::spawn(conn);
+    let mut client = client.ready().await.expect("ready");
+    let req = http::Request::builder()
+        .method(http::Method::CONNECT)
+        .uri(target)
+        .header("isthmus-target", target)
+        .body(())
+        .expect("request");
+    let (response, _send) = client.send_request(req, false).expect("send CONNECT");
+    let response = tokio::time::timeout(Duration::from_secs(20), response)
+        .await
+        .expect("an answer within 20 s")
+        .expect("an answer");
+    let reason = response
+        .headers()
+        .get("x-isthmus-error")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    (response.status().as_u16(), reason)
 }
 
 /// A curl call that must not have produced any HTTP answer (refused below HTTP).
@@ -500,6 +558,17 @@ async fn inbound_admits_only_peer_gateways_and_listeners_enforce_limits() {
         body["forwarded_client_cert"],
         "By=spiffe://east.mesh/isthmus/gateway/gw-1;URI=spiffe://west.mesh/isthmus/gateway/gw-probe",
         "the caller's x-forwarded-client-cert was replaced: {body}"
+    );
+    // A byte tunnel to an HTTP port would carry the caller's own headers to the service: refused.
+    let (status, reason) =
+        inbound_connect(&east.fed, east.gw.inbound, &probe, "open.demo:8080").await;
+    assert_eq!(
+        (status, reason.as_str()),
+        (
+            403,
+            "open.demo port 8080 speaks http: a byte tunnel (CONNECT) reaches tcp ports only; \
+             HTTP goes as requests (is the calling gateway older than this one?)"
+        ),
     );
     // A peer gateway may name the calling workload, in its own trust domain only: the service
     // then sees both hops, the workload first.

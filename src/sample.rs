@@ -1,8 +1,9 @@
 //! `isthmus sample-backends`: the demo's sample services, one process per cluster.
 //! - HTTP (HTTP/1.1 and h2c): `GET /` answers JSON naming the cluster and what the caller's
-//!   gateway told it (caller identity, source cluster); `POST /echo` streams the body back;
-//!   `GET /bytes?n=N` streams N bytes; `GET /slow?ms=N` answers after N ms; `GET /ws` is a
-//!   WebSocket echo.
+//!   gateway told it (caller identity, source cluster, any `isthmus-*` header names); `POST
+//!   /echo` streams the body back; `GET /bytes?n=N` streams N bytes; `GET /slow?ms=N` answers
+//!   after N ms; `GET /ws` is a WebSocket echo, and `GET /ws/identity` one whose first message
+//!   is that JSON for its handshake.
 //! - gRPC `isthmus.demo.Echo` (h2c): `Say` (unary), `Count` (server streaming), `Chat` (bidi).
 //!   Messages are `{ string text = 1; }`.
 //! - TCP: echoes every byte.
@@ -117,7 +118,12 @@ async fn handle(cluster: Arc<str>, req: Request<Incoming>) -> Response<Body> {
             });
             Response::new(StreamBody::new(tokio_stream_from(rx)).boxed_unsync())
         }
-        "/ws" => websocket(req),
+        "/ws" => websocket(req, None),
+        // A WebSocket whose first message (text) is what the handshake told the service.
+        "/ws/identity" => {
+            let seen = identity(&cluster, &req).to_string();
+            websocket(req, Some(seen))
+        }
         "/slow" => {
             // Answers after `ms` milliseconds: an in-flight request for drain tests.
             let ms: u64 = req
@@ -132,22 +138,14 @@ async fn handle(cluster: Arc<str>, req: Request<Incoming>) -> Response<Body> {
             )))
         }
         _ => {
-            let h = |name: &str| {
-                req.headers()
-                    .get(name)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_string)
-            };
-            let body = serde_json::json!({
-                "cluster": &*cluster,
-                "method": req.method().as_str(),
-                "path": req.uri().path(),
-                "version": format!("{:?}", req.version()),
-                "host": h("host").or_else(|| req.uri().authority().map(|a| a.to_string())),
-                "forwarded_client_cert": h("x-forwarded-client-cert"),
-                "source_cluster": h("x-isthmus-source-cluster"),
-                "shadow": h("x-isthmus-shadow").is_some(),
-            });
+            let mut body = identity(&cluster, &req);
+            body["method"] = req.method().as_str().into();
+            body["path"] = req.uri().path().into();
+            body["version"] = format!("{:?}", req.version()).into();
+            body["host"] = header_text(&req, "host")
+                .or_else(|| req.uri().authority().map(|a| a.to_string()))
+                .into();
+            body["shadow"] = header_text(&req, "x-isthmus-shadow").is_some().into();
             let mut r = Response::new(full(format!("{body}\n")));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
@@ -156,6 +154,32 @@ async fn handle(cluster: Arc<str>, req: Request<Incoming>) -> Response<Body> {
             r
         }
     }
+}
+
+fn header_text<B>(req: &Request<B>, name: &str) -> Option<String> {
+    req.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
+/// What the caller's gateway told the service: the caller's identity, the calling cluster, and
+/// the names of any `isthmus-*` headers (gateways keep those between themselves).
+fn identity<B>(cluster: &str, req: &Request<B>) -> serde_json::Value {
+    let mut isthmus: Vec<&str> = req
+        .headers()
+        .keys()
+        .map(|k| k.as_str())
+        .filter(|k| k.starts_with("isthmus-"))
+        .collect();
+    isthmus.sort_unstable();
+    isthmus.dedup();
+    serde_json::json!({
+        "cluster": cluster,
+        "forwarded_client_cert": header_text(req, "x-forwarded-client-cert"),
+        "source_cluster": header_text(req, "x-isthmus-source-cluster"),
+        "isthmus_headers": isthmus,
+    })
 }
 
 fn tokio_stream_from(
@@ -281,8 +305,9 @@ async fn grpc(cluster: Arc<str>, req: Request<Incoming>) -> Response<Body> {
     r
 }
 
-/// A WebSocket echo: text and binary frames come back as they were sent.
-fn websocket(mut req: Request<Incoming>) -> Response<Body> {
+/// A WebSocket echo: text and binary frames come back as they were sent, after `first` (a text
+/// message) when given.
+fn websocket(mut req: Request<Incoming>, first: Option<String>) -> Response<Body> {
     let Some(key) = req.headers().get("sec-websocket-key").cloned() else {
         let mut r = Response::new(full("not a WebSocket handshake\n"));
         *r.status_mut() = StatusCode::BAD_REQUEST;
@@ -295,7 +320,13 @@ fn websocket(mut req: Request<Incoming>) -> Response<Body> {
     let upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
         if let Ok(up) = upgrade.await {
-            let _ = ws_echo(TokioIo::new(up)).await;
+            let mut up = TokioIo::new(up);
+            if let Some(text) = first
+                && up.write_all(&ws_frame(0x1, text.as_bytes())).await.is_err()
+            {
+                return;
+            }
+            let _ = ws_echo(up).await;
         }
     });
     let mut r = Response::new(full(Bytes::new()));
@@ -349,22 +380,27 @@ async fn ws_echo<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
             0xA => continue,
             o => o,
         };
-        let mut frame = vec![0x80 | reply_opcode];
-        match payload.len() {
-            n if n < 126 => frame.push(n as u8),
-            n if n < 65_536 => {
-                frame.push(126);
-                frame.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                frame.push(127);
-                frame.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        }
-        frame.extend_from_slice(&payload);
-        s.write_all(&frame).await?;
+        s.write_all(&ws_frame(reply_opcode, &payload)).await?;
         if opcode == 0x8 {
             return Ok(());
         }
     }
+}
+
+/// One unmasked, final WebSocket frame (as a server sends it).
+fn ws_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mut frame = vec![0x80 | opcode];
+    match payload.len() {
+        n if n < 126 => frame.push(n as u8),
+        n if n < 65_536 => {
+            frame.push(126);
+            frame.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            frame.push(127);
+            frame.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    frame.extend_from_slice(payload);
+    frame
 }

@@ -214,6 +214,7 @@ pub async fn start(cfg: GatewayConfig) -> Result<Running, StartError> {
         metrics: metrics.clone(),
         trusted_sources: cfg.identity.trusted_ranges()?,
         shadows: ShadowSlots::default(),
+        drain: drain.clone(),
     });
     let inbound = Arc::new(Inbound {
         table: table.clone(),

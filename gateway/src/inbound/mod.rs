@@ -7,7 +7,9 @@
 //! The destination service sees the caller's identity in `x-forwarded-client-cert` (the calling
 //! gateway's ID; this gateway as `By`; the calling workload first when its gateway named one in
 //! `isthmus-caller`), the calling cluster in `x-isthmus-source-cluster`, and `x-isthmus-shadow`
-//! on shadow copies; whatever the caller sent under those names is dropped first.
+//! on shadow copies; whatever the caller sent under those names is dropped first. A byte tunnel
+//! (CONNECT) reaches only `tcp` ports — on an HTTP port the caller's bytes would reach the
+//! service as headers nobody judged — and a WebSocket (extended CONNECT) only HTTP ports.
 //!
 //! Before an endpoint is picked, the service's serving-side policy runs ([`guard`]):
 //! authorization, fault injection, rate and concurrency limits.
@@ -232,6 +234,12 @@ impl Inbound {
             Err((status, reason)) => return self.refuse(entry, status, reason),
         };
         entry.service = Some(export.name.clone());
+        if req.method() == Method::CONNECT {
+            let protocol = req.extensions().get::<hyper::ext::Protocol>();
+            if let Err(reason) = tunnel_fits(&export.name, port, protocol.map(|p| p.as_str())) {
+                return self.refuse(entry, StatusCode::FORBIDDEN, reason);
+            }
+        }
         // Read before the identity headers are stripped.
         let grpc = is_grpc(req.headers());
         entry.shadow = req.headers().contains_key(SHADOW);
@@ -402,5 +410,57 @@ impl Inbound {
         entry.reason = Some(reason);
         entry.finish();
         response
+    }
+}
+
+/// Whether a tunnel may reach `port` of `service`: a byte tunnel (CONNECT) only a `tcp` port —
+/// on an HTTP port the caller's bytes would reach the service as headers this gateway never
+/// judged, identity included —, a WebSocket (extended CONNECT) only an HTTP one. Else why not.
+fn tunnel_fits(service: &str, port: Port, protocol: Option<&str>) -> Result<(), String> {
+    match protocol {
+        None if port.protocol.is_http() => Err(format!(
+            "{service} port {} speaks {}: a byte tunnel (CONNECT) reaches tcp ports only; \
+             HTTP goes as requests (is the calling gateway older than this one?)",
+            port.port,
+            format!("{:?}", port.protocol).to_ascii_lowercase()
+        )),
+        Some(_) if !port.protocol.is_http() => Err(format!(
+            "{service} port {} is tcp: a WebSocket (extended CONNECT) needs an HTTP port",
+            port.port
+        )),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::table::PortProtocol;
+
+    #[test]
+    fn byte_tunnels_reach_tcp_ports_and_websockets_http_ports_only() {
+        let port = |protocol| Port { port: 80, protocol };
+        for (protocol, tunnel, websocket) in [
+            (PortProtocol::Tcp, true, false),
+            (PortProtocol::Http, false, true),
+            (PortProtocol::Http2, false, true),
+            (PortProtocol::Grpc, false, true),
+        ] {
+            assert_eq!(
+                tunnel_fits("s.ns", port(protocol), None).is_ok(),
+                tunnel,
+                "{protocol:?}"
+            );
+            assert_eq!(
+                tunnel_fits("s.ns", port(protocol), Some("websocket")).is_ok(),
+                websocket,
+                "{protocol:?}"
+            );
+        }
+        let reason = tunnel_fits("echo.demo", port(PortProtocol::Http), None).expect_err("http");
+        assert!(
+            reason.starts_with("echo.demo port 80 speaks http:"),
+            "{reason}"
+        );
     }
 }

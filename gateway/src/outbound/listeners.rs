@@ -6,7 +6,8 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use super::{LocalClient, Origin, Outbound};
@@ -43,6 +44,7 @@ pub async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         let (outbound, builder, drain) = (outbound.clone(), builder.clone(), drain.clone());
+        let origin = origin.clone();
         tokio::spawn(async move {
             let _permit = permit;
             if tcp {
@@ -57,19 +59,24 @@ pub async fn accept_loop(
     }
 }
 
-async fn serve_local(
+/// Serves one local client's connection (or a CONNECT tunnel served as HTTP) with the local
+/// listeners' protections: the HTTP/1 smuggling guard and header-read timeout, then every limit
+/// of [`serve_connection`].
+pub(super) async fn serve_local<IO>(
     outbound: Arc<Outbound>,
-    stream: TcpStream,
+    stream: IO,
     origin: Origin,
     client: LocalClient,
     builder: &hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
     drain: &Drain,
-) {
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let limits = outbound.limits.clone();
     let guarded =
         H1Guard::new(stream, limits.max_header_bytes).with_head_timeout(limits.header_read_timeout);
     serve_connection(guarded, builder, &limits, drain, move |req| {
-        outbound.clone().handle(origin, client, req)
+        outbound.clone().handle(origin.clone(), client, req)
     })
     .await;
 }

@@ -6,9 +6,13 @@
 //! It never reads endpoint addresses of other clusters (it has none); it routes to gateways.
 //! Before a client's routing and identity headers are stripped, [`client`] reads what they may
 //! ask (a cluster, where policy allows; the calling workload, from a trusted local source);
-//! [`shadow`] copies a share of requests to another cluster where policy asks.
+//! [`shadow`] copies a share of requests to another cluster where policy asks; [`connect`]
+//! decides what a client's CONNECT becomes (a byte tunnel only to `tcp` ports; HTTP served by
+//! the gateway itself inside a tunnel to an HTTP port), so no client byte reaches a service
+//! without the header hygiene of the request path.
 
 mod client;
+mod connect;
 mod forward;
 mod shadow;
 pub(crate) use forward::websocket_accept;
@@ -34,12 +38,26 @@ use crate::pool::PeerPool;
 use crate::table::{Backend, ServiceName, Snapshot, Target};
 
 /// Where a local connection arrived.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Origin {
     /// A service VIP and port.
     Vip(IpAddr, u16),
     /// The HTTP proxy port.
     Proxy,
+    /// Inside a CONNECT tunnel to an HTTP port, which the gateway serves as HTTP itself: every
+    /// request goes to the service and port the CONNECT named.
+    Tunnel(Arc<TunnelTarget>),
+}
+
+/// The service and port a CONNECT tunnel served as HTTP is bound to.
+#[derive(Debug, PartialEq, Eq)]
+pub struct TunnelTarget {
+    pub service: ServiceName,
+    /// A per-cluster name (`<cluster>.<svc>.<ns>`) pins every request to that cluster.
+    pub pinned: Option<Arc<str>>,
+    pub port: u16,
+    /// The CONNECT's authority: the Host of requests that name none.
+    pub authority: String,
 }
 
 /// Everything the outbound request path reads.
@@ -58,6 +76,8 @@ pub struct Outbound {
     pub trusted_sources: Vec<SourceRange>,
     /// Shadow copies in flight, bounded.
     pub shadows: ShadowSlots,
+    /// Connections served inside CONNECT tunnels drain with the listeners.
+    pub drain: crate::serve::Drain,
 }
 
 /// The verdict the outbound side acts on for each cluster of `service`; explain shows the same.
@@ -101,7 +121,7 @@ impl Outbound {
             e.method = Some(req.method().to_string());
             e.path = req.uri().path_and_query().map(|p| p.as_str().to_string());
         });
-        let mut resolved = match resolve(&snap, origin, &req) {
+        let mut resolved = match resolve(&snap, &origin, &req) {
             Ok(r) => r,
             Err((status, reason)) => {
                 entry.status = status.as_u16();
@@ -111,14 +131,16 @@ impl Outbound {
                 return body::error(status, &reason);
             }
         };
+        // A VIP listener or a tunnel stands for one service and port; the proxy port for any.
+        let bound = !matches!(origin, Origin::Proxy);
+        drop(origin);
         entry.service = Some(resolved.target.import.name.clone());
         let is_connect = req.method() == Method::CONNECT;
         let ext_connect = req.extensions().get::<hyper::ext::Protocol>().is_some();
         if is_connect && !ext_connect {
-            entry.protocol = "tcp";
             // Tunnels and WebSockets are boxed: their state would otherwise size every
             // request's future, which is allocated and copied per call.
-            return Box::pin(self.proxy_connect(&snap, resolved, req, entry)).await;
+            return Box::pin(self.connect(&snap, bound, client, resolved, req, entry)).await;
         }
         // HTTP and WebSocket: what the client's headers may ask, before they are stripped.
         if let Err((status, reason)) = self.pin_by_header(&snap, &mut resolved, req.headers()) {
@@ -156,7 +178,7 @@ fn split_authority(authority: &str) -> (&str, Option<u16>) {
 
 fn resolve<B>(
     snap: &Snapshot,
-    origin: Origin,
+    origin: &Origin,
     req: &Request<B>,
 ) -> Result<Resolved, (StatusCode, String)> {
     let host_header = req
@@ -166,7 +188,7 @@ fn resolve<B>(
         .map(str::to_string);
     let uri_authority = req.uri().authority().map(|a| a.as_str().to_string());
     match origin {
-        Origin::Vip(ip, port) => {
+        &Origin::Vip(ip, port) => {
             let target = snap.vips.get(&ip).cloned().ok_or_else(|| {
                 (
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -184,6 +206,27 @@ fn resolve<B>(
                 target,
                 port,
                 authority,
+            })
+        }
+        Origin::Tunnel(bound) => {
+            let import = snap.imports.get(&bound.service).cloned().ok_or_else(|| {
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!(
+                        "{} is no longer imported: the tunnel's service is gone",
+                        bound.service
+                    ),
+                )
+            })?;
+            Ok(Resolved {
+                target: Target {
+                    import,
+                    pinned: bound.pinned.clone(),
+                },
+                port: bound.port,
+                authority: host_header
+                    .or(uri_authority)
+                    .unwrap_or_else(|| bound.authority.clone()),
             })
         }
         Origin::Proxy => {
