@@ -90,11 +90,35 @@ async fn timeouts_close_stalled_connections_and_sigterm_drains() {
 
     // Drain: a slow request in flight to west survives west's gateway being told to stop, and
     // requests during and after the drain go to south without a single failure.
-    let slow = tokio::spawn(get_via_proxy(
-        proxy,
-        "http://west.echo.demo.svc.clusterset.local:8080/slow?ms=3000",
-    ));
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // The service answers its headers at once and its body 3 s later: once the headers are
+    // here, the request is in flight at west (no guess of how long that takes).
+    let mut slow = TcpStream::connect(proxy).await.expect("connect");
+    slow.write_all(
+        b"GET http://west.echo.demo.svc.clusterset.local:8080/hold?ms=3000 HTTP/1.1\r\n\
+          Host: west.echo.demo.svc.clusterset.local:8080\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .expect("write");
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(10), slow.read(&mut buf))
+            .await
+            .expect("the held request's headers within 10 s")
+            .expect("read");
+        assert!(n > 0, "closed before the headers: {head:?}");
+        head.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    let slow = tokio::spawn(async move {
+        let (rest, closed) = read_until_close(&mut slow, Duration::from_secs(20)).await;
+        head.extend_from_slice(&rest);
+        (String::from_utf8_lossy(&head).into_owned(), closed)
+    });
     let west_gw = &mut m[1].gw;
     let term = west_gw.pid().expect("west gateway pid");
     let _ = std::process::Command::new("kill")
@@ -108,9 +132,12 @@ async fn timeouts_close_stalled_connections_and_sigterm_drains() {
         assert_eq!(code, 200, "a request failed during west's drain: {body}");
         served.push(body);
     }
-    let (code, body) = slow.await.expect("slow request");
-    assert_eq!(code, 200, "the in-flight request was cut: {body}");
-    assert!(body.contains("\"cluster\":\"west\""), "{body}");
+    let (text, closed) = slow.await.expect("held request");
+    assert!(closed.is_some(), "the held response never ended: {text}");
+    assert!(
+        text.contains("\"cluster\":\"west\",\"held_ms\":3000"),
+        "the in-flight request was cut: {text}"
+    );
     let last = served.last().expect("requests ran");
     assert!(
         last.contains("\"cluster\":\"south\""),

@@ -680,8 +680,13 @@ async fn inbound_admits_only_peer_gateways_and_listeners_enforce_limits() {
     ]);
     assert_no_http("HTTP/1.1 over TLS", &out);
     // None of the refused calls reached the backend.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let log = east.gw.access_log();
+    let log = east
+        .gw
+        .wait_access_log("the inbound line for /secret", |log| {
+            log.iter()
+                .any(|l| l["side"] == "inbound" && l["path"] == "/secret")
+        })
+        .await;
     let secret = log
         .iter()
         .find(|l| l["side"] == "inbound" && l["path"] == "/secret")
@@ -869,8 +874,16 @@ async fn inbound_admits_only_peer_gateways_and_listeners_enforce_limits() {
         true,
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let log = east.gw.access_log();
+    // The good requests' lines are there; a forwarded smuggled one would be there too.
+    let log = east
+        .gw
+        .wait_access_log("the four /keepalive lines", |log| {
+            log.iter()
+                .filter(|l| l["side"] == "outbound" && l["path"] == "/keepalive")
+                .count()
+                >= 4
+        })
+        .await;
     assert!(
         !log.iter().any(|l| l["path"] == "/smuggle"),
         "a refused request must never be forwarded: {log:?}"
@@ -886,7 +899,7 @@ async fn inbound_admits_only_peer_gateways_and_listeners_enforce_limits() {
     let out = curl(&["-i", "-x", &proxy, &format!("http://{ECHO_HOST}/after")]);
     assert_eq!(answer(&out).expect("an HTTP answer").status, 200);
 
-    upgrades_and_http2_get_the_same_protections(east, vip_addr, &many).await;
+    upgrades_and_http2_get_the_same_protections(east, &[west, south], vip_addr, &many).await;
     rapid_reset_floods_end_in_goaway(vip_addr).await;
 }
 
@@ -939,6 +952,7 @@ async fn rapid_reset_floods_end_in_goaway(vip: SocketAddr) {
 /// Two gaps found (and fixed) here, kept as regressions.
 async fn upgrades_and_http2_get_the_same_protections(
     east: &Member,
+    peers: &[&Member],
     vip: SocketAddr,
     many_headers: &Path,
 ) {
@@ -980,15 +994,41 @@ async fn upgrades_and_http2_get_the_same_protections(
         &format!("http://{vip}/h2c-many"),
     ]);
     assert_eq!(out.1, "431", "h2c with 150 headers: {out:?}");
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let log = east.gw.access_log();
-    // Refused before routing: no access-log line shows it reaching a peer.
-    for line in log.iter().filter(|l| l["path"] == "/h2c-many") {
+    // Refused before routing: it never reaches a peer. A request sent after it over h2c is
+    // waited for in a peer's log, so the refused one would be there by then if it had gone out.
+    let out = curl(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "--http2-prior-knowledge",
+        &format!("http://{vip}/h2c-after-many"),
+    ]);
+    assert_eq!(out.1, "200", "h2c after the refused request: {out:?}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let peer_lines = loop {
+        let lines: Vec<Value> = peers.iter().flat_map(|p| p.gw.access_log()).collect();
+        if lines.iter().any(|l| l["path"] == "/h2c-after-many") {
+            break lines;
+        }
         assert!(
-            line["upstream"].is_null(),
-            "150 headers over h2c must be refused by east's gateway itself, not forwarded: {line}"
+            Instant::now() < deadline,
+            "the request after the refused one never reached a peer's inbound log"
         );
-    }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        !peer_lines.iter().any(|l| l["path"] == "/h2c-many"),
+        "150 headers over h2c must be refused by east's gateway itself, not forwarded"
+    );
+    assert!(
+        !east
+            .gw
+            .access_log()
+            .iter()
+            .any(|l| l["path"] == "/h2c-many" && !l["upstream"].is_null()),
+        "east's access log shows the refused request sent upstream"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

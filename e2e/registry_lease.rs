@@ -141,8 +141,16 @@ async fn vm_registration_lease() {
         healthy(c, "shop/vm", "east").unwrap_or(0) == 0
     })
     .await;
-    eprintln!(
-        "lease expiry observed at west after {:?}",
-        stopped.elapsed()
+    let expired_after = stopped.elapsed();
+    eprintln!("lease expiry observed at west after {expired_after:?}");
+    // The last heartbeat was at most 500 ms before the stop, so the 2 s lease cannot end sooner
+    // than 1.5 s after it; it must end, and reach the peer, well within a few seconds more.
+    assert!(
+        expired_after >= Duration::from_millis(1_200),
+        "the endpoint went before its lease could have expired: {expired_after:?}"
+    );
+    assert!(
+        expired_after <= Duration::from_secs(8),
+        "lease expiry took {expired_after:?} to reach west (2 s lease)"
     );
 }

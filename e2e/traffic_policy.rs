@@ -172,6 +172,38 @@ async fn split_follows_weights_and_health_header_routing_where_allowed_and_expla
         south < 20,
         "x-isthmus-cluster was honoured without a policy allowing it"
     );
+    // A cluster that serves nothing: honoured it would be a 503 naming the serving clusters;
+    // ignored, every call is served.
+    for _ in 0..5 {
+        let (status, _, body) = curl_full(
+            &proxy,
+            &["-H", "x-isthmus-cluster: nowhere"],
+            "http://echo.demo.svc.clusterset.local:8080/",
+        );
+        assert_eq!(
+            status, 200,
+            "x-isthmus-cluster: nowhere was not ignored: {body}"
+        );
+    }
+    let ignored = m[0]
+        .gw
+        .metric(
+            "isthmus_gateway_cluster_header",
+            &["service=\"echo.demo\"", "honoured=\"false\""],
+        )
+        .await;
+    let honoured = m[0]
+        .gw
+        .metric(
+            "isthmus_gateway_cluster_header",
+            &["service=\"echo.demo\"", "honoured=\"true\""],
+        )
+        .await;
+    assert_eq!(
+        (ignored, honoured),
+        (25.0, 0.0),
+        "every header counted as ignored"
+    );
 
     m[0].fed.write_catalog(&east_catalog(
         "  canary: {services: [demo/echo], split: {weights: {west: 95, south: 5}, cluster_header: true}}\n",

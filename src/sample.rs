@@ -2,7 +2,8 @@
 //! - HTTP (HTTP/1.1 and h2c): `GET /` answers JSON naming the cluster and what the caller's
 //!   gateway told it (caller identity, source cluster, any `isthmus-*` header names); `POST
 //!   /echo` streams the body back; `GET /bytes?n=N` streams N bytes; `GET /slow?ms=N` answers
-//!   after N ms; `GET /ws` is a WebSocket echo, and `GET /ws/identity` one whose first message
+//!   after N ms; `GET /hold?ms=N` sends its headers at once and its body after N ms (a request
+//!   a test can see in flight); `GET /ws` is a WebSocket echo, and `GET /ws/identity` one whose first message
 //!   is that JSON for its handshake.
 //! - gRPC `isthmus.demo.Echo` (h2c): `Say` (unary), `Count` (server streaming), `Chat` (bidi).
 //!   Messages are `{ string text = 1; }`.
@@ -123,6 +124,22 @@ async fn handle(cluster: Arc<str>, req: Request<Incoming>) -> Response<Body> {
         "/ws/identity" => {
             let seen = identity(&cluster, &req).to_string();
             websocket(req, Some(seen))
+        }
+        "/hold" => {
+            // Headers now, the body after `ms`: the caller sees the request reach the service.
+            let ms: u64 = req
+                .uri()
+                .query()
+                .and_then(|q| q.strip_prefix("ms="))
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(1000);
+            let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(1);
+            let body = format!("{{\"cluster\":\"{cluster}\",\"held_ms\":{ms}}}\n");
+            tokio::spawn(async move {
+                tokio::time::sleep(std::time::Duration::from_millis(ms.min(60_000))).await;
+                let _ = tx.send(Ok(Frame::data(Bytes::from(body)))).await;
+            });
+            Response::new(StreamBody::new(tokio_stream_from(rx)).boxed_unsync())
         }
         "/slow" => {
             // Answers after `ms` milliseconds: an in-flight request for drain tests.

@@ -212,20 +212,22 @@ async fn foreign_connects_are_refused(east: &Member, echo_vip: IpAddr) {
     let head = connect_on(&mut s, "tcp-echo.demo.svc.clusterset.local:9000").await;
     assert!(head.starts_with("HTTP/1.1 403"), "a CONNECT inside: {head}");
     // Every refusal has its access-log line with the reason.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let log = east.gw.access_log();
-    let refused: Vec<&Value> = log
-        .iter()
-        .filter(|l| {
-            l["side"] == "outbound"
-                && l["method"] == "CONNECT"
-                && l["status"] == 403
-                && l["reason"]
-                    .as_str()
-                    .is_some_and(|r| r.contains("serves echo.demo:8080 only"))
+    let is_refusal = |l: &Value| {
+        l["side"] == "outbound"
+            && l["method"] == "CONNECT"
+            && l["status"] == 403
+            && l["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("serves echo.demo:8080 only"))
+    };
+    let log = east
+        .gw
+        .wait_access_log("six refused CONNECT lines", |log| {
+            log.iter().filter(|l| is_refusal(l)).count() >= 6
         })
-        .collect();
-    assert_eq!(refused.len(), 6, "one line per refused CONNECT: {log:?}");
+        .await;
+    let refused = log.iter().filter(|l| is_refusal(l)).count();
+    assert_eq!(refused, 6, "one line per refused CONNECT: {log:?}");
     assert!(
         !log.iter().any(|l| l["side"] == "outbound"
             && l["service"] == "tcp-echo.demo"

@@ -160,6 +160,22 @@ impl Gateway {
             .collect()
     }
 
+    /// Waits (up to 10 s) until the access log holds what `done` looks for; returns the log.
+    /// Lines are written when an exchange ends, through a queue: wait for them, never sleep.
+    pub async fn wait_access_log(&self, what: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = self.access_log();
+            if done(&log) {
+                return log;
+            }
+            if tokio::time::Instant::now() > deadline {
+                self.fail(&format!("access log: {what} within 10 s; it holds {log:?}"));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub fn log_tail(&self, n: usize) -> String {
         let log = std::fs::read_to_string(&self.log_path).unwrap_or_default();
         let lines: Vec<&str> = log.lines().collect();
