@@ -83,6 +83,11 @@ async fn a_local_edit_past_the_vip_range_is_refused_whole_and_restart_works() {
     east.write_catalog(&catalog(&exports(4), IMPORT_ALL));
     west.wait_catalog("west imports shop/s3", |c| has_route(c, "shop/s3"))
         .await;
+    let status = east.admin("status", Value::Null).await;
+    assert!(
+        status["catalog_apply"]["last_refused"].is_null(),
+        "the refusal outlived the edit that replaced it: {status}"
+    );
 
     // Restarted with an over-large catalog on disk: starts degraded, serves what fits, says why.
     east.sigterm().await;

@@ -31,7 +31,8 @@ pub struct ApplyStatus {
     /// Failed attempts at the pending change.
     pub attempts: u64,
     pub last_error: Option<String>,
-    /// The last edit refused whole (the catalog applied before it stays), and when.
+    /// The edit on disk, when it was refused whole (the catalog applied before it stays), and
+    /// since when.
     pub last_refused: Option<String>,
     pub last_refused_at_ms: Option<i64>,
 }
@@ -83,6 +84,12 @@ pub async fn follow_sources(
                 status.pending_since_ms = None;
                 status.attempts = 0;
                 status.last_error = None;
+                if refusal.is_none() {
+                    // The file on disk is applied: an earlier refusal is behind us.
+                    status.last_refused = None;
+                    status.last_refused_at_ms = None;
+                    refused = None;
+                }
                 if let Some(e) = refusal {
                     // Once per refused edit, even when a retry meets it again.
                     if !refused.as_ref().is_some_and(|r| Arc::ptr_eq(r, &next)) {
