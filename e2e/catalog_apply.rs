@@ -1,7 +1,7 @@
 //! Scenario (etcd): a catalog edit made while the store is down is not lost. The federation
 //! retries the apply with backoff, shows it pending in `isthmus status` and in
 //! `isthmus_federation_catalog_apply_pending`, and once etcd is back the edit reaches the peer
-//! without any further edit.
+//! without any further edit; an import-rules edit likewise takes effect once etcd is back.
 
 use std::time::Duration;
 
@@ -82,6 +82,25 @@ async fn an_edit_made_while_etcd_is_down_is_applied_once_it_is_back() {
             status["catalog_apply"]["pending_since_ms"].is_null() && pending == 0.0,
             format!("{} pending={pending}", status["catalog_apply"]),
         )
+    })
+    .await;
+
+    // The same for an import-rules edit (every route is recomputed): west stops importing shop
+    // while etcd is down; once it is back, shop's routes go without another edit.
+    etcd.kill();
+    west.write_catalog("exports: []\nimports:\n  - peer: east\n    namespaces: [other]\n");
+    west.wait_until("west shows the rules edit pending", CONVERGE, || async {
+        let status = west.admin("status", Value::Null).await;
+        let apply = &status["catalog_apply"];
+        (
+            apply["attempts"].as_u64().is_some_and(|n| n >= 2),
+            apply.to_string(),
+        )
+    })
+    .await;
+    etcd.restart().await;
+    west.wait_catalog("west drops shop after etcd is back", |c| {
+        !has_route(c, "shop/a") && !has_route(c, "shop/b")
     })
     .await;
 }
