@@ -60,6 +60,12 @@ async fn a_local_edit_past_the_vip_range_is_refused_whole_and_restart_works() {
         },
     )
     .await;
+    assert_eq!(
+        east.metric("isthmus_federation_catalog_reload_failures", &[])
+            .await,
+        1.0,
+        "a refused edit counts like a malformed one"
+    );
     let status = east.admin("status", Value::Null).await;
     let refused = status["catalog_apply"]["last_refused"]
         .as_str()

@@ -97,7 +97,8 @@ impl Metrics {
         );
         r.register(
             "catalog_reload_failures",
-            "Catalog file edits refused as malformed (the last good catalog stays in force)",
+            "Catalog file edits refused, as malformed or for needing more VIPs than are free (the \
+             last good catalog stays in force)",
             self.catalog_reload_failures.clone(),
         );
         r.register(

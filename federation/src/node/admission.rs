@@ -14,7 +14,7 @@ use crate::catalog::CatalogFile;
 use crate::mesh::{ExportMap, LocalSide, PeerSide, merge_key};
 use crate::model::{ClusterName, Endpoint, ImportRule, ServiceKey, import_allowed};
 use crate::node::state::{MeshState, StateError, peer_sides, vip_names};
-use crate::vip::VipDemand;
+use crate::vip::{VipDemand, VipError};
 
 /// VIP names one imported service of a peer counts against the peer's quota: its per-cluster
 /// name `<cluster>.<svc>.<ns>` and its clusterset name `<svc>.<ns>` (counted even when another
@@ -142,19 +142,17 @@ impl MeshState {
         stale: &BTreeSet<ClusterName>,
         now_ms: i64,
     ) -> Result<(), StateError> {
+        // The common case costs one pass; a batch that runs out of addresses is rolled back
+        // (earlier batches stay installed, and so need nothing more below).
+        let why = match self.recompute(None, stale, now_ms).await {
+            Ok(_) => return Ok(()),
+            Err(StateError::Vip(e @ VipError::Exhausted { .. })) => e,
+            Err(e) => return Err(e),
+        };
         let mut all: BTreeSet<ServiceKey> = self.local.exports.keys().cloned().collect();
         for p in self.peers.values() {
             all.extend(p.catalog.services.keys().cloned());
         }
-        let rules = self.file.clone();
-        let why = match self.check_vips(&all, None, &rules.imports, now_ms) {
-            Ok(()) => {
-                self.recompute(None, stale, now_ms).await?;
-                return Ok(());
-            }
-            Err(StateError::NoRoom(e)) => e,
-            Err(e) => return Err(e),
-        };
         let (fit, left) = self.split_fitting(all, now_ms);
         self.unaddressed = left;
         self.degraded = Some(format!(

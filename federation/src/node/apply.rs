@@ -57,6 +57,7 @@ pub async fn follow_sources(
     let mut backoff = RETRY_MIN;
     let mut retry_at: Option<tokio::time::Instant> = None;
     let mut refused: Option<Arc<CatalogFile>> = None;
+    let mut refused_edits: u64 = 0;
     loop {
         let wake = retry_at.unwrap_or_else(tokio::time::Instant::now);
         tokio::select! {
@@ -65,12 +66,7 @@ pub async fn follow_sources(
             _ = tokio::time::sleep_until(wake), if retry_at.is_some() => {}
             _ = stop.changed() => return,
         }
-        if let Some(s) = &stats {
-            let failures = s.reload_failures.load(Ordering::Relaxed);
-            node.metrics
-                .catalog_reload_failures
-                .set(i64::try_from(failures).unwrap_or(i64::MAX));
-        }
+
         let next = file.borrow_and_update().clone();
         let reg = registered.borrow_and_update().clone();
         match apply_sources(&node, next.clone(), reg, &mut unrouted).await {
@@ -107,10 +103,12 @@ pub async fn follow_sources(
                         status.last_refused = Some(e.to_string());
                         status.last_refused_at_ms = Some(now_ms());
                         refused = Some(next);
+                        refused_edits += 1;
                     }
                 }
             }
             Err(e) => {
+                retry_at = Some(tokio::time::Instant::now() + backoff);
                 node.metrics.catalog_apply_failures.inc();
                 node.metrics.catalog_apply_pending.set(1);
                 let mut status = node.apply_status();
@@ -119,10 +117,16 @@ pub async fn follow_sources(
                 status.last_error = Some(e.to_string());
                 tracing::error!(error = %e, attempts = status.attempts, retry_in_ms = backoff.as_millis() as u64,
                     "applying a catalog change failed; retrying");
-                retry_at = Some(tokio::time::Instant::now() + backoff);
                 backoff = (backoff * 2).min(RETRY_MAX);
             }
         }
+        // Malformed edits (the file source) and edits refused for what they need, alike.
+        let malformed = stats
+            .as_ref()
+            .map_or(0, |s| s.reload_failures.load(Ordering::Relaxed));
+        node.metrics
+            .catalog_reload_failures
+            .set(i64::try_from(malformed + refused_edits).unwrap_or(i64::MAX));
     }
 }
 
