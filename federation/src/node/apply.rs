@@ -80,43 +80,25 @@ pub async fn follow_sources(
                 status.pending_since_ms = None;
                 status.attempts = 0;
                 status.last_error = None;
-                if refusal.is_none() {
+                match refusal {
                     // The file on disk is applied: an earlier refusal is behind us.
-                    status.last_refused = None;
-                    status.last_refused_at_ms = None;
-                    refused = None;
-                }
-                if let Some(e) = refusal {
+                    None => {
+                        status.last_refused = None;
+                        status.last_refused_at_ms = None;
+                        refused = None;
+                    }
                     // Once per refused edit, even when a retry meets it again.
-                    if !refused.as_ref().is_some_and(|r| Arc::ptr_eq(r, &next)) {
-                        tracing::warn!(error = %e, "catalog edit refused whole; the catalog applied before it stays");
-                        let reason = match e {
-                            StateError::OverQuota { .. } => "peer_vip_quota",
-                            _ => "vips_exhausted",
-                        };
-                        node.metrics
-                            .catalog_edits_refused
-                            .get_or_create(&crate::metrics::ReasonLabels {
-                                reason: reason.into(),
-                            })
-                            .inc();
-                        status.last_refused = Some(e.to_string());
-                        status.last_refused_at_ms = Some(now_ms());
+                    Some(e) if !refused.as_ref().is_some_and(|r| Arc::ptr_eq(r, &next)) => {
+                        note_refusal(&node, &mut status, &e);
                         refused = Some(next);
                         refused_edits += 1;
                     }
+                    Some(_) => {}
                 }
             }
             Err(e) => {
                 retry_at = Some(tokio::time::Instant::now() + backoff);
-                node.metrics.catalog_apply_failures.inc();
-                node.metrics.catalog_apply_pending.set(1);
-                let mut status = node.apply_status();
-                status.pending_since_ms.get_or_insert_with(now_ms);
-                status.attempts += 1;
-                status.last_error = Some(e.to_string());
-                tracing::error!(error = %e, attempts = status.attempts, retry_in_ms = backoff.as_millis() as u64,
-                    "applying a catalog change failed; retrying");
+                note_failure(&node, &e, backoff);
                 backoff = (backoff * 2).min(RETRY_MAX);
             }
         }
@@ -128,6 +110,35 @@ pub async fn follow_sources(
             .catalog_reload_failures
             .set(i64::try_from(malformed + refused_edits).unwrap_or(i64::MAX));
     }
+}
+
+/// Logs, counts and shows an edit refused whole.
+fn note_refusal(node: &Node, status: &mut ApplyStatus, e: &StateError) {
+    tracing::warn!(error = %e, "catalog edit refused whole; the catalog applied before it stays");
+    let reason = match e {
+        StateError::OverQuota { .. } => "peer_vip_quota",
+        _ => "vips_exhausted",
+    };
+    node.metrics
+        .catalog_edits_refused
+        .get_or_create(&crate::metrics::ReasonLabels {
+            reason: reason.into(),
+        })
+        .inc();
+    status.last_refused = Some(e.to_string());
+    status.last_refused_at_ms = Some(now_ms());
+}
+
+/// Logs, counts and shows a failed attempt, retried after `retry_in`.
+fn note_failure(node: &Node, e: &StateError, retry_in: Duration) {
+    node.metrics.catalog_apply_failures.inc();
+    node.metrics.catalog_apply_pending.set(1);
+    let mut status = node.apply_status();
+    status.pending_since_ms.get_or_insert_with(now_ms);
+    status.attempts += 1;
+    status.last_error = Some(e.to_string());
+    tracing::error!(error = %e, attempts = status.attempts, retry_in_ms = retry_in.as_millis() as u64,
+        "applying a catalog change failed; retrying");
 }
 
 /// One attempt: admits the edit (or keeps the catalog applied before it), stores and sends the
