@@ -356,3 +356,42 @@ async fn stored_state_that_does_not_fit_starts_degraded() {
     assert!(s.degraded.is_none());
     assert_eq!(s.routes.len(), 3);
 }
+
+#[tokio::test]
+async fn an_import_rule_that_would_put_a_peer_past_its_quota_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = store(&dir).await;
+    let mut s = state(&store, "127.77.0.0/26", 4, &["west"]).await;
+    let none = BTreeSet::new();
+    // Importing only `other`: west's three shop services count nothing against its quota.
+    s.file = Arc::new(
+        parse_catalog("exports: []\nimports:\n  - peer: west\n    namespaces: [other]\n")
+            .expect("catalog"),
+    );
+    let west = name("west");
+    s.receive_peer_update(
+        &store,
+        &west,
+        update(1, true, &["shop/a", "shop/b", "shop/c"], &[]),
+        &none,
+        1,
+    )
+    .await
+    .expect("nothing of it is imported");
+    assert!(s.routes.is_empty());
+    // Importing everything would make them six names.
+    let err = s
+        .admit_file(&catalog(&[]), &BTreeMap::new(), 2)
+        .expect_err("past west's quota");
+    assert!(
+        matches!(
+            err,
+            StateError::OverQuota {
+                names: 6,
+                quota: 4,
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
