@@ -8,6 +8,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod catalog_apply;
 mod catalog_sync;
 mod crash_recovery;
 mod dns;
@@ -21,3 +22,4 @@ mod hostile_peers;
 mod registry_lease;
 mod root_rotation;
 mod traffic_policy;
+mod vip_exhaustion;

@@ -74,7 +74,7 @@ async fn start(exe: &Path, root: &Path, i: usize, services: usize) -> anyhow::Re
     let cfg = json!({
         "cluster": name, "region": "r1", "data_dir": dir,
         "listen": { "peering": { "bind": "127.0.0.1:0" }, "api": { "bind": "127.0.0.1:0" }, "admin": "127.0.0.1:0" },
-        "vips": { "ipv4": "127.64.0.0/14" },
+        "vips": { "ipv4": "127.64.0.0/14", "max_per_peer": 262_142 },
         "catalog": { "file": catalog_path, "poll_interval": "20ms" },
         "ca": { "kek_file": dir.join("kek") },
     });

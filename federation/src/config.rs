@@ -126,6 +126,12 @@ pub struct VipConfig {
     /// How long a released address stays held for its old name.
     #[serde(default = "default_quarantine", with = "crate::duration")]
     pub quarantine: Duration,
+    /// VIP names one peer's services may hold here (each imported service takes two: its
+    /// `<cluster>.<svc>.<ns>` and its `<svc>.<ns>` name). An update that would take more is
+    /// refused whole, so one peer cannot exhaust the range for the others. Default: half the
+    /// smallest configured range.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_per_peer: Option<u64>,
 }
 
 fn default_quarantine() -> Duration {
@@ -381,6 +387,28 @@ impl FederationConfig {
         ))
     }
 
+    /// VIP names one peer may hold: `vips.max_per_peer`, else half the smallest range.
+    pub fn vip_quota(&self) -> Result<u64, ConfigError> {
+        let (v4, v6) = self.vip_ranges()?;
+        let smallest = [v4, v6]
+            .into_iter()
+            .flatten()
+            .map(|c| c.capacity())
+            .min()
+            .unwrap_or(0);
+        let quota = self.vips.max_per_peer.unwrap_or(smallest / 2);
+        if quota < 2 || quota > smallest {
+            return Err(ConfigError::Invalid {
+                field: "vips.max_per_peer".into(),
+                reason: format!(
+                    "{quota} is not between 2 (one service) and {smallest} (the smallest range's \
+                     addresses): widen the range or pick a quota inside it"
+                ),
+            });
+        }
+        Ok(quota)
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |field: &str, reason: String| ConfigError::Invalid {
             field: field.into(),
@@ -399,6 +427,7 @@ impl FederationConfig {
         if v6.is_some_and(|c| !c.to_string().contains(':')) {
             return Err(invalid("vips.ipv6", "must be an IPv6 range".into()));
         }
+        self.vip_quota()?;
         self.listen.peering.check("listen.peering")?;
         self.listen.api.check("listen.api")?;
         if self.ca.leaf_lifetime < Duration::from_secs(1) {
@@ -846,6 +875,7 @@ vips: {ipv4: 127.77.0.0/24}
             PathBuf::from("/tmp/isthmus-east/admin.sock")
         );
         assert!(matches!(cfg.store_config(), StoreConfig::Embedded { .. }));
+        assert_eq!(cfg.vip_quota().expect("quota"), 127, "half the /24");
     }
 
     #[test]
@@ -861,6 +891,14 @@ vips: {ipv4: 127.77.0.0/24}
                 "vips",
             ),
             (GOOD.replace("127.77.0.0/24", "127.77.0.1/24"), "vips.ipv4"),
+            (
+                GOOD.replace("0.0/24}", "0.0/24, max_per_peer: 1}"),
+                "vips.max_per_peer",
+            ),
+            (
+                GOOD.replace("0.0/24}", "0.0/24, max_per_peer: 255}"),
+                "vips.max_per_peer",
+            ),
             (
                 GOOD.replace("{bind: 127.0.0.1:15443}", "{bind: 0.0.0.0:15443}"),
                 "advertise",

@@ -28,7 +28,8 @@ pub struct Metrics {
     pub peers_connected: Gauge,
     pub imported_services: Gauge,
     pub exported_services: Gauge,
-    /// Catalog updates received from peers, by result (acked, nacked_invalid, nacked_store).
+    /// Catalog updates received from peers, by result (acked, nacked_invalid, nacked_exhausted,
+    /// nacked_store).
     pub peer_updates: Family<PeerResultLabels, Counter>,
     /// Updates sent to peers.
     pub peer_updates_sent: Family<PeerLabels, Counter>,
@@ -38,6 +39,16 @@ pub struct Metrics {
     pub certificates_issued: Family<ReasonLabels, Counter>,
     pub catalog_reload_failures: Gauge,
     pub gateways_subscribed: Gauge,
+    /// Updates refused because the peer's services would exceed its VIP quota, by peer.
+    pub peer_vip_quota_refusals: Family<PeerLabels, Counter>,
+    /// 1 while a catalog change could not be applied (store failing) and is being retried.
+    pub catalog_apply_pending: Gauge,
+    /// Failed attempts at applying a catalog change (each is retried with backoff).
+    pub catalog_apply_failures: Counter,
+    /// Catalog edits refused whole because of what they need (VIPs, a peer's quota), by reason.
+    pub catalog_edits_refused: Family<ReasonLabels, Counter>,
+    /// Routes not served because they could not get VIPs when the state was loaded at start.
+    pub routes_unaddressed: Gauge,
 }
 
 impl Metrics {
@@ -86,8 +97,38 @@ impl Metrics {
         );
         r.register(
             "catalog_reload_failures",
-            "Catalog file edits refused as malformed (the last good catalog stays in force)",
+            "Catalog file edits refused, as malformed or for needing more VIPs than are free (the \
+             last good catalog stays in force)",
             self.catalog_reload_failures.clone(),
+        );
+        r.register(
+            "peer_vip_quota_refusals",
+            "Peer updates refused whole because the peer's services would exceed its VIP quota \
+             (vips.max_per_peer)",
+            self.peer_vip_quota_refusals.clone(),
+        );
+        r.register(
+            "catalog_apply_pending",
+            "1 while a catalog change is not applied yet because the store failed; it is retried \
+             with backoff (see isthmus status)",
+            self.catalog_apply_pending.clone(),
+        );
+        r.register(
+            "catalog_apply_failures",
+            "Failed attempts at applying a catalog change to the store (each is retried)",
+            self.catalog_apply_failures.clone(),
+        );
+        r.register(
+            "catalog_edits_refused",
+            "Catalog edits refused whole for what they need (the last applied catalog stays), \
+             by reason",
+            self.catalog_edits_refused.clone(),
+        );
+        r.register(
+            "routes_unaddressed",
+            "Routes not served because they could not get VIPs when the stored state was loaded \
+             (degraded start; see isthmus status)",
+            self.routes_unaddressed.clone(),
         );
         r.register(
             "gateways_subscribed",
@@ -102,6 +143,12 @@ impl Metrics {
                 peer: peer.into(),
                 result: result.into(),
             })
+            .inc();
+    }
+
+    pub fn quota_refused(&self, peer: &str) {
+        self.peer_vip_quota_refusals
+            .get_or_create(&PeerLabels { peer: peer.into() })
             .inc();
     }
 

@@ -129,6 +129,18 @@ pub enum VipError {
         range: String,
         capacity: u64,
     },
+    #[error(
+        "{needed} more {family} VIPs are needed but the range {range} has {free} free \
+         ({capacity} addresses; released ones are held for the quarantine): configure a larger \
+         range, or export or import fewer services"
+    )]
+    Insufficient {
+        family: &'static str,
+        range: String,
+        capacity: u64,
+        needed: u64,
+        free: u64,
+    },
     #[error("no VIP range configured: set vips.ipv4 and/or vips.ipv6")]
     NoRange,
     #[error("stored VIP assignment for {name} is unreadable: {detail}")]
@@ -142,6 +154,52 @@ pub enum VipError {
 struct Family {
     cidr: Cidr,
     next: u64,
+    /// Addresses of this range held by some name. Every address below `next` is held (an address
+    /// is only ever freed by a reclaim that hands it on at once), so the never-used addresses
+    /// left are `capacity - held`.
+    held: u64,
+}
+
+impl Family {
+    fn new(cidr: Cidr) -> Self {
+        Family {
+            cidr,
+            next: 0,
+            held: 0,
+        }
+    }
+
+    fn contains(&self, addr: &IpAddr) -> bool {
+        let bits = |a: &IpAddr| match a {
+            IpAddr::V4(a) => u128::from(u32::from(*a)),
+            IpAddr::V6(a) => u128::from(*a),
+        };
+        if addr.is_ipv4() != self.cidr.base.is_ipv4() {
+            return false;
+        }
+        let host_bits = self.cidr.host_bits();
+        bits(addr) >> host_bits == bits(&self.cidr.base) >> host_bits
+    }
+}
+
+/// Addresses per family: what a change would take (names that must become active and hold no
+/// address of that family yet), or what is free.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VipDemand {
+    pub v4: u64,
+    pub v6: u64,
+}
+
+impl VipDemand {
+    pub fn add(&mut self, other: VipDemand) {
+        self.v4 = self.v4.saturating_add(other.v4);
+        self.v6 = self.v6.saturating_add(other.v6);
+    }
+
+    /// Whether this demand fits in `free`.
+    pub fn within(&self, free: &VipDemand) -> bool {
+        self.v4 <= free.v4 && self.v6 <= free.v6
+    }
 }
 
 /// The pure allocator: which name holds which address.
@@ -178,8 +236,8 @@ impl VipPool {
             ));
         }
         Ok(Self {
-            v4: v4.map(|cidr| Family { cidr, next: 0 }),
-            v6: v6.map(|cidr| Family { cidr, next: 0 }),
+            v4: v4.map(Family::new),
+            v6: v6.map(Family::new),
             quarantine,
             names: HashMap::new(),
             owners: HashSet::new(),
@@ -191,8 +249,115 @@ impl VipPool {
     /// Loads persisted assignments (addresses outside the configured ranges are kept: they are
     /// still promised to their names).
     pub fn restore(&mut self, name: String, assignment: VipAssignment) {
-        self.owners.extend(assignment.addrs());
+        for addr in assignment.addrs() {
+            self.own(addr);
+        }
         self.names.insert(name.into_boxed_str(), assignment);
+    }
+
+    /// Marks `addr` held (keeping the per-range counts).
+    fn own(&mut self, addr: IpAddr) {
+        if self.owners.insert(addr) {
+            for f in [self.v4.as_mut(), self.v6.as_mut()].into_iter().flatten() {
+                if f.contains(&addr) {
+                    f.held += 1;
+                }
+            }
+        }
+    }
+
+    /// Marks `addr` free (keeping the per-range counts).
+    fn disown(&mut self, addr: &IpAddr) {
+        if self.owners.remove(addr) {
+            for f in [self.v4.as_mut(), self.v6.as_mut()].into_iter().flatten() {
+                if f.contains(addr) {
+                    f.held = f.held.saturating_sub(1);
+                }
+            }
+        }
+    }
+
+    /// What making `names` active would take: per family, the names without an address of it.
+    pub fn demand<'a>(&self, names: impl IntoIterator<Item = &'a str>) -> VipDemand {
+        let mut d = VipDemand::default();
+        for name in names {
+            let a = self.names.get(name);
+            if self.v4.is_some() && a.is_none_or(|a| a.v4.is_none()) {
+                d.v4 += 1;
+            }
+            if self.v6.is_some() && a.is_none_or(|a| a.v6.is_none()) {
+                d.v6 += 1;
+            }
+        }
+        d
+    }
+
+    /// Whether `demand` can be met at `now_ms` without taking an address from an active name or
+    /// from a released one still in quarantine. `wanted` tells the names the change makes active:
+    /// their held addresses are not counted as free (they get them back). Conservative: addresses
+    /// the same change releases are not counted either.
+    pub fn check_fits(
+        &self,
+        demand: VipDemand,
+        now_ms: i64,
+        wanted: impl Fn(&str) -> bool,
+    ) -> Result<(), VipError> {
+        for (v4, needed) in [(true, demand.v4), (false, demand.v6)] {
+            let family = if v4 { &self.v4 } else { &self.v6 };
+            let Some(family) = family else { continue };
+            let capacity = family.cidr.capacity();
+            let mut free = capacity.saturating_sub(family.held);
+            if free < needed {
+                // Only when the never-used addresses do not suffice: this walks every name.
+                free += self.reclaimable(v4, now_ms, &wanted);
+            }
+            if free < needed {
+                return Err(VipError::Insufficient {
+                    family: if v4 { "IPv4" } else { "IPv6" },
+                    range: family.cidr.to_string(),
+                    capacity,
+                    needed,
+                    free,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Addresses free for new names at `now_ms`, per family (`u64::MAX` for a family that is not
+    /// configured, which nothing needs): never-used ones and released ones out of quarantine.
+    pub fn free(&self, now_ms: i64) -> VipDemand {
+        let of = |v4: bool| {
+            let family = if v4 { &self.v4 } else { &self.v6 };
+            match family {
+                None => u64::MAX,
+                Some(f) => {
+                    f.cidr.capacity().saturating_sub(f.held)
+                        + self.reclaimable(v4, now_ms, &|_: &str| false)
+                }
+            }
+        };
+        VipDemand {
+            v4: of(true),
+            v6: of(false),
+        }
+    }
+
+    /// Released addresses of one family whose quarantine is over at `now_ms` (not counting those
+    /// of names in `wanted`).
+    fn reclaimable(&self, v4: bool, now_ms: i64, wanted: &impl Fn(&str) -> bool) -> u64 {
+        let quarantine_ms = i64::try_from(self.quarantine.as_millis()).unwrap_or(i64::MAX);
+        let n = self
+            .names
+            .iter()
+            .filter(|(name, a)| {
+                a.released_at_ms
+                    .is_some_and(|r| now_ms.saturating_sub(r) >= quarantine_ms)
+                    && if v4 { a.v4.is_some() } else { a.v6.is_some() }
+                    && !wanted(name)
+            })
+            .count();
+        n as u64
     }
 
     /// Starts recording changes so that [`VipPool::rollback`] can undo them.
@@ -221,14 +386,25 @@ impl VipPool {
     /// Undoes everything since [`VipPool::begin`].
     fn rollback(&mut self) {
         let Some(j) = self.journal.take() else { return };
-        for (name, previous) in j.names.into_iter().rev() {
+        // Each name's value before its first change. Every current value goes before any
+        // previous one comes back: two journaled names may have passed one address between
+        // them (a reclaim), and it must end up held by its first owner.
+        let mut previous: HashMap<String, Option<VipAssignment>> = HashMap::new();
+        for (name, prev) in j.names {
+            previous.entry(name).or_insert(prev);
+        }
+        for name in previous.keys() {
             if let Some(current) = self.names.remove(name.as_str()) {
                 for addr in current.addrs() {
-                    self.owners.remove(&addr);
+                    self.disown(&addr);
                 }
             }
-            if let Some(prev) = previous {
-                self.owners.extend(prev.addrs());
+        }
+        for (name, prev) in previous {
+            if let Some(prev) = prev {
+                for addr in prev.addrs() {
+                    self.own(addr);
+                }
                 self.names.insert(name.into_boxed_str(), prev);
             }
         }
@@ -248,6 +424,13 @@ impl VipPool {
 
     pub fn get(&self, name: &str) -> Option<&VipAssignment> {
         self.names.get(name).filter(|a| a.released_at_ms.is_none())
+    }
+
+    /// Whether `name` holds addresses while it does not exist (released, in quarantine).
+    pub fn is_released(&self, name: &str) -> bool {
+        self.names
+            .get(name)
+            .is_some_and(|a| a.released_at_ms.is_some())
     }
 
     pub fn len(&self) -> usize {
@@ -290,7 +473,9 @@ impl VipPool {
             };
             a.v6 = Some(v6);
         }
-        self.owners.extend(a.addrs());
+        for addr in a.addrs() {
+            self.own(addr);
+        }
         match self.names.get_mut(name) {
             Some(slot) => *slot = a.clone(),
             None => {
@@ -363,6 +548,8 @@ impl VipPool {
                 capacity,
             });
         };
+        // Journaled like any other change of a name: a rollback gives the address back.
+        self.note(&old_name);
         if let Some(old) = self.names.get_mut(old_name.as_str()) {
             if v4 {
                 old.v4 = None
@@ -374,7 +561,7 @@ impl VipPool {
                 self.reclaimed.push(old_name);
             }
         }
-        self.owners.remove(&addr);
+        self.disown(&addr);
         Ok(Some(addr))
     }
 }
@@ -611,6 +798,55 @@ mod tests {
         );
         assert_eq!(before, after);
         assert!(p.get("g").is_none());
+    }
+
+    #[test]
+    fn fits_counts_never_used_and_reclaimable_addresses() {
+        let mut p = pool("127.77.0.0/29", 60); // six addresses
+        for n in ["a", "b", "c", "d"] {
+            p.assign(n, 0).expect("assign");
+        }
+        let two = VipDemand { v4: 2, v6: 0 };
+        let three = VipDemand { v4: 3, v6: 0 };
+        assert!(p.check_fits(two, 0, |_| false).is_ok());
+        assert!(matches!(
+            p.check_fits(three, 0, |_| false),
+            Err(VipError::Insufficient {
+                needed: 3,
+                free: 2,
+                capacity: 6,
+                ..
+            })
+        ));
+        // A released address counts once its quarantine is over, unless its name comes back.
+        p.release("a", 1_000);
+        assert!(p.check_fits(three, 30_000, |_| false).is_err());
+        assert!(p.check_fits(three, 61_000, |_| false).is_ok());
+        assert!(p.check_fits(three, 61_000, |n| n == "a").is_err());
+        assert_eq!(
+            p.free(61_000),
+            VipDemand {
+                v4: 3,
+                v6: u64::MAX
+            }
+        );
+        // A released name holding its address needs none; a new one does.
+        assert_eq!(p.demand(["a", "b", "new"]), VipDemand { v4: 1, v6: 0 });
+        // Restored assignments count as held (after a restart the cursor is back at 0).
+        let mut q = pool("127.77.0.0/29", 60);
+        for (n, a) in &p.names {
+            q.restore(n.to_string(), a.clone());
+        }
+        assert_eq!(q.free(61_000), p.free(61_000));
+        // A rollback gives back exactly what the change took.
+        let before = p.free(61_000);
+        p.begin();
+        p.assign("e", 61_000).expect("e");
+        p.assign("f", 61_000).expect("f");
+        p.assign("g", 61_000).expect("g reclaims a's address");
+        assert_eq!(p.free(61_000).v4, 0);
+        p.rollback();
+        assert_eq!(p.free(61_000), before);
     }
 
     #[test]

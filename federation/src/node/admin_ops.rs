@@ -341,6 +341,11 @@ async fn ca_status(node: &Node) -> Value {
 
 async fn status(node: &Node, bound: &Bound) -> Value {
     let view = node.view.borrow().clone();
+    let (degraded, unaddressed) = {
+        let state = node.state.lock().await;
+        (state.degraded.clone(), state.unaddressed.len())
+    };
+    let apply = node.apply_status().clone();
     json!({
         "cluster": node.me.cluster,
         "trust_domain": node.td,
@@ -355,6 +360,14 @@ async fn status(node: &Node, bound: &Bound) -> Value {
         "ca": ca_status(node).await,
         "policies": policies_status(&view.policies, SystemTime::now()),
         "view_version": view.version,
+        // A catalog change not applied yet (the store failed; retried with backoff), and the
+        // last edit refused whole.
+        "catalog_apply": apply,
+        // Why some stored state is not served (e.g. services without VIPs), if any.
+        "degraded": degraded.map(|reason| json!({
+            "reason": reason,
+            "services_without_vips": unaddressed,
+        })),
     })
 }
 

@@ -6,10 +6,15 @@
 //! DNS, status) only ever see the immutable [`MeshView`] published on a watch channel.
 
 pub mod admin_ops;
+pub mod admission;
+pub mod apply;
 pub mod ca;
 pub mod keys;
+pub mod peer_update;
 pub mod run;
 pub mod state;
+#[cfg(test)]
+mod state_tests;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex as StdMutex};
@@ -80,6 +85,8 @@ pub struct Node {
     pub sessions: StdMutex<BTreeMap<ClusterName, tokio::task::AbortHandle>>,
     pub metrics: Metrics,
     pub shutdown: watch::Receiver<bool>,
+    /// Whether the local catalog sources are applied (see [`apply`]).
+    pub apply: StdMutex<apply::ApplyStatus>,
 }
 
 impl Node {
@@ -152,6 +159,9 @@ impl Node {
         let view = state.view(self.bundles(), peers);
         self.metrics.imported_services.set(view.routes.len() as i64);
         self.metrics.peers.set(state.peers.len() as i64);
+        self.metrics
+            .routes_unaddressed
+            .set(state.unaddressed.len() as i64);
         self.view.send_replace(view);
     }
 
@@ -178,40 +188,6 @@ impl Node {
             lock_us = locked.as_micros() as u64, store_us = (stored - locked).as_micros() as u64,
             total_us = started.elapsed().as_micros() as u64,
             "peer update applied");
-        Ok(())
-    }
-
-    /// Re-reads the local sources into the catalog; wakes peer sessions and republishes.
-    ///
-    /// Peers are told first: the lock is released once the catalog change is stored, so the
-    /// sessions send it while this cluster's own routes (and their VIPs) are recomputed.
-    pub async fn refresh_local(&self) -> Result<(), StateError> {
-        let started = std::time::Instant::now();
-        let changed = {
-            let mut state = self.state.lock().await;
-            let changed = state.refresh_local(&self.store, now_ms()).await?;
-            if changed.is_empty() {
-                return Ok(());
-            }
-            self.local_version.send_replace(state.local.version);
-            self.metrics
-                .exported_services
-                .set(state.local.exports.len() as i64);
-            changed
-        };
-        let refreshed = started.elapsed();
-        let mut state = self.state.lock().await;
-        let stale = self.stale_peers();
-        state
-            .recompute(Some(changed.into_iter().collect()), &stale, now_ms())
-            .await?;
-        self.publish(&mut state);
-        tracing::debug!(
-            version = state.local.version,
-            refresh_us = refreshed.as_micros() as u64,
-            total_us = started.elapsed().as_micros() as u64,
-            "local catalog change applied"
-        );
         Ok(())
     }
 

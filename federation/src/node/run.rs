@@ -267,6 +267,10 @@ pub async fn start_with_metrics(
         vips,
         routes: Default::default(),
         view_version: 0,
+        vip_quota: cfg.vip_quota()?,
+        quota_uses: BTreeMap::new(),
+        unaddressed: Default::default(),
+        degraded: None,
     };
     let local_version = state.local.version;
     let links = state
@@ -298,6 +302,7 @@ pub async fn start_with_metrics(
         sessions: StdMutex::new(BTreeMap::new()),
         metrics: metrics.clone(),
         shutdown: stop_rx.clone(),
+        apply: StdMutex::default(),
     });
 
     // Gateways registered before a restart (leases still alive).
@@ -306,7 +311,8 @@ pub async fn start_with_metrics(
         state.local.gateways = read_gateways(&store.list(keys::GATEWAYS).await?);
         state.refresh_local(&store, now_ms()).await?;
         let stale = node.stale_peers();
-        state.recompute(None, &stale, now_ms()).await?;
+        // Stored state that no longer fits the VIP ranges starts degraded, never not at all.
+        state.install_what_fits(&stale, now_ms()).await?;
         node.publish(&mut state);
     }
 
@@ -411,7 +417,7 @@ pub async fn start_with_metrics(
     }));
 
     // Background loops.
-    tasks.push(tokio::spawn(follow_sources(
+    tasks.push(tokio::spawn(crate::node::apply::follow_sources(
         node.clone(),
         file_rx,
         registered_rx,
@@ -458,53 +464,6 @@ fn read_gateways(items: &[(String, Vec<u8>)]) -> Vec<crate::peering::update::Gat
             })
         })
         .collect()
-}
-
-/// Applies catalog file and registry changes to the local catalog.
-async fn follow_sources(
-    node: Arc<Node>,
-    mut file: watch::Receiver<Arc<CatalogFile>>,
-    mut registered: watch::Receiver<Arc<crate::catalog::RegisteredEndpoints>>,
-    stats: Option<Arc<crate::catalog::FileSourceStats>>,
-) {
-    let mut stop = node.shutdown.clone();
-    loop {
-        tokio::select! {
-            r = file.changed() => if r.is_err() { return },
-            r = registered.changed() => if r.is_err() { return },
-            _ = stop.changed() => return,
-        }
-        if let Some(s) = &stats {
-            let failures = s.reload_failures.load(std::sync::atomic::Ordering::Relaxed);
-            node.metrics
-                .catalog_reload_failures
-                .set(i64::try_from(failures).unwrap_or(i64::MAX));
-        }
-        let rules_changed = {
-            let mut state = node.state.lock().await;
-            let next = file.borrow_and_update().clone();
-            let rules_changed =
-                next.imports != state.file.imports || next.policies != state.file.policies;
-            state.file = next;
-            state.registered = registered.borrow_and_update().clone();
-            rules_changed
-        };
-        if let Err(e) = node.refresh_local().await {
-            tracing::error!(error = %e, "applying a catalog change failed; retrying on the next change");
-            continue;
-        }
-        if !rules_changed {
-            continue;
-        }
-        // Import rules decide which peers' services are installed: recompute every route.
-        let mut state = node.state.lock().await;
-        let stale = node.stale_peers();
-        // Published even when no route changed: policies travel in the view too.
-        match state.recompute(None, &stale, now_ms()).await {
-            Ok(_) => node.publish(&mut state),
-            Err(e) => tracing::error!(error = %e, "recomputing routes failed"),
-        }
-    }
 }
 
 /// Follows gateway registrations (leases expire in the store) into the local gateway set.

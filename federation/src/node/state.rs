@@ -1,8 +1,9 @@
 //! The federation's mutable state behind one async lock, and the operations that change it.
 //! Every operation persists before anything it changed is visible (published, sent or ACKed), so
 //! a crash never leaves what others saw ahead of the store and an ACK to a peer always means
-//! "durable". Most persist first and change memory after; a peer's delta changes memory first,
-//! undoably and hidden by the lock, so that it and the VIPs of its routes are one commit.
+//! "durable". Most persist first and change memory after; a peer's update changes memory first,
+//! undoably and hidden by the lock (see [`super::peer_update`]), and every change is checked for
+//! the VIPs it needs before its first write (see [`super::admission`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -13,14 +14,11 @@ use crate::mesh::{
     RouteMap, StoredDelta, merge_key,
 };
 use crate::model::{ClusterName, Endpoint, ServiceKey};
+use crate::node::admission::QuotaUse;
 use crate::node::keys::{self, LocalMeta};
 use crate::peering::PeerRecord;
-use crate::peering::update::PeerUpdate;
 use crate::store::{AnyStore, Op, Store, StoreError, commit_in_chunks};
 use crate::vip::{VipError, VipTable, cluster_vip_name, service_vip_name};
-
-/// Deltas kept in a peer's delta log before it is folded into a new catalog blob.
-const COMPACT_AFTER: usize = 256;
 
 /// Keys whose routes (and VIPs) are computed, persisted and installed together.
 pub const RECOMPUTE_BATCH: usize = 2_000;
@@ -47,6 +45,14 @@ pub struct MeshState {
     /// Shared with the published view (a recompute copies only the shards it changes).
     pub routes: RouteMap,
     pub view_version: u64,
+    /// VIP names one peer's services may hold (`vips.max_per_peer`).
+    pub vip_quota: u64,
+    /// Each peer's count against its quota, for the catalog it was computed for.
+    pub quota_uses: BTreeMap<ClusterName, QuotaUse>,
+    /// Keys left without a route because their VIPs did not fit when the state was loaded.
+    pub unaddressed: BTreeSet<ServiceKey>,
+    /// Why the federation runs degraded (some stored state could not be installed), if it does.
+    pub degraded: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +65,30 @@ pub enum StateError {
     Encode(String),
     #[error("{0}")]
     Rejected(String),
+    /// The change needs more VIPs than the ranges have free; refused whole.
+    #[error("refused, nothing of it was stored: {0}")]
+    NoRoom(#[source] VipError),
+    #[error(
+        "refused, nothing of it was stored: {peer}'s services would hold {names} VIP names here, \
+         over its quota of {quota} (vips.max_per_peer; each imported service takes two names): \
+         the peer must export fewer services to this cluster, or raise the quota"
+    )]
+    OverQuota {
+        peer: ClusterName,
+        names: u64,
+        quota: u64,
+    },
+}
+
+impl StateError {
+    /// A refusal of the change itself (retrying the same change cannot succeed), as opposed to a
+    /// failure of the store (worth retrying).
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            StateError::Rejected(_) | StateError::NoRoom(_) | StateError::OverQuota { .. }
+        )
+    }
 }
 
 pub fn json<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, StateError> {
@@ -100,131 +130,6 @@ pub async fn load_peer_catalog(
 }
 
 impl MeshState {
-    /// Stores and installs a peer's checked update and recomputes the routes it touches; returns
-    /// how many keys it touched. A delta costs one store commit: the delta, the peer record (when
-    /// the bundle moved) and the VIPs of the routes it changes are written together. Memory
-    /// changes first but undoably, while the state lock hides it: if the commit fails, the
-    /// catalog is put back and nothing was published.
-    pub async fn receive_peer_update(
-        &mut self,
-        store: &AnyStore,
-        peer: &ClusterName,
-        update: PeerUpdate,
-        stale: &BTreeSet<ClusterName>,
-        now_ms: i64,
-    ) -> Result<usize, StateError> {
-        if update.snapshot {
-            let touched = self.apply_peer_update(store, peer, update, now_ms).await?;
-            let n = touched.len();
-            self.recompute(Some(touched), stale, now_ms).await?;
-            return Ok(n);
-        }
-        let Some((ops, record)) = self.delta_ops(peer, &update, now_ms)? else {
-            return Ok(0);
-        };
-        let Some(entry) = self.peers.get_mut(peer) else {
-            return Ok(0);
-        };
-        let (touched, undo) = entry.catalog.apply_delta(update, now_ms);
-        let n = touched.len();
-        let mut durable = false;
-        let result = self
-            .recompute_with(Some(touched), stale, now_ms, ops, &mut durable)
-            .await;
-        let Some(e) = self.peers.get_mut(peer) else {
-            return result.map(|_| n);
-        };
-        if !durable {
-            e.catalog.undo(undo);
-            return result.map(|_| n);
-        }
-        e.record = record;
-        e.deltas += 1;
-        if e.deltas > COMPACT_AFTER {
-            compact(store, peer, e).await;
-        }
-        result.map(|_| n)
-    }
-
-    /// The writes that store a delta from `peer` (the delta and, if its bundle moved, the
-    /// record) and the record to install; `None` when it is already stored (a resend).
-    fn delta_ops(
-        &self,
-        peer: &ClusterName,
-        update: &PeerUpdate,
-        now_ms: i64,
-    ) -> Result<Option<(Vec<Op>, PeerRecord)>, StateError> {
-        let entry = self
-            .peers
-            .get(peer)
-            .ok_or_else(|| StateError::Rejected(format!("{peer} is not a peer")))?;
-        if !entry.catalog.accepts_delta(&update.epoch, update.version) {
-            if entry.catalog.epoch == update.epoch && update.version <= entry.catalog.version {
-                // Already stored (a resend after a lost ACK): idempotent.
-                return Ok(None);
-            }
-            return Err(StateError::Rejected(format!(
-                "delta {} of epoch {} does not follow stored version {} of epoch {}: send a snapshot",
-                update.version, update.epoch, entry.catalog.version, entry.catalog.epoch
-            )));
-        }
-        let (record, record_op) = record_after(peer, &entry.record, update)?;
-        let mut ops = vec![Op::Put {
-            key: keys::peer_delta(peer, update.version),
-            value: json(&StoredDelta::of(update, now_ms))?,
-        }];
-        ops.extend(record_op);
-        Ok(Some((ops, record)))
-    }
-
-    /// Persists and installs a peer's checked update (the store first, then memory). Returns the
-    /// keys it changed; the caller recomputes their routes.
-    pub async fn apply_peer_update(
-        &mut self,
-        store: &AnyStore,
-        peer: &ClusterName,
-        update: PeerUpdate,
-        now_ms: i64,
-    ) -> Result<BTreeSet<ServiceKey>, StateError> {
-        if !update.snapshot {
-            let Some((ops, record)) = self.delta_ops(peer, &update, now_ms)? else {
-                return Ok(BTreeSet::new());
-            };
-            store.commit(Vec::new(), ops).await?;
-            let Some(e) = self.peers.get_mut(peer) else {
-                return Ok(BTreeSet::new());
-            };
-            let touched = e.catalog.apply(update, now_ms);
-            e.record = record;
-            e.deltas += 1;
-            if e.deltas > COMPACT_AFTER {
-                compact(store, peer, e).await;
-            }
-            return Ok(touched);
-        }
-        let entry = self
-            .peers
-            .get(peer)
-            .ok_or_else(|| StateError::Rejected(format!("{peer} is not a peer")))?;
-        let (record, record_op) = record_after(peer, &entry.record, &update)?;
-        // A snapshot replaces everything: write it as the new blob, then drop the delta log.
-        let (next, touched) = entry.catalog.after_snapshot(update, now_ms);
-        store
-            .put_blob(&keys::peer_catalog(peer), &json(&next)?, Vec::new())
-            .await?;
-        let mut ops = vec![Op::DeletePrefix {
-            prefix: keys::peer_deltas(peer),
-        }];
-        ops.extend(record_op);
-        store.commit(Vec::new(), ops).await?;
-        if let Some(e) = self.peers.get_mut(peer) {
-            e.catalog = next;
-            e.record = record;
-            e.deltas = 0;
-        }
-        Ok(touched)
-    }
-
     /// Recomputes the exports from the sources; persists first-export times and the catalog
     /// version, then applies the change in memory. Returns the keys whose export changed.
     pub async fn refresh_local(
@@ -310,7 +215,7 @@ impl MeshState {
 
     /// [`MeshState::recompute`], committing `first` (writes the new routes depend on) together
     /// with the first batch's VIPs; `first_durable` tells, also on error, whether it was.
-    async fn recompute_with(
+    pub(crate) async fn recompute_with(
         &mut self,
         keys: Option<BTreeSet<ServiceKey>>,
         stale: &BTreeSet<ClusterName>,
@@ -335,17 +240,7 @@ impl MeshState {
                 .await?;
             return Ok(false);
         }
-        let sides: Vec<PeerSide<'_>> = self
-            .peers
-            .values()
-            .map(|p| PeerSide {
-                place: &p.place,
-                services: &p.catalog.services,
-                gateways: p.catalog.gateways.clone().into(),
-                stale: stale.contains(&p.place.cluster),
-                confirmed_at_ms: p.catalog.stored_at_ms,
-            })
-            .collect();
+        let sides: Vec<PeerSide<'_>> = peer_sides(&self.peers, stale);
         let local = LocalSide {
             me: &self.me,
             exports: &self.local.exports,
@@ -358,7 +253,11 @@ impl MeshState {
             let mut next_routes: Vec<(ServiceKey, Option<Route>)> =
                 Vec::with_capacity(RECOMPUTE_BATCH);
             for key in keys.by_ref().take(RECOMPUTE_BATCH) {
-                let route = merge_key(&key, &local, &sides, &self.file.imports, now_ms);
+                let route = if self.unaddressed.contains(&key) {
+                    None
+                } else {
+                    merge_key(&key, &local, &sides, &self.file.imports, now_ms)
+                };
                 next_routes.push((key, route));
             }
             // VIP names that appear and disappear with this batch (each name belongs to one key).
@@ -431,53 +330,25 @@ impl MeshState {
     }
 }
 
-/// The peer record after `update` (its bundle, when newer), and the write that stores it.
-fn record_after(
-    peer: &ClusterName,
-    record: &PeerRecord,
-    update: &PeerUpdate,
-) -> Result<(PeerRecord, Option<Op>), StateError> {
-    let mut record = record.clone();
-    match &update.bundle {
-        Some(b) if b.sequence() > record.bundle_sequence => {
-            record.bundle = b.to_spiffe_json();
-            record.bundle_sequence = b.sequence();
-            let op = Op::Put {
-                key: keys::peer_record(peer),
-                value: json(&record)?,
-            };
-            Ok((record, Some(op)))
-        }
-        _ => Ok((record, None)),
-    }
+/// Every peer's catalog as the merge sees it.
+pub fn peer_sides<'a>(
+    peers: &'a BTreeMap<ClusterName, PeerEntry>,
+    stale: &BTreeSet<ClusterName>,
+) -> Vec<PeerSide<'a>> {
+    peers
+        .values()
+        .map(|p| PeerSide {
+            place: &p.place,
+            services: &p.catalog.services,
+            gateways: p.catalog.gateways.clone().into(),
+            stale: stale.contains(&p.place.cluster),
+            confirmed_at_ms: p.catalog.stored_at_ms,
+        })
+        .collect()
 }
 
-/// Folds a peer's delta log into a fresh catalog blob. Failing here loses nothing: the deltas
-/// stay, and folding is retried after the next delta.
-async fn compact(store: &AnyStore, peer: &ClusterName, e: &mut PeerEntry) {
-    let folded = async {
-        store
-            .put_blob(&keys::peer_catalog(peer), &json(&e.catalog)?, Vec::new())
-            .await?;
-        store
-            .commit(
-                Vec::new(),
-                vec![Op::DeletePrefix {
-                    prefix: keys::peer_deltas(peer),
-                }],
-            )
-            .await?;
-        Ok::<_, StateError>(())
-    };
-    match folded.await {
-        Ok(()) => e.deltas = 0,
-        Err(err) => {
-            tracing::warn!(peer.cluster = %peer, error = %err, "compacting the delta log failed; retrying later")
-        }
-    }
-}
-
-fn vip_names(route: &Route) -> BTreeSet<String> {
+/// The VIP names a route holds: its clusterset name and one per cluster serving it.
+pub fn vip_names(route: &Route) -> BTreeSet<String> {
     std::iter::once(service_vip_name(&route.key))
         .chain(
             route

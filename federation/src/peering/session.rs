@@ -6,8 +6,9 @@
 //!    its version when the change log still reaches back, else a full snapshot.
 //! 3. Then deltas as the local catalog changes. Every update carries the sender's bundle and
 //!    gateway set. A received update is validated, stored, and only then ACKed; an invalid one is
-//!    NACKed (INVALID_ARGUMENT) and changes nothing; one that could not be stored is NACKed
-//!    (UNAVAILABLE) and the sender resends a snapshot.
+//!    NACKed (INVALID_ARGUMENT) and changes nothing; one that needs more VIPs than the peer's
+//!    quota or the ranges allow is NACKed (RESOURCE_EXHAUSTED) and changes nothing; one that could
+//!    not be stored is NACKed (UNAVAILABLE) and the sender resends a snapshot.
 //! 4. Heartbeats (an ACK of the last stored version) keep the session alive through idle times; a
 //!    peer silent for longer than the silence timeout ends the session (the dialer redials).
 
@@ -33,6 +34,7 @@ const CODE_INVALID_ARGUMENT: i32 = 3;
 const MIN_NACK_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_NACK_BACKOFF: Duration = Duration::from_secs(30);
 const CODE_UNAVAILABLE: i32 = 14;
+const CODE_RESOURCE_EXHAUSTED: i32 = 8;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
@@ -257,10 +259,10 @@ async fn reject(
     code: i32,
     reason: String,
 ) -> Result<(), SessionError> {
-    let result = if code == CODE_INVALID_ARGUMENT {
-        "nacked_invalid"
-    } else {
-        "nacked_store"
+    let result = match code {
+        CODE_INVALID_ARGUMENT => "nacked_invalid",
+        CODE_RESOURCE_EXHAUSTED => "nacked_exhausted",
+        _ => "nacked_store",
     };
     node.metrics.update(peer.as_str(), result);
     tracing::warn!(peer.cluster = %peer, version, code, %reason, "refused a catalog update from a peer; state unchanged");
@@ -290,6 +292,20 @@ async fn receive(
         }
         Err(StateError::Rejected(reason)) => {
             reject(node, peer, out, version, CODE_INVALID_ARGUMENT, reason).await
+        }
+        Err(e @ (StateError::OverQuota { .. } | StateError::NoRoom(_))) => {
+            if matches!(e, StateError::OverQuota { .. }) {
+                node.metrics.quota_refused(peer.as_str());
+            }
+            reject(
+                node,
+                peer,
+                out,
+                version,
+                CODE_RESOURCE_EXHAUSTED,
+                e.to_string(),
+            )
+            .await
         }
         Err(e) => reject(node, peer, out, version, CODE_UNAVAILABLE, e.to_string()).await,
     }
