@@ -18,13 +18,13 @@ async fn an_edit_made_while_etcd_is_down_is_applied_once_it_is_back() {
     let backend = Backend::Etcd(etcd.endpoint());
     let a = export("shop", "a", 8080, None);
     let east = Federation::start(
-        Spec::new("east", 74)
+        Spec::new("east", 27)
             .backend(&backend)
             .catalog(&catalog(std::slice::from_ref(&a), IMPORT_ALL)),
     )
     .await;
     let west = Federation::start(
-        Spec::new("west", 75)
+        Spec::new("west", 28)
             .backend(&backend)
             .catalog(&catalog(&[], IMPORT_ALL)),
     )

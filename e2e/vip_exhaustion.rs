@@ -31,12 +31,12 @@ fn vips(c: &Value) -> Value {
 async fn a_local_edit_past_the_vip_range_is_refused_whole_and_restart_works() {
     // Fourteen addresses: seven local services (two names each).
     let mut east = Federation::start(
-        Spec::new("east", 71)
-            .extra(json!({ "vips": { "ipv4": "127.171.0.0/28", "max_per_peer": 6 } }))
+        Spec::new("east", 24)
+            .extra(json!({ "vips": { "ipv4": "127.124.0.0/28", "max_per_peer": 6 } }))
             .catalog(&catalog(&exports(3), IMPORT_ALL)),
     )
     .await;
-    let west = Federation::start(Spec::new("west", 72).catalog(&catalog(&[], IMPORT_ALL))).await;
+    let west = Federation::start(Spec::new("west", 25).catalog(&catalog(&[], IMPORT_ALL))).await;
     peer_via_cli(&east, &west).await;
     west.wait_catalog("west imports east's three services", |c| {
         has_route(c, "shop/s2")
@@ -71,7 +71,7 @@ async fn a_local_edit_past_the_vip_range_is_refused_whole_and_restart_works() {
         .as_str()
         .unwrap_or_default();
     assert!(
-        refused.contains("IPv4 VIPs") && refused.contains("127.171.0.0/28"),
+        refused.contains("IPv4 VIPs") && refused.contains("127.124.0.0/28"),
         "status does not say why the edit was refused: {status}"
     );
     // Nothing of it anywhere: east's own view, its VIPs, and what west got.
@@ -159,8 +159,8 @@ async fn held(fed: &Federation, peer: &str) -> (u64, u64) {
 async fn a_peer_past_its_quota_or_the_range_is_nacked_and_changes_nothing() {
     // Thirty addresses; a peer may hold twenty names (ten services).
     let mut east = Federation::start(
-        Spec::new("east", 73)
-            .extra(json!({ "vips": { "ipv4": "127.173.0.0/27", "max_per_peer": 20 } }))
+        Spec::new("east", 26)
+            .extra(json!({ "vips": { "ipv4": "127.126.0.0/27", "max_per_peer": 20 } }))
             .catalog(&catalog(&exports(1), IMPORT_ALL)),
     )
     .await;
