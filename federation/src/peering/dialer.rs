@@ -91,12 +91,24 @@ pub async fn establish(node: &Arc<Node>, token_text: &str) -> Result<PeerRecord,
             call_establish(node, &token, &their_bundle, true)
                 .await
                 .map_err(|e| match e {
-                    // A client certificate the peer refuses ends the connection after the
-                    // handshake: it surfaces as the call's transport error.
+                    // A client certificate the peer refuses ends the connection during or
+                    // just after the handshake: it shows as a connect error or a transport
+                    // failure of the call (UNAVAILABLE, UNKNOWN, CANCELLED, depending on when
+                    // the alert arrives), never as one of the codes Establish answers with.
+                    EstablishError::Connect { detail, .. } => {
+                        EstablishError::Refused(tonic::Status::permission_denied(format!(
+                            "{} (the peer did not accept this federation's certificate: {detail}; if another federation used the token, create a new one)",
+                            status.message()
+                        )))
+                    }
                     EstablishError::Refused(s)
-                        if matches!(
+                        if !matches!(
                             s.code(),
-                            tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Internal
+                            tonic::Code::PermissionDenied
+                                | tonic::Code::FailedPrecondition
+                                | tonic::Code::InvalidArgument
+                                | tonic::Code::AlreadyExists
+                                | tonic::Code::Unauthenticated
                         ) =>
                     {
                         EstablishError::Refused(tonic::Status::permission_denied(format!(
