@@ -1,51 +1,62 @@
 //! The etcd backend (crate feature `etcd`): a shared etcd 3.4+ cluster, for HA replicas.
 //!
-//! Layout: user key `k` lives at `<prefix>k`; blob chunks live at
+//! Layout: user key `k` lives at `<prefix>k`; chunks of blobs and of large values live at
 //! `<prefix>\0blob/<generation>/<index>`. User keys never contain NUL, so listing, watching and
 //! deleting user prefixes never touches chunks (the empty prefix ranges from `<prefix>\x01`).
+//! How a value is laid out (inline or chunked) is in [`value`]; chunk I/O and the leaked-chunk
+//! sweep in [`chunks`]; failover between members in [`members`]; watches in [`watch`].
 //!
 //! Guarantees:
 //! - A commit is one etcd transaction (guards are its compares), so it is atomic and, once
-//!   acknowledged, durable as etcd is (raft quorum + fsync). `Unavailable` from a commit means
-//!   the outcome is unknown.
+//!   acknowledged, durable as etcd is (raft quorum + fsync). A large value's chunks are written
+//!   first and published by that transaction, which also checks they still exist; a commit that
+//!   fails deletes them (or, when its outcome is unknown, leaves them to the sweep).
+//!   `Unavailable` from a commit means the outcome is unknown.
+//! - Values a commit replaces or deletes that named chunks (large values, blob pointers) have
+//!   their chunks deleted after it: from the previous values etcd returns for puts and deletes,
+//!   and for `DeletePrefix` from a read of the prefix the transaction checks is still current.
 //! - `list` pages through the range (adaptive page size, responses stay small) at the revision
-//!   of its first page, so the result is one consistent snapshot.
-//! - `get_blob` reads the pointer and every chunk at one revision (etcd MVCC), so it never mixes
+//!   of its first page, so the result is one consistent snapshot; large values in it, `get` and
+//!   `get_blob` read their chunks at that same revision (etcd MVCC), so they never mix
 //!   generations even while a writer swaps and deletes chunks.
+//! - Every call goes to one member and fails over to the next ones when that member is down or
+//!   has no leader (see [`members`] for which calls are repeated and why that is safe); each
+//!   unary call is bounded by `request_timeout_ms` in all and reported as `Unavailable` when no
+//!   member answers.
 //! - Leases are etcd leases: etcd rounds TTLs up to whole seconds (minimum 2 s by default) and
 //!   deletes the keys itself; `keep_alive` sends one request on a keep-alive stream.
-//! - Watches start at `after + 1`, ask for progress notifications, and on a broken stream
-//!   (etcd restart, network) reconnect with capped exponential backoff from the last revision
-//!   they delivered; when that revision was compacted they re-list the prefix and send a Reset.
-//! - Every unary call is bounded by `request_timeout_ms` and reported as `Unavailable` when etcd
-//!   does not answer; the client reconnects by itself when etcd comes back.
 //! - etcd 3.4 has no ranged streaming reads: `get_stream` is never used.
+
+mod chunks;
+mod commit;
+mod members;
+mod value;
+mod watch;
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions, KvClient,
-    PutOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
-};
+use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, KvClient};
 use tokio::sync::mpsc;
 use tonic::Code;
 
-use super::blob::{self, BlobPointer};
+use super::blob::BlobPointer;
 use super::{
-    Guard, LeaseId, Op, Revision, Store, StoreConfig, StoreError, WATCH_CHANNEL, WatchEvent,
+    Guard, LARGE_VALUE_BYTES, LeaseId, Op, Revision, Store, StoreConfig, StoreError, WATCH_CHANNEL,
     WatchStream, check_commit, check_key, check_prefix,
 };
+use commit::{Fresh, MarkerLease};
+use members::Members;
+use value::Stored;
 
 const BACKEND: &str = "etcd";
 /// First page size of a list; halved while a page is too large to decode.
 const LIST_PAGE: i64 = 256;
 /// Decoding limit for list pages and watch batches (etcd batches up to 1000 revisions).
 const MAX_DECODE: usize = 64 * 1024 * 1024;
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(2);
-/// Attempts at a consistent multi-request read before giving up on a fast-compacting etcd.
+/// Attempts at a consistent multi-request read (or a prefix delete whose prefix keeps
+/// changing) before giving up.
 const READ_ATTEMPTS: usize = 5;
 const CHUNK_AREA: &str = "\0blob/";
 
@@ -56,12 +67,13 @@ pub struct EtcdStore {
 }
 
 struct Inner {
-    client: Client,
-    kv: KvClient,
+    members: Members,
     prefix: String,
     /// The endpoints, for error messages.
     target: String,
-    request_timeout: Duration,
+    /// Chunk generations deleted by the leaked-chunk sweep.
+    swept: prometheus_client::metrics::counter::Counter,
+    marker_lease: MarkerLease,
 }
 
 impl std::fmt::Debug for EtcdStore {
@@ -73,9 +85,15 @@ impl std::fmt::Debug for EtcdStore {
     }
 }
 
+/// A KV client on `client` that accepts large list pages.
+fn kv(client: Client) -> KvClient {
+    client.kv_client().max_decoding_message_size(MAX_DECODE)
+}
+
 impl EtcdStore {
-    /// Builds the client for an `Etcd` config. Does not wait for etcd to answer (unless a user
-    /// is configured: authenticating needs etcd), so a federation can start while etcd is down.
+    /// Builds the clients for an `Etcd` config. Does not wait for etcd to answer (unless a user
+    /// is configured: authenticating needs a member), so a federation can start while etcd is
+    /// down. Starts the leaked-chunk sweep (now, then every few minutes).
     pub async fn connect(config: &StoreConfig) -> Result<Self, StoreError> {
         let StoreConfig::Etcd {
             endpoints,
@@ -96,6 +114,8 @@ impl EtcdStore {
             .with_timeout(request_timeout)
             // etcd refuses pings more often than every 5 s.
             .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
+            // A member cut off from its leader refuses at once ("no leader"), before proposing
+            // anything, so the call moves on to a member that has one.
             .with_require_leader(true);
         if let Some(tls) = tls {
             let read = |path: &std::path::Path| {
@@ -117,28 +137,41 @@ impl EtcdStore {
                 .with_auto_token_refresh(true);
         }
         let target = endpoints.join(",");
-        let connecting = Client::connect(endpoints, Some(options));
-        let client = match tokio::time::timeout(request_timeout * 2, connecting).await {
-            Ok(Ok(client)) => client,
-            Ok(Err(e)) => return Err(classify(&target, e)),
-            Err(_) => return Err(unavailable(&target, "connecting timed out".into())),
-        };
-        let kv = client.kv_client().max_decoding_message_size(MAX_DECODE);
-        tracing::info!(endpoints = %target, prefix = %prefix, "etcd store configured");
-        Ok(EtcdStore {
+        let store = EtcdStore {
             inner: Arc::new(Inner {
-                client,
-                kv,
+                members: Members::new(endpoints, options, request_timeout),
                 prefix: prefix.clone(),
-                target,
-                request_timeout,
+                target: target.clone(),
+                swept: Default::default(),
+                marker_lease: MarkerLease::default(),
             }),
-        })
+        };
+        if user.is_some() {
+            // Authenticate now with the first member that answers, so bad credentials fail
+            // the start instead of every later call.
+            store
+                .call(|_client| async { Ok(()) })
+                .await
+                .map_err(|e| store.err(e))?;
+        }
+        chunks::spawn_sweeper(Arc::downgrade(&store.inner));
+        tracing::info!(endpoints = %target, prefix = %prefix, "etcd store configured");
+        Ok(store)
     }
 
     /// The key prefix every key is stored under.
     pub fn prefix(&self) -> &str {
         &self.inner.prefix
+    }
+
+    /// The member calls go to now (the first endpoint until one fails).
+    pub fn current_member(&self) -> &str {
+        self.inner.members.current_url()
+    }
+
+    /// Chunk generations deleted by the leaked-chunk sweep since connect.
+    pub fn swept_counter(&self) -> prometheus_client::metrics::counter::Counter {
+        self.inner.swept.clone()
     }
 
     fn full(&self, key: &str) -> Vec<u8> {
@@ -158,13 +191,6 @@ impl EtcdStore {
         (start, end)
     }
 
-    fn chunk_key(&self, generation: &str, index: u32) -> Vec<u8> {
-        self.full(&format!(
-            "{CHUNK_AREA}{}",
-            blob::chunk_name(generation, index)
-        ))
-    }
-
     fn strip(&self, raw: &[u8]) -> Result<String, StoreError> {
         let corrupt = |detail: &str| StoreError::Corrupt {
             key: String::from_utf8_lossy(raw).into_owned(),
@@ -180,69 +206,64 @@ impl EtcdStore {
         String::from_utf8(rest.to_vec()).map_err(|_| corrupt("key is not UTF-8"))
     }
 
-    fn kv(&self) -> KvClient {
-        self.inner.kv.clone()
-    }
-
     fn err(&self, e: etcd_client::Error) -> StoreError {
         classify(&self.inner.target, e)
     }
 
-    /// Bounds a unary call: a balanced channel with no live endpoint would otherwise wait.
-    async fn call<T>(
-        &self,
-        fut: impl Future<Output = Result<T, etcd_client::Error>>,
-    ) -> Result<T, etcd_client::Error> {
-        match tokio::time::timeout(self.inner.request_timeout, fut).await {
-            Ok(result) => result,
-            Err(_) => Err(etcd_client::Error::GRpcStatus(
-                tonic::Status::deadline_exceeded(format!(
-                    "no answer within {:?}",
-                    self.inner.request_timeout
-                )),
-            )),
+    fn unavailable(&self, detail: &str) -> StoreError {
+        unavailable(&self.inner.target, detail.to_owned())
+    }
+
+    /// Runs a call on the current member, sending it again to the next members when one
+    /// fails, bounded by the request timeout. Only for calls that are safe to repeat.
+    async fn call<T, F, Fut>(&self, call: F) -> Result<T, etcd_client::Error>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        self.inner.members.call(call).await
+    }
+
+    /// A linearizable read of one key (safe to repeat: reads change nothing).
+    async fn get_raw(&self, key: &str) -> Result<etcd_client::GetResponse, StoreError> {
+        let full = self.full(key);
+        self.call(|c| {
+            let full = full.clone();
+            async move { kv(c).get(full, None).await }
+        })
+        .await
+        .map_err(|e| self.err(e))
+    }
+
+    /// The user's value for the bytes `raw` read at revision `at`: inline bytes, or a large
+    /// value's chunks read at `at`. `None` when history at `at` was compacted meanwhile.
+    async fn resolve(&self, key: &str, raw: &[u8], at: i64) -> Result<Option<Vec<u8>>, StoreError> {
+        match value::decode(key, raw)? {
+            Stored::Inline(value) => Ok(Some(value)),
+            Stored::Chunked(pointer) => self.read_chunks(key, &pointer, at).await,
         }
     }
 
-    /// Every key under `prefix` and the revision the listing is consistent at.
+    /// Every key under `prefix` (values resolved) and the revision the listing is consistent at.
     async fn list_at(
         &self,
         prefix: &str,
     ) -> Result<(Vec<(String, Vec<u8>)>, Revision), StoreError> {
         check_prefix(prefix)?;
         let (start, end) = self.range(prefix);
-        let mut kv = self.kv();
-        let mut limit = LIST_PAGE;
         'attempt: for _ in 0..READ_ATTEMPTS {
-            let mut items = Vec::new();
-            let mut from = start.clone();
-            let mut at: Option<i64> = None;
-            loop {
-                let mut options = GetOptions::new().with_range(end.clone()).with_limit(limit);
-                if let Some(at) = at {
-                    options = options.with_revision(at);
-                }
-                let response = match self.call(kv.get(from.clone(), Some(options))).await {
-                    Ok(response) => response,
-                    Err(e) if is_compacted(&e) => continue 'attempt,
-                    Err(e) if is_too_big(&e) && limit > 1 => {
-                        limit /= 2;
-                        continue;
-                    }
-                    Err(e) => return Err(self.err(e)),
+            let Some((raw, at)) = self.range_at(&start, &end, false).await? else {
+                continue;
+            };
+            let mut items = Vec::with_capacity(raw.len());
+            for (raw_key, raw_value) in raw {
+                let key = self.strip(&raw_key)?;
+                let Some(value) = self.resolve(&key, &raw_value, at).await? else {
+                    continue 'attempt;
                 };
-                let revision = *at.get_or_insert(header_revision(response.header()));
-                for item in response.kvs() {
-                    items.push((self.strip(item.key())?, item.value().to_vec()));
-                }
-                match response.kvs().last() {
-                    Some(last) if response.more() => {
-                        from = last.key().to_vec();
-                        from.push(0);
-                    }
-                    _ => return Ok((items, revision.max(0) as Revision)),
-                }
+                items.push((key, value));
             }
+            return Ok((items, at.max(0) as Revision));
         }
         Err(unavailable(
             &self.inner.target,
@@ -254,67 +275,34 @@ impl EtcdStore {
         guards
             .iter()
             .map(|guard| match guard {
-                Guard::ValueEquals { key, value } => {
-                    Compare::value(self.full(key), CompareOp::Equal, value.clone())
-                }
+                Guard::ValueEquals { key, value } => Compare::value(
+                    self.full(key),
+                    CompareOp::Equal,
+                    value::inline(value.clone()),
+                ),
                 Guard::Absent { key } => Compare::version(self.full(key), CompareOp::Equal, 0),
             })
             .collect()
-    }
-
-    fn txn_op(&self, op: Op) -> TxnOp {
-        match op {
-            Op::Put { key, value } => TxnOp::put(self.full(&key), value, None),
-            Op::PutLeased { key, value, lease } => TxnOp::put(
-                self.full(&key),
-                value,
-                Some(PutOptions::new().with_lease(lease.0)),
-            ),
-            Op::Delete { key } => TxnOp::delete(self.full(&key), None),
-            Op::DeletePrefix { prefix } => {
-                let (start, end) = self.range(&prefix);
-                TxnOp::delete(start, Some(DeleteOptions::new().with_range(end)))
-            }
-        }
-    }
-
-    /// Deletes every chunk of `generation`.
-    async fn delete_generation(&self, generation: &str) -> Result<(), StoreError> {
-        let start = self.full(&format!("{CHUNK_AREA}{generation}/"));
-        let end = prefix_end(&start);
-        let mut kv = self.kv();
-        self.call(kv.delete(start, Some(DeleteOptions::new().with_range(end))))
-            .await
-            .map_err(|e| self.err(e))?;
-        Ok(())
-    }
-
-    /// Deletes the chunks of the blob pointer `previous` (if it was one); failures only leak
-    /// chunks, so they are logged, not returned.
-    async fn drop_previous(&self, key: &str, previous: Option<&[u8]>) {
-        let Some(previous) = previous else { return };
-        match BlobPointer::decode(key, previous) {
-            Ok(Some(old)) => {
-                if let Err(e) = self.delete_generation(&old.generation).await {
-                    tracing::warn!(key, generation = %old.generation, error = %e,
-                        "could not delete the previous blob generation; its chunks leak");
-                }
-            }
-            Ok(None) => {}
-            Err(e) => tracing::warn!(key, error = %e, "previous blob pointer unreadable"),
-        }
     }
 }
 
 impl Store for EtcdStore {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         check_key(key)?;
-        let mut kv = self.kv();
-        let response = self
-            .call(kv.get(self.full(key), None))
-            .await
-            .map_err(|e| self.err(e))?;
-        Ok(response.kvs().first().map(|item| item.value().to_vec()))
+        for _ in 0..READ_ATTEMPTS {
+            let response = self.get_raw(key).await?;
+            let Some(item) = response.kvs().first() else {
+                return Ok(None);
+            };
+            let at = header_revision(response.header());
+            if let Some(value) = self.resolve(key, item.value(), at).await? {
+                return Ok(Some(value));
+            }
+        }
+        Err(unavailable(
+            &self.inner.target,
+            format!("history was compacted during {READ_ATTEMPTS} reads in a row"),
+        ))
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
@@ -322,30 +310,23 @@ impl Store for EtcdStore {
     }
 
     async fn commit(&self, guards: Vec<Guard>, ops: Vec<Op>) -> Result<Revision, StoreError> {
-        check_commit(&guards, 0, &ops)?;
-        let lease = ops.iter().find_map(|op| match op {
-            Op::PutLeased { lease, .. } => Some(*lease),
-            _ => None,
-        });
-        let txn = Txn::new().when(self.compares(&guards)).and_then(
-            ops.into_iter()
-                .map(|op| self.txn_op(op))
-                .collect::<Vec<_>>(),
-        );
-        let mut kv = self.kv();
-        let response = match self.call(kv.txn(txn)).await {
-            Ok(response) => response,
-            Err(e) if is_lease_not_found(&e) => {
-                return Err(StoreError::LeaseNotFound {
-                    lease: lease.unwrap_or(LeaseId(0)),
-                });
+        check_commit(&guards, &ops)?;
+        // Large values: their chunks first, invisible until the transaction publishes them.
+        let mut fresh = Fresh::new();
+        for op in &ops {
+            let Op::Put { key, value } = op else { continue };
+            if value.len() <= LARGE_VALUE_BYTES {
+                continue;
             }
-            Err(e) => return Err(self.err(e)),
-        };
-        if !response.succeeded() {
-            return Err(StoreError::GuardFailed);
+            let pointer = BlobPointer::new(value)?;
+            let written = self.write_chunks(&pointer.generation, value).await;
+            fresh.values.push((key.clone(), pointer));
+            if let Err(e) = written {
+                self.discard(&fresh).await;
+                return Err(e);
+            }
         }
-        Ok(header_revision(response.header()).max(0) as Revision)
+        self.commit_with(guards, ops, fresh).await
     }
 
     async fn put_blob(
@@ -356,86 +337,45 @@ impl Store for EtcdStore {
     ) -> Result<Revision, StoreError> {
         check_key(key)?;
         let pointer = BlobPointer::new(bytes)?;
-        let encoded = pointer.encode();
-        let swap = [Op::Put {
+        let swap = vec![Op::Put {
             key: key.to_owned(),
-            value: encoded.clone(),
+            value: pointer.encode(),
         }];
-        check_commit(&guards, 0, &swap)?;
-        let mut kv = self.kv();
-        for (index, chunk) in (0u32..).zip(blob::chunks(bytes)) {
-            let chunk_key = self.chunk_key(&pointer.generation, index);
-            if let Err(e) = self.call(kv.put(chunk_key, chunk.to_vec(), None)).await {
-                let _ = self.delete_generation(&pointer.generation).await;
-                return Err(self.err(e));
-            }
+        check_commit(&guards, &swap)?;
+        let mut fresh = Fresh::new();
+        let written = self.write_chunks(&pointer.generation, bytes).await;
+        fresh.values.push((key.to_owned(), pointer));
+        if let Err(e) = written {
+            self.discard(&fresh).await;
+            return Err(e);
         }
-        let txn = Txn::new()
-            .when(self.compares(&guards))
-            .and_then(vec![TxnOp::put(
-                self.full(key),
-                encoded,
-                Some(PutOptions::new().with_prev_key()),
-            )]);
-        let response = match self.call(kv.txn(txn)).await {
-            Ok(response) => response,
-            Err(e) => {
-                let e = self.err(e);
-                if !e.is_retryable() {
-                    // Definitely not applied: the new chunks are garbage.
-                    let _ = self.delete_generation(&pointer.generation).await;
-                }
-                // Retryable: the swap may have happened, so the chunks must stay.
-                return Err(e);
-            }
-        };
-        if !response.succeeded() {
-            let _ = self.delete_generation(&pointer.generation).await;
-            return Err(StoreError::GuardFailed);
-        }
-        let previous = response.op_responses().into_iter().find_map(|r| match r {
-            TxnOpResponse::Put(put) => put.prev_key().map(|kv| kv.value().to_vec()),
-            _ => None,
-        });
-        self.drop_previous(key, previous.as_deref()).await;
-        Ok(header_revision(response.header()).max(0) as Revision)
+        // The pointer is a small value: the swap is an ordinary commit, which also deletes the
+        // previous generation's chunks.
+        self.commit_with(guards, swap, fresh).await
     }
 
     async fn get_blob(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         check_key(key)?;
-        let mut kv = self.kv();
-        'attempt: for _ in 0..READ_ATTEMPTS {
-            let response = self
-                .call(kv.get(self.full(key), None))
-                .await
-                .map_err(|e| self.err(e))?;
+        for _ in 0..READ_ATTEMPTS {
+            let response = self.get_raw(key).await?;
             let Some(item) = response.kvs().first() else {
                 return Ok(None);
             };
             let at = header_revision(response.header());
-            let pointer = BlobPointer::decode_required(key, item.value())?;
-            let mut bytes = Vec::with_capacity(usize::try_from(pointer.len).unwrap_or(0));
-            for index in 0..pointer.chunks {
-                let options = GetOptions::new().with_revision(at);
-                let chunk_key = self.chunk_key(&pointer.generation, index);
-                let chunk = match self.call(kv.get(chunk_key, Some(options))).await {
-                    Ok(chunk) => chunk,
-                    Err(e) if is_compacted(&e) => continue 'attempt,
-                    Err(e) => return Err(self.err(e)),
-                };
-                let Some(chunk) = chunk.kvs().first() else {
+            let pointer = match value::decode(key, item.value())? {
+                Stored::Inline(value) => BlobPointer::decode_required(key, &value)?,
+                Stored::Chunked(_) => {
                     return Err(StoreError::Corrupt {
                         key: key.to_owned(),
-                        detail: format!(
-                            "blob chunk {} is missing",
-                            blob::chunk_name(&pointer.generation, index)
-                        ),
+                        detail: "the value is not a blob pointer (it was written with commit(), \
+                                 not put_blob())"
+                            .into(),
                     });
-                };
-                bytes.extend_from_slice(chunk.value());
+                }
+            };
+            if let Some(bytes) = self.read_chunks(key, &pointer, at).await? {
+                return Ok(Some(bytes));
             }
-            pointer.verify(key, &bytes)?;
-            return Ok(Some(bytes));
         }
         Err(unavailable(
             &self.inner.target,
@@ -445,14 +385,14 @@ impl Store for EtcdStore {
 
     async fn delete_blob(&self, key: &str) -> Result<(), StoreError> {
         check_key(key)?;
-        let mut kv = self.kv();
-        let options = DeleteOptions::new().with_prev_key();
-        let response = self
-            .call(kv.delete(self.full(key), Some(options)))
-            .await
-            .map_err(|e| self.err(e))?;
-        let previous = response.prev_kvs().first().map(|kv| kv.value().to_vec());
-        self.drop_previous(key, previous.as_deref()).await;
+        // Deleting a pointer deletes the chunks it names.
+        self.commit(
+            Vec::new(),
+            vec![Op::Delete {
+                key: key.to_owned(),
+            }],
+        )
+        .await?;
         Ok(())
     }
 
@@ -460,17 +400,21 @@ impl Store for EtcdStore {
         let seconds = i64::try_from(ttl.as_millis().div_ceil(1000))
             .unwrap_or(i64::MAX)
             .max(1);
-        let mut lease = self.inner.client.lease_client();
+        // Safe to repeat: a lease granted by a lost first attempt holds no keys and expires
+        // after its TTL.
         let response = self
-            .call(lease.grant(seconds, None))
+            .call(|c| async move { c.lease_client().grant(seconds, None).await })
             .await
             .map_err(|e| self.err(e))?;
         Ok(LeaseId(response.id()))
     }
 
     async fn keep_alive(&self, lease: LeaseId) -> Result<bool, StoreError> {
-        let mut client = self.inner.client.lease_client();
-        match self.call(client.keep_alive(lease.0)).await {
+        // Safe to repeat: a keep-alive only moves the lease's deadline to now + TTL.
+        let result = self
+            .call(|c| async move { c.lease_client().keep_alive(lease.0).await })
+            .await;
+        match result {
             Ok(_) => Ok(true),
             Err(e) if is_lease_not_found(&e) => Ok(false),
             Err(e) => Err(self.err(e)),
@@ -478,8 +422,11 @@ impl Store for EtcdStore {
     }
 
     async fn revoke_lease(&self, lease: LeaseId) -> Result<(), StoreError> {
-        let mut client = self.inner.client.lease_client();
-        match self.call(client.revoke(lease.0)).await {
+        // Safe to repeat: revoking a revoked lease is "not found", which is success here.
+        let result = self
+            .call(|c| async move { c.lease_client().revoke(lease.0).await })
+            .await;
+        match result {
             Ok(_) => Ok(()),
             Err(e) if is_lease_not_found(&e) => Ok(()),
             Err(e) => Err(self.err(e)),
@@ -490,15 +437,7 @@ impl Store for EtcdStore {
         check_prefix(prefix)?;
         let (start, end) = self.range(prefix);
         let (tx, rx) = mpsc::channel(WATCH_CHANNEL);
-        let mut watcher = Watcher {
-            store: self.clone(),
-            prefix: prefix.to_owned(),
-            start,
-            end,
-            served: after,
-            backoff: BACKOFF_MIN,
-            tx,
-        };
+        let mut watcher = watch::Watcher::new(self.clone(), prefix, start, end, after, tx);
         // The first attempt is made here, so an unreachable etcd is reported to the caller.
         let stream = watcher.open().await?;
         tokio::spawn(watcher.run(stream));
@@ -506,189 +445,22 @@ impl Store for EtcdStore {
     }
 
     async fn revision(&self) -> Result<Revision, StoreError> {
-        let mut kv = self.kv();
+        let key = self.full(CHUNK_AREA);
         let options = GetOptions::new().with_count_only();
         let response = self
-            .call(kv.get(self.full(CHUNK_AREA), Some(options)))
+            .call(|c| {
+                let (key, options) = (key.clone(), options.clone());
+                async move { kv(c).get(key, Some(options)).await }
+            })
             .await
             .map_err(|e| self.err(e))?;
         Ok(header_revision(response.header()).max(0) as Revision)
     }
-}
 
-/// One watch: an etcd watch stream, re-created after failures, plus Resets after compaction.
-struct Watcher {
-    store: EtcdStore,
-    prefix: String,
-    start: Vec<u8>,
-    end: Vec<u8>,
-    /// Every event up to this revision has been sent (or covered by a Reset).
-    served: Revision,
-    backoff: Duration,
-    tx: mpsc::Sender<Result<WatchEvent, StoreError>>,
-}
-
-enum Stop {
-    ConsumerGone,
-    Compacted(i64),
-    Broken(String),
-    Failed(StoreError),
-}
-
-impl Watcher {
-    async fn open(&mut self) -> Result<etcd_client::WatchStream, StoreError> {
-        let from = i64::try_from(self.served.saturating_add(1)).unwrap_or(i64::MAX);
-        let options = WatchOptions::new()
-            .with_range(self.end.clone())
-            .with_start_revision(from)
-            .with_progress_notify();
-        let mut client = self
-            .store
-            .inner
-            .client
-            .watch_client()
-            .max_decoding_message_size(MAX_DECODE);
-        self.store
-            .call(client.watch(self.start.clone(), Some(options)))
-            .await
-            .map_err(|e| self.store.err(e))
-    }
-
-    async fn run(mut self, first: etcd_client::WatchStream) {
-        let mut stream = Some(first);
-        let mut reset_needed = false;
-        loop {
-            if reset_needed {
-                match self.store.list_at(&self.prefix).await {
-                    Ok((items, revision)) => {
-                        tracing::info!(prefix = %self.prefix, revision, "watch reset after compaction");
-                        if !self.send(WatchEvent::Reset { items, revision }).await {
-                            return;
-                        }
-                        self.served = revision;
-                        reset_needed = false;
-                    }
-                    Err(e) if e.is_retryable() => {
-                        if !self.pause().await {
-                            return;
-                        }
-                        continue;
-                    }
-                    Err(e) => {
-                        let _ = self.tx.send(Err(e)).await;
-                        return;
-                    }
-                }
-            }
-            let mut current = match stream.take() {
-                Some(current) => current,
-                None => match self.open().await {
-                    Ok(current) => current,
-                    Err(e) if e.is_retryable() => {
-                        tracing::debug!(prefix = %self.prefix, error = %e, "watch reconnect failed");
-                        if !self.pause().await {
-                            return;
-                        }
-                        continue;
-                    }
-                    Err(e) => {
-                        let _ = self.tx.send(Err(e)).await;
-                        return;
-                    }
-                },
-            };
-            match self.pump(&mut current).await {
-                Stop::ConsumerGone => return,
-                Stop::Compacted(compacted) => {
-                    tracing::warn!(prefix = %self.prefix, served = self.served, compacted,
-                        "watch resumed behind etcd's compaction; re-listing");
-                    reset_needed = true;
-                }
-                Stop::Broken(detail) => {
-                    tracing::warn!(prefix = %self.prefix, served = self.served, detail = %detail,
-                        "etcd watch broken; reconnecting");
-                    if !self.pause().await {
-                        return;
-                    }
-                }
-                Stop::Failed(e) => {
-                    let _ = self.tx.send(Err(e)).await;
-                    return;
-                }
-            }
-        }
-    }
-
-    /// Forwards events until the stream stops.
-    async fn pump(&mut self, stream: &mut etcd_client::WatchStream) -> Stop {
-        loop {
-            let message = tokio::select! {
-                () = self.tx.closed() => return Stop::ConsumerGone,
-                m = stream.message() => m,
-            };
-            let response = match message {
-                Ok(Some(response)) => response,
-                Ok(None) => return Stop::Broken("etcd closed the watch stream".into()),
-                Err(e) => return Stop::Broken(e.to_string()),
-            };
-            self.backoff = BACKOFF_MIN;
-            if response.compact_revision() != 0 {
-                return Stop::Compacted(response.compact_revision());
-            }
-            if response.canceled() {
-                return Stop::Broken(format!("watch canceled: {}", response.cancel_reason()));
-            }
-            if response.created() {
-                continue;
-            }
-            if response.events().is_empty() {
-                // Progress notification: everything up to the header revision was delivered.
-                let revision = header_revision(response.header()).max(0) as Revision;
-                self.served = self.served.max(revision);
-                continue;
-            }
-            let before = self.served;
-            for event in response.events() {
-                let Some(kv) = event.kv() else { continue };
-                let revision = kv.mod_revision().max(0) as Revision;
-                if revision <= before {
-                    continue;
-                }
-                let key = match self.store.strip(kv.key()) {
-                    Ok(key) => key,
-                    Err(e) => return Stop::Failed(e),
-                };
-                let event = match event.event_type() {
-                    EventType::Put => WatchEvent::Put {
-                        key,
-                        value: kv.value().to_vec(),
-                        revision,
-                    },
-                    EventType::Delete => WatchEvent::Delete { key, revision },
-                };
-                if !self.send(event).await {
-                    return Stop::ConsumerGone;
-                }
-                self.served = self.served.max(revision);
-            }
-        }
-    }
-
-    async fn send(&self, event: WatchEvent) -> bool {
-        self.tx.send(Ok(event)).await.is_ok()
-    }
-
-    /// Sleeps for the current backoff and doubles it; false when the consumer is gone.
-    async fn pause(&mut self) -> bool {
-        let delay = self.backoff;
-        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
-        tokio::select! {
-            () = self.tx.closed() => false,
-            () = tokio::time::sleep(delay) => true,
-        }
+    async fn sweep_chunks(&self) -> Result<usize, StoreError> {
+        self.sweep().await
     }
 }
-
 /// The smallest key greater than every key starting with `key` (`[0]`: no upper bound).
 fn prefix_end(key: &[u8]) -> Vec<u8> {
     let mut end = key.to_vec();
