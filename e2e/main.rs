@@ -20,4 +20,5 @@ mod harness;
 mod hostile_peers;
 mod registry_lease;
 mod root_rotation;
+mod store_failover;
 mod traffic_policy;
