@@ -30,7 +30,7 @@ use tokio::time::Instant;
 use super::value;
 use super::{EtcdStore, READ_ATTEMPTS, header_revision, is_compacted, is_lease_not_found, kv};
 use crate::store::blob::{self, BlobPointer};
-use crate::store::{Guard, LARGE_VALUE_BYTES, LeaseId, Op, Revision, StoreError};
+use crate::store::{Guard, LARGE_VALUE_BYTES, Op, Revision, StoreError};
 
 const MARKER_AREA: &str = "\0txn/";
 /// A marker lease lives this long; markers must outlive every repeat of their transaction.
@@ -65,8 +65,9 @@ impl Fresh {
 /// How one transaction attempt ended.
 enum Attempt {
     Applied(Revision),
-    /// Something under a deleted prefix changed after it was read: read and try again.
-    PrefixChanged,
+    /// Nothing applied and trying again may succeed: something under a deleted prefix changed
+    /// after it was read, or the marker lease was gone.
+    TryAgain,
 }
 
 impl EtcdStore {
@@ -87,7 +88,7 @@ impl EtcdStore {
             }
             match self.commit_once(&guards, &ops, &fresh).await {
                 Ok(Attempt::Applied(revision)) => return Ok(revision),
-                Ok(Attempt::PrefixChanged) => continue,
+                Ok(Attempt::TryAgain) => continue,
                 Err(e) if e.is_retryable() => {
                     // Unknown outcome after every member and attempt failed: the chunks stay
                     // in case it applied; the sweep deletes them if it did not.
@@ -125,7 +126,7 @@ impl EtcdStore {
             };
             let (start, end) = self.range(prefix);
             let Some((items, at)) = self.range_at(&start, &end, false).await? else {
-                return Ok(Attempt::PrefixChanged);
+                return Ok(Attempt::TryAgain);
             };
             doomed.extend(
                 items
@@ -172,9 +173,12 @@ impl EtcdStore {
         let response = match result {
             Ok(response) => response,
             Err(e) if is_lease_not_found(&e) => {
-                return Err(StoreError::LeaseNotFound {
-                    lease: user_lease.unwrap_or(LeaseId(0)),
-                });
+                let Some(lease) = user_lease else {
+                    // The marker lease is gone (revoked by someone else): take a new one.
+                    *self.inner.marker_lease.0.lock().await = None;
+                    return Ok(Attempt::TryAgain);
+                };
+                return Err(StoreError::LeaseNotFound { lease });
             }
             Err(e) => return Err(self.err(e)),
         };
@@ -199,7 +203,7 @@ impl EtcdStore {
         }
         for (start, end, at) in &prefixes {
             if self.changed_since(start, end, *at).await? {
-                return Ok(Attempt::PrefixChanged);
+                return Ok(Attempt::TryAgain);
             }
         }
         Err(self.guard_failed(fresh).await)
