@@ -1372,4 +1372,92 @@ mod etcd_only {
         let endpoint = cluster.endpoints()[(leader + 1) % 3].clone();
         assert_eq!(etcd_chunk_generations(&endpoint).await.len(), 2);
     }
+
+    /// A TCP proxy that, once told, passes requests on but swallows etcd's answers: the
+    /// request applies and the client never learns it.
+    struct AnswerSwallower {
+        addr: SocketAddr,
+        swallow: Arc<AtomicBool>,
+    }
+
+    impl AnswerSwallower {
+        async fn start(upstream: SocketAddr) -> AnswerSwallower {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let swallow = Arc::new(AtomicBool::new(false));
+            let proxy = AnswerSwallower {
+                addr: listener.local_addr().unwrap(),
+                swallow: swallow.clone(),
+            };
+            tokio::spawn(async move {
+                while let Ok((inbound, _)) = listener.accept().await {
+                    let Ok(outbound) = tokio::net::TcpStream::connect(upstream).await else {
+                        continue;
+                    };
+                    let (mut client_read, mut client_write) = inbound.into_split();
+                    let (mut server_read, mut server_write) = outbound.into_split();
+                    tokio::spawn(async move {
+                        let _ = tokio::io::copy(&mut client_read, &mut server_write).await;
+                    });
+                    let swallow = swallow.clone();
+                    tokio::spawn(async move {
+                        let mut buf = vec![0u8; 64 * 1024];
+                        loop {
+                            let n = match server_read.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => n,
+                            };
+                            if !swallow.load(Ordering::SeqCst)
+                                && client_write.write_all(&buf[..n]).await.is_err()
+                            {
+                                return;
+                            }
+                        }
+                    });
+                }
+            });
+            proxy
+        }
+
+        fn swallow_answers(&self) {
+            self.swallow.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// A commit whose answer is lost is sent again to the next member; its marker makes the
+    /// second copy a no-op, so a guard the first copy made false does not fail the commit and
+    /// nothing applies twice.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn etcd_commit_whose_answer_is_lost_applies_once() {
+        let server = EtcdServer::start().await;
+        let proxy = AnswerSwallower::start(server.client_addr()).await;
+        let s = AnyStore::open(&etcd_members_config(
+            vec![format!("http://{}", proxy.addr), server.endpoint()],
+            3_000,
+        ))
+        .await
+        .unwrap();
+        s.commit(vec![], vec![put("warm", b"1")]).await.unwrap();
+        // Watched directly: the proxy swallows watch answers, too.
+        let direct = AnyStore::open(&etcd_config(server.endpoint()))
+            .await
+            .unwrap();
+        let before = direct.revision().await.unwrap();
+        let mut rx = direct.watch("once", before).await.unwrap();
+
+        proxy.swallow_answers();
+        let applied = s
+            .commit(
+                vec![Guard::Absent { key: "once".into() }],
+                vec![put("once", b"1")],
+            )
+            .await
+            .unwrap();
+        assert_eq!(s.get("once").await.unwrap(), Some(b"1".to_vec()));
+        assert_eq!(
+            put_event(&next(&mut rx).await),
+            ("once", &b"1"[..], applied)
+        );
+        quiet(&mut rx).await;
+    }
 }
