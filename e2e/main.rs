@@ -21,5 +21,6 @@ mod harness;
 mod hostile_peers;
 mod registry_lease;
 mod root_rotation;
+mod store_failover;
 mod traffic_policy;
 mod vip_exhaustion;

@@ -16,7 +16,8 @@ use tokio::process::{Child, Command};
 #[derive(Clone, Debug)]
 pub enum Backend {
     Embedded,
-    /// An etcd client URL; each cluster gets its own prefix.
+    /// etcd client URLs, comma-separated (all members of one cluster); each cluster gets its
+    /// own prefix.
     Etcd(String),
 }
 
@@ -115,7 +116,7 @@ impl Federation {
         if let Backend::Etcd(endpoint) = &spec.backend {
             cfg["store"] = json!({
                 "backend": "etcd",
-                "endpoints": [endpoint],
+                "endpoints": endpoint.split(',').collect::<Vec<_>>(),
                 "prefix": format!("/isthmus/{}/", spec.name),
             });
         }

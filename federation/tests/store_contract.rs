@@ -7,8 +7,9 @@
 use std::time::{Duration, Instant};
 
 use isthmus_federation::store::{
-    AnyStore, EmbeddedStore, Guard, LeaseId, MAX_COMMIT_BYTES, MAX_OPS_PER_COMMIT, Op, Revision,
-    Store, StoreConfig, StoreError, WatchEvent, WatchStream,
+    AnyStore, EmbeddedStore, Guard, LARGE_VALUE_BYTES, LeaseId, MAX_COMMIT_BYTES,
+    MAX_OPS_PER_COMMIT, MAX_VALUE_BYTES, Op, Revision, Store, StoreConfig, StoreError, WatchEvent,
+    WatchStream, commit_in_chunks,
 };
 
 /// Generous bound for anything a test waits for (a watch event, a reconnect, a lease expiry).
@@ -36,6 +37,11 @@ async fn embedded() -> Fixture {
 
 #[cfg(feature = "etcd")]
 fn etcd_config(endpoint: String) -> StoreConfig {
+    etcd_members_config(vec![endpoint], 2_000)
+}
+
+#[cfg(feature = "etcd")]
+fn etcd_members_config(endpoints: Vec<String>, request_timeout_ms: u64) -> StoreConfig {
     let StoreConfig::Etcd {
         endpoints,
         prefix,
@@ -44,7 +50,7 @@ fn etcd_config(endpoint: String) -> StoreConfig {
         password_file,
         connect_timeout_ms,
         ..
-    } = StoreConfig::etcd(vec![endpoint], "/isthmus-test/")
+    } = StoreConfig::etcd(endpoints, "/isthmus-test/")
     else {
         unreachable!()
     };
@@ -55,8 +61,41 @@ fn etcd_config(endpoint: String) -> StoreConfig {
         user,
         password_file,
         connect_timeout_ms,
-        request_timeout_ms: 2_000,
+        request_timeout_ms,
     }
+}
+
+/// The chunk generations in etcd's chunk area (`None` for the embedded store, which keeps
+/// large values inline and writes blob chunks in the pointer's own transaction).
+async fn chunk_generations(f: &Fixture) -> Option<Vec<String>> {
+    #[cfg(feature = "etcd")]
+    if let Some(server) = &f.etcd {
+        return Some(etcd_chunk_generations(&server.endpoint()).await);
+    }
+    let _ = f;
+    None
+}
+
+#[cfg(feature = "etcd")]
+async fn etcd_chunk_generations(endpoint: &str) -> Vec<String> {
+    let mut client = etcd_client::Client::connect([endpoint], None)
+        .await
+        .unwrap();
+    let area = "/isthmus-test/\0blob/";
+    let options = etcd_client::GetOptions::new()
+        .with_prefix()
+        .with_keys_only();
+    let response = client.get(area, Some(options)).await.unwrap();
+    let mut generations: Vec<String> = response
+        .kvs()
+        .iter()
+        .map(|kv| {
+            let name = String::from_utf8_lossy(&kv.key()[area.len()..]).into_owned();
+            name.split('/').next().unwrap().to_owned()
+        })
+        .collect();
+    generations.dedup();
+    generations
 }
 
 #[cfg(feature = "etcd")]
@@ -140,6 +179,8 @@ contract!(
     keep_alive_keeps_keys_and_revoke_deletes_them,
     watch_delivers_later_events_in_order,
     watch_from_forgotten_revision_starts_with_reset,
+    large_values_round_trip_whole,
+    failed_large_commit_leaves_nothing_visible,
 );
 
 // ---- helpers -------------------------------------------------------------------------------
@@ -381,7 +422,7 @@ async fn too_large_commits_are_refused(f: &Fixture) {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, StoreError::TooLarge { ops: 129, .. }),
+        matches!(err, StoreError::TooLarge { ops, .. } if ops == MAX_OPS_PER_COMMIT + 1),
         "{err}"
     );
     assert!(s.list("big/").await.unwrap().is_empty());
@@ -394,11 +435,21 @@ async fn too_large_commits_are_refused(f: &Fixture) {
         .collect();
     let err = s.commit(guards, vec![put("g", b"x")]).await.unwrap_err();
     assert!(matches!(err, StoreError::TooLarge { .. }), "{err}");
-    let huge = vec![put("huge", &vec![7; MAX_COMMIT_BYTES])];
+    let huge = vec![put("huge", &vec![7; MAX_VALUE_BYTES + 1])];
     let err = s.commit(vec![], huge).await.unwrap_err();
     assert!(matches!(err, StoreError::TooLarge { .. }), "{err}");
     assert!(err.to_string().contains("put_blob"), "{err}");
     assert_eq!(s.get("huge").await.unwrap(), None);
+    // Leased values are never large (etcd would expire the pointer, not the chunks).
+    let lease = s.grant_lease(Duration::from_secs(30)).await.unwrap();
+    let leased = vec![Op::PutLeased {
+        key: "leased".into(),
+        value: vec![7; MAX_COMMIT_BYTES],
+        lease,
+    }];
+    let err = s.commit(vec![], leased).await.unwrap_err();
+    assert!(matches!(err, StoreError::TooLarge { .. }), "{err}");
+    assert_eq!(s.get("leased").await.unwrap(), None);
     // Just below the limit goes through on every backend (etcd's request limit is 1.5 MiB).
     let fits = vec![put("fits", &vec![7; MAX_COMMIT_BYTES - 16])];
     s.commit(vec![], fits).await.unwrap();
@@ -798,6 +849,224 @@ async fn embedded_kill9_loses_nothing_acknowledged() {
     }
 }
 
+/// A value over 1 MiB (a peer's delta changing thousands of services) is stored by an ordinary
+/// commit and read back whole by `get`, `list` and watches; replacing and deleting it leaves no
+/// chunks behind.
+async fn large_values_round_trip_whole(f: &Fixture) {
+    let s = &f.store;
+    let r0 = s.revision().await.unwrap();
+    let mut rx = s.watch("large/", r0).await.unwrap();
+    let big = pseudo_random(2 * 1024 * 1024 + 5, 11);
+    let small = b"small".to_vec();
+    let r1 = s
+        .commit(vec![], vec![put("large/a", &big), put("large/b", &small)])
+        .await
+        .unwrap();
+    assert_eq!(s.get("large/a").await.unwrap(), Some(big.clone()));
+    assert_eq!(
+        s.list("large/").await.unwrap(),
+        vec![
+            ("large/a".to_owned(), big.clone()),
+            ("large/b".to_owned(), small.clone())
+        ]
+    );
+    assert_eq!(put_event(&next(&mut rx).await), ("large/a", &big[..], r1));
+    assert_eq!(put_event(&next(&mut rx).await), ("large/b", &small[..], r1));
+
+    // Replaced by another large value, then by a small one.
+    let bigger = pseudo_random(3 * 1024 * 1024 + 1, 12);
+    let r2 = s
+        .commit(vec![], vec![put("large/a", &bigger)])
+        .await
+        .unwrap();
+    assert_eq!(
+        put_event(&next(&mut rx).await),
+        ("large/a", &bigger[..], r2)
+    );
+    assert_eq!(s.get("large/a").await.unwrap(), Some(bigger.clone()));
+    if let Some(generations) = chunk_generations(f).await {
+        assert_eq!(generations.len(), 1, "only the current value's chunks stay");
+    }
+    let r3 = s
+        .commit(vec![], vec![put("large/a", b"tiny")])
+        .await
+        .unwrap();
+    assert_eq!(
+        put_event(&next(&mut rx).await),
+        ("large/a", &b"tiny"[..], r3)
+    );
+    assert_eq!(s.get("large/a").await.unwrap(), Some(b"tiny".to_vec()));
+
+    // The peer delta log's path: one large delta among small writes, committed in chunks.
+    let delta = pseudo_random(MAX_COMMIT_BYTES + 300_000, 13);
+    let ops = vec![
+        put("large/log/0001", &delta),
+        put("large/record", b"r"),
+        put("large/vip/1", b"v"),
+    ];
+    let mut done = 0;
+    commit_in_chunks(s, ops, &mut done).await.unwrap();
+    assert_eq!(done, 3);
+    assert_eq!(s.get("large/log/0001").await.unwrap(), Some(delta.clone()));
+    assert_eq!(put_event(&next(&mut rx).await).0, "large/log/0001");
+
+    // Deleted one by one and under a prefix: every chunk goes with them.
+    s.commit(vec![], vec![put("large/c", &big)]).await.unwrap();
+    s.commit(
+        vec![],
+        vec![Op::Delete {
+            key: "large/c".into(),
+        }],
+    )
+    .await
+    .unwrap();
+    s.commit(vec![], vec![put("large/c", &big)]).await.unwrap();
+    s.commit(
+        vec![],
+        vec![Op::DeletePrefix {
+            prefix: "large/".into(),
+        }],
+    )
+    .await
+    .unwrap();
+    assert!(s.list("large/").await.unwrap().is_empty());
+    if let Some(generations) = chunk_generations(f).await {
+        assert!(
+            generations.is_empty(),
+            "chunks left behind: {generations:?}"
+        );
+    }
+    // A value starting with NUL is an ordinary value, too.
+    s.commit(vec![], vec![put("nul", b"\0\0x")]).await.unwrap();
+    assert_eq!(s.get("nul").await.unwrap(), Some(b"\0\0x".to_vec()));
+    assert_eq!(
+        s.list("nul").await.unwrap(),
+        vec![("nul".to_owned(), b"\0\0x".to_vec())]
+    );
+}
+
+/// A commit of a large value that fails leaves nothing visible and no chunks behind.
+async fn failed_large_commit_leaves_nothing_visible(f: &Fixture) {
+    let s = &f.store;
+    s.commit(vec![], vec![put("held", b"1")]).await.unwrap();
+    let r0 = s.revision().await.unwrap();
+    let mut rx = s.watch("half/", r0).await.unwrap();
+    let big = pseudo_random(LARGE_VALUE_BYTES * 5, 14);
+    let err = s
+        .commit(
+            vec![Guard::Absent { key: "held".into() }],
+            vec![put("half/x", &big), put("half/y", b"small")],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err, StoreError::GuardFailed);
+    assert_eq!(s.get("half/x").await.unwrap(), None);
+    assert!(s.list("half/").await.unwrap().is_empty());
+    quiet(&mut rx).await;
+    if let Some(generations) = chunk_generations(f).await {
+        assert!(
+            generations.is_empty(),
+            "chunks left behind: {generations:?}"
+        );
+    }
+    // Guards compare small values only, on every backend.
+    let err = s
+        .commit(
+            vec![Guard::ValueEquals {
+                key: "held".into(),
+                value: big[..LARGE_VALUE_BYTES + 1].to_vec(),
+            }],
+            vec![put("half/z", b"z")],
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Invalid { .. }), "{err}");
+}
+
+/// A chunk generation named as made `age_ms` before now (the sweep reads a generation's age
+/// from its first 12 hex digits).
+fn generation_aged(age_ms: u64, tag: u8) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    format!("{:012x}{}", now - age_ms, format!("{tag:02x}").repeat(10))
+}
+
+/// Long enough ago that no writer can still publish it (the grace is 20 minutes).
+const LONG_AGO_MS: u64 = 3_600_000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_sweep_at_open_removes_only_leaked_chunks() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = StoreConfig::embedded(dir.path().join("store"));
+    let blob = pseudo_random(1024 * 1024 + 9, 21);
+    {
+        let s = AnyStore::open(&config).await.unwrap();
+        s.put_blob("blob", &blob, vec![]).await.unwrap();
+    }
+    // Chunks a writer left behind (only a bug or an older version could, here): one old, one
+    // made just now.
+    let (old, young) = (generation_aged(LONG_AGO_MS, 0xab), generation_aged(0, 0xcd));
+    let file = dir.path().join("store").join("isthmus.redb");
+    let chunks: redb::TableDefinition<'static, &str, &[u8]> =
+        redb::TableDefinition::new("blob_chunks");
+    let names = |db: &redb::Database| -> Vec<String> {
+        use redb::{ReadableDatabase, ReadableTable};
+        let txn = db.begin_read().unwrap();
+        let table = txn.open_table(chunks).unwrap();
+        table
+            .iter()
+            .unwrap()
+            .map(|item| item.unwrap().0.value().to_owned())
+            .collect()
+    };
+    let referenced = {
+        let db = open_redb(&file).await;
+        let referenced = names(&db);
+        let txn = db.begin_write().unwrap();
+        {
+            let mut table = txn.open_table(chunks).unwrap();
+            table
+                .insert(format!("{old}/00000000").as_str(), &b"x"[..])
+                .unwrap();
+            table
+                .insert(format!("{old}/00000001").as_str(), &b"y"[..])
+                .unwrap();
+            table
+                .insert(format!("{young}/00000000").as_str(), &b"z"[..])
+                .unwrap();
+        }
+        txn.commit().unwrap();
+        referenced
+    };
+    let s = AnyStore::open(&config).await.unwrap();
+    assert_eq!(s.leaked_generations_swept().get(), 1);
+    assert_eq!(s.get_blob("blob").await.unwrap(), Some(blob));
+    assert_eq!(s.sweep_chunks().await.unwrap(), 0);
+    drop(s);
+    let db = open_redb(&file).await;
+    let mut expected = referenced;
+    expected.push(format!("{young}/00000000"));
+    expected.sort();
+    assert_eq!(names(&db), expected);
+}
+
+/// Opens the embedded store's file directly, waiting for a dropped store to let go of it.
+async fn open_redb(file: &std::path::Path) -> redb::Database {
+    let start = Instant::now();
+    loop {
+        match redb::Database::open(file) {
+            Ok(db) => return db,
+            Err(e) if start.elapsed() < PATIENCE => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("cannot open {}: {e}", file.display()),
+        }
+    }
+}
+
 // ---- etcd only -----------------------------------------------------------------------------
 
 #[cfg(feature = "etcd")]
@@ -1004,5 +1273,191 @@ mod etcd_only {
             "{:?}",
             start.elapsed()
         );
+    }
+
+    /// Puts chunks at `generation` directly, as a writer that died before its pointer would.
+    async fn plant_chunks(endpoint: &str, generation: &str, count: u32) {
+        let mut client = etcd_client::Client::connect([endpoint], None)
+            .await
+            .unwrap();
+        for index in 0..count {
+            let key = format!("/isthmus-test/\0blob/{generation}/{index:08}");
+            client.put(key, vec![9u8; 1000], None).await.unwrap();
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn etcd_sweep_removes_only_leaked_chunks_and_they_are_never_visible() {
+        let server = EtcdServer::start().await;
+        let endpoint = server.endpoint();
+        let (old, young) = (generation_aged(LONG_AGO_MS, 0xab), generation_aged(0, 0xcd));
+        plant_chunks(&endpoint, &old, 3).await;
+        plant_chunks(&endpoint, &young, 2).await;
+        // The sweep at start removes the old leak and keeps the one whose writer may still
+        // publish it.
+        let s = AnyStore::open(&etcd_config(endpoint.clone()))
+            .await
+            .unwrap();
+        let start = Instant::now();
+        while s.leaked_generations_swept().get() < 1 {
+            assert!(start.elapsed() < PATIENCE, "no sweep at start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(etcd_chunk_generations(&endpoint).await, vec![young.clone()]);
+        // Partly written values are never visible.
+        assert!(s.list("").await.unwrap().is_empty());
+
+        // Referenced chunks stay; a later leak goes at the next sweep.
+        let blob = pseudo_random(1024 * 1024 + 3, 31);
+        let large = pseudo_random(LARGE_VALUE_BYTES * 3, 32);
+        s.put_blob("blob", &blob, vec![]).await.unwrap();
+        s.commit(vec![], vec![put("large", &large)]).await.unwrap();
+        let referenced = etcd_chunk_generations(&endpoint).await;
+        assert_eq!(referenced.len(), 3, "{referenced:?}");
+        let later = generation_aged(LONG_AGO_MS * 2, 0xef);
+        plant_chunks(&endpoint, &later, 1).await;
+        assert_eq!(s.sweep_chunks().await.unwrap(), 1);
+        assert_eq!(s.leaked_generations_swept().get(), 2);
+        assert_eq!(etcd_chunk_generations(&endpoint).await, referenced);
+        assert_eq!(s.get_blob("blob").await.unwrap(), Some(blob));
+        assert_eq!(s.get("large").await.unwrap(), Some(large));
+        assert_eq!(s.sweep_chunks().await.unwrap(), 0);
+    }
+
+    /// Three members, the store's own member is the leader, and it is killed: every call made
+    /// right after succeeds on the other members (after at most an election), nothing is lost,
+    /// the open watch delivers every change in order, and no chunk is left behind.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn etcd_leader_loss_costs_at_most_an_election() {
+        let mut cluster = isthmus_federation::testing::EtcdCluster::start(3).await;
+        let leader = cluster.leader().await;
+        let mut endpoints = cluster.endpoints();
+        endpoints.rotate_left(leader); // the leader first: calls go to it until it dies
+        let s = AnyStore::open(&etcd_members_config(endpoints, 5_000))
+            .await
+            .unwrap();
+        let r0 = s.commit(vec![], vec![put("f/000", b"0")]).await.unwrap();
+        let mut rx = s.watch("f/", r0).await.unwrap();
+        let big = pseudo_random(LARGE_VALUE_BYTES * 3, 41);
+        s.commit(vec![], vec![put("big", &big)]).await.unwrap();
+
+        cluster.kill(leader);
+        let killed = Instant::now();
+        for i in 1..=30u32 {
+            let key = format!("f/{i:03}");
+            let value = i.to_string().into_bytes();
+            s.commit(vec![], vec![put(&key, &value)])
+                .await
+                .unwrap_or_else(|e| {
+                    panic!("commit {i}, {:?} after the kill: {e}", killed.elapsed())
+                });
+            assert_eq!(s.get(&key).await.unwrap(), Some(value));
+            assert_eq!(s.list("f/").await.unwrap().len(), i as usize + 1);
+            if i % 10 == 0 {
+                let big = pseudo_random(LARGE_VALUE_BYTES * 3, u64::from(i));
+                s.commit(vec![], vec![put("big", &big)]).await.unwrap();
+                assert_eq!(s.get("big").await.unwrap(), Some(big));
+                s.put_blob("blob", &pseudo_random(700_000, u64::from(i)), vec![])
+                    .await
+                    .unwrap();
+            }
+        }
+        for i in 1..=30u32 {
+            assert_eq!(put_event(&next(&mut rx).await).0, format!("f/{i:03}"));
+        }
+        quiet(&mut rx).await;
+        let lease = s.grant_lease(Duration::from_secs(10)).await.unwrap();
+        assert!(s.keep_alive(lease).await.unwrap());
+        // Only the current large value's and blob's chunks remain.
+        let endpoint = cluster.endpoints()[(leader + 1) % 3].clone();
+        assert_eq!(etcd_chunk_generations(&endpoint).await.len(), 2);
+    }
+
+    /// A TCP proxy that, once told, passes requests on but swallows etcd's answers: the
+    /// request applies and the client never learns it.
+    struct AnswerSwallower {
+        addr: SocketAddr,
+        swallow: Arc<AtomicBool>,
+    }
+
+    impl AnswerSwallower {
+        async fn start(upstream: SocketAddr) -> AnswerSwallower {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let swallow = Arc::new(AtomicBool::new(false));
+            let proxy = AnswerSwallower {
+                addr: listener.local_addr().unwrap(),
+                swallow: swallow.clone(),
+            };
+            tokio::spawn(async move {
+                while let Ok((inbound, _)) = listener.accept().await {
+                    let Ok(outbound) = tokio::net::TcpStream::connect(upstream).await else {
+                        continue;
+                    };
+                    let (mut client_read, mut client_write) = inbound.into_split();
+                    let (mut server_read, mut server_write) = outbound.into_split();
+                    tokio::spawn(async move {
+                        let _ = tokio::io::copy(&mut client_read, &mut server_write).await;
+                    });
+                    let swallow = swallow.clone();
+                    tokio::spawn(async move {
+                        let mut buf = vec![0u8; 64 * 1024];
+                        loop {
+                            let n = match server_read.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => n,
+                            };
+                            if !swallow.load(Ordering::SeqCst)
+                                && client_write.write_all(&buf[..n]).await.is_err()
+                            {
+                                return;
+                            }
+                        }
+                    });
+                }
+            });
+            proxy
+        }
+
+        fn swallow_answers(&self) {
+            self.swallow.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// A commit whose answer is lost is sent again to the next member; its marker makes the
+    /// second copy a no-op, so a guard the first copy made false does not fail the commit and
+    /// nothing applies twice.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn etcd_commit_whose_answer_is_lost_applies_once() {
+        let server = EtcdServer::start().await;
+        let proxy = AnswerSwallower::start(server.client_addr()).await;
+        let s = AnyStore::open(&etcd_members_config(
+            vec![format!("http://{}", proxy.addr), server.endpoint()],
+            3_000,
+        ))
+        .await
+        .unwrap();
+        s.commit(vec![], vec![put("warm", b"1")]).await.unwrap();
+        // Watched directly: the proxy swallows watch answers, too.
+        let direct = AnyStore::open(&etcd_config(server.endpoint()))
+            .await
+            .unwrap();
+        let before = direct.revision().await.unwrap();
+        let mut rx = direct.watch("once", before).await.unwrap();
+
+        proxy.swallow_answers();
+        let applied = s
+            .commit(
+                vec![Guard::Absent { key: "once".into() }],
+                vec![put("once", b"1")],
+            )
+            .await
+            .unwrap();
+        assert_eq!(s.get("once").await.unwrap(), Some(b"1".to_vec()));
+        assert_eq!(
+            put_event(&next(&mut rx).await),
+            ("once", &b"1"[..], applied)
+        );
+        quiet(&mut rx).await;
     }
 }

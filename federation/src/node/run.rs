@@ -374,6 +374,7 @@ pub async fn start_with_metrics(
     // Admin HTTP (read-only) and the admin socket (state-changing).
     let mut registry = Registry::default();
     metrics.register(&mut registry);
+    node.store.register_metrics(&mut registry);
     if let Some(extra) = extra {
         extra(&mut registry);
     }

@@ -3,11 +3,24 @@
 //!
 //! A pointer is a small JSON document, so `get`, `list` and watches of a blob key show which
 //! generation is current. Chunks of a generation are immutable once the pointer names them.
+//!
+//! A generation name starts with the time it was made (so the leaked-chunk sweep can tell a
+//! generation whose writer may still publish it from one nobody will ever publish): writers
+//! publish a generation within [`CHUNK_GRACE`] / 2 of making it or not at all, and the sweep
+//! deletes only unreferenced generations older than [`CHUNK_GRACE`].
 
 use super::StoreError;
 
 /// Largest chunk: one etcd put of a chunk stays well below the 1.5 MiB request limit.
 pub(crate) const CHUNK_BYTES: usize = 512 * 1024;
+
+/// Unreferenced chunk generations younger than this are kept by the sweep: their writer may
+/// still publish them. Covers clock skew between replicas of up to half of it.
+pub(crate) const CHUNK_GRACE: std::time::Duration = std::time::Duration::from_secs(20 * 60);
+/// How often each store sweeps chunk generations no pointer references (also once at open).
+pub(crate) const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(10 * 60);
+/// Hex digits of a generation holding its creation time (unix ms, 48 bits).
+const TIME_DIGITS: usize = 12;
 
 const FORMAT: u32 = 1;
 
@@ -124,21 +137,49 @@ fn hex(bytes: &[u8]) -> String {
         })
 }
 
-/// 128 random bits; falls back to time, pid and a counter if the OS RNG fails, which is still
-/// unique within this store (uniqueness, not secrecy, is what matters here).
-fn new_generation() -> String {
+/// The generation of a chunk name (`<generation>/<index>`).
+pub(crate) fn generation_of(chunk_name: &str) -> &str {
+    chunk_name.split_once('/').map_or(chunk_name, |(g, _)| g)
+}
+
+/// Whether the sweep may delete `generation` when no pointer references it: it was made more
+/// than [`CHUNK_GRACE`] before `now_ms`. A generation from before names carried a time (its
+/// time digits are random) counts as old once its time is more than a day in the future.
+pub(crate) fn abandoned(generation: &str, now_ms: u64) -> bool {
+    let Some(born) = generation
+        .get(..TIME_DIGITS)
+        .and_then(|t| u64::from_str_radix(t, 16).ok())
+    else {
+        return true;
+    };
+    let grace = CHUNK_GRACE.as_millis() as u64;
+    born.saturating_add(grace) <= now_ms || born > now_ms.saturating_add(24 * 3600 * 1000)
+}
+
+/// Unix time in milliseconds.
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or_default()
+}
+
+/// The creation time (unix ms, 48 bits) then 80 random bits; falls back to the pid and a
+/// counter if the OS RNG fails, which is still unique within this store (uniqueness, not
+/// secrecy, is what matters here).
+pub(crate) fn new_generation() -> String {
     use ring::rand::SecureRandom;
     let mut bytes = [0u8; 16];
-    if ring::rand::SystemRandom::new().fill(&mut bytes).is_err() {
+    let born = now_ms() & 0xffff_ffff_ffff;
+    bytes[..8].copy_from_slice(&(born << 16).to_be_bytes());
+    if ring::rand::SystemRandom::new()
+        .fill(&mut bytes[6..])
+        .is_err()
+    {
         static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or_default();
         let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        bytes[..8].copy_from_slice(&nanos.to_be_bytes());
-        bytes[8..12].copy_from_slice(&std::process::id().to_be_bytes());
-        bytes[12..].copy_from_slice(&(n as u32).to_be_bytes());
+        bytes[6..10].copy_from_slice(&std::process::id().to_be_bytes());
+        bytes[10..].copy_from_slice(&n.to_be_bytes()[2..]);
     }
     hex(&bytes)
 }
@@ -162,5 +203,19 @@ mod tests {
         assert!(BlobPointer::decode("k", b"{\"isthmus_blob\":1,\"x\":2}").is_err());
         assert_ne!(new_generation(), new_generation());
         assert_eq!(BlobPointer::new(&[]).expect("empty").chunks, 0);
+    }
+
+    #[test]
+    fn generations_carry_their_age() {
+        let now = now_ms();
+        let fresh = new_generation();
+        assert_eq!(fresh.len(), 32);
+        assert!(!abandoned(&fresh, now));
+        let grace = CHUNK_GRACE.as_millis() as u64;
+        assert!(abandoned(&fresh, now + grace + 1000));
+        assert!(abandoned(&format!("{:012x}{}", 0, "0".repeat(20)), now));
+        // A random pre-time name far in the future counts as old.
+        assert!(abandoned("ffffffffffff00000000000000000000", now));
+        assert_eq!(generation_of(&chunk_name(&fresh, 3)), fresh);
     }
 }

@@ -13,6 +13,11 @@
 //! - Watches replay from an in-memory history of the last [`HISTORY_EVENTS`] events; older
 //!   `after` revisions (and every `after` older than the open, since history starts empty) get
 //!   a Reset. A consumer that falls behind by more than the history gets a Reset, too.
+//! - Large values (see [`super::LARGE_VALUE_BYTES`]) are stored inline: one redb transaction is
+//!   atomic at any size, so the limits checked are only those etcd needs, for parity.
+//! - Overwriting or deleting a blob pointer deletes its chunks in the same transaction; chunks
+//!   no pointer references (only a bug or an older version could leave them) are swept at open
+//!   and every [`blob::SWEEP_EVERY`].
 //! - redb calls run on the blocking pool; no lock is held across an `.await`.
 
 use std::collections::VecDeque;
@@ -78,6 +83,8 @@ impl std::fmt::Debug for EmbeddedStore {
 struct Inner {
     db: Database,
     path: PathBuf,
+    /// Chunk generations deleted by the leaked-chunk sweep.
+    swept: prometheus_client::metrics::counter::Counter,
     /// Held across "write transaction + publish", so watchers see commits in order and
     /// `watch` can take a consistent cut.
     hub: Mutex<Hub>,
@@ -172,6 +179,10 @@ impl EmbeddedStore {
         };
         store.sweep().await?;
         spawn_sweeper(Arc::downgrade(&store.inner));
+        if let Err(e) = store.sweep_chunks().await {
+            tracing::warn!(error = %e, "sweeping leaked blob chunks failed; retrying later");
+        }
+        spawn_chunk_sweeper(Arc::downgrade(&store.inner));
         tracing::info!(path = %store.inner.path.display(), "embedded store open");
         Ok(store)
     }
@@ -179,6 +190,11 @@ impl EmbeddedStore {
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.inner.path
+    }
+
+    /// Chunk generations deleted by the leaked-chunk sweep since open.
+    pub fn swept_counter(&self) -> prometheus_client::metrics::counter::Counter {
+        self.inner.swept.clone()
     }
 
     async fn blocking<T, F>(&self, f: F) -> Result<T, StoreError>
@@ -230,6 +246,22 @@ fn spawn_sweeper(weak: Weak<Inner>) {
     });
 }
 
+fn spawn_chunk_sweeper(weak: Weak<Inner>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(blob::SWEEP_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await; // the first sweep ran at open
+        loop {
+            tick.tick().await;
+            let Some(inner) = weak.upgrade() else { return };
+            let store = EmbeddedStore { inner };
+            if let Err(e) = store.sweep_chunks().await {
+                tracing::warn!(error = %e, "sweeping leaked blob chunks failed; retrying later");
+            }
+        }
+    });
+}
+
 impl Inner {
     fn open(dir: &Path) -> Result<Inner, StoreError> {
         use std::os::unix::fs::DirBuilderExt;
@@ -257,6 +289,7 @@ impl Inner {
         Ok(Inner {
             db,
             path,
+            swept: Default::default(),
             hub: Mutex::new(Hub {
                 revision,
                 history: VecDeque::new(),
@@ -494,7 +527,17 @@ impl<'txn> Tables<'txn> {
             self.kv_lease.insert(key, lease.0)?;
             self.lease_keys.insert((lease.0, key), ())?;
         }
+        let replaced = self.pointer(key)?;
         self.kv.insert(key, value)?;
+        if let Some(old) = replaced {
+            let same = BlobPointer::decode(key, value)
+                .ok()
+                .flatten()
+                .is_some_and(|new| new.generation == old.generation);
+            if !same {
+                self.delete_chunks(&old.generation)?;
+            }
+        }
         self.events.push(WatchEvent::Put {
             key: key.to_owned(),
             value: value.to_vec(),
@@ -504,8 +547,12 @@ impl<'txn> Tables<'txn> {
     }
 
     fn delete(&mut self, key: &str) -> Result<(), Fail> {
+        let replaced = self.pointer(key)?;
         if self.kv.remove(key)?.is_none() {
             return Ok(());
+        }
+        if let Some(old) = replaced {
+            self.delete_chunks(&old.generation)?;
         }
         self.detach(key)?;
         self.events.push(WatchEvent::Delete {
@@ -572,10 +619,10 @@ impl<'txn> Tables<'txn> {
     /// The blob pointer at `key`, if the value there is one (a corrupt one is logged and
     /// treated as absent, so a new blob can replace it).
     fn pointer(&self, key: &str) -> Result<Option<BlobPointer>, Fail> {
-        let Some(value) = self.kv.get(key)?.map(|v| v.value().to_vec()) else {
+        let Some(value) = self.kv.get(key)? else {
             return Ok(None);
         };
-        Ok(BlobPointer::decode(key, &value).unwrap_or_else(|e| {
+        Ok(BlobPointer::decode(key, value.value()).unwrap_or_else(|e| {
             tracing::warn!(key, error = %e, "replacing an unreadable blob pointer");
             None
         }))
@@ -601,7 +648,7 @@ impl Store for EmbeddedStore {
     }
 
     async fn commit(&self, guards: Vec<Guard>, ops: Vec<Op>) -> Result<Revision, StoreError> {
-        check_commit(&guards, 0, &ops)?;
+        check_commit(&guards, &ops)?;
         self.blocking(move |inner| {
             let now = now_ms();
             let ((), revision) = inner.write(|t| {
@@ -626,22 +673,19 @@ impl Store for EmbeddedStore {
             key: key.to_owned(),
             value: encoded.clone(),
         }];
-        check_commit(&guards, 0, &put)?;
+        check_commit(&guards, &put)?;
         let key = key.to_owned();
         let bytes = bytes.to_vec();
         self.blocking(move |inner| {
             let now = now_ms();
             let ((), revision) = inner.write(|t| {
                 t.check(&guards)?;
-                let old = t.pointer(&key)?;
                 for (index, chunk) in (0u32..).zip(blob::chunks(&bytes)) {
                     let name = blob::chunk_name(&pointer.generation, index);
                     t.chunks.insert(name.as_str(), chunk)?;
                 }
+                // Replacing the pointer deletes the previous generation's chunks.
                 t.put(&key, &encoded, None, now)?;
-                if let Some(old) = old {
-                    t.delete_chunks(&old.generation)?;
-                }
                 Ok(())
             })?;
             Ok(revision)
@@ -681,14 +725,8 @@ impl Store for EmbeddedStore {
         check_key(key)?;
         let key = key.to_owned();
         self.blocking(move |inner| {
-            inner.write(|t| {
-                let old = t.pointer(&key)?;
-                t.delete(&key)?;
-                if let Some(old) = old {
-                    t.delete_chunks(&old.generation)?;
-                }
-                Ok(())
-            })?;
+            // Deleting the pointer deletes its chunks.
+            inner.write(|t| t.delete(&key))?;
             Ok(())
         })
         .await
@@ -764,6 +802,45 @@ impl Store for EmbeddedStore {
 
     async fn revision(&self) -> Result<Revision, StoreError> {
         Ok(self.inner.hub().revision)
+    }
+
+    async fn sweep_chunks(&self) -> Result<usize, StoreError> {
+        let swept = self
+            .blocking(|inner| {
+                let now = blob::now_ms();
+                // One write transaction: no pointer can appear between the scan and the delete.
+                let (swept, _) = inner.write(|t| {
+                    let mut referenced = std::collections::BTreeSet::new();
+                    for item in t.kv.iter()? {
+                        let (k, v) = item?;
+                        if let Ok(Some(p)) = BlobPointer::decode(k.value(), v.value()) {
+                            referenced.insert(p.generation);
+                        }
+                    }
+                    let mut orphans = std::collections::BTreeSet::new();
+                    for item in t.chunks.iter()? {
+                        let (name, _) = item?;
+                        let generation = blob::generation_of(name.value());
+                        if !referenced.contains(generation) && blob::abandoned(generation, now) {
+                            orphans.insert(generation.to_owned());
+                        }
+                    }
+                    for generation in &orphans {
+                        t.delete_chunks(generation)?;
+                    }
+                    Ok(orphans.len())
+                })?;
+                Ok(swept)
+            })
+            .await?;
+        if swept > 0 {
+            tracing::info!(
+                generations = swept,
+                "deleted leaked blob chunks no pointer referenced"
+            );
+            self.inner.swept.inc_by(swept as u64);
+        }
+        Ok(swept)
     }
 }
 

@@ -16,16 +16,24 @@
 //!   the same revision. They are opaque and may jump (etcd shares its counter with other users
 //!   of the cluster).
 //! - **Commits** are atomic, durable once acknowledged, and bounded by [`MAX_OPS_PER_COMMIT`]
-//!   ops (and as many guards) and [`MAX_COMMIT_BYTES`]. A key may be written at most once per
-//!   commit and not also deleted by the same commit (etcd refuses that too).
+//!   ops (and as many guards, counting one per large value and per `DeletePrefix`, which etcd
+//!   guards itself) and [`MAX_COMMIT_BYTES`]. A key may be written at most once per commit and
+//!   not also deleted by the same commit (etcd refuses that too).
+//! - **Large values**: an `Op::Put` value larger than [`LARGE_VALUE_BYTES`] (up to
+//!   [`MAX_VALUE_BYTES`]) counts as a small pointer towards the commit's bytes; etcd stores it as
+//!   chunks published by the commit itself, the embedded store inline. `get`, `list` and watches
+//!   return the whole value, never a part, on both; a commit that fails leaves no part visible.
 //! - **Blobs** hold values of any size: chunks under a fresh generation, then one pointer swap.
 //!   The pointer is an ordinary value at the blob's key (so it is listed and watched); remove
-//!   blobs with [`Store::delete_blob`], because `Op::Delete` of a pointer leaves its chunks behind.
+//!   blobs with [`Store::delete_blob`]. Chunks that no pointer references any more (a writer
+//!   that died between its chunks and its pointer) are removed by a sweep at open and every
+//!   few minutes ([`Store::sweep_chunks`]).
 //! - **Leases** delete their keys when not kept alive within their TTL.
 //! - **Watches** deliver every change in revision order, or a [`WatchEvent::Reset`] when history
 //!   is gone; a consumer that applies them in order always converges to the store's state.
 
 mod blob;
+mod config;
 pub mod embedded;
 #[cfg(feature = "etcd")]
 pub mod etcd;
@@ -34,6 +42,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use config::{EtcdTls, StoreConfig};
 pub use embedded::EmbeddedStore;
 #[cfg(feature = "etcd")]
 pub use etcd::EtcdStore;
@@ -48,10 +57,12 @@ pub struct LeaseId(pub i64);
 /// One write inside a [`Store::commit`].
 #[derive(Debug, Clone)]
 pub enum Op {
-    /// Write `value` at `key`; detaches the key from any lease.
+    /// Write `value` at `key`; detaches the key from any lease. `value` may be large (see
+    /// [`LARGE_VALUE_BYTES`]).
     Put { key: String, value: Vec<u8> },
     /// Write `value` at `key` and attach it to `lease` (fails with
-    /// [`StoreError::LeaseNotFound`] when the lease is gone).
+    /// [`StoreError::LeaseNotFound`] when the lease is gone). `value` must fit in a commit
+    /// (leased values are never large: etcd would drop the pointer and not the chunks).
     PutLeased {
         key: String,
         value: Vec<u8>,
@@ -97,10 +108,19 @@ pub enum WatchEvent {
 /// ends (`None`) when the store is dropped. Dropping the receiver cancels the watch.
 pub type WatchStream = tokio::sync::mpsc::Receiver<Result<WatchEvent, StoreError>>;
 
-/// etcd 3.4 refuses transactions with more than 128 operations (or compares).
-pub const MAX_OPS_PER_COMMIT: usize = 128;
+/// etcd 3.4 refuses transactions with more than 128 operations (or compares); the etcd backend
+/// adds one of each to every commit (its marker, which makes a commit safe to send again).
+pub const MAX_OPS_PER_COMMIT: usize = 127;
 /// Stays below etcd's default 1.5 MiB request limit, with room for framing.
 pub const MAX_COMMIT_BYTES: usize = 1024 * 1024;
+/// An `Op::Put` value larger than this is a *large value*: stored in chunks on etcd, and counted
+/// as [`LARGE_VALUE_STUB_BYTES`] towards [`MAX_COMMIT_BYTES`]. Small enough that a commit's
+/// previous values (etcd returns them to clean up replaced chunks) stay well below etcd's limits.
+pub const LARGE_VALUE_BYTES: usize = 256 * 1024;
+/// Largest value a commit accepts (use blobs beyond).
+pub const MAX_VALUE_BYTES: usize = 64 * 1024 * 1024;
+/// What a large value counts towards [`MAX_COMMIT_BYTES`]: the size of its pointer.
+pub const LARGE_VALUE_STUB_BYTES: usize = 256;
 /// Longest key accepted.
 pub const MAX_KEY_BYTES: usize = 4096;
 
@@ -118,7 +138,8 @@ pub trait Store: Send + Sync + 'static {
     /// Fails with StoreError::GuardFailed if a guard does not hold (nothing applied), with
     /// StoreError::TooLarge beyond MAX_OPS_PER_COMMIT ops or MAX_COMMIT_BYTES (use blobs).
     /// Returns the store revision after the commit. `Unavailable` means the outcome is unknown:
-    /// re-read before deciding to retry.
+    /// re-read before deciding to retry. Overwriting or deleting a large value or a blob pointer
+    /// also deletes the chunks it named.
     fn commit(
         &self,
         guards: Vec<Guard>,
@@ -159,6 +180,12 @@ pub trait Store: Send + Sync + 'static {
     ) -> impl Future<Output = Result<WatchStream, StoreError>> + Send;
     /// The current store revision.
     fn revision(&self) -> impl Future<Output = Result<Revision, StoreError>> + Send;
+    /// Deletes chunk generations that no pointer (blob or large value) references and that are
+    /// older than their writer's publishing window, i.e. chunks a writer left behind when it
+    /// died or lost the store between its chunks and its pointer. Returns how many generations
+    /// it deleted (also counted in [`AnyStore::leaked_generations_swept`]). Both backends run it
+    /// at open and periodically; safe to run concurrently with writers and other sweeps.
+    fn sweep_chunks(&self) -> impl Future<Output = Result<usize, StoreError>> + Send;
 }
 
 /// Why a store call failed, who is to blame, and what the operator should do. `Clone + Eq` so
@@ -185,8 +212,10 @@ pub enum StoreError {
     /// The commit exceeds the limits every backend must honour.
     #[error(
         "commit too large: {ops} ops, {guards} guards, {bytes} bytes (limits: \
-         {MAX_OPS_PER_COMMIT} ops and guards, {MAX_COMMIT_BYTES} bytes); split it into several \
-         commits or store large values with put_blob"
+         {MAX_OPS_PER_COMMIT} ops and guards, {MAX_COMMIT_BYTES} bytes, where a value over \
+         {LARGE_VALUE_BYTES} bytes counts {LARGE_VALUE_STUB_BYTES} unless leased, and values up \
+         to {MAX_VALUE_BYTES} bytes); split it into several commits or store very large values \
+         with put_blob"
     )]
     TooLarge {
         ops: usize,
@@ -260,147 +289,6 @@ impl StoreError {
     }
 }
 
-/// Which backend to use and how to reach it. Parsed once at start, dumped at `/config_dump`
-/// (so it holds no secrets: passwords are read from files).
-#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
-#[serde(tag = "backend", rename_all = "snake_case", deny_unknown_fields)]
-pub enum StoreConfig {
-    /// redb in `data_dir/isthmus.redb`; the directory is created with mode 0700.
-    Embedded { data_dir: PathBuf },
-    /// A shared etcd 3.4+ cluster.
-    Etcd {
-        /// e.g. `http://10.0.0.1:2379`; `https://` when `tls` is set.
-        endpoints: Vec<String>,
-        /// Prepended to every key (plain string, e.g. `/isthmus/prod/`).
-        #[serde(default)]
-        prefix: String,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        tls: Option<EtcdTls>,
-        /// etcd user; the password is read from `password_file`.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        user: Option<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        password_file: Option<PathBuf>,
-        #[serde(default = "default_connect_timeout_ms")]
-        connect_timeout_ms: u64,
-        /// Per request (unary calls); watches are long-lived and not bounded by it.
-        #[serde(default = "default_request_timeout_ms")]
-        request_timeout_ms: u64,
-    },
-}
-
-/// TLS towards etcd: PEM files.
-#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct EtcdTls {
-    /// CA bundle that signed etcd's server certificate.
-    pub ca_file: PathBuf,
-    /// Client certificate and key, when etcd requires client certificates.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cert_file: Option<PathBuf>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub key_file: Option<PathBuf>,
-}
-
-fn default_connect_timeout_ms() -> u64 {
-    5_000
-}
-
-fn default_request_timeout_ms() -> u64 {
-    5_000
-}
-
-impl StoreConfig {
-    /// An embedded store under `data_dir`.
-    pub fn embedded(data_dir: impl Into<PathBuf>) -> Self {
-        StoreConfig::Embedded {
-            data_dir: data_dir.into(),
-        }
-    }
-
-    /// An etcd store with default timeouts, no TLS and no auth.
-    pub fn etcd(endpoints: Vec<String>, prefix: impl Into<String>) -> Self {
-        StoreConfig::Etcd {
-            endpoints,
-            prefix: prefix.into(),
-            tls: None,
-            user: None,
-            password_file: None,
-            connect_timeout_ms: default_connect_timeout_ms(),
-            request_timeout_ms: default_request_timeout_ms(),
-        }
-    }
-
-    /// Checks what can be checked without touching the disk or the network.
-    pub fn validate(&self) -> Result<(), StoreError> {
-        match self {
-            StoreConfig::Embedded { data_dir } => {
-                if data_dir.as_os_str().is_empty() {
-                    return Err(StoreError::Config(
-                        "store.data_dir is empty; set it to a directory this user can write".into(),
-                    ));
-                }
-            }
-            StoreConfig::Etcd {
-                endpoints,
-                prefix,
-                tls,
-                user,
-                password_file,
-                connect_timeout_ms,
-                request_timeout_ms,
-            } => {
-                if endpoints.is_empty() {
-                    return Err(StoreError::Config(
-                        "store.endpoints is empty; list at least one etcd client URL, e.g. \
-                         http://127.0.0.1:2379"
-                            .into(),
-                    ));
-                }
-                let scheme = if tls.is_some() { "https://" } else { "http://" };
-                for endpoint in endpoints {
-                    if !endpoint.starts_with(scheme) {
-                        return Err(StoreError::Config(format!(
-                            "store.endpoints: {endpoint:?} must start with {scheme} (TLS is {})",
-                            if tls.is_some() {
-                                "configured"
-                            } else {
-                                "not configured"
-                            }
-                        )));
-                    }
-                }
-                check_prefix(prefix)
-                    .map_err(|e| StoreError::Config(format!("store.prefix: {e}")))?;
-                if let Some(tls) = tls
-                    && tls.cert_file.is_some() != tls.key_file.is_some()
-                {
-                    return Err(StoreError::Config(
-                        "store.tls: set both cert_file and key_file, or neither".into(),
-                    ));
-                }
-                if user.is_some() != password_file.is_some() {
-                    return Err(StoreError::Config(
-                        "store: set both user and password_file, or neither".into(),
-                    ));
-                }
-                if *connect_timeout_ms == 0 || *request_timeout_ms == 0 {
-                    return Err(StoreError::Config(
-                        "store: connect_timeout_ms and request_timeout_ms must be > 0".into(),
-                    ));
-                }
-                #[cfg(not(feature = "etcd"))]
-                return Err(StoreError::Config(
-                    "this build has no etcd support; use backend: embedded or a build with the \
-                     `etcd` feature"
-                        .into(),
-                ));
-            }
-        }
-        Ok(())
-    }
-}
-
 /// What everything above the trait holds. Cheap to clone.
 #[derive(Clone)]
 pub enum AnyStore {
@@ -430,6 +318,25 @@ impl AnyStore {
             StoreConfig::Etcd { .. } => Err(StoreError::Config(
                 "this build has no etcd support; use backend: embedded".into(),
             )),
+        }
+    }
+
+    /// Registers the store's metrics (leaked chunk generations swept) on `registry`.
+    pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        registry.register(
+            "isthmus_store_leaked_chunk_generations_swept",
+            "Chunk generations no pointer referenced (left by a writer that died or lost the \
+             store mid-write), deleted by the sweep",
+            self.leaked_generations_swept(),
+        );
+    }
+
+    /// Chunk generations deleted by [`Store::sweep_chunks`] since open.
+    pub fn leaked_generations_swept(&self) -> prometheus_client::metrics::counter::Counter {
+        match self {
+            AnyStore::Embedded(s) => s.swept_counter(),
+            #[cfg(feature = "etcd")]
+            AnyStore::Etcd(s) => s.swept_counter(),
         }
     }
 
@@ -492,6 +399,9 @@ impl Store for AnyStore {
     async fn revision(&self) -> Result<Revision, StoreError> {
         delegate!(self, s => s.revision())
     }
+    async fn sweep_chunks(&self) -> Result<usize, StoreError> {
+        delegate!(self, s => s.sweep_chunks())
+    }
 }
 
 // ---- shared validation -------------------------------------------------------------------
@@ -542,8 +452,15 @@ impl Op {
         }
     }
 
+    /// Whether this op writes a large value (see [`LARGE_VALUE_BYTES`]).
+    pub fn is_large(&self) -> bool {
+        matches!(self, Op::Put { value, .. } if value.len() > LARGE_VALUE_BYTES)
+    }
+
+    /// What the op counts towards [`MAX_COMMIT_BYTES`].
     fn bytes(&self) -> usize {
         match self {
+            Op::Put { key, .. } if self.is_large() => key.len() + LARGE_VALUE_STUB_BYTES,
             Op::Put { key, value } | Op::PutLeased { key, value, .. } => key.len() + value.len(),
             Op::Delete { key } => key.len(),
             Op::DeletePrefix { prefix } => prefix.len(),
@@ -597,18 +514,25 @@ impl Guard {
 }
 
 /// Checks limits, keys and conflicts before a commit reaches any backend, so both refuse the
-/// same commits with the same errors. `extra_guards` counts guards the backend adds itself.
-pub(crate) fn check_commit(
-    guards: &[Guard],
-    extra_guards: usize,
-    ops: &[Op],
-) -> Result<(), StoreError> {
+/// same commits with the same errors. Counts the guards etcd adds itself: one per large value
+/// (its chunks still exist) and one per `DeletePrefix` (nothing under the prefix changed since
+/// the backend read which chunks it must delete with it).
+pub(crate) fn check_commit(guards: &[Guard], ops: &[Op]) -> Result<(), StoreError> {
     let bytes =
         guards.iter().map(Guard::bytes).sum::<usize>() + ops.iter().map(Op::bytes).sum::<usize>();
+    let extra_guards = ops
+        .iter()
+        .filter(|op| op.is_large() || matches!(op, Op::DeletePrefix { .. }))
+        .count();
     let guard_count = guards.len() + extra_guards;
+    let oversized = ops.iter().any(|op| match op {
+        Op::Put { value, .. } => value.len() > MAX_VALUE_BYTES,
+        _ => false,
+    });
     if ops.len() > MAX_OPS_PER_COMMIT
         || guard_count > MAX_OPS_PER_COMMIT
         || bytes > MAX_COMMIT_BYTES
+        || oversized
     {
         return Err(StoreError::TooLarge {
             ops: ops.len(),
@@ -618,6 +542,16 @@ pub(crate) fn check_commit(
     }
     for guard in guards {
         check_key(guard.key())?;
+        if let Guard::ValueEquals { value, .. } = guard
+            && value.len() > LARGE_VALUE_BYTES
+        {
+            return Err(invalid(format!(
+                "a guard on {:?} compares {} bytes; guards compare values up to \
+                 {LARGE_VALUE_BYTES} bytes",
+                guard.key(),
+                value.len()
+            )));
+        }
     }
     for (i, op) in ops.iter().enumerate() {
         match op {
@@ -674,41 +608,69 @@ mod tests {
         let ops: Vec<Op> = (0..MAX_OPS_PER_COMMIT)
             .map(|i| put(&format!("k{i}")))
             .collect();
-        assert!(check_commit(&[], 0, &ops).is_ok());
+        assert!(check_commit(&[], &ops).is_ok());
         let ops: Vec<Op> = (0..=MAX_OPS_PER_COMMIT)
             .map(|i| put(&format!("k{i}")))
             .collect();
         assert!(matches!(
-            check_commit(&[], 0, &ops),
-            Err(StoreError::TooLarge { ops: 129, .. })
+            check_commit(&[], &ops),
+            Err(StoreError::TooLarge { ops: 128, .. })
         ));
+        // A large value counts as its pointer; a leased one counts whole.
         let big = vec![Op::Put {
             key: "k".into(),
             value: vec![0; MAX_COMMIT_BYTES],
         }];
+        assert!(check_commit(&[], &big).is_ok());
+        let leased = vec![Op::PutLeased {
+            key: "k".into(),
+            value: vec![0; MAX_COMMIT_BYTES],
+            lease: LeaseId(1),
+        }];
         assert!(matches!(
-            check_commit(&[], 0, &big),
+            check_commit(&[], &leased),
             Err(StoreError::TooLarge { .. })
         ));
-        assert!(check_commit(&[], 0, &[put("a"), put("a")]).is_err());
+        let huge = vec![Op::Put {
+            key: "k".into(),
+            value: vec![0; MAX_VALUE_BYTES + 1],
+        }];
+        assert!(matches!(
+            check_commit(&[], &huge),
+            Err(StoreError::TooLarge { .. })
+        ));
+        // Each large value takes one of the guards.
+        let many_large: Vec<Op> = (0..MAX_OPS_PER_COMMIT)
+            .map(|i| Op::Put {
+                key: format!("k{i}"),
+                value: vec![0; LARGE_VALUE_BYTES + 1],
+            })
+            .collect();
+        assert!(check_commit(&[], &many_large).is_ok());
+        let guard = [Guard::Absent { key: "g".into() }];
+        assert!(matches!(
+            check_commit(&guard, &many_large),
+            Err(StoreError::TooLarge { .. })
+        ));
+        assert!(check_commit(&[], &[put("a"), put("a")]).is_err());
         let prefix_and_put = [
             Op::DeletePrefix {
                 prefix: "a/".into(),
             },
             put("a/b"),
         ];
-        assert!(check_commit(&[], 0, &prefix_and_put).is_err());
+        assert!(check_commit(&[], &prefix_and_put).is_err());
         let deletes = [
             Op::DeletePrefix {
                 prefix: "a/".into(),
             },
             Op::Delete { key: "a/b".into() },
         ];
-        assert!(check_commit(&[], 0, &deletes).is_ok());
-        assert!(check_commit(&[], 0, &[put("")]).is_err());
-        assert!(check_commit(&[], 0, &[put("a\0b")]).is_err());
+        assert!(check_commit(&[], &deletes).is_ok());
+        assert!(check_commit(&[], &[put("")]).is_err());
+        assert!(check_commit(&[], &[put("a\0b")]).is_err());
         let everything = [Op::DeletePrefix { prefix: "".into() }];
-        assert!(check_commit(&[], 0, &everything).is_err());
+        assert!(check_commit(&[], &everything).is_err());
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! Test support (crate feature `testing`): a real, throwaway etcd server.
+//! Test support (crate feature `testing`): a real, throwaway etcd server, or a cluster of them
+//! ([`EtcdCluster`]).
 //!
 //! Compiled only for tests; it panics on setup failures, because a test that cannot build its
 //! fixture must fail loudly, never pass silently.
@@ -8,6 +9,9 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+mod etcd_cluster;
+pub use etcd_cluster::EtcdCluster;
 
 /// How long a fresh or restarted etcd may take to answer `/health`.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -141,7 +145,7 @@ impl Drop for EtcdServer {
 }
 
 /// A loopback port nobody listens on right now.
-fn free_port() -> SocketAddr {
+pub(crate) fn free_port() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free loopback port");
     listener
         .local_addr()
@@ -149,7 +153,7 @@ fn free_port() -> SocketAddr {
 }
 
 /// `GET /health` answered with `"health":"true"`.
-fn healthy(addr: SocketAddr) -> bool {
+pub(crate) fn healthy(addr: SocketAddr) -> bool {
     let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(500)) else {
         return false;
     };
@@ -163,7 +167,7 @@ fn healthy(addr: SocketAddr) -> bool {
     response.contains("\"health\":\"true\"")
 }
 
-fn tail(path: &Path) -> String {
+pub(crate) fn tail(path: &Path) -> String {
     let log = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = log.lines().collect();
     lines[lines.len().saturating_sub(30)..].join("\n")
