@@ -60,12 +60,12 @@ async fn etcd_leader_killed_under_catalog_edits_loses_nothing() {
     endpoints.rotate_left(leader); // east talks to the leader until it dies
     let backend = Backend::Etcd(endpoints.join(","));
     let mut east = Federation::start(
-        Spec::new("east", 141)
+        Spec::new("east", 33)
             .backend(&backend)
             .catalog(&catalog(&[], IMPORT_ALL)),
     )
     .await;
-    let west = Federation::start(Spec::new("west", 142).catalog(&catalog(&[], IMPORT_ALL))).await;
+    let west = Federation::start(Spec::new("west", 34).catalog(&catalog(&[], IMPORT_ALL))).await;
     peer_via_cli(&east, &west).await;
     east.wait_connected(&["west"]).await;
     west.wait_connected(&["east"]).await;
@@ -161,13 +161,13 @@ fn wide_vips(index: u8) -> Value {
 async fn ten_thousand_service_delta_is_stored_in_parts() {
     let etcd = EtcdServer::start().await;
     let east = Federation::start(
-        Spec::new("east", 143)
+        Spec::new("east", 35)
             .extra(wide_vips(143))
             .catalog(&catalog(&[], IMPORT_ALL)),
     )
     .await;
     let west = Federation::start(
-        Spec::new("west", 144)
+        Spec::new("west", 36)
             .backend(&Backend::Etcd(etcd.endpoint()))
             .extra(wide_vips(144))
             .catalog(&catalog(&[], IMPORT_ALL)),
