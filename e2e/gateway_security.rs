@@ -982,28 +982,25 @@ async fn upgrades_and_http2_get_the_same_protections(
     .await;
     // 2. `limits.max_headers` holds over HTTP/2 too (h2c on a VIP; the inbound port shares the
     //    code): 150 headers get 431 from this gateway, never reach a peer.
+    let h2c_status = |extra: &[&str], path: &str| {
+        let url = format!("http://{vip}{path}");
+        let mut args = vec![
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--http2-prior-knowledge",
+        ];
+        args.extend_from_slice(extra);
+        args.push(&url);
+        curl(&args)
+    };
     let hdr = format!("@{}", many_headers.display());
-    let out = curl(&[
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
-        "--http2-prior-knowledge",
-        "-H",
-        &hdr,
-        &format!("http://{vip}/h2c-many"),
-    ]);
+    let out = h2c_status(&["-H", &hdr], "/h2c-many");
     assert_eq!(out.1, "431", "h2c with 150 headers: {out:?}");
     // Refused before routing: it never reaches a peer. A request sent after it over h2c is
     // waited for in a peer's log, so the refused one would be there by then if it had gone out.
-    let out = curl(&[
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
-        "--http2-prior-knowledge",
-        &format!("http://{vip}/h2c-after-many"),
-    ]);
+    let out = h2c_status(&[], "/h2c-after-many");
     assert_eq!(out.1, "200", "h2c after the refused request: {out:?}");
     let deadline = Instant::now() + Duration::from_secs(10);
     let peer_lines = loop {

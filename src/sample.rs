@@ -99,12 +99,7 @@ async fn handle(cluster: Arc<str>, req: Request<Incoming>) -> Response<Body> {
                 .boxed_unsync(),
         ),
         "/bytes" => {
-            let n: u64 = req
-                .uri()
-                .query()
-                .and_then(|q| q.strip_prefix("n="))
-                .and_then(|n| n.parse().ok())
-                .unwrap_or(0);
+            let n: u64 = query_number(&req, "n", 0);
             let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(4);
             tokio::spawn(async move {
                 let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
@@ -127,12 +122,7 @@ async fn handle(cluster: Arc<str>, req: Request<Incoming>) -> Response<Body> {
         }
         "/hold" => {
             // Headers now, the body after `ms`: the caller sees the request reach the service.
-            let ms: u64 = req
-                .uri()
-                .query()
-                .and_then(|q| q.strip_prefix("ms="))
-                .and_then(|n| n.parse().ok())
-                .unwrap_or(1000);
+            let ms: u64 = query_number(&req, "ms", 1000);
             let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(1);
             let body = format!("{{\"cluster\":\"{cluster}\",\"held_ms\":{ms}}}\n");
             tokio::spawn(async move {
@@ -143,12 +133,7 @@ async fn handle(cluster: Arc<str>, req: Request<Incoming>) -> Response<Body> {
         }
         "/slow" => {
             // Answers after `ms` milliseconds: an in-flight request for drain tests.
-            let ms: u64 = req
-                .uri()
-                .query()
-                .and_then(|q| q.strip_prefix("ms="))
-                .and_then(|n| n.parse().ok())
-                .unwrap_or(1000);
+            let ms: u64 = query_number(&req, "ms", 1000);
             tokio::time::sleep(std::time::Duration::from_millis(ms.min(60_000))).await;
             Response::new(full(format!(
                 "{{\"cluster\":\"{cluster}\",\"slept_ms\":{ms}}}\n"
@@ -197,6 +182,15 @@ fn identity<B>(cluster: &str, req: &Request<B>) -> serde_json::Value {
         "source_cluster": header_text(req, "x-isthmus-source-cluster"),
         "isthmus_headers": isthmus,
     })
+}
+
+/// `?<key>=<number>` from the request's query (the only parameter these endpoints take).
+fn query_number<B>(req: &Request<B>, key: &str, default: u64) -> u64 {
+    req.uri()
+        .query()
+        .and_then(|q| q.strip_prefix(key)?.strip_prefix('='))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(default)
 }
 
 fn tokio_stream_from(
