@@ -11,6 +11,7 @@ use http_body_util::{BodyExt as _, Empty, Full};
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 
 use crate::accesslog::Tally;
+use crate::live::Ending;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -115,6 +116,74 @@ pub fn refusal(
             .insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
     }
     response
+}
+
+/// Passes a body through until a new config no longer allows its exchange ([`crate::live`]):
+/// then a gRPC response ends with `grpc-status` 7 (PERMISSION_DENIED) and the reason as its
+/// trailers, and any other body fails (the stream is reset). Without an [`Ending`] it only
+/// passes frames on.
+pub struct Revocable<B> {
+    inner: B,
+    ending: Option<std::sync::Arc<Ending>>,
+    grpc: bool,
+    ended: bool,
+}
+
+impl<B> Revocable<B> {
+    pub fn new(inner: B, ending: Option<std::sync::Arc<Ending>>, grpc: bool) -> Self {
+        Self {
+            inner,
+            ending,
+            grpc,
+            ended: false,
+        }
+    }
+}
+
+impl<B> HttpBody for Revocable<B>
+where
+    B: HttpBody<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        if let Some(ending) = &self.ending
+            && let Poll::Ready(closed) = ending.poll_closed(cx)
+        {
+            let reason = closed.to_string();
+            let grpc = self.grpc;
+            self.ended = true;
+            if !grpc {
+                return Poll::Ready(Some(Err(reason.into())));
+            }
+            let mut trailers = http::HeaderMap::new();
+            trailers.insert(
+                "grpc-status",
+                HeaderValue::from(grpc_status(StatusCode::FORBIDDEN)),
+            );
+            if let Ok(v) = HeaderValue::from_str(&grpc_message(&reason)) {
+                trailers.insert("grpc-message", v);
+            }
+            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+        }
+        Pin::new(&mut self.inner).poll_frame(cx).map_err(Into::into)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// Passes a body through, adding the size of every data frame to `counter`; `on_end` runs once
