@@ -18,6 +18,7 @@ mod gateway_security;
 mod gateway_traffic;
 mod harness;
 mod hostile_peers;
+mod policy_follows_open_streams;
 mod registry_lease;
 mod root_rotation;
 mod traffic_policy;

@@ -175,15 +175,22 @@ impl<G> LiveSet<G> {
     /// registrations wait for it, never the data path.
     pub fn recheck(&self, snap: &Snapshot) -> Vec<Closed> {
         let mut closed = Vec::new();
+        let mut wake = Vec::new();
         for live in self.lock().values() {
             if live.ending.closed().is_some() {
                 continue;
             }
             if let Err(c) = (self.judge)(snap, &live.grant)
-                && live.ending.close(c.clone())
+                && live.ending.closed.set(c.clone()).is_ok()
             {
                 closed.push(c);
+                wake.push(live.ending.clone());
             }
+        }
+        // Every reason is set before any owner wakes: an exchange that ends because another
+        // closed (a tunnel on a connection closed whole) still finds its own reason.
+        for ending in wake {
+            ending.waker.wake();
         }
         closed
     }
