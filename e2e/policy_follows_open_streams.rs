@@ -155,13 +155,24 @@ async fn closed_by(gw: &Gateway, what: &str, s: &mut TcpStream, started: Instant
     }
 }
 
-/// Waits for west's access-log line of a `service` exchange closed with `cause`, and returns it.
+/// Waits for the inbound access-log line of a `service` exchange closed with `cause`.
 async fn closed_line(gw: &Gateway, service: &str, protocol: &str, cause: &str) -> Value {
+    closed_line_on(gw, "inbound", service, protocol, cause).await
+}
+
+/// Waits for `gw`'s access-log line of a `service` exchange closed with `cause` on `side`.
+async fn closed_line_on(
+    gw: &Gateway,
+    side: &str,
+    service: &str,
+    protocol: &str,
+    cause: &str,
+) -> Value {
     let wanted = format!("closed by a config change ({cause})");
     let deadline = Instant::now() + CONVERGE;
     loop {
         let found = gw.access_log().into_iter().find(|l| {
-            l["side"] == "inbound"
+            l["side"] == side
                 && l["service"] == service
                 && l["protocol"] == protocol
                 && l["reason"].as_str().is_some_and(|r| r.contains(&wanted))
@@ -287,4 +298,18 @@ async fn open_tunnels_websockets_and_streams_close_when_policy_export_or_peering
         )
         .await;
     assert!(closed >= 2.0, "east's connection and its tunnel: {closed}");
+
+    // 4. On the calling side, a tunnel whose import is removed closes too.
+    let south_tcp = "south.tcp-echo.demo.svc.clusterset.local:9000";
+    let (head, mut tunneled) = connect(proxy, south_tcp).await;
+    assert!(
+        head.starts_with("HTTP/1.1 200"),
+        "CONNECT {south_tcp}: {head}"
+    );
+    echoes(&mut tunneled, b"ping", b"ping").await;
+    let started = Instant::now();
+    east.fed.write_catalog("exports: []\nimports: []\n");
+    let took = closed_by(&east.gw, "CONNECT tunnel", &mut tunneled, started).await;
+    eprintln!("tunnel closed {took:?} after east stopped importing tcp-echo");
+    closed_line_on(&east.gw, "outbound", "tcp-echo.demo", "tcp", "import").await;
 }
