@@ -341,6 +341,72 @@ mod tests {
         );
     }
 
+    /// A body that sends one frame and then waits for ever (a quiet stream).
+    fn quiet_stream() -> impl HttpBody<Data = Bytes, Error = std::convert::Infallible> + Unpin {
+        use futures_util::StreamExt as _;
+        let first = futures_util::stream::iter([Ok(Frame::data(Bytes::from_static(b"msg")))]);
+        http_body_util::StreamBody::new(first.chain(futures_util::stream::pending()))
+    }
+
+    fn closed() -> crate::live::Closed {
+        crate::live::Closed {
+            cause: "authorization",
+            reason: "denied by policy deny-east: east matches deny rule 1".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_closed_grpc_stream_ends_with_permission_denied_trailers() {
+        use http_body_util::BodyExt as _;
+
+        let ending = std::sync::Arc::new(Ending::default());
+        let mut body = Revocable::new(quiet_stream(), Some(ending.clone()), true);
+        let first = body.frame().await.expect("a frame").expect("data");
+        assert_eq!(first.into_data().expect("data"), "msg");
+        let closer = tokio::spawn({
+            let ending = ending.clone();
+            async move { ending.close(closed()) }
+        });
+        // The stream is quiet: only the ending wakes it.
+        let last = tokio::time::timeout(std::time::Duration::from_secs(5), body.frame())
+            .await
+            .expect("woken by the ending")
+            .expect("a frame")
+            .expect("trailers");
+        assert!(closer.await.expect("closer"));
+        let trailers = last.into_trailers().expect("trailers");
+        assert_eq!(trailers["grpc-status"], "7");
+        assert!(
+            trailers["grpc-message"]
+                .to_str()
+                .expect("text")
+                .contains("closed by a config change (authorization): denied by policy deny-east"),
+            "{trailers:?}"
+        );
+        assert!(body.frame().await.is_none(), "the stream ends there");
+    }
+
+    #[tokio::test]
+    async fn a_closed_http_stream_fails_so_the_stream_is_reset() {
+        use http_body_util::BodyExt as _;
+
+        let ending = std::sync::Arc::new(Ending::default());
+        let mut body = Revocable::new(quiet_stream(), Some(ending.clone()), false);
+        assert!(body.frame().await.is_some());
+        ending.close(closed());
+        let err = tokio::time::timeout(std::time::Duration::from_secs(5), body.frame())
+            .await
+            .expect("ended by the ending")
+            .expect("a frame")
+            .expect_err("an error");
+        assert!(err.to_string().contains("(authorization)"), "{err}");
+        let mut untracked = Revocable::new(quiet_stream(), None, false);
+        assert!(
+            untracked.frame().await.is_some(),
+            "without an ending: a pass-through"
+        );
+    }
+
     #[test]
     fn an_http_refusal_keeps_its_status() {
         let r = refusal(StatusCode::FORBIDDEN, "denied by policy p: no", false, None);

@@ -56,7 +56,8 @@ pub struct Ending {
 }
 
 impl Ending {
-    fn close(&self, closed: Closed) -> bool {
+    /// Closes the exchange (the first reason wins); false when it already was.
+    pub(crate) fn close(&self, closed: Closed) -> bool {
         let first = self.closed.set(closed).is_ok();
         self.waker.wake();
         first

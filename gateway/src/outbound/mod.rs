@@ -304,6 +304,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_tunnel_lasts_as_long_as_its_import() {
+        let mut snap = Snapshot::default();
+        let name: ServiceName = "tcp-echo.demo".into();
+        snap.imports.insert(
+            name.clone(),
+            Arc::new(crate::table::Import::new(
+                name.clone(),
+                Vec::new(),
+                Vec::new(),
+            )),
+        );
+        assert_eq!(judge(&snap, &name), Ok(()));
+        let closed = judge(&snap, &"other.demo".into()).expect_err("not imported");
+        assert_eq!(
+            (closed.cause, closed.reason.as_str()),
+            ("import", "other.demo is no longer imported")
+        );
+    }
+
+    #[test]
     fn authorities_split_with_and_without_ports() {
         assert_eq!(split_authority("a.b:80"), ("a.b", Some(80)));
         assert_eq!(split_authority("a.b"), ("a.b", None));
