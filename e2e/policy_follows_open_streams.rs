@@ -220,7 +220,7 @@ async fn west_tcp_vip(east: &Member) -> SocketAddr {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn open_tunnels_websockets_and_streams_close_when_policy_export_or_peering_stops_allowing_them()
  {
-    let m = mesh(146, "", json!({}), json!({})).await;
+    let m = mesh(97, "", json!({}), json!({})).await;
     let (east, west) = (&m[0], &m[1]);
     let proxy = east.gw.proxy;
 
