@@ -1,6 +1,7 @@
 //! Authorization that follows open exchanges (three clusters as separate processes, real TCP
-//! clients): a CONNECT tunnel, a raw TCP connection to a per-cluster VIP, a WebSocket and a
-//! streaming download, all from east to west and open before west's operator acts, are closed
+//! clients): a CONNECT tunnel, a raw TCP connection to a per-cluster VIP, a WebSocket, a
+//! streaming download and a bidirectional gRPC stream, all from east to west and open before
+//! west's operator acts, are closed
 //! within seconds — measured from the client — when west denies east, when west stops exporting
 //! the service, and when west removes east as a peer; west's access log says why and a fresh
 //! attempt is refused.
@@ -24,7 +25,8 @@ const CLOSE_WITHIN: Duration = Duration::from_secs(15);
 const TCP_ECHO: &str = "west.tcp-echo.demo.svc.clusterset.local:9000";
 const ECHO: &str = "west.echo.demo.svc.clusterset.local:8080";
 
-/// West's catalog: echo (http 8080) and, when `tcp`, tcp-echo (tcp 9000), with `policies`.
+/// West's catalog: echo (http 8080), grpc-echo (grpc 50051) and, when `tcp`, tcp-echo (tcp
+/// 9000), with `policies`.
 fn west_catalog(west: &Member, tcp: bool, policies: &str) -> String {
     let s = &west.samples;
     let tcp_echo = if tcp {
@@ -38,15 +40,16 @@ fn west_catalog(west: &Member, tcp: bool, policies: &str) -> String {
     format!(
         "exports:\n\
          \x20 - namespace: demo\n    name: echo\n    ports: [{{port: 8080, protocol: http}}]\n    endpoints: [{{address: \"{}\"}}]\n\
+         \x20 - namespace: demo\n    name: grpc-echo\n    ports: [{{port: 50051, protocol: grpc}}]\n    endpoints: [{{address: \"{}\"}}]\n\
          {tcp_echo}{IMPORT_ALL}policies:\n{policies}",
-        s.http
+        s.http, s.grpc
     )
 }
 
 const NO_POLICY: &str = "  none: {services: [\"*\"], retry: {retries: 1}}\n";
 
 const DENY_EAST: &str = "  deny-east:\n\
-     \x20   services: [demo/tcp-echo, demo/echo]\n\
+     \x20   services: [demo/tcp-echo, demo/echo, demo/grpc-echo]\n\
      \x20   authorization:\n\
      \x20     deny:\n\
      \x20       - {clusters: [east]}\n";
@@ -206,15 +209,87 @@ async fn fresh_connect_answers(east: &Member, status: &str) -> String {
     }
 }
 
-/// West's per-cluster VIP for tcp-echo, as east's federation assigned it.
-async fn west_tcp_vip(east: &Member) -> SocketAddr {
+/// West's per-cluster VIP for `key` (`ns/name`) on `port`, as east's federation assigned it.
+async fn west_vip(east: &Member, key: &str, port: u16) -> SocketAddr {
     let catalog = east.fed.catalog().await;
-    let vip = catalog["routes"]["demo/tcp-echo"]["cluster_vips"]
+    let vip = catalog["routes"][key]["cluster_vips"]
         .as_array()
         .and_then(|cs| cs.iter().find(|p| p[0] == "west"))
         .and_then(|p| p[1]["v4"].as_str())
-        .unwrap_or_else(|| east.fed.fail("no per-cluster VIP for west's tcp-echo"));
-    SocketAddr::new(vip.parse().expect("vip"), 9000)
+        .unwrap_or_else(|| {
+            east.fed
+                .fail(&format!("no per-cluster VIP for west's {key}"))
+        });
+    SocketAddr::new(vip.parse().expect("vip"), port)
+}
+
+/// One gRPC message (length-prefixed) holding `text` as field 1.
+fn grpc_message(text: &str) -> bytes::Bytes {
+    let len = u8::try_from(text.len()).expect("short");
+    let mut msg = vec![0, 0, 0, 0, len + 2, 0x0a, len];
+    msg.extend_from_slice(text.as_bytes());
+    msg.into()
+}
+
+/// A bidirectional gRPC stream (`Chat`) with west's grpc-echo through its per-cluster VIP on
+/// east (h2c), proven to answer one message. The request side stays open.
+async fn grpc_chat(vip: SocketAddr) -> (h2::SendStream<bytes::Bytes>, h2::RecvStream) {
+    let tcp = TcpStream::connect(vip)
+        .await
+        .expect("connect to the gRPC VIP");
+    let (client, conn) = h2::client::handshake(tcp).await.expect("h2c handshake");
+    tokio::spawn(conn);
+    let mut client = client.ready().await.expect("ready");
+    let req = http::Request::post(format!("http://{}/isthmus.demo.Echo/Chat", vip))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .expect("request");
+    let (response, mut send) = client.send_request(req, false).expect("send the request");
+    send.send_data(grpc_message("hi"), false)
+        .expect("send a message");
+    let response = tokio::time::timeout(Duration::from_secs(20), response)
+        .await
+        .expect("the response head within 20 s")
+        .expect("the response head");
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    let mut got = Vec::new();
+    while !got.windows(8).any(|w| w == b"west: hi") {
+        let data = tokio::time::timeout(Duration::from_secs(20), body.data())
+            .await
+            .expect("an answer within 20 s");
+        let data = data.expect("a message").expect("data");
+        let _ = body.flow_control().release_capacity(data.len());
+        got.extend_from_slice(&data);
+    }
+    (send, body)
+}
+
+/// Waits (until `started` + [`CLOSE_WITHIN`]) for the gRPC stream to end; its trailers.
+async fn grpc_ended(gw: &Gateway, body: &mut h2::RecvStream, started: Instant) -> http::HeaderMap {
+    let deadline = started + CLOSE_WITHIN;
+    fn still_open(gw: &Gateway) -> ! {
+        gw.fail(&format!(
+            "the gRPC stream is still open {} s after the change that disallows it",
+            CLOSE_WITHIN.as_secs()
+        ))
+    }
+    loop {
+        match tokio::time::timeout_at(deadline, body.data()).await {
+            Err(_) => still_open(gw),
+            Ok(Some(Ok(data))) => {
+                let _ = body.flow_control().release_capacity(data.len());
+            }
+            Ok(Some(Err(e))) => panic!("the gRPC stream was reset, not ended with a status: {e}"),
+            Ok(None) => break,
+        }
+    }
+    match tokio::time::timeout_at(deadline, body.trailers()).await {
+        Ok(Ok(Some(trailers))) => trailers,
+        Ok(other) => panic!("the gRPC stream ended without trailers: {other:?}"),
+        Err(_) => still_open(gw),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -226,14 +301,30 @@ async fn open_tunnels_websockets_and_streams_close_when_policy_export_or_peering
 
     // 1. A deny rule for east closes every open exchange from east to the services it names.
     let mut tunneled = tunnel(proxy).await;
-    let mut raw = TcpStream::connect(west_tcp_vip(east).await)
+    let mut raw = TcpStream::connect(west_vip(east, "demo/tcp-echo", 9000).await)
         .await
         .expect("connect to west's tcp-echo VIP");
     echoes(&mut raw, b"raw", b"raw").await;
     let mut ws = websocket(proxy).await;
     let mut streaming = download(proxy).await;
+    let (_chat_requests, mut chat) = grpc_chat(west_vip(east, "demo/grpc-echo", 50051).await).await;
     let started = Instant::now();
     west.fed.write_catalog(&west_catalog(west, true, DENY_EAST));
+    let trailers = grpc_ended(&west.gw, &mut chat, started).await;
+    eprintln!(
+        "gRPC stream ended {:?} after the deny rule was written",
+        started.elapsed()
+    );
+    assert_eq!(
+        trailers["grpc-status"], "7",
+        "PERMISSION_DENIED: {trailers:?}"
+    );
+    let message = trailers["grpc-message"].to_str().unwrap_or_default();
+    assert!(
+        message.contains("closed by a config change (authorization)")
+            && message.contains("deny-east"),
+        "{message}"
+    );
     for (what, s) in [
         ("CONNECT tunnel", &mut tunneled),
         ("raw TCP connection", &mut raw),
@@ -249,6 +340,7 @@ async fn open_tunnels_websockets_and_streams_close_when_policy_export_or_peering
         ("tcp-echo.demo", "tcp"),
         ("echo.demo", "websocket"),
         ("echo.demo", "http"),
+        ("grpc-echo.demo", "http"),
     ] {
         let line = closed_line(&west.gw, service, protocol, "authorization").await;
         let reason = line["reason"].as_str().unwrap_or_default();
