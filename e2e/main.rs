@@ -19,6 +19,7 @@ mod gateway_security;
 mod gateway_traffic;
 mod harness;
 mod hostile_peers;
+mod policy_follows_open_streams;
 mod registry_lease;
 mod root_rotation;
 mod store_failover;

@@ -11,6 +11,7 @@ use http_body_util::{BodyExt as _, Empty, Full};
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 
 use crate::accesslog::Tally;
+use crate::live::Ending;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -115,6 +116,74 @@ pub fn refusal(
             .insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
     }
     response
+}
+
+/// Passes a body through until a new config no longer allows its exchange ([`crate::live`]):
+/// then a gRPC response ends with `grpc-status` 7 (PERMISSION_DENIED) and the reason as its
+/// trailers, and any other body fails (the stream is reset). Without an [`Ending`] it only
+/// passes frames on.
+pub struct Revocable<B> {
+    inner: B,
+    ending: Option<std::sync::Arc<Ending>>,
+    grpc: bool,
+    ended: bool,
+}
+
+impl<B> Revocable<B> {
+    pub fn new(inner: B, ending: Option<std::sync::Arc<Ending>>, grpc: bool) -> Self {
+        Self {
+            inner,
+            ending,
+            grpc,
+            ended: false,
+        }
+    }
+}
+
+impl<B> HttpBody for Revocable<B>
+where
+    B: HttpBody<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        if let Some(ending) = &self.ending
+            && let Poll::Ready(closed) = ending.poll_closed(cx)
+        {
+            let reason = closed.to_string();
+            let grpc = self.grpc;
+            self.ended = true;
+            if !grpc {
+                return Poll::Ready(Some(Err(reason.into())));
+            }
+            let mut trailers = http::HeaderMap::new();
+            trailers.insert(
+                "grpc-status",
+                HeaderValue::from(grpc_status(StatusCode::FORBIDDEN)),
+            );
+            if let Ok(v) = HeaderValue::from_str(&grpc_message(&reason)) {
+                trailers.insert("grpc-message", v);
+            }
+            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+        }
+        Pin::new(&mut self.inner).poll_frame(cx).map_err(Into::into)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// Passes a body through, adding the size of every data frame to `counter`; `on_end` runs once
@@ -269,6 +338,72 @@ mod tests {
                 .bytes_in
                 .load(std::sync::atomic::Ordering::Relaxed),
             5
+        );
+    }
+
+    /// A body that sends one frame and then waits for ever (a quiet stream).
+    fn quiet_stream() -> impl HttpBody<Data = Bytes, Error = std::convert::Infallible> + Unpin {
+        use futures_util::StreamExt as _;
+        let first = futures_util::stream::iter([Ok(Frame::data(Bytes::from_static(b"msg")))]);
+        http_body_util::StreamBody::new(first.chain(futures_util::stream::pending()))
+    }
+
+    fn closed() -> crate::live::Closed {
+        crate::live::Closed {
+            cause: "authorization",
+            reason: "denied by policy deny-east: east matches deny rule 1".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_closed_grpc_stream_ends_with_permission_denied_trailers() {
+        use http_body_util::BodyExt as _;
+
+        let ending = std::sync::Arc::new(Ending::default());
+        let mut body = Revocable::new(quiet_stream(), Some(ending.clone()), true);
+        let first = body.frame().await.expect("a frame").expect("data");
+        assert_eq!(first.into_data().expect("data"), "msg");
+        let closer = tokio::spawn({
+            let ending = ending.clone();
+            async move { ending.close(closed()) }
+        });
+        // The stream is quiet: only the ending wakes it.
+        let last = tokio::time::timeout(std::time::Duration::from_secs(5), body.frame())
+            .await
+            .expect("woken by the ending")
+            .expect("a frame")
+            .expect("trailers");
+        assert!(closer.await.expect("closer"));
+        let trailers = last.into_trailers().expect("trailers");
+        assert_eq!(trailers["grpc-status"], "7");
+        assert!(
+            trailers["grpc-message"]
+                .to_str()
+                .expect("text")
+                .contains("closed by a config change (authorization): denied by policy deny-east"),
+            "{trailers:?}"
+        );
+        assert!(body.frame().await.is_none(), "the stream ends there");
+    }
+
+    #[tokio::test]
+    async fn a_closed_http_stream_fails_so_the_stream_is_reset() {
+        use http_body_util::BodyExt as _;
+
+        let ending = std::sync::Arc::new(Ending::default());
+        let mut body = Revocable::new(quiet_stream(), Some(ending.clone()), false);
+        assert!(body.frame().await.is_some());
+        ending.close(closed());
+        let err = tokio::time::timeout(std::time::Duration::from_secs(5), body.frame())
+            .await
+            .expect("ended by the ending")
+            .expect("a frame")
+            .expect_err("an error");
+        assert!(err.to_string().contains("(authorization)"), "{err}");
+        let mut untracked = Revocable::new(quiet_stream(), None, false);
+        assert!(
+            untracked.frame().await.is_some(),
+            "without an ending: a pass-through"
         );
     }
 

@@ -20,6 +20,7 @@ pub mod health;
 pub mod inbound;
 pub mod lb;
 pub mod linewriter;
+pub mod live;
 pub mod metrics;
 pub mod outbound;
 pub mod policy;

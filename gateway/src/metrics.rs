@@ -49,6 +49,14 @@ pub struct RateLimitLabels {
     pub limit: &'static str,
 }
 
+/// An open exchange closed because a new config no longer allows it.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClosedLabels {
+    pub side: &'static str,
+    /// The rule that failed: `peer`, `export`, `port`, `authorization` or `import`.
+    pub reason: &'static str,
+}
+
 /// An `x-isthmus-cluster` header: its service, and whether the policy honoured it.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ClusterHeaderLabels {
@@ -132,6 +140,8 @@ pub struct Metrics {
     pub cluster_header: Family<ClusterHeaderLabels, Counter>,
     /// Shadow copies by service and outcome.
     pub shadow_requests: Family<ShadowLabels, Counter>,
+    /// Open connections, tunnels and streams closed because a new config no longer allows them.
+    pub closed_by_policy: Family<ClosedLabels, Counter>,
 }
 
 /// The index in [`CLASSES`] of a status code's class (anything outside 100..=599 counts as 5xx).
@@ -168,6 +178,15 @@ impl Metrics {
             .get_or_create(&ShadowLabels {
                 service: service.clone(),
                 outcome,
+            })
+            .inc();
+    }
+
+    pub fn closed_by_policy(&self, side: Side, reason: &'static str) {
+        self.closed_by_policy
+            .get_or_create(&ClosedLabels {
+                side: side_label(side),
+                reason,
             })
             .inc();
     }
@@ -263,6 +282,11 @@ impl Metrics {
             "faults_injected",
             "Faults injected by policy by service and kind (abort, delay)",
             self.faults_injected.clone(),
+        );
+        r.register(
+            "connections_closed_by_policy",
+            "Open connections, tunnels and streams closed because a new config no longer allows them, by side and failed rule",
+            self.closed_by_policy.clone(),
         );
         r.register(
             "rate_limited",

@@ -14,10 +14,12 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::accesslog::Side;
 use crate::config::GatewayConfig;
 use crate::control::{ControlClient, ControlError};
 use crate::health::{Health, HealthConfig};
 use crate::inbound::{Backends, Inbound};
+use crate::live::LiveSet;
 use crate::metrics::Metrics;
 use crate::outbound::listeners::{VipListeners, accept_loop};
 use crate::outbound::{Origin, Outbound, ShadowSlots};
@@ -215,6 +217,11 @@ pub async fn start(cfg: GatewayConfig) -> Result<Running, StartError> {
         trusted_sources: cfg.identity.trusted_ranges()?,
         shadows: ShadowSlots::default(),
         drain: drain.clone(),
+        live: Arc::new(LiveSet::new(
+            table.clone(),
+            Side::Outbound,
+            crate::outbound::judge,
+        )),
     });
     let inbound = Arc::new(Inbound {
         table: table.clone(),
@@ -223,7 +230,15 @@ pub async fn start(cfg: GatewayConfig) -> Result<Running, StartError> {
         access_log: cfg.access_log,
         metrics: metrics.clone(),
         own_id,
+        live: Arc::new(LiveSet::new(
+            table.clone(),
+            Side::Inbound,
+            crate::inbound::judge,
+        )),
     });
+    // Open exchanges are judged again on every new snapshot; those no longer allowed close.
+    tasks.push(tokio::spawn(inbound.live.clone().follow(metrics.clone())));
+    tasks.push(tokio::spawn(outbound.live.clone().follow(metrics.clone())));
     let inbound_limit = ConnLimit::new(cfg.limits.max_connections);
     let local_limit = ConnLimit::new(cfg.limits.max_connections);
     tasks.push(tokio::spawn(inbound.serve(

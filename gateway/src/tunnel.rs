@@ -1,5 +1,6 @@
 //! Byte tunnels (raw TCP over HTTP/2 CONNECT, WebSocket over extended CONNECT): copy both ways
-//! until both sides finish, close on idle, count bytes for the access log.
+//! until both sides finish, close on idle or when a new config no longer allows the tunnel
+//! ([`crate::live`]), count bytes for the access log.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -7,11 +8,19 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::accesslog::Counters;
+use crate::live::Ending;
 use crate::serve::{Activity, Tracked};
 
 /// Copies `client` <-> `upstream` until both directions end, an error occurs, or nothing moves
-/// for `idle`. Returns whether it ended cleanly.
-pub async fn pipe<A, B>(client: A, upstream: B, idle: Duration, counters: &Counters) -> bool
+/// for `idle`, or `ending` (when given) says the tunnel must close; both sides are then dropped.
+/// Returns whether it ended cleanly.
+pub async fn pipe<A, B>(
+    client: A,
+    upstream: B,
+    idle: Duration,
+    counters: &Counters,
+    ending: Option<&Ending>,
+) -> bool
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
@@ -35,6 +44,10 @@ where
         },
         _ = activity.quiet_for(idle) => {
             tracing::debug!(idle_ms = idle.as_millis() as u64, "closing an idle tunnel");
+            false
+        }
+        Some(closed) = async { Some(ending?.wait().await) }, if ending.is_some() => {
+            tracing::debug!(reason = %closed, "closing a tunnel the config no longer allows");
             false
         }
     }

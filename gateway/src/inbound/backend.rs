@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -17,13 +17,16 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
+use super::grant::Grant;
 use super::limit::{Limiters, Slot};
 use crate::accesslog::{Direction, Entry};
-use crate::body::{self, Body, Counted};
+use crate::body::{self, Body, Counted, Revocable};
 use crate::config::Limits;
 use crate::headers::strip_hop_by_hop;
 use crate::lb::{Balancer, InFlight, random};
+use crate::live::{Closed, LiveSet, Registration};
 use crate::metrics::Metrics;
+use crate::table::Snapshot;
 use crate::table::{LocalEndpoint, Port};
 
 /// Clients to local endpoints, the balancer that picks among them, and the rate and concurrency
@@ -37,11 +40,37 @@ pub struct Backends {
 }
 
 /// What an exchange with a local endpoint holds until it ends (the response body, or the
-/// tunnel): the endpoint's in-flight count and, when the service bounds its concurrency, one of
-/// its slots.
+/// tunnel): the endpoint's in-flight count, one of the service's slots when it bounds its
+/// concurrency, and (inbound) what to register for re-checking when the exchange turns out
+/// long-lived.
 pub struct Held {
     pub endpoint: InFlight,
     pub slot: Option<Slot>,
+    pub track: Option<Track>,
+    pub live: Option<Registration<Grant>>,
+}
+
+impl Held {
+    /// Registers the exchange for re-checking (when it carries a grant).
+    pub fn register(&mut self) {
+        if let Some(track) = self.track.take() {
+            self.live = Some(track.set.register(track.grant, &track.admitted));
+        }
+    }
+
+    /// Why a new config closed the exchange, once it did.
+    pub fn closed(&self) -> Option<&Closed> {
+        self.live.as_ref().and_then(|r| r.ending().closed())
+    }
+}
+
+/// An exchange to register for re-checking if it turns out long-lived: its grant, the set, and
+/// the snapshot it was admitted against. Building one moves what the request path already
+/// holds (no allocation).
+pub struct Track {
+    pub set: Arc<LiveSet<Grant>>,
+    pub grant: Grant,
+    pub admitted: Arc<Snapshot>,
 }
 
 impl From<InFlight> for Held {
@@ -49,6 +78,8 @@ impl From<InFlight> for Held {
         Self {
             endpoint,
             slot: None,
+            track: None,
+            live: None,
         }
     }
 }
@@ -100,7 +131,7 @@ impl Backends {
         mut entry: Entry,
         metrics: &std::sync::Arc<Metrics>,
     ) -> Response<Body> {
-        let held = held.into();
+        let mut held = held.into();
         let (mut parts, incoming) = req.into_parts();
         let original = std::mem::take(&mut parts.uri).into_parts();
         let path = original
@@ -172,10 +203,23 @@ impl Backends {
         strip_hop_by_hop(&mut parts.headers);
         entry.status = parts.status.as_u16();
         metrics.request(entry.side, entry.status);
+        // A response without a declared length may stream for ever: it is judged again on
+        // every new config. One with a length ends with its bytes and is not registered.
+        if hyper::body::Body::size_hint(&incoming).exact().is_none() {
+            held.register();
+        } else {
+            held.track = None;
+        }
+        let ending = held.live.as_ref().map(|r| r.ending().clone());
+        let grpc = crate::retry::is_grpc(&parts.headers);
         let give_back = connection.map(|c| (self.h1.clone(), c));
-        let counted = Counted::new(incoming, entry.tally(Direction::Out)).on_end(move || {
+        let revocable = Revocable::new(incoming, ending, grpc);
+        let counted = Counted::new(revocable, entry.tally(Direction::Out)).on_end(move || {
             if let Some((pool, sender)) = give_back {
                 pool.check_in(endpoint, sender);
+            }
+            if let Some(closed) = held.closed() {
+                entry.reason = Some(closed.to_string());
             }
             drop(held);
             entry.finish();
@@ -509,6 +553,8 @@ mod tests {
         let held = Held {
             endpoint: in_flight,
             slot,
+            track: None,
+            live: None,
         };
         let entry = Entry::new(false, Side::Inbound, "http", west.clone());
         let req = Request::get("/").body(body::empty()).expect("request");

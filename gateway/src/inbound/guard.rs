@@ -60,29 +60,18 @@ impl Admission<'_> {
     }
 
     fn authorize(&self) -> Result<(), Refusal> {
-        let Some(authz) = &self.policy.authorization else {
+        let Some(decided) = authorization(self.policy, &self.caller) else {
             return Ok(());
         };
-        let decision = authz.decide(&self.caller);
         self.metrics
             .authz_decisions
             .get_or_create(&AuthzLabels {
                 service: self.service.clone(),
                 source_cluster: self.cluster.clone(),
-                decision: if decision.allowed { "allow" } else { "deny" },
+                decision: if decided.is_ok() { "allow" } else { "deny" },
             })
             .inc();
-        if decision.allowed {
-            return Ok(());
-        }
-        Err(Refusal::new(
-            StatusCode::FORBIDDEN,
-            format!(
-                "denied by policy {}: {}",
-                self.policy.documents.join(", "),
-                decision.reason
-            ),
-        ))
+        decided.map_err(|reason| Refusal::new(StatusCode::FORBIDDEN, reason))
     }
 
     async fn inject_fault(&self) -> Result<(), Refusal> {
@@ -166,6 +155,22 @@ impl Admission<'_> {
             }
         })
     }
+}
+
+/// The service's authorization decision for `caller`: `None` when its policy has no
+/// `authorization` section, else allowed, or denied with the documents and the rule named. The
+/// request path and the re-check of open exchanges ([`super::grant::judge`]) both decide here.
+pub fn authorization(policy: &ServicePolicy, caller: &Caller<'_>) -> Option<Result<(), String>> {
+    let authz = policy.authorization.as_ref()?;
+    let decision = authz.decide(caller);
+    if decision.allowed {
+        return Some(Ok(()));
+    }
+    Some(Err(format!(
+        "denied by policy {}: {}",
+        policy.documents.join(", "),
+        decision.reason
+    )))
 }
 
 /// True with probability `percent` / 100.

@@ -13,9 +13,16 @@
 //!
 //! Before an endpoint is picked, the service's serving-side policy runs ([`guard`]):
 //! authorization, fault injection, rate and concurrency limits.
+//!
+//! Admission is not once and for all: peer connections, tunnels and streaming responses are
+//! registered with what they were admitted as, and every new config snapshot judges them again
+//! with the same rules ([`grant`], [`crate::live`]); those no longer allowed — a new deny rule,
+//! an export withdrawn or narrowed, a cluster no longer peered — are closed, with the reason in
+//! the access log.
 
 mod backend;
 mod caller;
+mod grant;
 mod guard;
 mod limit;
 
@@ -24,8 +31,8 @@ use std::sync::Arc;
 use futures_util::StreamExt as _;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
+use isthmus_federation::identity::SpiffeId;
 use isthmus_federation::identity::transport::{PeerInfo, tls_incoming};
-use isthmus_federation::identity::{IdKind, SpiffeId};
 use rustls::ServerConfig;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -37,6 +44,7 @@ use crate::config::Limits;
 use crate::headers::{
     FORWARDED_CLIENT_CERT, PROBE, SHADOW, SHADOW_MARK, SOURCE_CLUSTER, TARGET, strip_identity,
 };
+use crate::live::LiveSet;
 use crate::metrics::Metrics;
 use crate::retry::is_grpc;
 use crate::serve::{ConnLimit, Drain, Hold, http_builder, serve_connection};
@@ -45,7 +53,8 @@ use crate::tunnel::pipe;
 use hyper_util::rt::TokioIo;
 
 pub use backend::Backends;
-use backend::Held;
+use backend::{Held, Track};
+pub use grant::{Exchange, Grant, judge};
 use guard::{Admission, Refusal};
 
 /// Everything the inbound request path reads.
@@ -57,6 +66,8 @@ pub struct Inbound {
     pub metrics: Arc<Metrics>,
     /// This gateway's own SPIFFE ID (the `By` of forwarded client certs).
     pub own_id: SpiffeId,
+    /// Open connections, tunnels and streaming responses, judged again on every snapshot.
+    pub live: Arc<LiveSet<Grant>>,
 }
 
 /// The local side of a tunnel.
@@ -135,42 +146,32 @@ impl Inbound {
                 continue;
             };
             let conn = Arc::new(PeerConn::new(stream.info().clone(), &self.own_id));
+            let current = self.table.borrow().clone();
+            let live = self
+                .live
+                .register(Grant::connection(conn.clone()), &current);
             let (this, builder, drain) = (self.clone(), builder.clone(), drain.clone());
             tokio::spawn(async move {
                 let _permit = permit;
                 let limits = this.limits.clone();
-                serve_connection(
+                let peer = conn.info.remote;
+                let served = serve_connection(
                     Coalesced::new(stream),
                     &builder,
                     &limits,
                     &drain,
                     move |req| this.clone().handle(conn.clone(), req),
-                )
-                .await;
+                );
+                tokio::select! {
+                    () = served => {}
+                    closed = live.ending().wait() => {
+                        // Dropping the connection resets every stream on it; its tunnels are
+                        // closed through their own registrations.
+                        tracing::info!(remote = %peer, %closed, "closing a peer gateway's connection");
+                    }
+                }
             });
         }
-    }
-
-    fn authorize<'a>(&self, snap: &Snapshot, conn: &'a PeerConn) -> Result<Caller<'a>, String> {
-        let id =
-            conn.info.id.as_ref().ok_or(
-                "no client certificate: peer gateways must present their SPIFFE certificate",
-            )?;
-        let cluster = snap
-            .peer_cluster(id.trust_domain().as_str())
-            .ok_or_else(|| {
-                format!(
-                    "trust domain {} is not a peer of this cluster",
-                    id.trust_domain()
-                )
-            })?;
-        if !matches!(id.kind(), IdKind::Gateway { .. }) {
-            return Err(format!("{id} is not a gateway identity"));
-        }
-        Ok(Caller {
-            cluster: cluster.clone(),
-            gateway: id,
-        })
     }
 
     /// The exported service and port a stream asks for, if this caller may reach it.
@@ -188,23 +189,7 @@ impl Inbound {
             .rsplit_once(':')
             .and_then(|(s, p)| Some((s, p.parse::<u16>().ok()?)))
             .ok_or((StatusCode::BAD_REQUEST, format!("bad {TARGET}: {raw:?}")))?;
-        let refused = || {
-            (
-                StatusCode::FORBIDDEN,
-                format!("{service} is not exported to {}", caller.cluster),
-            )
-        };
-        let export = snap.exports.get(service).ok_or_else(refused)?;
-        if !export.allows(&caller.cluster) {
-            return Err(refused());
-        }
-        let port = export.port(port).ok_or_else(|| {
-            (
-                StatusCode::FORBIDDEN,
-                format!("{service} does not export port {port}"),
-            )
-        })?;
-        Ok((export.clone(), port))
+        grant::exported(snap, &caller.cluster, service, port)
     }
 
     async fn handle(
@@ -220,7 +205,7 @@ impl Inbound {
             e.path = req.uri().path_and_query().map(|p| p.as_str().to_string());
         });
         entry.note(|e| e.peer = conn.info.id.as_ref().map(ToString::to_string));
-        let caller = match self.authorize(&snap, &conn) {
+        let caller = match grant::peer(&snap, conn.info.id.as_ref()) {
             Ok(c) => c,
             Err(reason) => return self.refuse(entry, StatusCode::FORBIDDEN, reason),
         };
@@ -273,9 +258,11 @@ impl Inbound {
             let reason = format!("{} has no ready endpoint in {}", export.name, snap.cluster);
             return self.refuse(entry, StatusCode::SERVICE_UNAVAILABLE, reason);
         };
-        let held = Held {
+        let mut held = Held {
             endpoint: in_flight,
             slot,
+            track: None,
+            live: None,
         };
         entry.note(|e| e.upstream = Some(endpoint.address.to_string()));
         let (mut parts, incoming) = req.into_parts();
@@ -297,7 +284,26 @@ impl Inbound {
                 .headers
                 .insert(SHADOW_MARK, HeaderValue::from_static("true"));
         }
-        if parts.method != Method::CONNECT {
+        let exchange = if parts.method != Method::CONNECT {
+            Exchange::Http
+        } else if parts.extensions.get::<hyper::ext::Protocol>().is_some() {
+            Exchange::WebSocket
+        } else {
+            Exchange::Tunnel
+        };
+        // Registered once the exchange proves long-lived (a tunnel, a streaming response).
+        held.track = Some(Track {
+            set: self.live.clone(),
+            grant: Grant::stream(
+                conn.clone(),
+                export.name.clone(),
+                port.port,
+                exchange,
+                workload,
+            ),
+            admitted: snap.clone(),
+        });
+        if exchange == Exchange::Http {
             let counted =
                 Counted::new(incoming, entry.tally(Direction::In)).filter_trailers(strip_identity);
             let req = Request::from_parts(parts, body::boxed(counted));
@@ -317,7 +323,7 @@ impl Inbound {
         &self,
         mut req: Request<Incoming>,
         endpoint: &LocalEndpoint,
-        held: Held,
+        mut held: Held,
         mut entry: Entry,
     ) -> Response<Body> {
         let protocol = req
@@ -365,24 +371,30 @@ impl Inbound {
             }
         };
         held.endpoint.stats().observe(started.elapsed());
+        held.register();
         *response.status_mut() = StatusCode::OK;
         entry.status = 200;
         self.metrics.request(Side::Inbound, 200);
         let idle = self.limits.idle_timeout;
         tokio::spawn(async move {
+            let ending = held.live.as_ref().map(|r| &**r.ending());
             match peer_side.await {
                 Ok(peer) => match local {
                     Local::Tcp(stream) => {
-                        pipe(TokioIo::new(peer), stream, idle, &entry.counters).await;
+                        pipe(TokioIo::new(peer), stream, idle, &entry.counters, ending).await;
                     }
                     Local::Upgrade(up) => match up.await {
                         Ok(up) => {
-                            pipe(TokioIo::new(peer), TokioIo::new(up), idle, &entry.counters).await;
+                            let up = TokioIo::new(up);
+                            pipe(TokioIo::new(peer), up, idle, &entry.counters, ending).await;
                         }
                         Err(e) => entry.reason = Some(format!("endpoint upgrade failed: {e}")),
                     },
                 },
                 Err(e) => entry.reason = Some(format!("tunnel setup failed: {e}")),
+            }
+            if let Some(closed) = held.closed() {
+                entry.reason = Some(closed.to_string());
             }
             drop((held, hold));
             entry.finish();

@@ -17,9 +17,11 @@ use crate::accesslog::{Direction, Entry};
 use crate::body::{self, Body, Counted};
 use crate::headers::{CALLER, TARGET, strip_hop_by_hop, strip_identity};
 use crate::lb::{cluster_order, random};
+use crate::live::{Ending, Registration};
 use crate::policy::ServicePolicy;
 use crate::retry::{self, BreakerGuard, Replay};
 use crate::serve::Hold;
+use crate::table::ServiceName;
 use crate::table::{Backend, Snapshot};
 use crate::tunnel::pipe;
 
@@ -543,7 +545,10 @@ impl Outbound {
         entry.status = 200;
         self.metrics.request(entry.side, 200);
         let idle = self.limits.idle_timeout;
-        tokio::spawn(upstream.splice_when_upgraded(client, idle, entry, hold));
+        let live = self
+            .live
+            .register(resolved.target.import.name.clone(), snap);
+        tokio::spawn(upstream.splice_when_upgraded(client, idle, entry, (hold, live)));
         Response::new(body::empty())
     }
 
@@ -588,10 +593,15 @@ impl Outbound {
         };
         entry.status = 200;
         self.metrics.request(entry.side, 200);
-        if let Err(reason) = upstream
-            .splice(stream, self.limits.idle_timeout, &entry)
-            .await
-        {
+        let live = self
+            .live
+            .register(resolved.target.import.name.clone(), &snap);
+        let spliced = upstream
+            .splice(stream, self.limits.idle_timeout, &entry, live.ending())
+            .await;
+        if let Some(closed) = live.ending().closed() {
+            entry.reason = Some(closed.to_string());
+        } else if let Err(reason) = spliced {
             entry.reason = Some(reason);
         }
         entry.finish();
@@ -664,7 +674,10 @@ impl Outbound {
         entry.status = response.status().as_u16();
         self.metrics.request(entry.side, entry.status);
         let idle = self.limits.idle_timeout;
-        tokio::spawn(upstream.splice_when_upgraded(client, idle, entry, hold));
+        let live = self
+            .live
+            .register(resolved.target.import.name.clone(), snap);
+        tokio::spawn(upstream.splice_when_upgraded(client, idle, entry, (hold, live)));
         response
     }
 }
@@ -692,16 +705,21 @@ impl Upstream {
         client: hyper::upgrade::OnUpgrade,
         idle: std::time::Duration,
         mut entry: Entry,
-        hold: Option<Hold>,
+        (hold, live): (Option<Hold>, Registration<ServiceName>),
     ) {
         let spliced = match client.await {
-            Ok(c) => self.splice(TokioIo::new(c), idle, &entry).await,
+            Ok(c) => {
+                self.splice(TokioIo::new(c), idle, &entry, live.ending())
+                    .await
+            }
             Err(e) => Err(format!("client upgrade failed: {e}")),
         };
-        if let Err(reason) = spliced {
+        if let Some(closed) = live.ending().closed() {
+            entry.reason = Some(closed.to_string());
+        } else if let Err(reason) = spliced {
             entry.reason = Some(reason);
         }
-        drop(hold);
+        drop((hold, live));
         entry.finish();
     }
 
@@ -711,19 +729,21 @@ impl Upstream {
         client: C,
         idle: std::time::Duration,
         entry: &Entry,
+        ending: &Ending,
     ) -> Result<(), String>
     where
         C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
         match self {
             Self::Tcp(stream) => {
-                pipe(client, stream, idle, &entry.counters).await;
+                pipe(client, stream, idle, &entry.counters, Some(ending)).await;
             }
             Self::Upgrade(response) => {
                 let up = hyper::upgrade::on(response)
                     .await
                     .map_err(|e| format!("upstream upgrade failed: {e}"))?;
-                pipe(client, TokioIo::new(up), idle, &entry.counters).await;
+                let up = TokioIo::new(up);
+                pipe(client, up, idle, &entry.counters, Some(ending)).await;
             }
         }
         Ok(())

@@ -10,6 +10,12 @@
 //! decides what a client's CONNECT becomes (a byte tunnel only to `tcp` ports; HTTP served by
 //! the gateway itself inside a tunnel to an HTTP port), so no client byte reaches a service
 //! without the header hygiene of the request path.
+//!
+//! Tunnels (raw TCP on a VIP, CONNECT, WebSocket) are registered for re-checking
+//! ([`crate::live`]): one whose service is no longer imported is closed when the config that
+//! removed it arrives. HTTP requests are not: each resolves its service in the snapshot of its
+//! own time, and a request served inside a CONNECT tunnel to an HTTP port is refused (503) once
+//! the import is gone.
 
 mod client;
 mod connect;
@@ -32,6 +38,7 @@ use crate::accesslog::{Entry, Side};
 use crate::body::{self, Body};
 use crate::config::{Limits, SourceRange};
 use crate::health::{Health, Verdict};
+use crate::live::{Closed, LiveSet};
 use crate::metrics::Metrics;
 use crate::policy::ServicePolicy;
 use crate::pool::PeerPool;
@@ -78,6 +85,19 @@ pub struct Outbound {
     pub shadows: ShadowSlots,
     /// Connections served inside CONNECT tunnels drain with the listeners.
     pub drain: crate::serve::Drain,
+    /// Open tunnels by the imported service they reach, judged again on every snapshot.
+    pub live: Arc<LiveSet<ServiceName>>,
+}
+
+/// Whether `snap` still imports the service a tunnel reaches.
+pub fn judge(snap: &Snapshot, service: &ServiceName) -> Result<(), Closed> {
+    if snap.imports.contains_key(service) {
+        return Ok(());
+    }
+    Err(Closed {
+        cause: "import",
+        reason: format!("{service} is no longer imported"),
+    })
 }
 
 /// The verdict the outbound side acts on for each cluster of `service`; explain shows the same.
@@ -282,6 +302,26 @@ fn resolve<B>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tunnel_lasts_as_long_as_its_import() {
+        let mut snap = Snapshot::default();
+        let name: ServiceName = "tcp-echo.demo".into();
+        snap.imports.insert(
+            name.clone(),
+            Arc::new(crate::table::Import::new(
+                name.clone(),
+                Vec::new(),
+                Vec::new(),
+            )),
+        );
+        assert_eq!(judge(&snap, &name), Ok(()));
+        let closed = judge(&snap, &"other.demo".into()).expect_err("not imported");
+        assert_eq!(
+            (closed.cause, closed.reason.as_str()),
+            ("import", "other.demo is no longer imported")
+        );
+    }
 
     #[test]
     fn authorities_split_with_and_without_ports() {
