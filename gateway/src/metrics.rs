@@ -63,6 +63,15 @@ pub struct ShadowLabels {
     pub outcome: &'static str,
 }
 
+/// A connection a listener refused or closed for lack of slots.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusalLabels {
+    /// `proxy`, `vip` or `inbound`.
+    pub listener: &'static str,
+    /// `source_limit`, `listener_full` or `evicted`.
+    pub reason: &'static str,
+}
+
 /// Requests and tunnels by side and status class: the family that is exposed, and each of its
 /// ten counters resolved once, so counting a request takes no lock and no label hashing.
 #[derive(Clone)]
@@ -132,6 +141,8 @@ pub struct Metrics {
     pub cluster_header: Family<ClusterHeaderLabels, Counter>,
     /// Shadow copies by service and outcome.
     pub shadow_requests: Family<ShadowLabels, Counter>,
+    /// Connections refused or closed for lack of slots, by listener and reason.
+    pub connections_refused: Family<RefusalLabels, Counter>,
 }
 
 /// The index in [`CLASSES`] of a status code's class (anything outside 100..=599 counts as 5xx).
@@ -263,6 +274,11 @@ impl Metrics {
             "faults_injected",
             "Faults injected by policy by service and kind (abort, delay)",
             self.faults_injected.clone(),
+        );
+        r.register(
+            "connections_refused",
+            "Connections a listener refused or closed for lack of slots, by listener (proxy, vip, inbound) and reason (source_limit: the source holds limits.max_connections_per_source; listener_full: every slot taken; evicted: the oldest connection of the source holding the most, closed to make room for another source)",
+            self.connections_refused.clone(),
         );
         r.register(
             "rate_limited",

@@ -16,12 +16,14 @@ use tokio::task::JoinHandle;
 
 use crate::config::GatewayConfig;
 use crate::control::{ControlClient, ControlError};
+use crate::fair::FairLimit;
 use crate::health::{Health, HealthConfig};
 use crate::inbound::{Backends, Inbound};
 use crate::metrics::Metrics;
 use crate::outbound::listeners::{VipListeners, accept_loop};
 use crate::outbound::{Origin, Outbound, ShadowSlots};
 use crate::pool::PeerPool;
+use crate::refusals::RefusalLog;
 use crate::retry::{Breakers, Budget};
 use crate::serve::{ConnLimit, Drain};
 use crate::sync;
@@ -67,7 +69,7 @@ pub struct Running {
     pub bound: Bound,
     pub table: watch::Receiver<Arc<Snapshot>>,
     drain_tx: watch::Sender<bool>,
-    limits: (ConnLimit, ConnLimit),
+    limits: (ConnLimit, FairLimit),
     drain_timeout: Duration,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -225,7 +227,11 @@ pub async fn start(cfg: GatewayConfig) -> Result<Running, StartError> {
         own_id,
     });
     let inbound_limit = ConnLimit::new(cfg.limits.max_connections);
-    let local_limit = ConnLimit::new(cfg.limits.max_connections);
+    let local_limit = FairLimit::new(
+        cfg.limits.max_connections,
+        cfg.limits.connections_per_source(),
+        RefusalLog::new(&metrics),
+    );
     tasks.push(tokio::spawn(inbound.serve(
         inbound_listener,
         server_tls,
