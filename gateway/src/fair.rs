@@ -169,16 +169,14 @@ impl FairLimit {
         let source = source_of(remote.ip());
         let admitted = {
             let mut st = self.inner.lock();
-            if st.held(source) >= self.inner.per_source {
+            let verdict = if st.held(source) >= self.inner.per_source {
                 Err(Reason::SourceLimit)
             } else if st.open < self.inner.total {
                 Ok(None)
-            } else if let Some(victim) = st.evict_for(source) {
-                Ok(Some(victim))
             } else {
-                Err(Reason::ListenerFull)
-            }
-            .map(|evicted| {
+                st.evict_for(source).map(Some).ok_or(Reason::ListenerFull)
+            };
+            verdict.map(|evicted| {
                 let id = st.next_id;
                 st.next_id += 1;
                 let evict = Arc::new(Notify::new());
