@@ -1,7 +1,7 @@
 //! Global DNS end to end: the real `isthmus federation` with a `dns:` section, queried by real
 //! clients (`dig`, `kdig`, hickory's client) over UDP and TCP; catalog and health changes and GSLB
 //! failover measured from the client's side; thousands of malformed packets; response-rate
-//! limiting; and `zonemaster-cli` against the GSLB zone in a network namespace where the server
+//! limiting (one budget per prefix however many UDP workers share the flood); and `zonemaster-cli` against the GSLB zone in a network namespace where the server
 //! owns port 53. Federation indexes 101-110 belong to this file.
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -1089,6 +1089,111 @@ async fn rate_limit_slips_and_drops_per_client() {
             .await
             >= 50.0
     );
+}
+
+/// A spoofed flood from many source ports of one address: SO_REUSEPORT spreads it over every UDP
+/// worker, and the prefix still gets one budget for the whole server (with a limiter per worker it
+/// got up to one per worker: ~1,200 full answers here).
+#[tokio::test]
+async fn rate_limit_holds_across_udp_workers_for_many_source_ports() {
+    const RATE: f64 = 100.0;
+    const SOCKETS: usize = 200;
+    const PER_SOCKET: usize = 10;
+    let catalog = catalog_of(
+        &[yaml_export("demo", "echo", ECHO_PORTS, true)],
+        "imports: []\n",
+    );
+    let (fed, server) = start(
+        "east",
+        108,
+        &catalog,
+        json!({
+            "udp_workers": 4,
+            "rate_limit": { "responses_per_second": 100, "burst_seconds": 1, "slip": 2 },
+        }),
+    )
+    .await;
+    let name = "echo.demo.svc.clusterset.local";
+    vip(&fed, "demo/echo", None).await;
+    let probe = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("udp");
+    let q = good_query(name, 1, None);
+    let mut buf = [0u8; 1500];
+    let started = Instant::now();
+    loop {
+        probe.send_to(&q, server).await.expect("send");
+        if let Ok(Ok(n)) =
+            tokio::time::timeout(Duration::from_millis(200), probe.recv(&mut buf)).await
+            && n > 12
+            && buf[7] > 0
+        {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "echo never resolved"
+        );
+    }
+    // 2,000 queries in about 2 s from 200 source ports of 127.0.108.1, each port sending every
+    // 200 ms and reading whatever comes back.
+    let started = Instant::now();
+    let clients: Vec<_> = (0..SOCKETS)
+        .map(|i| {
+            let q = q.clone();
+            tokio::spawn(async move {
+                let sock = tokio::net::UdpSocket::bind("127.0.108.1:0")
+                    .await
+                    .expect("udp");
+                tokio::time::sleep(Duration::from_millis(i as u64)).await;
+                let (mut full, mut truncated) = (0usize, 0usize);
+                let mut buf = [0u8; 1500];
+                for k in 0..PER_SOCKET {
+                    sock.send_to(&q, server).await.expect("send");
+                    let next = started + Duration::from_millis(i as u64 + 200 * (k as u64 + 1));
+                    let wait_until = if k + 1 == PER_SOCKET {
+                        Instant::now() + Duration::from_millis(500)
+                    } else {
+                        next
+                    };
+                    while let Ok(Ok(n)) =
+                        tokio::time::timeout_at(wait_until, sock.recv(&mut buf)).await
+                    {
+                        if n >= 4 && buf[2] & 0x02 != 0 {
+                            truncated += 1;
+                        } else {
+                            full += 1;
+                        }
+                    }
+                }
+                (full, truncated, Instant::now())
+            })
+        })
+        .collect();
+    let (mut full, mut truncated, mut last) = (0, 0, started);
+    for c in clients {
+        let (f, t, at) = c.await.expect("client");
+        full += f;
+        truncated += t;
+        last = last.max(at);
+    }
+    let secs = last.duration_since(started).as_secs_f64();
+    // What one bucket can hand out over the whole run (refill + the 1 s burst), with a margin.
+    let budget = (RATE * secs + RATE + 50.0) as usize;
+    eprintln!(
+        "{} queries from {SOCKETS} ports in {secs:.2} s: {full} answered in full, {truncated} truncated; budget {budget}",
+        SOCKETS * PER_SOCKET
+    );
+    assert!(
+        full <= budget,
+        "one prefix's answers stay within one budget for the whole server: {full} > {budget}"
+    );
+    assert!(full >= 100, "the burst is answered: {full}");
+    assert!(truncated > 0, "responses over the limit slip: {truncated}");
+    let dropped = fed
+        .metric("isthmus_dns_rate_limited_total", &["action=\"dropped\""])
+        .await;
+    assert!(dropped >= 500.0, "the rest is dropped: {dropped}");
 }
 
 /// Runs `cmd` and fails the test (never skips) when it does not succeed.

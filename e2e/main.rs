@@ -14,6 +14,7 @@ mod crash_recovery;
 mod dns;
 mod failover;
 mod gateway_drain;
+mod gateway_fairness;
 mod gateway_protocols;
 mod gateway_security;
 mod gateway_traffic;

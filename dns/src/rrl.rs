@@ -4,14 +4,25 @@
 //! no records: a real client retries over TCP, which is never limited) and the rest are dropped,
 //! so the server cannot be used to amplify a spoofed victim's traffic.
 //!
-//! Each UDP worker owns one limiter (no sharing, no lock); a client's queries reach the same
-//! worker (SO_REUSEPORT hashes the 4-tuple), so the limit holds per worker and client.
+//! One limiter serves every UDP worker, so the limit holds for the whole server: SO_REUSEPORT
+//! hashes the 4-tuple, and a flood from many source ports of one prefix reaches every worker. The
+//! table is split into shards, each behind its own mutex and chosen by a hash of the prefix: a
+//! prefix always meets the same shard, the lock is held only for one bucket update (no I/O, no
+//! allocation), and workers serving different prefixes rarely meet on a lock. The clock is the
+//! limiter's own, so every worker measures refills from the same instant.
+//!
+//! Must not: allocate or log per query, or hold a shard lock for anything but one bucket.
 
 use std::net::IpAddr;
+use std::sync::{Mutex, PoisonError};
+use std::time::Instant;
 
 use isthmus_federation::config::DnsRateLimit;
 
-const SLOTS: usize = 1 << 14;
+/// Shards of the bucket table (a power of two); more than workers, so two workers rarely wait.
+const SHARDS: usize = 64;
+/// Buckets per shard (a power of two): 16,384 in all.
+const SLOTS_PER_SHARD: usize = 256;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
@@ -30,9 +41,11 @@ struct Slot {
     over: u32,
 }
 
+/// One limiter for the whole server (share it behind an `Arc`).
 pub struct RateLimiter {
     cfg: DnsRateLimit,
-    slots: Box<[Slot]>,
+    shards: Box<[Mutex<[Slot; SLOTS_PER_SHARD]>]>,
+    epoch: Instant,
 }
 
 impl RateLimiter {
@@ -40,7 +53,10 @@ impl RateLimiter {
     pub fn new(cfg: &DnsRateLimit) -> Option<Self> {
         (cfg.responses_per_second > 0).then(|| Self {
             cfg: cfg.clone(),
-            slots: vec![Slot::default(); SLOTS].into_boxed_slice(),
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new([Slot::default(); SLOTS_PER_SHARD]))
+                .collect(),
+            epoch: Instant::now(),
         })
     }
 
@@ -62,19 +78,29 @@ impl RateLimiter {
         }
     }
 
-    /// Accounts one response to `ip` at `now_ms` (a monotonic millisecond clock).
-    pub fn check(&mut self, ip: IpAddr, now_ms: u64) -> Verdict {
+    /// Accounts one response to `ip`, sent at `at`.
+    pub fn check_at(&self, ip: IpAddr, at: Instant) -> Verdict {
+        // Never 0: a slot whose `last_ms` is 0 is empty.
+        let now_ms = at.saturating_duration_since(self.epoch).as_millis() as u64 + 1;
+        self.check(ip, now_ms)
+    }
+
+    /// Accounts one response to `ip` at `now_ms` (milliseconds on the limiter's clock).
+    pub fn check(&self, ip: IpAddr, now_ms: u64) -> Verdict {
         let key = self.key(ip);
-        let idx = {
-            // Cheap mixing of the key bits (not keyed: an attacker choosing prefixes to collide
-            // only evicts slots, which hands out full buckets; it cannot slow the table).
-            let h = (key as u64) ^ ((key >> 64) as u64);
-            let h = h.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-            (h >> 40) as usize & (SLOTS - 1)
-        };
+        // Cheap mixing of the key bits (not keyed: an attacker choosing prefixes to collide only
+        // evicts slots, which hands out full buckets; it cannot slow the table).
+        let h = (key as u64) ^ ((key >> 64) as u64);
+        let h = h.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let shard = (h >> 58) as usize & (SHARDS - 1);
+        let idx = (h >> 40) as usize & (SLOTS_PER_SHARD - 1);
         let rate = u64::from(self.cfg.responses_per_second);
         let cap = rate * u64::from(self.cfg.burst_seconds.max(1)) * 1000;
-        let slot = &mut self.slots[idx];
+        // A worker that panicked mid-update leaves at worst one odd bucket: keep serving.
+        let mut slots = self.shards[shard]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let slot = &mut slots[idx];
         if slot.key != key || slot.last_ms == 0 {
             *slot = Slot {
                 key,
@@ -93,7 +119,9 @@ impl RateLimiter {
             return Verdict::Send;
         }
         slot.over = slot.over.wrapping_add(1);
-        if self.cfg.slip > 0 && slot.over.is_multiple_of(self.cfg.slip) {
+        let over = slot.over;
+        drop(slots);
+        if self.cfg.slip > 0 && over.is_multiple_of(self.cfg.slip) {
             Verdict::Slip
         } else {
             Verdict::Drop
@@ -118,7 +146,7 @@ mod tests {
     #[test]
     fn limits_per_prefix_and_refills() {
         assert!(RateLimiter::new(&cfg(0)).is_none());
-        let mut rl = RateLimiter::new(&cfg(10)).expect("on");
+        let rl = RateLimiter::new(&cfg(10)).expect("on");
         let a: IpAddr = "10.0.0.1".parse().expect("ip");
         let a2: IpAddr = "10.0.0.99".parse().expect("ip");
         let b: IpAddr = "10.0.1.1".parse().expect("ip");
@@ -137,5 +165,25 @@ mod tests {
         assert_ne!(rl.check(a, t + 100), Verdict::Send);
         let v6: IpAddr = "2001:db8::1".parse().expect("ip");
         assert_eq!(rl.check(v6, t), Verdict::Send);
+    }
+
+    #[test]
+    fn one_budget_for_every_worker() {
+        // Four workers see the same prefix from different source addresses at the same instant:
+        // together they hand out one burst, not one each.
+        let rl = std::sync::Arc::new(RateLimiter::new(&cfg(100)).expect("on"));
+        let workers: Vec<_> = (0..4u8)
+            .map(|w| {
+                let rl = rl.clone();
+                std::thread::spawn(move || {
+                    let ip = IpAddr::from([10, 0, 0, w + 1]);
+                    (0..100)
+                        .filter(|_| rl.check(ip, 5_000) == Verdict::Send)
+                        .count()
+                })
+            })
+            .collect();
+        let sent: usize = workers.into_iter().map(|w| w.join().expect("worker")).sum();
+        assert_eq!(sent, 100, "the burst of one prefix, shared by every worker");
     }
 }

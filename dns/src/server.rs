@@ -3,7 +3,8 @@
 //!
 //! Threading: each UDP worker is a plain OS thread blocked in `recv_from` on its own socket
 //! (SO_REUSEPORT spreads clients over them); it answers from a thread-local cached `Arc` of the
-//! current snapshot (`arc-swap`), into a reused buffer, and never touches the async runtime.
+//! current snapshot (`arc-swap`), into a reused buffer, and never touches the async runtime. The
+//! workers share one rate limiter (sharded by client prefix, see [`crate::rrl`]).
 //! TCP runs on the runtime through hickory-server. Rebuilds run on the blocking pool (one at a
 //! time: the [`Rebuilder`] moves into the task and back; changes that arrive meanwhile are
 //! coalesced into the next one) and swap the snapshot in one store: a query sees the old zone or
@@ -149,14 +150,16 @@ impl DnsServer {
             metrics,
             stop: AtomicBool::new(false),
         });
-        let rate_limit = settings.rate_limit.clone();
+        // One limiter for every worker: a prefix's budget is the server's, however SO_REUSEPORT
+        // spreads its source ports.
+        let rrl = RateLimiter::new(&settings.rate_limit).map(Arc::new);
         let mut udp = Vec::with_capacity(n);
         for (i, socket) in udp_sockets.into_iter().enumerate() {
             let shared = shared.clone();
-            let rate_limit = rate_limit.clone();
+            let rrl = rrl.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("dns-udp-{i}"))
-                .spawn(move || udp_worker(&socket, &shared, RateLimiter::new(&rate_limit)))
+                .spawn(move || udp_worker(&socket, &shared, rrl.as_deref()))
                 .map_err(|e| DnsError::Bind {
                     addr: bound,
                     proto: "udp",
@@ -296,11 +299,10 @@ fn slip(out: &mut Vec<u8>) {
     }
 }
 
-fn udp_worker(socket: &std::net::UdpSocket, shared: &Shared, mut rrl: Option<RateLimiter>) {
+fn udp_worker(socket: &std::net::UdpSocket, shared: &Shared, rrl: Option<&RateLimiter>) {
     let mut buf = vec![0u8; 65_536];
     let mut out = Vec::with_capacity(65_536);
     let mut cache = Cache::new(&shared.snapshot);
-    let epoch = Instant::now();
     let mut errors = 0u64;
     loop {
         let (n, src) = match socket.recv_from(&mut buf) {
@@ -330,9 +332,8 @@ fn udp_worker(socket: &std::net::UdpSocket, shared: &Shared, mut rrl: Option<Rat
             shared.metrics.record(&outcome, started.elapsed());
             continue;
         }
-        if let Some(rl) = &mut rrl {
-            let now_ms = started.duration_since(epoch).as_millis() as u64 + 1;
-            match rl.check(src.ip(), now_ms) {
+        if let Some(rl) = rrl {
+            match rl.check_at(src.ip(), started) {
                 Verdict::Send => {}
                 Verdict::Slip => {
                     slip(&mut out);

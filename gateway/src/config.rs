@@ -221,8 +221,15 @@ pub struct Limits {
     pub idle_timeout: Duration,
     #[serde(with = "duration")]
     pub handshake_timeout: Duration,
-    /// Open connections per listener; more are refused until some close.
+    /// Open connections per listener (the proxy port and the VIP listeners share one budget);
+    /// more are refused until some close.
     pub max_connections: usize,
+    /// Open connections from one source (an IPv4 address, or an IPv6 /64) on the local
+    /// listeners; more from it are refused. When every slot is taken, a source holding fewer
+    /// still gets in: the oldest connection of the source holding the most is closed. Unset: a
+    /// quarter of `max_connections`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections_per_source: Option<usize>,
     /// HTTP/2 streams per connection.
     pub max_concurrent_streams: u32,
     /// Per-stream HTTP/2 flow-control window: what one stream may have in flight unread, so
@@ -251,12 +258,21 @@ impl Default for Limits {
             idle_timeout: d(300),
             handshake_timeout: d(10),
             max_connections: 10_000,
+            max_connections_per_source: None,
             max_concurrent_streams: 1_000,
             stream_window: 1024 * 1024,
             connection_window: 64 * 1024 * 1024,
             request_timeout: d(30),
             connect_timeout: d(5),
         }
+    }
+}
+
+impl Limits {
+    /// [`Limits::max_connections_per_source`], or its default.
+    pub fn connections_per_source(&self) -> usize {
+        self.max_connections_per_source
+            .unwrap_or((self.max_connections / 4).max(1))
     }
 }
 
@@ -312,6 +328,14 @@ impl GatewayConfig {
         }
         if l.max_connections == 0 {
             return invalid("limits.max_connections", "at least 1");
+        }
+        if let Some(n) = l.max_connections_per_source
+            && !(1..=l.max_connections).contains(&n)
+        {
+            return invalid(
+                "limits.max_connections_per_source",
+                "between 1 and limits.max_connections (unset: a quarter of it)",
+            );
         }
         if l.max_concurrent_streams == 0 {
             return invalid("limits.max_concurrent_streams", "at least 1");
@@ -413,6 +437,16 @@ mod tests {
                 "limits.connection_window",
             ),
             (
+                format!("{MINIMAL}limits:\n  max_connections_per_source: 0\n"),
+                "limits.max_connections_per_source",
+            ),
+            (
+                format!(
+                    "{MINIMAL}limits:\n  max_connections: 100\n  max_connections_per_source: 101\n"
+                ),
+                "limits.max_connections_per_source",
+            ),
+            (
                 format!("{MINIMAL}limits:\n  idle_timeout: 0s\n"),
                 "limits.idle_timeout",
             ),
@@ -451,6 +485,7 @@ mod tests {
         let text = include_str!("../../deploy/examples/gateway.yaml");
         let cfg = GatewayConfig::from_yaml("gateway.yaml", text).expect("example");
         assert_eq!(cfg.limits, Limits::default());
+        assert_eq!(cfg.limits.connections_per_source(), 2_500);
         assert_eq!(cfg.listen.proxy, default_proxy());
         assert_eq!(cfg.listen.admin, default_admin());
         assert_eq!(cfg.drain_timeout, default_drain());

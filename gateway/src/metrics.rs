@@ -71,6 +71,15 @@ pub struct ShadowLabels {
     pub outcome: &'static str,
 }
 
+/// A connection a listener refused or closed for lack of slots.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusalLabels {
+    /// `proxy`, `vip` or `inbound`.
+    pub listener: &'static str,
+    /// `source_limit`, `listener_full` or `evicted`.
+    pub reason: &'static str,
+}
+
 /// Requests and tunnels by side and status class: the family that is exposed, and each of its
 /// ten counters resolved once, so counting a request takes no lock and no label hashing.
 #[derive(Clone)]
@@ -142,6 +151,8 @@ pub struct Metrics {
     pub shadow_requests: Family<ShadowLabels, Counter>,
     /// Open connections, tunnels and streams closed because a new config no longer allows them.
     pub closed_by_policy: Family<ClosedLabels, Counter>,
+    /// Connections refused or closed for lack of slots, by listener and reason.
+    pub connections_refused: Family<RefusalLabels, Counter>,
 }
 
 /// The index in [`CLASSES`] of a status code's class (anything outside 100..=599 counts as 5xx).
@@ -287,6 +298,11 @@ impl Metrics {
             "connections_closed_by_policy",
             "Open connections, tunnels and streams closed because a new config no longer allows them, by side and failed rule",
             self.closed_by_policy.clone(),
+        );
+        r.register(
+            "connections_refused",
+            "Connections a listener refused or closed for lack of slots, by listener (proxy, vip, inbound) and reason (source_limit: the source holds limits.max_connections_per_source; listener_full: every slot taken; evicted: the oldest connection of the source holding the most, closed to make room for another source)",
+            self.connections_refused.clone(),
         );
         r.register(
             "rate_limited",

@@ -17,6 +17,7 @@ use tokio::task::JoinHandle;
 use crate::accesslog::Side;
 use crate::config::GatewayConfig;
 use crate::control::{ControlClient, ControlError};
+use crate::fair::FairLimit;
 use crate::health::{Health, HealthConfig};
 use crate::inbound::{Backends, Inbound};
 use crate::live::LiveSet;
@@ -24,6 +25,7 @@ use crate::metrics::Metrics;
 use crate::outbound::listeners::{VipListeners, accept_loop};
 use crate::outbound::{Origin, Outbound, ShadowSlots};
 use crate::pool::PeerPool;
+use crate::refusals::RefusalLog;
 use crate::retry::{Breakers, Budget};
 use crate::serve::{ConnLimit, Drain};
 use crate::sync;
@@ -69,7 +71,7 @@ pub struct Running {
     pub bound: Bound,
     pub table: watch::Receiver<Arc<Snapshot>>,
     drain_tx: watch::Sender<bool>,
-    limits: (ConnLimit, ConnLimit),
+    limits: (ConnLimit, FairLimit),
     drain_timeout: Duration,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -240,7 +242,11 @@ pub async fn start(cfg: GatewayConfig) -> Result<Running, StartError> {
     tasks.push(tokio::spawn(inbound.live.clone().follow(metrics.clone())));
     tasks.push(tokio::spawn(outbound.live.clone().follow(metrics.clone())));
     let inbound_limit = ConnLimit::new(cfg.limits.max_connections);
-    let local_limit = ConnLimit::new(cfg.limits.max_connections);
+    let local_limit = FairLimit::new(
+        cfg.limits.max_connections,
+        cfg.limits.connections_per_source(),
+        RefusalLog::new(&metrics),
+    );
     tasks.push(tokio::spawn(inbound.serve(
         inbound_listener,
         server_tls,

@@ -30,7 +30,7 @@ pub use error::IdentityError;
 pub use sealed::Kek;
 pub use spiffe::{IdKind, SpiffeId, TrustDomain};
 pub use tls::CertStore;
-pub use transport::PeerInfo;
+pub use transport::{PeerInfo, source_of};
 pub use verifier::{Accept, SpiffeClientVerifier, SpiffeServerVerifier, TrustStore, peer_id};
 
 /// Result alias for this module.

@@ -146,8 +146,8 @@ pub(crate) struct Caps {
 }
 
 /// What the per-source cap counts by: an IPv4 address (IPv4-mapped IPv6 included), or the
-/// /64 an IPv6 address is in.
-fn source_of(ip: IpAddr) -> IpAddr {
+/// /64 an IPv6 address is in. The gateway's plaintext local listeners count by it too.
+pub fn source_of(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(_) => ip,
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {

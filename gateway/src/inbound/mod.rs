@@ -46,6 +46,7 @@ use crate::headers::{
 };
 use crate::live::LiveSet;
 use crate::metrics::Metrics;
+use crate::refusals::{Reason, RefusalLog};
 use crate::retry::is_grpc;
 use crate::serve::{ConnLimit, Drain, Hold, http_builder, serve_connection};
 use crate::table::{Export, LocalEndpoint, Port, Snapshot};
@@ -129,6 +130,7 @@ impl Inbound {
     ) {
         let builder = Arc::new(http_builder(&self.limits, true));
         let incoming = tls_incoming(listener, tls, self.limits.handshake_timeout);
+        let refusals = RefusalLog::new(&self.metrics);
         tokio::pin!(incoming);
         loop {
             let next = tokio::select! {
@@ -142,7 +144,8 @@ impl Inbound {
                 None => return,
             };
             let Some(permit) = limit.try_acquire() else {
-                tracing::warn!(remote = %stream.info().remote, "connection limit reached: refusing a peer gateway");
+                let source = stream.info().remote.ip();
+                refusals.refused("inbound", Reason::ListenerFull, source);
                 continue;
             };
             let conn = Arc::new(PeerConn::new(stream.info().clone(), &self.own_id));

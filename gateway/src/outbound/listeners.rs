@@ -11,42 +11,32 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use super::{LocalClient, Origin, Outbound};
+use crate::fair::{self, FairLimit};
 use crate::h1guard::H1Guard;
-use crate::serve::{ConnLimit, Drain, http_builder, serve_connection};
+use crate::serve::{Drain, http_builder, serve_connection};
 use crate::table::{Port, Snapshot};
 
-/// Accepts local clients on `listener` until draining starts.
+/// Accepts local clients on `listener` until draining starts, within the local listeners' fair
+/// share of connection slots.
 pub async fn accept_loop(
     outbound: Arc<Outbound>,
     listener: TcpListener,
     origin: Origin,
     tcp: bool,
-    limit: ConnLimit,
+    limit: FairLimit,
     drain: Drain,
 ) {
     let builder = Arc::new(http_builder(&outbound.limits, false));
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            () = drain.signaled() => return,
-        };
-        let (stream, remote) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::warn!(error = %e, "accepting a local connection failed; retrying");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let Some(permit) = limit.try_acquire() else {
-            tracing::warn!(%remote, "connection limit reached: refusing a local connection");
-            continue;
-        };
+    let label = match origin {
+        Origin::Vip(..) => "vip",
+        Origin::Proxy | Origin::Tunnel(_) => "proxy",
+    };
+    let serving = drain.clone();
+    fair::accept_loop(listener, limit, label, serving, move |stream, remote| {
         let _ = stream.set_nodelay(true);
         let (outbound, builder, drain) = (outbound.clone(), builder.clone(), drain.clone());
         let origin = origin.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
+        async move {
             if tcp {
                 if let Origin::Vip(ip, port) = origin {
                     outbound.tcp(stream, (ip, port)).await;
@@ -55,8 +45,9 @@ pub async fn accept_loop(
             }
             let client = outbound.local_client(remote);
             serve_local(outbound, stream, origin, client, &builder, &drain).await;
-        });
-    }
+        }
+    })
+    .await;
 }
 
 /// Serves one local client's connection (or a CONNECT tunnel served as HTTP) with the local
@@ -84,7 +75,7 @@ pub(super) async fn serve_local<IO>(
 /// The VIP listeners currently open.
 pub struct VipListeners {
     outbound: Arc<Outbound>,
-    limit: ConnLimit,
+    limit: FairLimit,
     drain: Drain,
     open: HashMap<(IpAddr, Port), JoinHandle<()>>,
     /// Addresses that failed to bind, reported once each.
@@ -92,7 +83,7 @@ pub struct VipListeners {
 }
 
 impl VipListeners {
-    pub fn new(outbound: Arc<Outbound>, limit: ConnLimit, drain: Drain) -> Self {
+    pub fn new(outbound: Arc<Outbound>, limit: FairLimit, drain: Drain) -> Self {
         Self {
             outbound,
             limit,
