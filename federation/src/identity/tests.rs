@@ -244,6 +244,20 @@ fn trust_store_only_moves_forward() {
     assert_eq!(store.get(&west.td), Some(second.clone()));
     assert_eq!(store.snapshot().len(), 1);
     assert!(store.contains(&west.td));
+    // A peering made again with a re-created CA (sequence 1 again) replaces it outright, and
+    // only the new CA's leaves verify from then on.
+    let recreated = cluster("west");
+    let id = recreated.gateway("gw");
+    let (new_chain, _, _) = recreated.leaf(&id);
+    let now = UnixTime::now();
+    assert!(verify_client(&store, Accept::Any, &new_chain, now).is_err());
+    assert!(
+        !store.set(recreated.ca.bundle()),
+        "set keeps the higher sequence"
+    );
+    store.replace(recreated.ca.bundle());
+    assert_eq!(store.get(&west.td), Some(recreated.ca.bundle()));
+    assert!(verify_client(&store, Accept::Any, &new_chain, now).is_ok());
 }
 
 #[test]

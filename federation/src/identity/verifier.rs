@@ -89,6 +89,19 @@ impl TrustStore {
         installed
     }
 
+    /// Installs `bundle` for its trust domain whatever is held now (a peering made again, whose
+    /// record is the truth: its sequence may be lower than the one it replaces).
+    pub fn replace(&self, bundle: TrustBundle) {
+        let entry = Arc::new(Entry::new(bundle));
+        let td = entry.bundle.trust_domain().clone();
+        self.inner.rcu(|map| {
+            let mut next = BTreeMap::clone(map);
+            next.insert(td.clone(), Arc::clone(&entry));
+            Arc::new(next)
+        });
+        tracing::debug!(trust_domain = %td, sequence = entry.bundle.sequence(), "trust bundle replaced");
+    }
+
     /// Forgets a trust domain; returns whether it was present.
     pub fn remove(&self, trust_domain: &TrustDomain) -> bool {
         let mut removed = false;

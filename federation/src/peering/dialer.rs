@@ -173,7 +173,9 @@ pub async fn establish(node: &Arc<Node>, token_text: &str) -> Result<PeerRecord,
             )
             .await
             .map_err(|e| EstablishError::Store(e.to_string()))?;
-        node.trust.set(bundle);
+        // What the record says is what the verifier trusts (even a lower sequence: a peer
+        // whose CA was re-created and that issued a new token).
+        node.trust.replace(bundle);
         let entry = state
             .peers
             .entry(record.cluster.clone())

@@ -21,7 +21,7 @@ use crate::peering::PeerRecord;
 use crate::peering::token::{self, Presenter, TokenError, TokenRecord};
 use crate::proto::peering_server::Peering;
 use crate::proto::{EstablishRequest, EstablishResponse, PeerMessage};
-use crate::store::{Op, Store};
+use crate::store::{Guard, Op, Store, StoreError};
 
 pub struct PeeringService {
     pub node: Arc<Node>,
@@ -171,11 +171,29 @@ impl Peering for PeeringService {
                 value: json(&peer).map_err(|e| Status::internal(e.to_string()))?,
             },
         ];
+        // The token is spent only if nobody spent it meanwhile (another replica on the same
+        // store): the record must still be exactly what was checked.
+        let unspent = Guard::ValueEquals {
+            key: keys::token(id),
+            value: record_bytes,
+        };
         node.store
-            .commit(Vec::new(), ops)
+            .commit(vec![unspent], ops)
             .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
-        node.trust.set(bundle);
+            .map_err(|e| match e {
+                StoreError::GuardFailed => {
+                    node.metrics.refused("token");
+                    Status::aborted(
+                        "the peering token was used at the same moment by another call: \
+                         create a new one with `isthmus peering token`",
+                    )
+                }
+                e => Status::unavailable(e.to_string()),
+            })?;
+        // The bundle this peering was made with replaces whatever was held for the domain,
+        // even at a lower sequence (a peer whose CA was re-created): the verifier trusts what
+        // the record says.
+        node.trust.replace(bundle);
         let place = place_of(&peer);
         let entry = state
             .peers

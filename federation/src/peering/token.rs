@@ -12,7 +12,9 @@
 //! name proves nothing: anyone else needs a new token, and after expiry nobody can retry.
 //!
 //! The encoded token carries an HMAC of its body keyed by its own secret, so a token damaged in
-//! copying (or edited) is refused as malformed before anything is dialled.
+//! copying is refused as malformed before anything is dialled. It is a checksum, not a
+//! signature: whoever holds the token holds the secret and could re-tag an edited copy, which
+//! grants nothing the secret does not.
 //!
 //! Must not: log or store the secret, or decide anything from a cluster name alone.
 
