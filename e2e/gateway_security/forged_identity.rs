@@ -211,6 +211,15 @@ async fn foreign_connects_are_refused(east: &Member, echo_vip: IpAddr) {
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     let head = connect_on(&mut s, "tcp-echo.demo.svc.clusterset.local:9000").await;
     assert!(head.starts_with("HTTP/1.1 403"), "a CONNECT inside: {head}");
+    // Tunnels never nest, not even to the tunnel's own service.
+    let mut s = TcpStream::connect(east.gw.proxy).await.expect("connect");
+    let head = connect_on(&mut s, ECHO).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let head = connect_on(&mut s, ECHO).await;
+    assert!(
+        head.starts_with("HTTP/1.1 403") && head.contains("CONNECT inside a tunnel refused"),
+        "a CONNECT to echo inside a tunnel to echo: {head}"
+    );
     // Every refusal has its access-log line with the reason.
     let is_refusal = |l: &Value| {
         l["side"] == "outbound"

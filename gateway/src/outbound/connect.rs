@@ -12,7 +12,8 @@
 //!   apply to each. gRPC clients behind an HTTP proxy (`grpc.http_proxy`) work this way.
 //! - A VIP listener, or a tunnel, stands for one service and port: a CONNECT naming anything
 //!   else is refused (403, with the reason in the body and the access log); the proxy port
-//!   takes CONNECT to any imported service.
+//!   takes CONNECT to any imported service. Inside a tunnel served as HTTP, a CONNECT is
+//!   refused even to the tunnel's own service: tunnels never nest.
 //!
 //! Must not: open a byte tunnel to an HTTP port.
 
@@ -106,6 +107,7 @@ impl Outbound {
         self: Arc<Self>,
         snap: &Snapshot,
         bound: bool,
+        nested: bool,
         client: LocalClient,
         resolved: Resolved,
         mut req: Request<Incoming>,
@@ -134,6 +136,18 @@ impl Outbound {
         if tunnel == Tunnel::Bytes {
             entry.protocol = "tcp";
             return self.proxy_connect(snap, resolved, req, entry).await;
+        }
+        if nested {
+            // Another HTTP server inside this one would serve nothing new, and tunnels nested
+            // without end would multiply tasks and buffers behind one counted connection.
+            let reason = format!(
+                "CONNECT inside a tunnel refused: this tunnel already reaches {}:{}; send the \
+                 requests themselves",
+                resolved.target.import.name, resolved.port
+            );
+            let refused = self.refuse(&mut entry, StatusCode::FORBIDDEN, reason);
+            entry.finish();
+            return refused;
         }
         // HTTP served inside: this line records the tunnel; each request in it has its own.
         let target = TunnelTarget {
