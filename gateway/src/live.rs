@@ -141,6 +141,9 @@ impl<G> LiveSet<G> {
     pub fn register(self: &Arc<Self>, grant: G, admitted: &Snapshot) -> Registration<G> {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let ending = Arc::new(Ending::default());
+        // The table is read under the set's lock, which a re-check holds while it judges: a
+        // snapshot published meanwhile is either judged here or finds this entry in the set.
+        let mut live = self.lock();
         let stale = {
             let current = self.table.borrow();
             (!std::ptr::eq(&**current, admitted)).then(|| (self.judge)(&current, &grant))
@@ -148,13 +151,14 @@ impl<G> LiveSet<G> {
         if let Some(Err(closed)) = stale {
             ending.close(closed);
         }
-        self.lock().insert(
+        live.insert(
             id,
             Live {
                 grant,
                 ending: ending.clone(),
             },
         );
+        drop(live);
         Registration {
             set: self.clone(),
             id,
