@@ -62,16 +62,25 @@ async fn an_edit_made_while_etcd_is_down_is_applied_once_it_is_back() {
             .await
             >= 2.0
     );
-    // Still down for a while: the retries go on (no edit wakes them).
+    // Still down for a while, with more edits: shop/c added, then shop/a withdrawn. The
+    // retries go on; etcd stays down for over 10 s in all.
+    let down_since = std::time::Instant::now();
     tokio::time::sleep(Duration::from_secs(3)).await;
+    let b = export("shop", "b", 8081, None);
+    let c = export("shop", "c", 8082, None);
+    east.write_catalog(&catalog(&[a.clone(), b.clone(), c.clone()], IMPORT_ALL));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    east.write_catalog(&catalog(&[b, c], IMPORT_ALL));
+    tokio::time::sleep(Duration::from_secs(10).saturating_sub(down_since.elapsed())).await;
 
     etcd.restart().await;
-    // No further edit: the retry alone brings shop/b to west.
-    west.wait_catalog("west has shop/b after etcd is back", |c| {
-        has_route(c, "shop/b")
-    })
-    .await;
-    east.wait_catalog("east routes shop/b", |c| has_route(c, "shop/b"))
+    // No further edit: the retry alone brings the last edit to west (shop/b and shop/c, no
+    // longer shop/a), as it brings it to east's own routes.
+    let last_edit =
+        |c: &Value| has_route(c, "shop/b") && has_route(c, "shop/c") && !has_route(c, "shop/a");
+    west.wait_catalog("west has the last edit after etcd is back", last_edit)
+        .await;
+    east.wait_catalog("east routes the last edit", last_edit)
         .await;
     east.wait_until("east's apply is no longer pending", CONVERGE, || async {
         let status = east.admin("status", Value::Null).await;
@@ -100,7 +109,9 @@ async fn an_edit_made_while_etcd_is_down_is_applied_once_it_is_back() {
     .await;
     etcd.restart().await;
     west.wait_catalog("west drops shop after etcd is back", |c| {
-        !has_route(c, "shop/a") && !has_route(c, "shop/b")
+        ["shop/a", "shop/b", "shop/c"]
+            .iter()
+            .all(|k| !has_route(c, k))
     })
     .await;
 }
