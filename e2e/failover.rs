@@ -514,7 +514,11 @@ async fn failover_when_every_backend_of_a_service_dies() {
 /// (b) west's gateway SIGKILLed → on south within 3 s, no failed request; it restarts → (e).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failover_when_a_gateway_is_sigkilled() {
-    let mut wan = Wan::start("gw", 42, &clusters(), dns_config(), gateway_limits()).await;
+    // Short leases: west's dead gateway's registration expires inside the watch window below,
+    // and west must stay out of DNS and GSLB after that too (no gateway is no cluster).
+    let mut gw_config = gateway_limits();
+    gw_config["registration_ttl"] = json!("4s");
+    let mut wan = Wan::start("gw", 42, &clusters(), dns_config(), gw_config.clone()).await;
     let mut checks = Checks::default();
     let vip = wan.node("east").vip("demo/echo").await;
     let path = "/fo/gateway";
@@ -566,7 +570,18 @@ async fn failover_when_a_gateway_is_sigkilled() {
     );
     let remaining = 12_000u64.saturating_sub(unix_ms().saturating_sub(fault));
     sleep_s(remaining as f64 / 1000.0).await;
-    wan.node_mut("west").start_gateway(&gateway_limits()).await;
+    // By now the 4 s lease of west's only gateway has expired: west is still out of DNS.
+    let (status, answers) = dig(&east_ns, "west.echo.demo.svc.clusterset.local").await;
+    checks.check(
+        status == "NXDOMAIN",
+        format!("12 s after the kill (lease expired) west's per-cluster name still does not answer ({status} {answers:?})"),
+    );
+    let (_, answers) = dig(&east_ns, "echo.demo.mesh.example").await;
+    checks.check(
+        answers != [WEST_INGRESS],
+        format!("12 s after the kill (lease expired) GSLB does not send clients back to west ({answers:?})"),
+    );
+    wan.node_mut("west").start_gateway(&gw_config).await;
     let recovered = unix_ms();
     let samples = load.finish().await;
 

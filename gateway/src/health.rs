@@ -230,7 +230,17 @@ pub fn verdict(
             up_since = up_since.max(g.healthy_since);
         }
     }
-    if !local && known && !any_up {
+    if !local && !known {
+        // Its last gateway's registration expired: nothing can carry a call there, and status,
+        // DNS and GSLB (which follow these verdicts) must not send anyone to it.
+        return Verdict {
+            healthy: false,
+            factor: 0.0,
+            reason: Some("no registered gateway"),
+            dropped: false,
+        };
+    }
+    if !local && !any_up {
         return Verdict {
             healthy: false,
             factor: 0.0,
@@ -497,6 +507,12 @@ mod tests {
             verdict([down], true, None, None, s, t0).healthy,
             "this cluster has no peer gateway"
         );
+        // A peer cluster whose last gateway registration expired is down, whatever its
+        // catalog says; this cluster itself needs no gateway of its own to be healthy.
+        let none = verdict([], false, None, None, s, t0);
+        assert!(!none.healthy, "{none:?}");
+        assert_eq!(none.reason, Some("no registered gateway"));
+        assert!(verdict([], true, None, None, s, t0).healthy);
         assert!(!verdict([up], false, Some(&ejected), None, s, t0).healthy);
         let v = verdict([back], false, None, None, s, later);
         assert!(v.healthy && (v.factor - 0.5).abs() < 1e-9, "{v:?}");
