@@ -155,6 +155,27 @@ impl PeerPool {
         backend: &Backend,
         gateway: &PeerGateway,
     ) -> Result<SendRequest<Body>, PoolError> {
+        self.get_with(backend, gateway, false).await
+    }
+
+    /// [`PeerPool::get`] for a health probe: it dials even while the gateway's backoff runs
+    /// (probes come once a probe interval), so the first probe after a heal reconnects, and
+    /// its success resets the backoff for every caller — requests need not wait out up to
+    /// 5 s of backoff left from the outage.
+    pub async fn get_for_probe(
+        &self,
+        backend: &Backend,
+        gateway: &PeerGateway,
+    ) -> Result<SendRequest<Body>, PoolError> {
+        self.get_with(backend, gateway, true).await
+    }
+
+    async fn get_with(
+        &self,
+        backend: &Backend,
+        gateway: &PeerGateway,
+        past_backoff: bool,
+    ) -> Result<SendRequest<Body>, PoolError> {
         let slot = self.slot(backend, gateway);
         if let Some(sender) = &*slot.ready.load()
             && !sender.is_closed()
@@ -176,6 +197,7 @@ impl PeerPool {
         };
         if let Some(at) = state.retry_at
             && Instant::now() < at
+            && !past_backoff
         {
             return Err(unreachable(format!(
                 "{} (next dial in {} ms)",
@@ -334,11 +356,11 @@ mod tests {
     /// A peer gateway that counts its TCP connections and waits `delay` before each TLS
     /// handshake; it answers every request 200.
     async fn slow_peer(
+        listener: TcpListener,
         certs: CertStore,
         trust: TrustStore,
         delay: Duration,
     ) -> (String, Arc<AtomicUsize>) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = listener.local_addr().expect("addr").to_string();
         let accepted = Arc::new(AtomicUsize::new(0));
         let verifier = SpiffeClientVerifier::new(trust, Accept::Any).into_arc();
@@ -376,7 +398,9 @@ mod tests {
         let trust = TrustStore::new();
         trust.set(west.bundle());
         trust.set(east.bundle());
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let (address, accepted) = slow_peer(
+            listener,
             credential(&west, "gw-1"),
             trust.clone(),
             Duration::from_millis(400),
@@ -417,6 +441,66 @@ mod tests {
             "the second caller dialed again instead of taking the first dial's connection"
         );
         assert_eq!(pool.open_connections(), 1);
+    }
+
+    /// A gateway that was down for a while: requests back off (up to 5 s) before dialing it
+    /// again, but a probe dials at once, and its connection serves every caller from then on.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_first_probe_after_a_heal_reconnects_and_ends_the_backoff() {
+        let kek = Kek::generate().expect("kek");
+        let day = Duration::from_secs(86_400);
+        let west = Ca::generate("west.mesh".parse().expect("td"), &kek, day).expect("ca");
+        let east = Ca::generate("east.mesh".parse().expect("td"), &kek, day).expect("ca");
+        let trust = TrustStore::new();
+        trust.set(west.bundle());
+        trust.set(east.bundle());
+        // The gateway's port, closed for now (the outage).
+        let address = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind")
+            .local_addr()
+            .expect("addr");
+        let pool = PeerPool::new(credential(&east, "gw-1"), trust.clone(), Limits::default());
+        let gateway = PeerGateway {
+            name: "gw-1".into(),
+            address: address.to_string().into(),
+            zone: "".into(),
+        };
+        let backend = Backend {
+            cluster: "west".into(),
+            trust_domain: "west.mesh".into(),
+            region: "r".into(),
+            zone: "".into(),
+            gateways: vec![gateway.clone()],
+            healthy: 1,
+            weight: 1,
+            stale: false,
+            confirmed_at: Instant::now(),
+        };
+        // Failed dials grow the backoff: 200 ms, 400, 800, 1.6 s.
+        for _ in 0..4 {
+            let failed = pool.get_for_probe(&backend, &gateway).await;
+            assert!(failed.is_err(), "nothing listens yet");
+        }
+        // The heal: the gateway listens again.
+        let listener = TcpListener::bind(address).await.expect("rebind");
+        slow_peer(listener, credential(&west, "gw-1"), trust, Duration::ZERO).await;
+        let waiting = pool.get(&backend, &gateway).await;
+        assert!(
+            matches!(&waiting, Err(PoolError::Unreachable { reason, .. }) if reason.contains("next dial in")),
+            "a request backs off after the outage"
+        );
+        pool.get_for_probe(&backend, &gateway)
+            .await
+            .expect("the probe reconnects at once");
+        let mut sender = pool
+            .get(&backend, &gateway)
+            .await
+            .expect("requests use the probe's connection, no backoff left");
+        let mut req = hyper::Request::new(crate::body::empty());
+        *req.uri_mut() = "http://peer/".parse().expect("uri");
+        let response = sender.send_request(req).await.expect("an answer");
+        assert_eq!(response.status(), hyper::StatusCode::OK);
     }
 
     #[test]

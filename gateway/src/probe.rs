@@ -50,7 +50,8 @@ impl Peers {
 
 async fn probe(pool: &PeerPool, backend: &Backend, gateway: &PeerGateway, health: &Health) -> bool {
     let attempt = async {
-        let mut sender = pool.get(backend, gateway).await.ok()?;
+        // Past the pool's backoff: the first probe after a heal reconnects for everyone.
+        let mut sender = pool.get_for_probe(backend, gateway).await.ok()?;
         let mut req = Request::new(body::empty());
         *req.method_mut() = Method::GET;
         *req.uri_mut() = format!("http://{}/", gateway.address).parse().ok()?;
