@@ -460,4 +460,10 @@ async fn a_stream_ended_for_a_protocol_violation_says_why() {
         !has_route(&east.catalog().await, "shop/big"),
         "an oversized update was stored"
     );
+    // Its log is a file: plain text, no terminal colour codes.
+    let log = east.log_tail(400);
+    assert!(
+        log.contains("INFO") && !log.contains('\u{1b}'),
+        "colour codes in a log written to a file:\n{log}"
+    );
 }

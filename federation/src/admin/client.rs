@@ -25,7 +25,7 @@ const MAX_QUOTED_BODY: usize = 200;
 pub enum AdminClientError {
     /// Nothing listens on the socket (no file, or a stale one).
     #[error(
-        "no federation is listening on {}: is `isthmus federation` running with this --data-dir / --admin-socket?",
+        "no federation is listening on {}: is `isthmus federation` running with this --config / --admin-socket?",
         path.display()
     )]
     NotRunning { path: PathBuf },
@@ -169,7 +169,7 @@ mod tests {
         );
         let text = err.to_string();
         assert!(text.contains(&path.display().to_string()), "{text}");
-        assert!(text.contains("--data-dir / --admin-socket"), "{text}");
+        assert!(text.contains("--config / --admin-socket"), "{text}");
     }
 
     #[tokio::test]
