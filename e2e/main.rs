@@ -10,6 +10,7 @@
 
 mod catalog_apply;
 mod catalog_sync;
+mod cli;
 mod crash_recovery;
 mod dns;
 mod failover;

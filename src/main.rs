@@ -27,7 +27,8 @@ struct Cli {
 /// How to reach a running federation's admin socket.
 #[derive(clap::Args, Clone)]
 pub struct Target {
-    /// The federation's config file (its admin socket is read from it).
+    /// The federation's config file (its admin socket is read from it); for `gateway run`, the
+    /// gateway's own config file (env ISTHMUS_GATEWAY_CONFIG there, not ISTHMUS_CONFIG).
     #[arg(long, short, env = "ISTHMUS_CONFIG", global = true)]
     config: Option<PathBuf>,
     /// The admin socket, when not using --config.
@@ -88,7 +89,8 @@ enum Command {
         #[command(subcommand)]
         op: CaOp,
     },
-    /// Gateway credentials.
+    /// Gateways: bootstrap credentials, revocation, the registered list, and `run` (the data
+    /// plane itself).
     Gateway {
         #[command(flatten)]
         target: Target,
@@ -247,11 +249,36 @@ enum WorkloadOp {
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// The command line, with `gateway run`'s config taken from `--config` on the command line or
+/// `ISTHMUS_GATEWAY_CONFIG`, never from `ISTHMUS_CONFIG` (the federation's, which operators
+/// export for every other command).
+fn parse_cli() -> Cli {
+    use clap::parser::ValueSource;
+    use clap::{CommandFactory as _, FromArgMatches as _};
+    let matches = Cli::command().get_matches();
+    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    if let Command::Gateway {
+        target,
+        op: GatewayOp::Run,
+    } = &mut cli.command
+    {
+        let gateway = matches.subcommand_matches("gateway");
+        let typed = [gateway, gateway.and_then(|g| g.subcommand_matches("run"))]
+            .into_iter()
+            .flatten()
+            .any(|m| m.value_source("config") == Some(ValueSource::CommandLine));
+        if !typed {
+            target.config = std::env::var_os("ISTHMUS_GATEWAY_CONFIG").map(PathBuf::from);
+        }
+    }
+    cli
+}
+
 fn main() -> std::process::ExitCode {
     // One crypto provider for the whole process, before anything touches TLS.
     let _ = rustls::crypto::ring::default_provider().install_default();
     logging::init();
-    let cli = Cli::parse();
+    let cli = parse_cli();
     // One usable core (a pinned or CPU-limited process): a single-threaded runtime, so that a
     // wakeup never hops between threads on that core.
     let single = std::thread::available_parallelism().is_ok_and(|n| n.get() == 1);
@@ -329,9 +356,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 admin_cmd::call_and_print(&target, "gateway.list", json!(null)).await
             }
             GatewayOp::Run => {
-                let config = target
-                    .config
-                    .context("`isthmus gateway run` needs --config <gateway.yaml>")?;
+                let config = target.config.context(
+                    "`isthmus gateway run` needs the gateway's config: --config <gateway.yaml> or \
+                     ISTHMUS_GATEWAY_CONFIG (ISTHMUS_CONFIG names the federation's config)",
+                )?;
                 run_gateway(config).await
             }
         },
