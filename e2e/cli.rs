@@ -55,3 +55,90 @@ fn gateway_run_never_reads_the_federations_config_variable() {
     assert!(!ok);
     assert!(err.contains("gw-typed.yaml"), "--config wins: {err}");
 }
+
+/// The live processes among `pids`.
+fn alive(pids: &[String]) -> Vec<String> {
+    pids.iter()
+        .filter(|p| std::path::Path::new(&format!("/proc/{p}")).exists())
+        .cloned()
+        .collect()
+}
+
+/// Kills what the demo started if the test fails half-way (a SIGKILLed demo cannot).
+struct Reaper(Vec<String>);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        for pid in alive(&self.0) {
+            let _ = Command::new("kill").args(["-KILL", &pid]).status();
+        }
+    }
+}
+
+/// SIGTERM (what `timeout`, systemd and most supervisors send) stops the demo and every process
+/// it started, and the data directory it made goes with them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_stops_everything_on_sigterm_and_cleans_up() {
+    use tokio::io::{AsyncBufReadExt as _, BufReader};
+
+    let mut demo = tokio::process::Command::new(exe())
+        .arg("demo")
+        .env("ISTHMUS_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn the demo");
+    let pid = demo.id().expect("pid").to_string();
+    let mut lines = BufReader::new(demo.stdout.take().expect("stdout")).lines();
+    let mut root = None;
+    let up = tokio::time::timeout(std::time::Duration::from_secs(120), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Some(rest) = line.split("data under ").nth(1) {
+                root = Some(rest.trim().to_string());
+            }
+            if line.contains("stops all three clusters") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    let children = Command::new("pgrep")
+        .args(["-P", &pid])
+        .output()
+        .expect("pgrep");
+    let children: Vec<String> = String::from_utf8_lossy(&children.stdout)
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    let _reaper = Reaper(children.clone());
+    assert_eq!(up, Ok(true), "the demo did not come up");
+    let root = root.expect("the demo names its data directory");
+    assert_eq!(
+        children.len(),
+        8,
+        "three federations, three gateways and two sample services run: {children:?}"
+    );
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill")
+            .success()
+    );
+    let exited = tokio::time::timeout(std::time::Duration::from_secs(60), demo.wait())
+        .await
+        .expect("the demo exits within 60 s of SIGTERM")
+        .expect("wait");
+    assert!(exited.success(), "{exited:?}");
+    assert!(
+        alive(&children).is_empty(),
+        "left running after SIGTERM: {:?}",
+        alive(&children)
+    );
+    assert!(
+        !std::path::Path::new(&root).exists(),
+        "{root} was left behind"
+    );
+}

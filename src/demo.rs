@@ -336,7 +336,11 @@ async fn vip(c: &Cluster, key: &str) -> anyhow::Result<String> {
 }
 
 pub async fn run(dir: Option<PathBuf>, exit: bool) -> anyhow::Result<()> {
+    // Signals are taken over first: SIGTERM (timeout, systemd, most supervisors), SIGHUP and
+    // Ctrl-C all stop every child process and, unless --dir named it, remove the data directory.
+    let mut signals = StopSignals::new()?;
     let exe = std::env::current_exe().context("locating the isthmus binary")?;
+    let owned = dir.is_none();
     let root = match dir {
         Some(d) => d,
         None => std::env::temp_dir().join(format!("isthmus-demo-{}", std::process::id())),
@@ -346,9 +350,71 @@ pub async fn run(dir: Option<PathBuf>, exit: bool) -> anyhow::Result<()> {
         "Isthmus demo: three clusters on loopback, data under {}",
         root.display()
     );
+    // A signal while starting drops the start: every child started so far is killed with it
+    // (kill_on_drop).
+    let mut failed = false;
+    let started = tokio::select! {
+        started = start_all(&exe, &root) => {
+            failed = started.is_err();
+            started
+        }
+        signal = signals.next() => {
+            println!("{signal}: stopping what was started");
+            Err(anyhow::anyhow!("stopped by {signal} while starting"))
+        }
+    };
+    let result = match started {
+        Ok(clusters) => {
+            if !exit {
+                println!("\nCtrl-C (or SIGTERM, SIGHUP) stops all three clusters.");
+                let signal = signals.next().await;
+                println!("{signal}: stopping all three clusters");
+            }
+            stop(clusters).await
+        }
+        Err(e) => Err(e),
+    };
+    // A demo that failed to start keeps its directory: its logs say why.
+    if owned && !failed {
+        match std::fs::remove_dir_all(&root) {
+            Ok(()) => println!("removed {}", root.display()),
+            Err(e) => eprintln!("could not remove {}: {e}", root.display()),
+        }
+    }
+    result
+}
+
+/// The demo's own stop signals: SIGINT, SIGTERM and SIGHUP.
+struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn new() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            term: signal(SignalKind::terminate()).context("listening for SIGTERM")?,
+            hup: signal(SignalKind::hangup()).context("listening for SIGHUP")?,
+        })
+    }
+
+    /// The name of the next stop signal.
+    async fn next(&mut self) -> &'static str {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => "SIGINT",
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.hup.recv() => "SIGHUP",
+        }
+    }
+}
+
+/// Starts the three clusters, peers them, starts their gateways, shows calls across them and
+/// prints what to try; returns them running.
+async fn start_all(exe: &std::path::Path, root: &std::path::Path) -> anyhow::Result<Vec<Cluster>> {
     let mut clusters = Vec::new();
     for (name, region, index) in CLUSTERS {
-        let c = start(&exe, &root, name, region, index).await?;
+        let c = start(exe, root, name, region, index).await?;
         println!(
             "  started {:<5} ({}) federation: peering {}, admin http://{}{}",
             c.name,
@@ -381,7 +447,7 @@ pub async fn run(dir: Option<PathBuf>, exit: bool) -> anyhow::Result<()> {
         }
     }
     for c in &mut clusters {
-        start_gateway(&exe, c).await?;
+        start_gateway(exe, c).await?;
         if let Some(g) = &c.gateway {
             println!(
                 "  gateway {:<5} inbound (mTLS, for peers) {}  proxy {}  admin http://{}",
@@ -554,12 +620,7 @@ pub async fn run(dir: Option<PathBuf>, exit: bool) -> anyhow::Result<()> {
          #   policies: {{canary: {{services: [demo/echo], split: {{weights: {{west: 90, south: 10}}}}}}}}",
         east.dir.join("catalog.yaml").display()
     );
-    if exit {
-        return stop(clusters).await;
-    }
-    println!("\nCtrl-C stops all three clusters.");
-    let _ = tokio::signal::ctrl_c().await;
-    stop(clusters).await
+    Ok(clusters)
 }
 
 async fn stop(clusters: Vec<Cluster>) -> anyhow::Result<()> {
