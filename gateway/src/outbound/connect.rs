@@ -30,6 +30,27 @@ use crate::body::{self, Body};
 use crate::serve::{Hold, http_builder};
 use crate::table::{Snapshot, Target};
 
+/// Where a CONNECT arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Arrival {
+    /// The proxy port: CONNECT to any imported service.
+    Proxy,
+    /// A VIP listener: it stands for one service and port.
+    Vip,
+    /// Inside a tunnel served as HTTP: bound like a VIP, and never a tunnel again.
+    Tunnel,
+}
+
+impl Arrival {
+    pub(super) fn of(origin: &Origin) -> Self {
+        match origin {
+            Origin::Proxy => Arrival::Proxy,
+            Origin::Tunnel(_) => Arrival::Tunnel,
+            Origin::Vip(..) => Arrival::Vip,
+        }
+    }
+}
+
 /// What a CONNECT becomes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Tunnel {
@@ -106,8 +127,7 @@ impl Outbound {
     pub(super) async fn connect(
         self: Arc<Self>,
         snap: &Snapshot,
-        bound: bool,
-        nested: bool,
+        arrival: Arrival,
         client: LocalClient,
         resolved: Resolved,
         mut req: Request<Incoming>,
@@ -124,6 +144,7 @@ impl Outbound {
                     .map(str::to_string)
             });
         entry.note(|e| e.path = authority.clone());
+        let bound = arrival != Arrival::Proxy;
         let tunnel = match decide(snap, bound, &resolved, authority.as_deref()) {
             Ok(t) => t,
             Err((status, reason)) => {
@@ -137,7 +158,7 @@ impl Outbound {
             entry.protocol = "tcp";
             return self.proxy_connect(snap, resolved, req, entry).await;
         }
-        if nested {
+        if arrival == Arrival::Tunnel {
             // Another HTTP server inside this one would serve nothing new, and tunnels nested
             // without end would multiply tasks and buffers behind one counted connection.
             let reason = format!(

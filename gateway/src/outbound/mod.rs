@@ -151,9 +151,7 @@ impl Outbound {
                 return body::error(status, &reason);
             }
         };
-        // A VIP listener or a tunnel stands for one service and port; the proxy port for any.
-        let bound = !matches!(origin, Origin::Proxy);
-        let nested = matches!(origin, Origin::Tunnel(_));
+        let arrival = connect::Arrival::of(&origin);
         drop(origin);
         entry.service = Some(resolved.target.import.name.clone());
         let is_connect = req.method() == Method::CONNECT;
@@ -161,8 +159,7 @@ impl Outbound {
         if is_connect && !ext_connect {
             // Tunnels and WebSockets are boxed: their state would otherwise size every
             // request's future, which is allocated and copied per call.
-            return Box::pin(self.connect(&snap, bound, nested, client, resolved, req, entry))
-                .await;
+            return Box::pin(self.connect(&snap, arrival, client, resolved, req, entry)).await;
         }
         // HTTP and WebSocket: what the client's headers may ask, before they are stripped.
         if let Err((status, reason)) = self.pin_by_header(&snap, &mut resolved, req.headers()) {
