@@ -182,6 +182,14 @@ impl Backends {
         let (response, connection) =
             match tokio::time::timeout(self.limits.request_timeout, exchange).await {
                 Ok(Ok(r)) => r,
+                // A config change that closed the exchange failed its upload: the caller is
+                // told why, not that the endpoint failed.
+                Ok(Err(_)) if held.closed().is_some() => {
+                    let reason = held.closed().map(ToString::to_string).unwrap_or_default();
+                    let r = Self::fail(&mut entry, metrics, StatusCode::FORBIDDEN, reason);
+                    entry.finish();
+                    return r;
+                }
                 Ok(Err(e)) => {
                     let reason = format!("local endpoint {endpoint} failed: {e}");
                     let r = Self::fail(&mut entry, metrics, StatusCode::BAD_GATEWAY, reason);
