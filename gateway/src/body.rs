@@ -122,7 +122,8 @@ pub fn refusal(
 /// then a gRPC response ends with `grpc-status` 7 (PERMISSION_DENIED) and the reason as its
 /// trailers, and any other body fails (the stream is reset). A request body ([`Self::upload`])
 /// fails too, which aborts the backend call reading it. Without an [`Ending`] it only passes
-/// frames on.
+/// frames on. It notices the close only when polled: a stream nobody polls (its caller stopped
+/// reading, its service stopped answering) is ended by [`crate::cancel`].
 pub struct Revocable<B> {
     inner: B,
     ending: Option<std::sync::Arc<Ending>>,

@@ -1,6 +1,6 @@
 //! Long-lived exchanges, judged again on every config snapshot. Authorization is decided when a
-//! stream starts; a tunnel, a WebSocket, a streaming response or a peer's mTLS connection may
-//! outlive that decision by hours. Each one registers here what it was admitted as (its grant);
+//! stream starts; a tunnel, a WebSocket, a streaming upload or response or a peer's mTLS
+//! connection may outlive that decision by hours. Each one registers here what it was admitted as (its grant);
 //! on every new snapshot the re-check task ([`LiveSet::follow`]) runs the request path's own
 //! decision over every grant and closes the exchanges it no longer allows, with the reason (for
 //! the access log) and a count in `isthmus_gateway_connections_closed_by_policy_total`.
