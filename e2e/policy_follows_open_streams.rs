@@ -1,7 +1,8 @@
 //! Authorization that follows open exchanges (three clusters as separate processes, real TCP
 //! clients): a CONNECT tunnel, a raw TCP connection to a per-cluster VIP, a WebSocket, a
-//! streaming download and a bidirectional gRPC stream, all from east to west and open before
-//! west's operator acts, are closed
+//! streaming download (one read, one its client stopped reading), an upload that has no
+//! response yet and a bidirectional gRPC stream (whose caller keeps sending), all from east to
+//! west and open before west's operator acts, are closed
 //! within seconds — measured from the client — when west denies east, when west stops exporting
 //! the service, and when west removes east as a peer; west's access log says why and a fresh
 //! attempt is refused.
@@ -139,6 +140,75 @@ async fn download(proxy: SocketAddr) -> TcpStream {
     let head = read_head(&mut s).await;
     assert!(head.starts_with("HTTP/1.1 200"), "download: {head}");
     s
+}
+
+/// A streaming download from west's echo (2 GiB, no declared length) that its client stops
+/// reading once the head is in: back-pressure reaches west through east.
+async fn stalled_download(proxy: SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(64 * 1024).expect("rcvbuf");
+    let mut s = socket.connect(proxy).await.expect("connect to the proxy");
+    let req = format!("GET http://{ECHO}{STALLED} HTTP/1.1\r\nHost: {ECHO}\r\n\r\n");
+    s.write_all(req.as_bytes()).await.expect("send the request");
+    let head = read_head(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "stalled download: {head}");
+    s
+}
+
+const STALLED: &str = "/bytes?n=2147483648";
+
+/// A chunked upload to west's `/sink` (which answers only once the body ends) through east's
+/// proxy, its writer sending 16 KiB chunks until a write fails. The read half and the writer
+/// (it returns how many bytes it sent and the write error).
+async fn endless_upload(
+    proxy: SocketAddr,
+) -> (
+    tokio::net::tcp::OwnedReadHalf,
+    tokio::task::JoinHandle<(u64, std::io::Error)>,
+) {
+    let mut s = TcpStream::connect(proxy)
+        .await
+        .expect("connect to the proxy");
+    let head = format!(
+        "POST http://{ECHO}/sink HTTP/1.1\r\nHost: {ECHO}\r\nTransfer-Encoding: chunked\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).await.expect("send the head");
+    let (r, mut w) = s.into_split();
+    let writer = tokio::spawn(async move {
+        let chunk = format!("4000\r\n{}\r\n", "u".repeat(0x4000));
+        let mut sent = 0u64;
+        loop {
+            if let Err(e) = w.write_all(chunk.as_bytes()).await {
+                return (sent, e);
+            }
+            sent += 0x4000;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    (r, writer)
+}
+
+/// Waits for west's access-log line of the request to `path` closed by a config change.
+async fn closed_path_line(gw: &Gateway, path: &str, deadline: Instant) -> Value {
+    loop {
+        let found = gw.access_log().into_iter().find(|l| {
+            l["side"] == "inbound"
+                && l["path"] == path
+                && l["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("closed by a config change (authorization)"))
+        });
+        if let Some(line) = found {
+            return line;
+        }
+        if Instant::now() > deadline {
+            gw.fail(&format!(
+                "no access-log line of {path} closed by a config change: {:?}",
+                gw.access_log()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Reads `s` (slowly enough that a download cannot finish) until the gateway closes it; fails
@@ -307,7 +377,12 @@ async fn open_tunnels_websockets_and_streams_close_when_policy_export_or_peering
     echoes(&mut raw, b"raw", b"raw").await;
     let mut ws = websocket(proxy).await;
     let mut streaming = download(proxy).await;
-    let (_chat_requests, mut chat) = grpc_chat(west_vip(east, "demo/grpc-echo", 50051).await).await;
+    let (mut chat_requests, mut chat) =
+        grpc_chat(west_vip(east, "demo/grpc-echo", 50051).await).await;
+    let mut stalled = stalled_download(proxy).await;
+    let (mut upload_answer, upload) = endless_upload(proxy).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!upload.is_finished(), "the upload is flowing");
     let started = Instant::now();
     west.fed.write_catalog(&west_catalog(west, true, DENY_EAST));
     let trailers = grpc_ended(&west.gw, &mut chat, started).await;
@@ -325,7 +400,62 @@ async fn open_tunnels_websockets_and_streams_close_when_policy_export_or_peering
             && message.contains("deny-east"),
         "{message}"
     );
+    // The caller keeps sending on the closed gRPC stream: the stream is reset, end to end.
+    let reset = loop {
+        let sent = chat_requests.send_data(grpc_message("after the deny"), false);
+        if let Err(e) = sent {
+            break e;
+        }
+        if Instant::now() > started + CLOSE_WITHIN {
+            west.gw.fail(&format!(
+                "the caller still sends on the closed gRPC stream {} s after the deny",
+                CLOSE_WITHIN.as_secs()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    eprintln!(
+        "gRPC request stream reset {:?} after the deny rule was written: {reset}",
+        started.elapsed()
+    );
+    // A download nobody reads is closed all the same (its client still reads nothing).
+    let line = closed_path_line(&west.gw, STALLED, started + CLOSE_WITHIN).await;
+    eprintln!(
+        "unread download closed {:?} after the deny rule was written: {line}",
+        started.elapsed()
+    );
+    // An upload that never got a response is cut: the caller is answered, its writes fail.
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout_at(started + CLOSE_WITHIN, upload_answer.read(&mut answer))
+        .await
+        .unwrap_or_else(|_| {
+            west.gw.fail(&format!(
+                "the upload is still open {} s after the deny",
+                CLOSE_WITHIN.as_secs()
+            ))
+        })
+        .unwrap_or(0);
+    let answer = String::from_utf8_lossy(&answer[..n]).into_owned();
+    assert!(
+        !answer.starts_with("HTTP/1.1 200"),
+        "the upload was answered as if it ended: {answer}"
+    );
+    let (sent, error) = tokio::time::timeout_at(started + CLOSE_WITHIN, upload)
+        .await
+        .unwrap_or_else(|_| {
+            west.gw.fail(&format!(
+                "the caller still uploads {} s after the deny (answered {answer:?})",
+                CLOSE_WITHIN.as_secs()
+            ))
+        })
+        .expect("writer");
+    eprintln!(
+        "upload cut {:?} after the deny rule was written, after {sent} bytes ({error}); answered {answer:?}",
+        started.elapsed()
+    );
+    closed_path_line(&west.gw, "/sink", started + CLOSE_WITHIN).await;
     for (what, s) in [
+        ("unread download", &mut stalled),
         ("CONNECT tunnel", &mut tunneled),
         ("raw TCP connection", &mut raw),
         ("WebSocket", &mut ws),

@@ -1,7 +1,7 @@
 //! `isthmus sample-backends`: the demo's sample services, one process per cluster.
 //! - HTTP (HTTP/1.1 and h2c): `GET /` answers JSON naming the cluster and what the caller's
 //!   gateway told it (caller identity, source cluster, any `isthmus-*` header names); `POST
-//!   /echo` streams the body back; `GET /bytes?n=N` streams N bytes; `GET /slow?ms=N` answers
+//!   /echo` streams the body back; `POST /sink` reads the body and then answers its size; `GET /bytes?n=N` streams N bytes; `GET /slow?ms=N` answers
 //!   after N ms; `GET /hold?ms=N` sends its headers at once and its body after N ms (a request
 //!   a test can see in flight); `GET /ws` is a WebSocket echo, and `GET /ws/identity` one whose first message
 //!   is that JSON for its handshake.
@@ -98,6 +98,21 @@ async fn handle(cluster: Arc<str>, req: Request<Incoming>) -> Response<Body> {
                 .map_err(std::io::Error::other)
                 .boxed_unsync(),
         ),
+        "/sink" => {
+            // Reads the whole body, then answers how many bytes it held: an upload that gets
+            // no response while it lasts.
+            let mut body = req.into_body();
+            let mut n: u64 = 0;
+            while let Some(frame) = body.frame().await {
+                match frame {
+                    Ok(f) => n += f.data_ref().map_or(0, |d| d.len() as u64),
+                    Err(e) => return Response::new(full(format!("upload failed: {e}\n"))),
+                }
+            }
+            Response::new(full(format!(
+                "{{\"cluster\":\"{cluster}\",\"received\":{n}}}\n"
+            )))
+        }
         "/bytes" => {
             let n: u64 = query_number(&req, "n", 0);
             let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(4);

@@ -120,22 +120,36 @@ pub fn refusal(
 
 /// Passes a body through until a new config no longer allows its exchange ([`crate::live`]):
 /// then a gRPC response ends with `grpc-status` 7 (PERMISSION_DENIED) and the reason as its
-/// trailers, and any other body fails (the stream is reset). Without an [`Ending`] it only
-/// passes frames on.
+/// trailers, and any other body fails (the stream is reset). A request body ([`Self::upload`])
+/// fails too, which aborts the backend call reading it. Without an [`Ending`] it only passes
+/// frames on. It notices the close only when polled: a stream nobody polls (its caller stopped
+/// reading, its service stopped answering) is ended by [`crate::cancel`].
 pub struct Revocable<B> {
     inner: B,
     ending: Option<std::sync::Arc<Ending>>,
     grpc: bool,
+    /// A request body: read by the backend call's task, not the exchange's own.
+    upload: bool,
     ended: bool,
 }
 
 impl<B> Revocable<B> {
+    /// A response body.
     pub fn new(inner: B, ending: Option<std::sync::Arc<Ending>>, grpc: bool) -> Self {
         Self {
             inner,
             ending,
             grpc,
+            upload: false,
             ended: false,
+        }
+    }
+
+    /// A request body: fails once the exchange is closed.
+    pub fn upload(inner: B, ending: Option<std::sync::Arc<Ending>>) -> Self {
+        Self {
+            upload: true,
+            ..Self::new(inner, ending, false)
         }
     }
 }
@@ -155,9 +169,12 @@ where
         if self.ended {
             return Poll::Ready(None);
         }
-        if let Some(ending) = &self.ending
-            && let Poll::Ready(closed) = ending.poll_closed(cx)
-        {
+        let closing = match &self.ending {
+            Some(ending) if self.upload => ending.poll_closed_upload(cx),
+            Some(ending) => ending.poll_closed(cx),
+            None => Poll::Pending,
+        };
+        if let Poll::Ready(closed) = closing {
             let reason = closed.to_string();
             let grpc = self.grpc;
             self.ended = true;
@@ -405,6 +422,34 @@ mod tests {
             untracked.frame().await.is_some(),
             "without an ending: a pass-through"
         );
+    }
+
+    #[tokio::test]
+    async fn a_closed_upload_fails_and_wakes_the_task_reading_it() {
+        use http_body_util::BodyExt as _;
+
+        let ending = std::sync::Arc::new(Ending::default());
+        let mut upload = Revocable::upload(quiet_stream(), Some(ending.clone()));
+        assert!(upload.frame().await.is_some());
+        // The backend call's task reads the upload; the exchange's own task waits too.
+        let reader = tokio::spawn(async move { upload.frame().await });
+        let owner = tokio::spawn({
+            let ending = ending.clone();
+            async move { ending.wait().await.cause }
+        });
+        tokio::task::yield_now().await;
+        ending.close(closed());
+        let read = tokio::time::timeout(std::time::Duration::from_secs(5), reader)
+            .await
+            .expect("the reader is woken")
+            .expect("task");
+        let err = read.expect("a frame").expect_err("an error");
+        assert!(err.to_string().contains("(authorization)"), "{err}");
+        let cause = tokio::time::timeout(std::time::Duration::from_secs(5), owner)
+            .await
+            .expect("the owner is woken too")
+            .expect("task");
+        assert_eq!(cause, "authorization");
     }
 
     #[test]

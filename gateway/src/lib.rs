@@ -10,6 +10,7 @@
 
 pub mod accesslog;
 pub mod body;
+pub mod cancel;
 pub mod coalesce;
 pub mod config;
 pub mod control;

@@ -1,6 +1,6 @@
 //! Long-lived exchanges, judged again on every config snapshot. Authorization is decided when a
-//! stream starts; a tunnel, a WebSocket, a streaming response or a peer's mTLS connection may
-//! outlive that decision by hours. Each one registers here what it was admitted as (its grant);
+//! stream starts; a tunnel, a WebSocket, a streaming upload or response or a peer's mTLS
+//! connection may outlive that decision by hours. Each one registers here what it was admitted as (its grant);
 //! on every new snapshot the re-check task ([`LiveSet::follow`]) runs the request path's own
 //! decision over every grant and closes the exchanges it no longer allows, with the reason (for
 //! the access log) and a count in `isthmus_gateway_connections_closed_by_policy_total`.
@@ -48,19 +48,27 @@ impl std::fmt::Display for Closed {
 /// The decision: `Ok` while `snapshot` still allows what the grant was admitted as.
 pub type Judge<G> = fn(&Snapshot, &G) -> Result<(), Closed>;
 
-/// One registered exchange's end: set once, then its owner is woken.
+/// One registered exchange's end: set once, then its waiters are woken.
 #[derive(Default)]
 pub struct Ending {
     closed: OnceLock<Closed>,
+    /// The exchange's own task (the one serving it).
     waker: AtomicWaker,
+    /// The task that reads the caller's request body (the backend call's), another task.
+    upload: AtomicWaker,
 }
 
 impl Ending {
     /// Closes the exchange (the first reason wins); false when it already was.
     pub(crate) fn close(&self, closed: Closed) -> bool {
         let first = self.closed.set(closed).is_ok();
-        self.waker.wake();
+        self.wake();
         first
+    }
+
+    fn wake(&self) {
+        self.waker.wake();
+        self.upload.wake();
     }
 
     /// Why the exchange was closed, once it was.
@@ -70,10 +78,19 @@ impl Ending {
 
     /// Ready once the exchange must close (one waiter: the exchange's own task).
     pub fn poll_closed(&self, cx: &mut Context<'_>) -> Poll<&Closed> {
+        self.poll_on(&self.waker, cx)
+    }
+
+    /// [`Self::poll_closed`] for the task that reads the request body (one waiter).
+    pub fn poll_closed_upload(&self, cx: &mut Context<'_>) -> Poll<&Closed> {
+        self.poll_on(&self.upload, cx)
+    }
+
+    fn poll_on(&self, waker: &AtomicWaker, cx: &mut Context<'_>) -> Poll<&Closed> {
         if let Some(c) = self.closed.get() {
             return Poll::Ready(c);
         }
-        self.waker.register(cx.waker());
+        waker.register(cx.waker());
         match self.closed.get() {
             Some(c) => Poll::Ready(c),
             None => Poll::Pending,
@@ -195,7 +212,7 @@ impl<G> LiveSet<G> {
         // Every reason is set before any owner wakes: an exchange that ends because another
         // closed (a tunnel on a connection closed whole) still finds its own reason.
         for ending in wake {
-            ending.waker.wake();
+            ending.wake();
         }
         closed
     }

@@ -11,13 +11,14 @@ use std::time::Duration;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::Instant;
 
 use crate::body::Body;
+use crate::cancel::StreamExecutor;
 use crate::config::Limits;
 
 /// Tells every listener and connection to drain. Cheap to clone.
@@ -297,8 +298,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
 }
 
 /// The HTTP server settings both sides share.
-pub fn http_builder(limits: &Limits, h2_only: bool) -> auto::Builder<TokioExecutor> {
-    let mut b = auto::Builder::new(TokioExecutor::new());
+/// HTTP/2 stream tasks run where a closed exchange can end them ([`crate::cancel`]).
+pub fn http_builder(limits: &Limits, h2_only: bool) -> auto::Builder<StreamExecutor> {
+    let mut b = auto::Builder::new(StreamExecutor);
     b.http1()
         .timer(TokioTimer::new())
         // The smuggling guard runs the header-read clock from a head's first byte (hyper's would
@@ -419,7 +421,7 @@ const IDLE_GOODBYE: Duration = Duration::from_secs(5);
 /// and unread connections are dropped, which resets their streams and frees what they held.
 pub async fn serve_connection<IO, F, Fut>(
     io: IO,
-    builder: &auto::Builder<TokioExecutor>,
+    builder: &auto::Builder<StreamExecutor>,
     limits: &Limits,
     drain: &Drain,
     handler: F,

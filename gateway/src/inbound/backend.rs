@@ -182,6 +182,14 @@ impl Backends {
         let (response, connection) =
             match tokio::time::timeout(self.limits.request_timeout, exchange).await {
                 Ok(Ok(r)) => r,
+                // A config change that closed the exchange failed its upload: the caller is
+                // told why, not that the endpoint failed.
+                Ok(Err(_)) if held.closed().is_some() => {
+                    let reason = held.closed().map(ToString::to_string).unwrap_or_default();
+                    let r = Self::fail(&mut entry, metrics, StatusCode::FORBIDDEN, reason);
+                    entry.finish();
+                    return r;
+                }
                 Ok(Err(e)) => {
                     let reason = format!("local endpoint {endpoint} failed: {e}");
                     let r = Self::fail(&mut entry, metrics, StatusCode::BAD_GATEWAY, reason);
@@ -203,14 +211,19 @@ impl Backends {
         strip_hop_by_hop(&mut parts.headers);
         entry.status = parts.status.as_u16();
         metrics.request(entry.side, entry.status);
-        // A response without a declared length may stream for ever: it is judged again on
-        // every new config. One with a length ends with its bytes and is not registered.
-        if hyper::body::Body::size_hint(&incoming).exact().is_none() {
-            held.register();
-        } else {
-            held.track = None;
+        // A response that may stream (no declared length, or a large one) is judged again on
+        // every new config, unless its upload already was; a small one is not registered.
+        if held.live.is_none() {
+            if super::grant::may_stream(&hyper::body::Body::size_hint(&incoming)) {
+                held.register();
+            } else {
+                held.track = None;
+            }
         }
         let ending = held.live.as_ref().map(|r| r.ending().clone());
+        if let Some(e) = &ending {
+            crate::cancel::follow(e.clone());
+        }
         let grpc = crate::retry::is_grpc(&parts.headers);
         let give_back = connection.map(|c| (self.h1.clone(), c));
         let revocable = Revocable::new(incoming, ending, grpc);

@@ -8,10 +8,16 @@
 //!
 //! What is registered for re-checking ([`crate::live`]): every peer mTLS connection (closed
 //! whole when its cluster is no longer a peer), every tunnel (TCP CONNECT, WebSocket), and every
-//! HTTP response without a declared length (gRPC, server-sent events, chunked), which may stream
-//! for as long as the service likes. A response with a `content-length` is not: it ends when its
-//! bytes are sent, bounded by the stall watch of its connection, and tracking it would put a lock
-//! and an allocation on every plain request. Pure except for the metrics the caller counts.
+//! HTTP exchange one of whose bodies may stream ([`may_stream`]: no declared length, or more
+//! than [`SMALL_BODY`]) — gRPC, server-sent events, chunked or large downloads and uploads. An
+//! exchange is registered at admission, before the backend call, when its request body may
+//! stream, else once the response headers show that the response may; a closed one has its
+//! request body fail (aborting the backend call) and its stream task ended
+//! ([`crate::cancel`]), whether or not the caller still reads. A plain request (no body or a
+//! small declared one) with a small declared response is not tracked: it reaches its response
+//! headers within the request timeout and then has at most [`SMALL_BODY`] left each way, and
+//! tracking it would put a lock and an allocation on every plain request. Pure except for the
+//! metrics the caller counts.
 
 use std::sync::Arc;
 
@@ -21,6 +27,15 @@ use isthmus_federation::identity::{IdKind, SpiffeId};
 use super::{Caller, PeerConn, tunnel_fits};
 use crate::live::Closed;
 use crate::table::{Export, Port, ServiceName, Snapshot};
+
+/// The most a body declared up front may hold and still not make its exchange long-lived: it
+/// fits in the smallest HTTP/2 stream window the configuration allows.
+pub const SMALL_BODY: u64 = 64 * 1024;
+
+/// Whether a body of size `hint` may stream for long: no declared length, or a large one.
+pub fn may_stream(hint: &hyper::body::SizeHint) -> bool {
+    hint.exact().is_none_or(|n| n > SMALL_BODY)
+}
 
 /// What an open exchange was admitted as.
 pub struct Grant {
@@ -175,6 +190,17 @@ mod tests {
 
     fn id(s: &str) -> SpiffeId {
         SpiffeId::parse(s).expect("id")
+    }
+
+    #[test]
+    fn bodies_without_a_length_or_with_a_large_one_may_stream() {
+        use hyper::body::SizeHint;
+        let mut unknown = SizeHint::new();
+        unknown.set_lower(10);
+        assert!(may_stream(&unknown), "chunked, gRPC, server-sent events");
+        assert!(may_stream(&SizeHint::with_exact(SMALL_BODY + 1)));
+        assert!(!may_stream(&SizeHint::with_exact(SMALL_BODY)));
+        assert!(!may_stream(&SizeHint::with_exact(0)), "no body");
     }
 
     fn conn(gateway: &str) -> Arc<PeerConn> {

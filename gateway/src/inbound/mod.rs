@@ -14,8 +14,8 @@
 //! Before an endpoint is picked, the service's serving-side policy runs ([`guard`]):
 //! authorization, fault injection, rate and concurrency limits.
 //!
-//! Admission is not once and for all: peer connections, tunnels and streaming responses are
-//! registered with what they were admitted as, and every new config snapshot judges them again
+//! Admission is not once and for all: peer connections, tunnels and HTTP exchanges that may
+//! stream (either way) are registered with what they were admitted as, and every new config snapshot judges them again
 //! with the same rules ([`grant`], [`crate::live`]); those no longer allowed — a new deny rule,
 //! an export withdrawn or narrowed, a cluster no longer peered — are closed, with the reason in
 //! the access log.
@@ -38,7 +38,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::accesslog::{Direction, Entry, Side};
-use crate::body::{self, Body, Counted};
+use crate::body::{self, Body, Counted, Revocable};
 use crate::coalesce::Coalesced;
 use crate::config::Limits;
 use crate::headers::{
@@ -294,7 +294,7 @@ impl Inbound {
         } else {
             Exchange::Tunnel
         };
-        // Registered once the exchange proves long-lived (a tunnel, a streaming response).
+        // Registered once the exchange may prove long-lived ([`grant`] says when).
         held.track = Some(Track {
             set: self.live.clone(),
             grant: Grant::stream(
@@ -307,8 +307,17 @@ impl Inbound {
             admitted: snap.clone(),
         });
         if exchange == Exchange::Http {
+            // An upload that may stream is judged again from now on, before any response.
+            if grant::may_stream(&hyper::body::Body::size_hint(&incoming)) {
+                held.register();
+            }
+            let ending = held.live.as_ref().map(|r| r.ending().clone());
+            if let Some(e) = &ending {
+                crate::cancel::follow(e.clone());
+            }
+            let upload = Revocable::upload(incoming, ending);
             let counted =
-                Counted::new(incoming, entry.tally(Direction::In)).filter_trailers(strip_identity);
+                Counted::new(upload, entry.tally(Direction::In)).filter_trailers(strip_identity);
             let req = Request::from_parts(parts, body::boxed(counted));
             return self
                 .backends

@@ -58,7 +58,7 @@ pub(super) async fn serve_local<IO>(
     stream: IO,
     origin: Origin,
     client: LocalClient,
-    builder: &hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
+    builder: &hyper_util::server::conn::auto::Builder<crate::cancel::StreamExecutor>,
     drain: &Drain,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
