@@ -353,6 +353,33 @@ mod tests {
         store
     }
 
+    /// West's and east's CAs, and a trust store holding both.
+    fn two_clusters() -> (Ca, Ca, TrustStore) {
+        let kek = Kek::generate().expect("kek");
+        let day = Duration::from_secs(86_400);
+        let west = Ca::generate("west.mesh".parse().expect("td"), &kek, day).expect("ca");
+        let east = Ca::generate("east.mesh".parse().expect("td"), &kek, day).expect("ca");
+        let trust = TrustStore::new();
+        trust.set(west.bundle());
+        trust.set(east.bundle());
+        (west, east, trust)
+    }
+
+    /// The west cluster, served by `gateway` alone.
+    fn west_with(gateway: &PeerGateway) -> Backend {
+        Backend {
+            cluster: "west".into(),
+            trust_domain: "west.mesh".into(),
+            region: "r".into(),
+            zone: "".into(),
+            gateways: vec![gateway.clone()],
+            healthy: 1,
+            weight: 1,
+            stale: false,
+            confirmed_at: Instant::now(),
+        }
+    }
+
     /// A peer gateway that counts its TCP connections and waits `delay` before each TLS
     /// handshake; it answers every request 200.
     async fn slow_peer(
@@ -391,13 +418,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_dial_its_caller_gave_up_on_still_lands_and_serves_the_next_caller() {
-        let kek = Kek::generate().expect("kek");
-        let day = Duration::from_secs(86_400);
-        let west = Ca::generate("west.mesh".parse().expect("td"), &kek, day).expect("ca");
-        let east = Ca::generate("east.mesh".parse().expect("td"), &kek, day).expect("ca");
-        let trust = TrustStore::new();
-        trust.set(west.bundle());
-        trust.set(east.bundle());
+        let (west, east, trust) = two_clusters();
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let (address, accepted) = slow_peer(
             listener,
@@ -412,17 +433,7 @@ mod tests {
             address: address.into(),
             zone: "".into(),
         };
-        let backend = Backend {
-            cluster: "west".into(),
-            trust_domain: "west.mesh".into(),
-            region: "r".into(),
-            zone: "".into(),
-            gateways: vec![gateway.clone()],
-            healthy: 1,
-            weight: 1,
-            stale: false,
-            confirmed_at: Instant::now(),
-        };
+        let backend = west_with(&gateway);
         // A caller (a probe with a short timeout) gives up while the handshake is held back.
         let gave_up =
             tokio::time::timeout(Duration::from_millis(100), pool.get(&backend, &gateway));
@@ -447,13 +458,7 @@ mod tests {
     /// again, but a probe dials at once, and its connection serves every caller from then on.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_first_probe_after_a_heal_reconnects_and_ends_the_backoff() {
-        let kek = Kek::generate().expect("kek");
-        let day = Duration::from_secs(86_400);
-        let west = Ca::generate("west.mesh".parse().expect("td"), &kek, day).expect("ca");
-        let east = Ca::generate("east.mesh".parse().expect("td"), &kek, day).expect("ca");
-        let trust = TrustStore::new();
-        trust.set(west.bundle());
-        trust.set(east.bundle());
+        let (west, east, trust) = two_clusters();
         // The gateway's port, closed for now (the outage).
         let address = TcpListener::bind("127.0.0.1:0")
             .await
@@ -466,17 +471,7 @@ mod tests {
             address: address.to_string().into(),
             zone: "".into(),
         };
-        let backend = Backend {
-            cluster: "west".into(),
-            trust_domain: "west.mesh".into(),
-            region: "r".into(),
-            zone: "".into(),
-            gateways: vec![gateway.clone()],
-            healthy: 1,
-            weight: 1,
-            stale: false,
-            confirmed_at: Instant::now(),
-        };
+        let backend = west_with(&gateway);
         // Failed dials grow the backoff: 200 ms, 400, 800, 1.6 s.
         for _ in 0..4 {
             let failed = pool.get_for_probe(&backend, &gateway).await;

@@ -5,7 +5,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use super::{free_port, healthy, tail};
@@ -46,8 +46,8 @@ impl EtcdCluster {
             let name = format!("m{i}");
             let log = std::fs::File::create(dir.path().join(format!("{name}.log")))
                 .expect("create an etcd log");
-            let spawned = Command::new(&bin)
-                .arg(format!("--name={name}"))
+            let mut cmd = Command::new(&bin);
+            cmd.arg(format!("--name={name}"))
                 .arg(format!("--data-dir={}", dir.path().join(&name).display()))
                 .arg(format!("--listen-client-urls=http://{client}"))
                 .arg(format!("--advertise-client-urls=http://{client}"))
@@ -55,21 +55,8 @@ impl EtcdCluster {
                 .arg(format!("--initial-advertise-peer-urls=http://{peer}"))
                 .arg(format!("--initial-cluster={}", initial.join(",")))
                 .arg("--initial-cluster-state=new")
-                .arg("--initial-cluster-token=isthmus-test")
-                .arg("--logger=zap")
-                .arg("--log-level=warn")
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().expect("clone log handle"))
-                .stderr(log)
-                .spawn();
-            let child = match spawned {
-                Ok(child) => child,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
-                    "the etcd binary {bin:?} was not found: install etcd-server (Debian: apt-get \
-                     install etcd-server) or point ISTHMUS_ETCD_BIN at it; etcd tests never skip"
-                ),
-                Err(e) => panic!("could not start etcd {bin:?}: {e}"),
-            };
+                .arg("--initial-cluster-token=isthmus-test");
+            let child = super::spawn_etcd(&mut cmd, &bin, log);
             members.push(Member {
                 name,
                 client: *client,

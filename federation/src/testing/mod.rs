@@ -84,30 +84,16 @@ impl EtcdServer {
             .expect("create etcd.log");
         let client_url = self.endpoint();
         let peer_url = format!("http://{}", self.peer);
-        let spawned = Command::new(&bin)
-            .arg("--name=isthmus-test")
+        let mut cmd = Command::new(&bin);
+        cmd.arg("--name=isthmus-test")
             .arg(format!("--data-dir={}", self.data_dir().display()))
             .arg(format!("--listen-client-urls={client_url}"))
             .arg(format!("--advertise-client-urls={client_url}"))
             .arg(format!("--listen-peer-urls={peer_url}"))
             .arg(format!("--initial-advertise-peer-urls={peer_url}"))
             .arg(format!("--initial-cluster=isthmus-test={peer_url}"))
-            .arg("--initial-cluster-state=new")
-            .arg("--logger=zap")
-            .arg("--log-level=warn")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("clone log handle"))
-            .stderr(log)
-            .spawn();
-        let child = match spawned {
-            Ok(child) => child,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
-                "the etcd binary {bin:?} was not found: install etcd-server (Debian: apt-get \
-                 install etcd-server) or point ISTHMUS_ETCD_BIN at it; etcd store tests never \
-                 skip"
-            ),
-            Err(e) => panic!("could not start etcd {bin:?}: {e}"),
-        };
+            .arg("--initial-cluster-state=new");
+        let child = spawn_etcd(&mut cmd, &bin, log);
         self.child = Some(child);
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
@@ -171,4 +157,24 @@ pub(crate) fn tail(path: &Path) -> String {
     let log = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = log.lines().collect();
     lines[lines.len().saturating_sub(30)..].join("\n")
+}
+
+/// Starts a prepared etcd command with its output in `log` (quiet, zap logger); a missing
+/// binary fails loudly with what to install: etcd tests never skip.
+pub(crate) fn spawn_etcd(cmd: &mut Command, bin: &std::ffi::OsStr, log: std::fs::File) -> Child {
+    let spawned = cmd
+        .arg("--logger=zap")
+        .arg("--log-level=warn")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("clone log handle"))
+        .stderr(log)
+        .spawn();
+    match spawned {
+        Ok(child) => child,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
+            "the etcd binary {bin:?} was not found: install etcd-server (Debian: apt-get install \
+             etcd-server) or point ISTHMUS_ETCD_BIN at it; etcd tests never skip"
+        ),
+        Err(e) => panic!("could not start etcd {bin:?}: {e}"),
+    }
 }
