@@ -142,10 +142,24 @@ impl<T> H1Guard<T> {
     /// Takes bytes of a request head in bulk: held until the blank line ends it, then judged.
     /// Returns the input left after the head (body bytes or the next request).
     fn feed_head<'a>(&mut self, mut input: &'a [u8]) -> &'a [u8] {
-        // Stray CRLF between requests is allowed (RFC 9112 §2.2).
-        while self.held.is_empty() && input.starts_with(b"\r\n") {
-            self.out.extend_from_slice(b"\r\n");
-            input = &input[2..];
+        // Empty lines before a request line are skipped, as hyper's parser skips them (RFC 9112
+        // §2.2): CRLF or a bare LF, also when a CRLF is split across two reads. Judged as part of
+        // the head instead, they would hide its request line (a CONNECT) depending on how the
+        // peer's bytes happened to be split.
+        loop {
+            if self.held == b"\r" && input.first() == Some(&b'\n') {
+                self.held.clear();
+                self.out.extend_from_slice(b"\r\n");
+                input = &input[1..];
+            } else if self.held.is_empty() && input.first() == Some(&b'\n') {
+                self.out.push(b'\n');
+                input = &input[1..];
+            } else if self.held.is_empty() && input.starts_with(b"\r\n") {
+                self.out.extend_from_slice(b"\r\n");
+                input = &input[2..];
+            } else {
+                break;
+            }
         }
         if input.is_empty() {
             return input;
@@ -471,6 +485,25 @@ mod tests {
             Framing::Head,
             "the next request's first bytes are held"
         );
+    }
+
+    #[test]
+    fn empty_lines_before_a_request_are_skipped_in_any_split() {
+        // Found by fuzz/fuzz_targets/h1_guard.rs: a CRLF split across two reads was held as the
+        // start of the head, so its first line, not the request line, was judged as one.
+        let cases: [&[u8]; 4] = [
+            b"\r\nCONNECT a:1 HTTP/1.1\r\nHost: a:1\r\n\r\nbinary",
+            b"\nCONNECT a:1 HTTP/1.1\r\nHost: a:1\r\n\r\nbinary",
+            b"\r\n\r\nPRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x12\x04",
+            b"\r\nTransfer-Encoding: chunked\r\n\r\xff\n0PRI \r/ad\r\nHost:ET / a\r\nContent-Length: 5$\n a\r\n\r\n",
+        ];
+        for (i, input) in cases.iter().enumerate() {
+            let whole = run(input, 4096);
+            for split in [1, 2, 3] {
+                assert_eq!(run(input, split), whole, "case {i}, split {split}");
+            }
+            assert_eq!(whole, (input.to_vec(), Framing::PassThrough), "case {i}");
+        }
     }
 
     #[test]
