@@ -268,7 +268,17 @@ impl Default for Limits {
     }
 }
 
+/// The smallest read buffer hyper's HTTP/1 server accepts.
+const HYPER_MIN_BUF: usize = 8192;
+
 impl Limits {
+    /// The largest HTTP/1 head the server parses: hyper's read buffer, which cannot be made
+    /// smaller than 8 KiB. The smuggling guard holds and judges heads up to exactly this size,
+    /// so every head hyper can parse has been judged (a larger one gets hyper's 431).
+    pub fn h1_head_bytes(&self) -> usize {
+        self.max_header_bytes.max(HYPER_MIN_BUF)
+    }
+
     /// [`Limits::max_connections_per_source`], or its default.
     pub fn connections_per_source(&self) -> usize {
         self.max_connections_per_source

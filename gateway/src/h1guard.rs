@@ -506,6 +506,28 @@ mod tests {
         }
     }
 
+    /// Every head hyper can parse is judged: with `max_header_bytes` below hyper's smallest
+    /// buffer (8 KiB), a 2 KiB head carrying both Content-Length and Transfer-Encoding is
+    /// refused by a guard sized as the listeners size it, not passed on to hyper unjudged.
+    #[test]
+    fn a_guard_sized_for_the_server_judges_every_head_hyper_would_parse() {
+        let limits = crate::config::Limits {
+            max_header_bytes: 1024,
+            ..Default::default()
+        };
+        let mut head = b"POST /x HTTP/1.1\r\nHost: x\r\n".to_vec();
+        head.extend_from_slice(format!("X-Pad: {}\r\n", "a".repeat(2048)).as_bytes());
+        head.extend_from_slice(b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n");
+        let mut g = H1Guard::new((), limits.h1_head_bytes());
+        g.feed(&head);
+        assert_eq!(g.state, Framing::Rejecting(0));
+        assert!(g.out.is_empty(), "nothing of it reaches hyper");
+        // Sized by max_header_bytes alone, the guard let it through unjudged.
+        let mut g = H1Guard::new((), limits.max_header_bytes);
+        g.feed(&head);
+        assert_eq!(g.state, Framing::PassThrough);
+    }
+
     #[test]
     fn h2_preface_upgrades_and_oversize_heads_pass_through() {
         let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x12\x04";

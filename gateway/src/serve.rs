@@ -307,7 +307,7 @@ pub fn http_builder(limits: &Limits, h2_only: bool) -> auto::Builder<StreamExecu
         // also cut idle keep-alive connections).
         .header_read_timeout(None)
         .max_headers(limits.max_headers)
-        .max_buf_size(limits.max_header_bytes.max(8192));
+        .max_buf_size(limits.h1_head_bytes());
     b.http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(limits.max_concurrent_streams)

@@ -65,7 +65,7 @@ pub(super) async fn serve_local<IO>(
 {
     let limits = outbound.limits.clone();
     let guarded =
-        H1Guard::new(stream, limits.max_header_bytes).with_head_timeout(limits.header_read_timeout);
+        H1Guard::new(stream, limits.h1_head_bytes()).with_head_timeout(limits.header_read_timeout);
     serve_connection(guarded, builder, &limits, drain, move |req| {
         outbound.clone().handle(origin.clone(), client, req)
     })
