@@ -13,6 +13,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::identity::TrustDomain;
+pub use crate::kubernetes::config::KubernetesConfig;
 use crate::model::{ClusterName, Region, Zone};
 use crate::store::StoreConfig;
 use crate::vip::Cidr;
@@ -308,6 +309,9 @@ pub struct FederationConfig {
     /// Global DNS for mesh names (and the GSLB zone). Absent = no DNS server.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns: Option<DnsConfig>,
+    /// MCS exports and imports on Kubernetes. Absent = not on Kubernetes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<KubernetesConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -455,6 +459,9 @@ impl FederationConfig {
         }
         if let Some(dns) = &self.dns {
             dns.validate()?;
+        }
+        if let Some(k) = &self.kubernetes {
+            k.validate()?;
         }
         Ok(())
     }

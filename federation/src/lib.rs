@@ -12,6 +12,7 @@ pub mod config;
 pub mod duration;
 pub mod gwapi;
 pub mod identity;
+pub mod kubernetes;
 pub mod mesh;
 pub mod metrics;
 pub mod model;
