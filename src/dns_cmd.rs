@@ -160,6 +160,9 @@ pub async fn run_standalone(
     })?;
     if let Some(b) = bind {
         dns.bind = b;
+        // The override is checked like the file's value (a wildcard needs dns.nameservers).
+        dns.validate()
+            .with_context(|| format!("--bind {b} with the dns: section of {}", config.display()))?;
     }
     let source = match snapshot {
         Some(p) => ViewSource::File(p),
