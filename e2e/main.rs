@@ -13,6 +13,7 @@ mod catalog_sync;
 mod cli;
 mod crash_recovery;
 mod dns;
+mod dns_unbound_vips;
 mod failover;
 mod gateway_drain;
 mod gateway_fairness;

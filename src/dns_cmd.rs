@@ -41,6 +41,11 @@ pub async fn start_beside(
                     .lock()
                     .unwrap_or_else(|p| p.into_inner());
                 Verdicts::from_gateway_reports(gws.values().flat_map(|g| g.health.iter()))
+                    .with_unserved(
+                        isthmus_federation::node::unserved_vips(&gws)
+                            .into_iter()
+                            .map(|(ip, u)| (ip, u.service)),
+                    )
             };
             verdicts_tx.send_if_modified(|cur| {
                 let changed = **cur != latest;
