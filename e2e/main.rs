@@ -25,6 +25,7 @@ mod hostile_peers;
 mod policy_follows_open_streams;
 mod registry_lease;
 mod root_rotation;
+mod sample_backends;
 mod store_failover;
 mod traffic_policy;
 mod vip_exhaustion;
