@@ -1,6 +1,8 @@
 //! `isthmus`: the one binary. Thin wiring only: every subcommand calls into the component crates.
 
 mod admin_cmd;
+#[cfg(test)]
+mod config_reference;
 mod demo;
 mod dns_cmd;
 mod explain_cmd;
