@@ -45,7 +45,7 @@ async fn dns_leaves_out_vips_no_gateway_could_bind() {
     need("dig", "dnsutils");
     let ip = Ipv4Addr::new(127, 0, 37, 1);
     let server = SocketAddr::from((ip, free_dns_port(ip)));
-    let catalog = "exports:\n  - namespace: shop\n    name: web\n    ports: [{port: 8080, protocol: tcp}]\n    endpoints: [{address: \"127.0.37.1:9\"}]\nimports: []\n";
+    let catalog = "exports:\n  - namespace: shop\n    name: web\n    ports: [{port: 8080, protocol: tcp}, {port: 8081, protocol: http}]\n    endpoints: [{address: \"127.0.37.1:9\"}]\nimports: []\n";
     let fed = Federation::start(Spec::new("east", 37).catalog(catalog).extra(json!({
         "vips": { "ipv4": "127.137.0.0/24", "ipv6": "fd77:37::/112" },
         "dns": { "bind": server.to_string(), "ttl": "1s" },
@@ -98,6 +98,13 @@ async fn dns_leaves_out_vips_no_gateway_could_bind() {
             .is_empty(),
         "{status}"
     );
+    // The gateway warned once for the address, not once per port.
+    let warned = gw
+        .log_tail(10_000)
+        .lines()
+        .filter(|l| l.contains("cannot listen on a service VIP") && l.contains(v6.as_str()))
+        .count();
+    assert_eq!(warned, 1, "{}", gw.log_tail(50));
     // The gateway's explanation says why clients are not sent to it.
     let body = http_get(gw.admin, "/explain?service=web.shop")
         .await

@@ -132,7 +132,14 @@ impl VipListeners {
                 Err(e) => {
                     let reason = e.to_string();
                     if self.failed.get(&key) != Some(&reason) {
-                        tracing::warn!(vip = %ip, port = port.port, error = %reason, "cannot listen on a service VIP (is the VIP range a local address here?); the proxy port still serves it");
+                        // One warning per address: a range that is not local fails every port
+                        // of every service in it the same way.
+                        let first = !self.failed.keys().any(|(failed, _)| *failed == ip);
+                        if first {
+                            tracing::warn!(vip = %ip, port = port.port, error = %reason, "cannot listen on a service VIP (is the VIP range a local address here?); the proxy port still serves it, and the federation's DNS leaves out an address no gateway could bind");
+                        } else {
+                            tracing::debug!(vip = %ip, port = port.port, error = %reason, "cannot listen on a service VIP");
+                        }
                         self.failed.insert(key, reason);
                     }
                 }
