@@ -19,7 +19,7 @@ use crate::harness::{Federation, IMPORT_ALL, Spec, peer_via_cli};
 const TTL: Duration = Duration::from_secs(5);
 
 /// A port free for both TCP and UDP on `ip`.
-fn free_dns_port(ip: Ipv4Addr) -> u16 {
+pub(crate) fn free_dns_port(ip: Ipv4Addr) -> u16 {
     loop {
         let t = std::net::TcpListener::bind((ip, 0)).expect("bind tcp");
         let port = t.local_addr().expect("addr").port();
@@ -29,7 +29,7 @@ fn free_dns_port(ip: Ipv4Addr) -> u16 {
     }
 }
 
-fn need(tool: &str, package: &str) {
+pub(crate) fn need(tool: &str, package: &str) {
     let found = std::process::Command::new("sh")
         .args(["-c", &format!("command -v {tool}")])
         .output()
@@ -42,12 +42,12 @@ fn need(tool: &str, package: &str) {
 
 /// One `dig` answer, parsed from `+noall +comments +answer +authority +additional` output.
 #[derive(Debug)]
-struct Dig {
-    text: String,
+pub(crate) struct Dig {
+    pub(crate) text: String,
 }
 
 impl Dig {
-    fn status(&self) -> String {
+    pub(crate) fn status(&self) -> String {
         self.text
             .split("status: ")
             .nth(1)
@@ -83,7 +83,7 @@ impl Dig {
     }
 
     /// The rdata of the answer records (last field(s) after the type).
-    fn answers(&self) -> Vec<String> {
+    pub(crate) fn answers(&self) -> Vec<String> {
         let mut v: Vec<String> = self
             .section("ANSWER")
             .iter()
@@ -94,7 +94,7 @@ impl Dig {
     }
 }
 
-async fn dig(server: SocketAddr, args: &[&str]) -> Dig {
+pub(crate) async fn dig(server: SocketAddr, args: &[&str]) -> Dig {
     let out = Command::new("dig")
         .arg(format!("@{}", server.ip()))
         .args(["-p", &server.port().to_string(), "+time=2", "+tries=2"])

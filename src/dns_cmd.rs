@@ -41,6 +41,11 @@ pub async fn start_beside(
                     .lock()
                     .unwrap_or_else(|p| p.into_inner());
                 Verdicts::from_gateway_reports(gws.values().flat_map(|g| g.health.iter()))
+                    .with_unserved(
+                        isthmus_federation::node::unserved_vips(&gws)
+                            .into_iter()
+                            .map(|(ip, u)| (ip, u.service)),
+                    )
             };
             verdicts_tx.send_if_modified(|cur| {
                 let changed = **cur != latest;
@@ -160,6 +165,9 @@ pub async fn run_standalone(
     })?;
     if let Some(b) = bind {
         dns.bind = b;
+        // The override is checked like the file's value (a wildcard needs dns.nameservers).
+        dns.validate()
+            .with_context(|| format!("--bind {b} with the dns: section of {}", config.display()))?;
     }
     let source = match snapshot {
         Some(p) => ViewSource::File(p),

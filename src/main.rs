@@ -1,6 +1,8 @@
 //! `isthmus`: the one binary. Thin wiring only: every subcommand calls into the component crates.
 
 mod admin_cmd;
+#[cfg(test)]
+mod config_reference;
 mod demo;
 mod dns_cmd;
 mod explain_cmd;
@@ -120,16 +122,56 @@ enum Command {
         #[arg(long, env = "ISTHMUS_JSON")]
         json: bool,
     },
-    /// The demo's sample services (HTTP echo, gRPC echo, TCP echo) for one cluster.
-    #[command(hide = true)]
+    /// Sample services to call across clusters: an HTTP echo, a gRPC echo and a TCP echo.
+    ///
+    /// Serves until stopped, after printing one JSON line with the bound addresses
+    /// ({"ready":{"http":...,"grpc":...,"tcp":...}}; port 0 picks a free port). Export them in
+    /// the catalog file (protocol http or http2, grpc, tcp) to have something to call from
+    /// another cluster; every answer names --cluster, so a caller sees which cluster served it.
+    /// The HTTP and gRPC ports serve the same handlers (HTTP/1.1 and h2c on both).
+    ///
+    /// HTTP:
+    ///   GET  /              JSON: cluster, method, path, version, host, and what the caller's
+    ///                       gateway told the service: forwarded_client_cert
+    ///                       (x-forwarded-client-cert), source_cluster
+    ///                       (x-isthmus-source-cluster), isthmus_headers (names of any
+    ///                       isthmus-* headers: none should reach a service), shadow (the
+    ///                       request is a shadow copy). Any other path answers the same.
+    ///   POST /echo          streams the request body back as it arrives
+    ///   POST /sink          reads the whole body, then answers {"cluster":..,"received":<bytes>}
+    ///   GET  /bytes?n=N     streams N bytes ('x'), in 64 KiB chunks
+    ///   GET  /slow?ms=N     answers after N ms (default 1000, at most 60000)
+    ///   GET  /hold?ms=N     sends the headers at once and the body after N ms (default 1000,
+    ///                       at most 60000): a request that can be seen in flight
+    ///   GET  /ws            WebSocket echo (every message sent back)
+    ///   GET  /ws/identity   WebSocket echo whose first message is the GET / JSON of its
+    ///                       handshake
+    ///
+    /// gRPC service isthmus.demo.Echo, messages { string text = 1; }:
+    ///   Say    unary: answers "<cluster>: <text>"
+    ///   Count  server streaming: text is a number N (default 3, at most 10000); answers
+    ///          "<cluster>: 1" .. "<cluster>: N"
+    ///   Chat   bidirectional: answers every message with "<cluster>: <text>"
+    ///   (other methods: status 12, UNIMPLEMENTED)
+    ///
+    /// TCP: echoes every byte until the client closes its side.
+    ///
+    /// Example (then call it from another cluster through its gateway):
+    ///   isthmus sample-backends --cluster west --http 127.0.0.1:8080
+    ///   curl http://127.0.0.1:8080/hold?ms=200
+    #[command(verbatim_doc_comment)]
     SampleBackends {
+        /// The name every answer carries (the cluster these services run in).
         #[arg(long, env = "ISTHMUS_SAMPLE_CLUSTER")]
         cluster: String,
-        #[arg(long, env = "ISTHMUS_SAMPLE_HTTP")]
+        /// HTTP/1.1 and h2c listener.
+        #[arg(long, env = "ISTHMUS_SAMPLE_HTTP", default_value = "127.0.0.1:8080")]
         http: std::net::SocketAddr,
-        #[arg(long, env = "ISTHMUS_SAMPLE_GRPC")]
+        /// gRPC (h2c) listener.
+        #[arg(long, env = "ISTHMUS_SAMPLE_GRPC", default_value = "127.0.0.1:9090")]
         grpc: std::net::SocketAddr,
-        #[arg(long, env = "ISTHMUS_SAMPLE_TCP")]
+        /// TCP echo listener.
+        #[arg(long, env = "ISTHMUS_SAMPLE_TCP", default_value = "127.0.0.1:9000")]
         tcp: std::net::SocketAddr,
     },
     /// An open-loop HTTP load generator printing one JSON line per request (failover tests).

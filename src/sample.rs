@@ -1,4 +1,6 @@
-//! `isthmus sample-backends`: the demo's sample services, one process per cluster.
+//! `isthmus sample-backends`: sample services to call across clusters (the demo runs one
+//! process per cluster). A supported tool: `isthmus sample-backends --help` documents every
+//! endpoint below; keep the two in step.
 //! - HTTP (HTTP/1.1 and h2c): `GET /` answers JSON naming the cluster and what the caller's
 //!   gateway told it (caller identity, source cluster, any `isthmus-*` header names); `POST
 //!   /echo` streams the body back; `POST /sink` reads the body and then answers its size; `GET /bytes?n=N` streams N bytes; `GET /slow?ms=N` answers

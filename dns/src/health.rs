@@ -5,8 +5,13 @@
 //! their own verdicts (`ReportHealth` on the gateway API): a cluster a local gateway found
 //! unhealthy for a service is treated as not serving it. Verdicts only ever remove a cluster;
 //! they are local and never exported to peers.
+//!
+//! The gateways also report the VIP addresses they could not bind (an IPv6 range that is not
+//! local on the host, say): an address every VIP-listening gateway reports unbound is withheld
+//! from A/AAAA answers, since nothing would accept a connection there.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
 
 use isthmus_federation::mesh::ClusterRoute;
 use isthmus_federation::model::{ClusterName, ServiceKey};
@@ -16,13 +21,30 @@ use isthmus_federation::model::{ClusterName, ServiceKey};
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Verdicts {
     unhealthy: HashSet<(ClusterName, ServiceKey)>,
+    /// VIP addresses no gateway serves, with the service they belong to.
+    unserved: HashMap<IpAddr, ServiceKey>,
 }
 
 impl Verdicts {
     pub fn new(unhealthy: impl IntoIterator<Item = (ClusterName, ServiceKey)>) -> Self {
         Self {
             unhealthy: unhealthy.into_iter().collect(),
+            unserved: HashMap::new(),
         }
+    }
+
+    /// The same verdicts, with VIP addresses that no gateway serves (left out of answers).
+    pub fn with_unserved(
+        mut self,
+        unserved: impl IntoIterator<Item = (IpAddr, ServiceKey)>,
+    ) -> Self {
+        self.unserved = unserved.into_iter().collect();
+        self
+    }
+
+    /// Whether the VIP `ip` may be answered (some gateway serves it, or none said otherwise).
+    pub fn answers(&self, ip: &IpAddr) -> bool {
+        self.unserved.is_empty() || !self.unserved.contains_key(ip)
     }
 
     /// From the federation's per-gateway verdict maps (`"<cluster>:<ns>/<name>" -> healthy`), as
@@ -41,7 +63,7 @@ impl Verdicts {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.unhealthy.is_empty()
+        self.unhealthy.is_empty() && self.unserved.is_empty()
     }
 
     pub fn says_unhealthy(&self, cluster: &ClusterName, key: &ServiceKey) -> bool {
@@ -53,9 +75,17 @@ impl Verdicts {
         &'a self,
         other: &'a Verdicts,
     ) -> impl Iterator<Item = &'a ServiceKey> {
+        let moved = |a: &'a Verdicts, b: &'a Verdicts| {
+            a.unserved
+                .iter()
+                .filter(move |(ip, key)| b.unserved.get(ip) != Some(key))
+                .map(|(_, key)| key)
+        };
         self.unhealthy
             .symmetric_difference(&other.unhealthy)
             .map(|(_, key)| key)
+            .chain(moved(self, other))
+            .chain(moved(other, self))
     }
 }
 
@@ -69,6 +99,23 @@ pub fn serves(c: &ClusterRoute, key: &ServiceKey, verdicts: &Verdicts) -> bool {
 mod tests {
     use super::*;
     use std::collections::BTreeMap;
+
+    #[test]
+    fn unserved_vips_are_not_answered_and_mark_their_service_changed() {
+        let key = ServiceKey::parse("shop/cart").expect("key");
+        let ip: IpAddr = "fd77::1".parse().expect("ip");
+        let before = Verdicts::default();
+        assert!(before.answers(&ip));
+        let after = Verdicts::default().with_unserved([(ip, key.clone())]);
+        assert!(!after.answers(&ip));
+        assert!(after.answers(&"127.77.0.1".parse().expect("ip")));
+        assert!(!after.is_empty());
+        let changed: Vec<&ServiceKey> = before.differing_keys(&after).collect();
+        assert_eq!(changed, [&key]);
+        let changed: Vec<&ServiceKey> = after.differing_keys(&before).collect();
+        assert_eq!(changed, [&key]);
+        assert_eq!(after.differing_keys(&after.clone()).count(), 0);
+    }
 
     #[test]
     fn gateway_reports_mark_pairs_unhealthy() {

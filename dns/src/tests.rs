@@ -668,3 +668,33 @@ fn the_example_config_is_valid() {
         "default group"
     );
 }
+
+/// A VIP address no gateway could bind is not answered (the name stays: NODATA), for the
+/// service's name and for a per-cluster name; every other address still is.
+#[test]
+fn unserved_vips_are_left_out_of_answers() {
+    let key = |k: &str| isthmus_federation::model::ServiceKey::parse(k).expect("key");
+    let ip = |a: &str| a.parse::<IpAddr>().expect("ip");
+    let verdicts = Verdicts::default().with_unserved([
+        (ip("127.77.0.1"), key("demo/echo")),
+        (ip("127.77.0.2"), key("demo/echo")),
+    ]);
+    let (s, _) = snapshot_with(json!({}), &verdicts);
+    let z = "svc.clusterset.local";
+    for name in [format!("echo.demo.{z}"), format!("west.echo.demo.{z}")] {
+        let r = ask(&s, &name, A);
+        assert_eq!(r.rcode(), ResponseCode::NoError, "{name}");
+        assert!(r.answers().is_empty(), "{name}: {:?}", r.answers());
+        assert_eq!(r.authority_types(), ["SOA"], "{name}: NODATA");
+    }
+    let r = ask(&s, &format!("cart.shop.{z}"), A);
+    assert_eq!(r.answers().len(), 1, "{:?}", r.answers());
+    assert!(
+        r.answers()[0].ends_with("IN A 127.77.0.10"),
+        "{:?}",
+        r.answers()
+    );
+    // Without the verdict the same names answer.
+    let r = ask(&snapshot(), &format!("echo.demo.{z}"), A);
+    assert_eq!(r.answers().len(), 1, "{:?}", r.answers());
+}

@@ -9,11 +9,12 @@
 //! | name | records | exists while |
 //! |---|---|---|
 //! | `<zone>` | SOA, NS (+ A/AAAA of in-zone name servers) | always |
-//! | `<svc>.<ns>.svc.<zone>` | A/AAAA = the service VIP | the service is in the view (with `nxdomain_when_unhealthy`: and some cluster serves it) |
+//! | `<svc>.<ns>.svc.<zone>` | A/AAAA = the service VIP (less any address no gateway could bind: [`Verdicts::answers`]) | the service is in the view (with `nxdomain_when_unhealthy`: and some cluster serves it) |
 //! | `_<port>._tcp.<svc>.<ns>.svc.<zone>` | SRV 0 100 `<port>` `<svc>.<ns>.svc.<zone>` | as the service name; `<port>` is the port's name, else its number |
 //! | `<cluster>.<svc>.<ns>.svc.<zone>` | A/AAAA = that cluster's VIP | that cluster serves it (healthy, live) |
 //! | `<svc>.<ns>.<gslb>` | A/AAAA = ingress of the nearest serving clusters, per client region | some cluster with an ingress address serves it (else all of them answer, or NXDOMAIN with `nxdomain_when_unhealthy`) |
 //! | `<cluster>.<svc>.<ns>.<gslb>` | A/AAAA = that cluster's ingress | that cluster serves it |
+//! | `_<port>._tcp.<svc>.<ns>.<gslb>` | SRV 0 100 `<port>` `<svc>.<ns>.<gslb>` | as the GSLB service name |
 //!
 //! Every ancestor of a name inside its zone exists too, without records (an empty non-terminal:
 //! NODATA, never NXDOMAIN).
@@ -258,7 +259,14 @@ fn mesh_names(
     }
     let owner = name::under(&[svc, ns, "svc"], zone);
     let node = plan.root(owner.clone());
-    node.records.extend(route.vips.addrs().map(Rdata::Addr));
+    // An address no gateway could bind is left out: nothing accepts connections there.
+    node.records.extend(
+        route
+            .vips
+            .addrs()
+            .filter(|ip| verdicts.answers(ip))
+            .map(Rdata::Addr),
+    );
     let mut seen = Vec::with_capacity(route.ports.len());
     for p in &route.ports {
         let label = port_label(p);
@@ -283,7 +291,11 @@ fn mesh_names(
         if serving {
             let owner = name::under(&[cluster.as_str(), svc, ns, "svc"], zone);
             let node = plan.node(owner);
-            node.records.extend(vips.addrs().map(Rdata::Addr));
+            node.records.extend(
+                vips.addrs()
+                    .filter(|ip| verdicts.answers(ip))
+                    .map(Rdata::Addr),
+            );
         }
     }
 }

@@ -803,6 +803,20 @@ impl DnsConfig {
                 ));
             }
         }
+        if self.enabled && self.nameservers.is_empty() && self.bind.ip().is_unspecified() {
+            // The default name server is `ns.<zone>` at the bind address: a wildcard is no
+            // address, so the zone's NS and SOA MNAME would name a host nobody can resolve.
+            return Err(invalid(
+                "nameservers",
+                format!(
+                    "dns.bind {} is a wildcard, so the default name server ns.{} would have no \
+                     address: list the name servers and the addresses resolvers reach this server \
+                     at (nameservers: [{{name: ns1.{}, addresses: [<this host's address>]}}]), or \
+                     bind a specific address",
+                    self.bind, self.zones[0], self.zones[0]
+                ),
+            ));
+        }
         let rl = &self.rate_limit;
         if rl.ipv4_prefix > 32 || rl.ipv6_prefix > 128 {
             return Err(invalid(
@@ -1033,7 +1047,20 @@ vips: {ipv4: 127.77.0.0/24}
                 "host bits",
             ),
             ("dns: {rate_limit: {ipv4_prefix: 33}}\n", "dns.rate_limit"),
+            ("dns: {bind: 0.0.0.0:53}\n", "dns.nameservers"),
+            (
+                "dns: {bind: '[::]:53'}\n",
+                "ns.clusterset.local would have no address",
+            ),
         ];
+        // A wildcard bind is fine with name servers that have addresses, or with DNS off.
+        for ok in [
+            "dns: {bind: 0.0.0.0:53, nameservers: [{name: ns1.mesh.example}]}\n",
+            "dns: {bind: 0.0.0.0:53, nameservers: [{name: ns1.clusterset.local, addresses: [192.0.2.53]}]}\n",
+            "dns: {enabled: false, bind: 0.0.0.0:53}\n",
+        ] {
+            FederationConfig::from_yaml("t.yaml", &format!("{GOOD}{ok}")).expect(ok);
+        }
         for (extra, needle) in cases {
             let err = FederationConfig::from_yaml("t.yaml", &format!("{GOOD}{extra}"))
                 .expect_err(needle)

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::health::Health;
 use crate::lb;
+use crate::outbound::listeners::UnboundVips;
 use crate::outbound::verdicts;
 use crate::policy::ServicePolicy;
 use crate::retry::Breakers;
@@ -31,6 +32,45 @@ pub struct Explanation {
     pub decision: Decision,
     /// The same in a few sentences.
     pub summary: String,
+    /// Addresses of the service this gateway could not listen on (its DNS answers leave them
+    /// out while no gateway of the cluster has bound them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unbound_vips: Vec<UnboundVipView>,
+}
+
+/// A VIP address of the service that this gateway could not bind.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UnboundVipView {
+    pub address: String,
+    pub reason: String,
+}
+
+impl Explanation {
+    /// Adds the service's VIP addresses in `unbound`, and a sentence saying what follows.
+    pub fn with_unbound(mut self, unbound: &UnboundVips) -> Self {
+        for (ip, (service, reason)) in unbound {
+            if *service == self.service {
+                self.unbound_vips.push(UnboundVipView {
+                    address: ip.to_string(),
+                    reason: reason.clone(),
+                });
+            }
+        }
+        if !self.unbound_vips.is_empty() {
+            let list: Vec<String> = self
+                .unbound_vips
+                .iter()
+                .map(|u| format!("{} ({})", u.address, u.reason))
+                .collect();
+            self.summary.push_str(&format!(
+                " This gateway cannot listen on {}: the federation's DNS does not answer \
+                 those addresses while no gateway of this cluster has bound them; clients use the \
+                 service's other addresses, or the proxy port.",
+                list.join(", ")
+            ));
+        }
+        self
+    }
 }
 
 /// The gateway that explains: its cluster and region.
@@ -140,12 +180,14 @@ pub fn route(
     snap: &Snapshot,
     health: &Health,
     breakers: &Breakers,
+    unbound: &UnboundVips,
     query: Option<&str>,
 ) -> (StatusCode, serde_json::Value) {
     let answer = query_param(query.unwrap_or(""), "service")
         .filter(|s| !s.trim().is_empty())
         .ok_or(ExplainError::NoService)
-        .and_then(|s| explain(snap, health, breakers, &s));
+        .and_then(|s| explain(snap, health, breakers, &s))
+        .map(|e| e.with_unbound(unbound));
     match answer {
         Ok(e) => (StatusCode::OK, serde_json::to_value(e).unwrap_or_default()),
         Err(e) => {
@@ -250,6 +292,7 @@ pub fn explain(
         clusters,
         decision,
         summary,
+        unbound_vips: Vec::new(),
     })
 }
 
@@ -597,11 +640,39 @@ mod tests {
     async fn the_route_answers_json_and_refuses_unknown_services() {
         let snap = snapshot(CANARY);
         let (h, b) = (Health::default(), Breakers::default());
-        let (status, body) = route(&snap, &h, &b, Some("service=demo%2Fecho"));
+        let none = UnboundVips::new();
+        let (status, body) = route(&snap, &h, &b, &none, Some("service=demo%2Fecho"));
         assert_eq!(status, StatusCode::OK);
         assert_eq!(body["decision"]["cluster"], "west");
         assert_eq!(body["clusters"][0]["verdict"]["healthy"], true);
-        let (status, body) = route(&snap, &h, &b, Some("service=cart.shop"));
+        assert!(body.get("unbound_vips").is_none(), "{body}");
+        // A VIP of the service this gateway could not bind is named, with why DNS skips it;
+        // another service's is not.
+        let unbound: UnboundVips = [
+            (
+                "fd77::1",
+                "echo.demo",
+                "Cannot assign requested address (os error 99)",
+            ),
+            ("fd77::9", "other.demo", "in use"),
+        ]
+        .into_iter()
+        .map(|(ip, svc, why)| (ip.parse().expect("ip"), (svc.to_string(), why.to_string())))
+        .collect();
+        let (_, body) = route(&snap, &h, &b, &unbound, Some("service=demo%2Fecho"));
+        assert_eq!(body["unbound_vips"][0]["address"], "fd77::1", "{body}");
+        assert_eq!(
+            body["unbound_vips"].as_array().map(Vec::len),
+            Some(1),
+            "{body}"
+        );
+        let summary = body["summary"].as_str().unwrap_or_default();
+        assert!(
+            summary.contains("cannot listen on fd77::1 (Cannot assign requested address")
+                && summary.contains("DNS does not answer"),
+            "{summary}"
+        );
+        let (status, body) = route(&snap, &h, &b, &none, Some("service=cart.shop"));
         assert_eq!(status, StatusCode::NOT_FOUND);
         assert!(
             body["error"]
@@ -609,7 +680,7 @@ mod tests {
                 .is_some_and(|e| e.contains("imports: echo.demo")),
             "{body}"
         );
-        assert_eq!(route(&snap, &h, &b, None).0, StatusCode::BAD_REQUEST);
+        assert_eq!(route(&snap, &h, &b, &none, None).0, StatusCode::BAD_REQUEST);
     }
 
     #[test]

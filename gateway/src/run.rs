@@ -22,7 +22,7 @@ use crate::health::{Health, HealthConfig};
 use crate::inbound::{Backends, Inbound};
 use crate::live::LiveSet;
 use crate::metrics::Metrics;
-use crate::outbound::listeners::{VipListeners, accept_loop};
+use crate::outbound::listeners::{UnboundVips, VipListeners, accept_loop};
 use crate::outbound::{Origin, Outbound, ShadowSlots};
 use crate::pool::PeerPool;
 use crate::refusals::RefusalLog;
@@ -201,10 +201,15 @@ pub async fn start(cfg: GatewayConfig) -> Result<Running, StartError> {
         health.clone(),
         metrics.clone(),
     )));
+    // VIP addresses this gateway could not bind, for the federation's DNS (None: no VIP
+    // listeners at all, `listen.vips: false`).
+    let (unbound_tx, unbound_rx) = watch::channel(Arc::new(UnboundVips::new()));
+    let unbound_rx_explain = unbound_rx.clone();
     tasks.push(tokio::spawn(sync::report_health(
         client.clone(),
         table.clone(),
         health.clone(),
+        cfg.listen.vips.then_some(unbound_rx),
     )));
     let outbound = Arc::new(Outbound {
         table: table.clone(),
@@ -279,6 +284,14 @@ pub async fn start(cfg: GatewayConfig) -> Result<Running, StartError> {
                 vips.reconcile(&snap).await;
                 metrics.vip_listeners.set(vips.open_count() as i64);
                 metrics.vip_listeners_failed.set(vips.failed_count() as i64);
+                let unbound = vips.unbound(&snap);
+                unbound_tx.send_if_modified(|cur| {
+                    let changed = **cur != unbound;
+                    if changed {
+                        *cur = Arc::new(unbound);
+                    }
+                    changed
+                });
                 tokio::select! {
                     changed = changes.changed() => if changed.is_err() { return },
                     () = drain.signaled() => return,
@@ -335,11 +348,19 @@ pub async fn start(cfg: GatewayConfig) -> Result<Running, StartError> {
         }),
     };
     let explained = outbound.clone();
+    let unbound_now = unbound_rx_explain;
     let routes = vec![JsonRoute {
         path: "/explain",
         handler: Arc::new(move |query| {
             let snap = explained.table.borrow().clone();
-            crate::explain::route(&snap, &explained.health, &explained.breakers, query)
+            let unbound = unbound_now.borrow().clone();
+            crate::explain::route(
+                &snap,
+                &explained.health,
+                &explained.breakers,
+                &unbound,
+                query,
+            )
         }),
     }];
     let admin_drain = drain.clone();

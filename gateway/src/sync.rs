@@ -1,4 +1,4 @@
-//! The gateway's three conversations with its federation, each a loop that survives the
+//! The gateway's conversations with its federation, each a loop that survives the
 //! federation going away:
 //! - the config stream (snapshot, then deltas) folded into the routing table and published on a
 //!   `watch` channel; trust bundles applied to the live `TrustStore`; every applied version
@@ -6,7 +6,8 @@
 //!   service and the gateway resubscribes with backoff;
 //! - certificate renewal at half the remaining lifetime (a fresh key each time; it never leaves
 //!   the gateway), swapped into the live `CertStore` so no listener or connection restarts;
-//! - registration of the advertised inbound address under a lease, renewed at a third of it.
+//! - registration of the advertised inbound address under a lease, renewed at a third of it;
+//! - health reports: its verdicts and the VIP addresses it could not bind.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -14,12 +15,13 @@ use std::time::{Duration, SystemTime};
 use isthmus_federation::identity::{SpiffeId, TrustBundle, TrustDomain, tls};
 use isthmus_federation::proto::{
     ConfigAck, HealthReport, HealthVerdict, RegisterGatewayRequest, ServiceKey, SignCsrRequest,
-    SubscribeRequest,
+    SubscribeRequest, UnboundVip,
 };
 use tokio::sync::watch;
 
 use crate::control::ControlClient;
 use crate::metrics::{Metrics, ResultLabels};
+use crate::outbound::listeners::UnboundVips;
 use crate::table::{Snapshot, TableBuilder};
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -239,12 +241,34 @@ fn verdicts(snap: &Snapshot, health: &crate::health::Health) -> Vec<HealthVerdic
     out
 }
 
+/// The wire form of the unbound VIP addresses.
+fn unbound_vips(unbound: &UnboundVips) -> Vec<UnboundVip> {
+    unbound
+        .iter()
+        .map(|(ip, (service, reason))| {
+            let (svc, ns) = service.split_once('.').unwrap_or((service, ""));
+            UnboundVip {
+                address: ip.to_string(),
+                service: Some(ServiceKey {
+                    namespace: ns.to_string(),
+                    name: svc.to_string(),
+                }),
+                reason: reason.clone(),
+            }
+        })
+        .collect()
+}
+
 /// Reports this gateway's verdicts to its federation (for DNS answers and `status`) whenever
 /// they change, and in full every 30 s; reconnects when the stream breaks.
+///
+/// With `unbound` (the gateway listens on VIPs), each report also says which VIP addresses it
+/// could not bind, so that the federation's DNS stops answering addresses no gateway serves.
 pub async fn report_health(
     client: Arc<ControlClient>,
     table: watch::Receiver<Arc<Snapshot>>,
     health: Arc<crate::health::Health>,
+    unbound: Option<watch::Receiver<Arc<UnboundVips>>>,
 ) {
     let every = Duration::from_secs(1);
     let full = Duration::from_secs(30);
@@ -257,20 +281,28 @@ pub async fn report_health(
             );
         let mut rpc = client.client();
         let call = tokio::spawn(async move { rpc.report_health(stream).await });
-        let mut last: Vec<HealthVerdict> = Vec::new();
+        let mut last: Option<(Vec<HealthVerdict>, Arc<UnboundVips>)> = None;
         let mut last_full = tokio::time::Instant::now();
         loop {
             let snap = table.borrow().clone();
-            let now_verdicts = verdicts(&snap, &health);
-            if now_verdicts != last || last_full.elapsed() >= full {
+            let now = (
+                verdicts(&snap, &health),
+                unbound
+                    .as_ref()
+                    .map(|u| u.borrow().clone())
+                    .unwrap_or_default(),
+            );
+            if last.as_ref() != Some(&now) || last_full.elapsed() >= full {
                 let report = HealthReport {
                     gateway: client.gateway.clone(),
-                    verdicts: now_verdicts.clone(),
+                    verdicts: now.0.clone(),
+                    vip_listeners: unbound.is_some(),
+                    unbound_vips: unbound_vips(&now.1),
                 };
                 if tx.send(report).await.is_err() {
                     break;
                 }
-                last = now_verdicts;
+                last = Some(now);
                 last_full = tokio::time::Instant::now();
             }
             if call.is_finished() {

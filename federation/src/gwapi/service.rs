@@ -300,6 +300,25 @@ impl GatewayControl for GatewayService {
                     .unwrap_or_default();
                 g.health.insert(format!("{}:{key}", v.cluster), v.healthy);
             }
+            g.vip_listeners = report.vip_listeners;
+            g.unbound_vips = report
+                .unbound_vips
+                .into_iter()
+                .filter_map(|u| {
+                    let ip = u.address.parse().ok()?;
+                    let k = u.service?;
+                    let service =
+                        crate::model::ServiceKey::parse(&format!("{}/{}", k.namespace, k.name))
+                            .ok()?;
+                    Some((
+                        ip,
+                        crate::node::UnboundVip {
+                            service,
+                            reason: u.reason,
+                        },
+                    ))
+                })
+                .collect();
         }
         Ok(Response::new(HealthReportAck {}))
     }

@@ -346,6 +346,15 @@ async fn status(node: &Node, bound: &Bound) -> Value {
         (state.degraded.clone(), state.unaddressed.len())
     };
     let apply = node.apply_status().clone();
+    let gateways = node
+        .gateways
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let unserved: Vec<Value> = super::unserved_vips(&gateways)
+        .into_iter()
+        .map(|(ip, u)| json!({ "address": ip, "service": u.service, "reason": u.reason }))
+        .collect();
     json!({
         "cluster": node.me.cluster,
         "trust_domain": node.td,
@@ -356,7 +365,9 @@ async fn status(node: &Node, bound: &Bound) -> Value {
         "exports": view.exports.len(),
         "services": view.routes.len(),
         "peers": peers(node).await,
-        "gateways": node.gateways.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+        "gateways": gateways,
+        // VIP addresses no gateway here could bind: DNS does not answer them.
+        "unserved_vips": unserved,
         "ca": ca_status(node).await,
         "policies": policies_status(&view.policies, SystemTime::now()),
         "view_version": view.version,

@@ -61,6 +61,37 @@ pub struct GatewayInfo {
     pub acked_version: u64,
     pub acked_bundle_sequence: u64,
     pub health: BTreeMap<String, bool>,
+    /// Whether it listens on VIPs (`listen.vips`), as its last health report said.
+    pub vip_listeners: bool,
+    /// VIP addresses it could not bind, as its last health report said.
+    pub unbound_vips: BTreeMap<std::net::IpAddr, UnboundVip>,
+}
+
+/// A VIP address a gateway could not bind.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct UnboundVip {
+    pub service: ServiceKey,
+    /// The bind error the gateway saw.
+    pub reason: String,
+}
+
+/// The VIP addresses no gateway of this cluster serves: reported unbound by every gateway that
+/// listens on VIPs (and by at least one). DNS leaves them out; `status` lists them. A gateway
+/// that does not listen on VIPs, or has not reported, neither withholds nor vouches for one.
+pub fn unserved_vips(
+    gateways: &BTreeMap<String, GatewayInfo>,
+) -> BTreeMap<std::net::IpAddr, UnboundVip> {
+    let mut listening = gateways.values().filter(|g| g.vip_listeners).peekable();
+    let Some(first) = listening.next() else {
+        return BTreeMap::new();
+    };
+    let rest: Vec<&GatewayInfo> = listening.collect();
+    first
+        .unbound_vips
+        .iter()
+        .filter(|(ip, _)| rest.iter().all(|g| g.unbound_vips.contains_key(ip)))
+        .map(|(ip, u)| (*ip, u.clone()))
+        .collect()
 }
 
 pub struct Node {
@@ -223,5 +254,56 @@ impl Node {
             tracing::warn!(peer.cluster = %peer, error = %e, "recomputing routes after a link change failed");
         }
         self.publish(&mut state);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gateway(listens: bool, unbound: &[&str]) -> GatewayInfo {
+        GatewayInfo {
+            vip_listeners: listens,
+            unbound_vips: unbound
+                .iter()
+                .map(|a| {
+                    let service = ServiceKey::parse("shop/cart").expect("key");
+                    let reason = "Cannot assign requested address".to_string();
+                    (a.parse().expect("ip"), UnboundVip { service, reason })
+                })
+                .collect(),
+            ..GatewayInfo::default()
+        }
+    }
+
+    /// An address is unserved only while every gateway that listens on VIPs reports it unbound.
+    #[test]
+    fn a_vip_is_unserved_only_when_no_listening_gateway_bound_it() {
+        // (each gateway: listens on VIPs, its unbound addresses) -> the unserved addresses
+        type Gateways<'a> = &'a [(bool, &'a [&'a str])];
+        let cases: [(Gateways<'_>, &[&str]); 6] = [
+            (&[], &[]),
+            (&[(true, &["fd77::1"])], &["fd77::1"]),
+            (
+                &[(true, &["fd77::1", "fd77::2"]), (true, &["fd77::2"])],
+                &["fd77::2"],
+            ),
+            (&[(true, &["fd77::1"]), (true, &[])], &[]),
+            // A gateway without VIP listeners neither withholds nor vouches.
+            (&[(true, &["fd77::1"]), (false, &[])], &["fd77::1"]),
+            (&[(false, &["fd77::1"])], &[]),
+        ];
+        for (gws, want) in cases {
+            let map: BTreeMap<String, GatewayInfo> = gws
+                .iter()
+                .enumerate()
+                .map(|(i, (l, u))| (format!("gw-{i}"), gateway(*l, u)))
+                .collect();
+            let got: Vec<String> = unserved_vips(&map)
+                .keys()
+                .map(|ip| ip.to_string())
+                .collect();
+            assert_eq!(got, want, "{gws:?}");
+        }
     }
 }

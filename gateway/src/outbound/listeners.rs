@@ -2,7 +2,7 @@
 //! reconciled whenever the routing table changes (a new import starts listening, a removed one
 //! stops; connections already open finish).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
@@ -72,6 +72,11 @@ pub(super) async fn serve_local<IO>(
     .await;
 }
 
+/// VIP addresses that could not be bound on any of their ports: address -> (the service, as
+/// `<svc>.<ns>`, and the bind error). Reported to the federation, whose DNS then stops answering
+/// an address no gateway serves.
+pub type UnboundVips = BTreeMap<IpAddr, (String, String)>;
+
 /// The VIP listeners currently open.
 pub struct VipListeners {
     outbound: Arc<Outbound>,
@@ -127,12 +132,36 @@ impl VipListeners {
                 Err(e) => {
                     let reason = e.to_string();
                     if self.failed.get(&key) != Some(&reason) {
-                        tracing::warn!(vip = %ip, port = port.port, error = %reason, "cannot listen on a service VIP (is the VIP range a local address here?); the proxy port still serves it");
+                        // One warning per address: a range that is not local fails every port
+                        // of every service in it the same way.
+                        let first = !self.failed.keys().any(|(failed, _)| *failed == ip);
+                        if first {
+                            tracing::warn!(vip = %ip, port = port.port, error = %reason, "cannot listen on a service VIP (is the VIP range a local address here?); the proxy port still serves it, and the federation's DNS leaves out an address no gateway could bind");
+                        } else {
+                            tracing::debug!(vip = %ip, port = port.port, error = %reason, "cannot listen on a service VIP");
+                        }
                         self.failed.insert(key, reason);
                     }
                 }
             }
         }
+    }
+
+    /// The addresses of `snap` with no listener open on any port and at least one bind that
+    /// failed (a port taken by another process on an address that works is not listed: the
+    /// address serves its other ports).
+    pub fn unbound(&self, snap: &Snapshot) -> UnboundVips {
+        let mut out = UnboundVips::new();
+        for ((ip, _), reason) in &self.failed {
+            if self.open.keys().any(|(open, _)| open == ip) {
+                continue;
+            }
+            if let Some(target) = snap.vips.get(ip) {
+                out.entry(*ip)
+                    .or_insert_with(|| (target.import.name.to_string(), reason.clone()));
+            }
+        }
+        out
     }
 
     pub fn open_count(&self) -> usize {
