@@ -4,6 +4,7 @@ mod admin_cmd;
 mod demo;
 mod dns_cmd;
 mod explain_cmd;
+mod kube_manifests;
 mod logging;
 mod sample;
 mod sample_client;
@@ -119,6 +120,11 @@ enum Command {
         /// Print JSON instead of words.
         #[arg(long, env = "ISTHMUS_JSON")]
         json: bool,
+    },
+    /// Running Isthmus on Kubernetes.
+    Kubernetes {
+        #[command(subcommand)]
+        op: kube_manifests::KubernetesOp,
     },
     /// The demo's sample services (HTTP echo, gRPC echo, TCP echo) for one cluster.
     #[command(hide = true)]
@@ -390,6 +396,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             })
             .await
         }
+        Command::Kubernetes { op } => kube_manifests::run(op),
         Command::Demo { dir, exit } => demo::run(dir, exit).await,
         Command::SampleBackends {
             cluster,
