@@ -26,11 +26,11 @@ const CLUSTERS: &[(&str, &str, &str)] = &[
     ("west", "us-west", "west.example.org"),
 ];
 
-fn kubernetes_dir() -> PathBuf {
+pub(crate) fn kubernetes_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes")
 }
 
-fn venv_tool(name: &str) -> PathBuf {
+pub(crate) fn venv_tool(name: &str) -> PathBuf {
     let home = std::env::var("HOME").expect("HOME");
     let tool = Path::new(&home).join(".cache/isthmus-venv/bin").join(name);
     assert!(
