@@ -274,3 +274,46 @@ fn the_gateway_config_is_valid() {
         Err(e) => panic!("{e}"),
     }
 }
+
+/// The compiled-in files are the base's: its kustomization lists the same resources, in the same
+/// order, and generates its ConfigMaps from the same config files.
+#[test]
+fn the_embedded_files_are_the_bases() {
+    let kustomization = yaml(include_str!(
+        "../../../deploy/kubernetes/base/kustomization.yaml"
+    ));
+    let listed: Vec<&str> = kustomization["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap())
+        .collect();
+    let embedded: Vec<&str> = RESOURCES.iter().map(|(file, _)| *file).collect();
+    assert_eq!(listed, embedded);
+    let generated: Vec<(String, Vec<String>)> = kustomization["configMapGenerator"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| {
+            let files = g["files"].as_array().unwrap();
+            let files = files.iter().map(|f| f.as_str().unwrap().to_string());
+            (g["name"].as_str().unwrap().to_string(), files.collect())
+        })
+        .collect();
+    assert_eq!(
+        generated,
+        [
+            (
+                "isthmus-federation".to_string(),
+                vec![
+                    "config/federation.yaml".to_string(),
+                    "config/catalog.yaml".to_string()
+                ]
+            ),
+            (
+                "isthmus-gateway".to_string(),
+                vec!["config/gateway.yaml".to_string()]
+            ),
+        ]
+    );
+}
