@@ -22,6 +22,8 @@ mod gateway_security;
 mod gateway_traffic;
 mod harness;
 mod hostile_peers;
+mod kubernetes_crds;
+mod kubernetes_manifests;
 mod policy_follows_open_streams;
 mod registry_lease;
 mod root_rotation;

@@ -6,6 +6,7 @@ mod config_reference;
 mod demo;
 mod dns_cmd;
 mod explain_cmd;
+mod kube_manifests;
 mod logging;
 mod sample;
 mod sample_client;
@@ -121,6 +122,11 @@ enum Command {
         /// Print JSON instead of words.
         #[arg(long, env = "ISTHMUS_JSON")]
         json: bool,
+    },
+    /// Running Isthmus on Kubernetes.
+    Kubernetes {
+        #[command(subcommand)]
+        op: kube_manifests::KubernetesOp,
     },
     /// Sample services to call across clusters: an HTTP echo, a gRPC echo and a TCP echo.
     ///
@@ -432,6 +438,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             })
             .await
         }
+        Command::Kubernetes { op } => kube_manifests::run(op),
         Command::Demo { dir, exit } => demo::run(dir, exit).await,
         Command::SampleBackends {
             cluster,
