@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::down::DownSignals;
 use crate::table::{Backend, ServiceName};
 
 /// Tuning of the detectors.
@@ -148,6 +149,18 @@ pub fn outlier_step(o: Outlier, ok: bool, cfg: &HealthConfig, now: Instant) -> O
     Outlier { consecutive, ..o }
 }
 
+/// Ends an ejection at `now` because the cluster returned from an outage (its gateways answer
+/// probes again after all were down): slow start runs from `now`, and the ejection count is
+/// forgotten, so the next real failure of the service starts again from the base ejection.
+pub fn end_ejection(now: Instant) -> Outlier {
+    Outlier {
+        consecutive: 0,
+        ejected_until: None,
+        ejections: 0,
+        returned_at: Some(now),
+    }
+}
+
 /// The share of its weight a recovering cluster gets: from 10 % right after it came back to
 /// 100 % after `slow_start`.
 pub fn slow_start_factor(since: Option<Instant>, now: Instant, slow_start: Duration) -> f64 {
@@ -273,6 +286,8 @@ pub fn verdict(
 #[derive(Debug, Default)]
 pub struct Health {
     pub config: HealthConfig,
+    /// Tells tries in flight when their gateway or cluster is judged down.
+    pub signals: DownSignals,
     gateways: Mutex<HashMap<Arc<str>, GatewayState>>,
     outliers: Mutex<HashMap<(ServiceName, Arc<str>), Outlier>>,
     /// Per cluster: whether any gateway answered in the last round, and since when.
@@ -300,16 +315,34 @@ impl Health {
         *s = probe_step(*s, ok, &self.config, now);
         if before != s.healthy {
             tracing::info!(gateway = %address, healthy = s.healthy, "peer gateway health changed");
+            if !s.healthy {
+                drop(g);
+                self.signals.gateway_down(address);
+            }
         }
     }
 
     /// After a probe round: whether any of `cluster`'s gateways answered. Clusters are never
     /// forgotten, so one that disappears and comes back still gets slow start.
+    /// A cluster that returns this way (all its gateways were down) also ends its ejections:
+    /// the failures that ejected it were the outage's, and probes say it serves again.
     pub fn cluster_observed(&self, cluster: &Arc<str>, up: bool) {
         let now = Instant::now();
-        let mut c = lock(&self.clusters);
-        let s = c.entry(cluster.clone()).or_default();
-        *s = cluster_step(*s, up, now);
+        let returned = {
+            let mut c = lock(&self.clusters);
+            let s = c.entry(cluster.clone()).or_default();
+            let before = *s;
+            *s = cluster_step(*s, up, now);
+            up && !before.up && before.seen_up
+        };
+        if returned {
+            for ((service, c), o) in lock(&self.outliers).iter_mut() {
+                if c == cluster && o.ejected(now) {
+                    *o = end_ejection(now);
+                    tracing::info!(%service, peer.cluster = %cluster, "ejection ended: the cluster's gateways answer probes again");
+                }
+            }
+        }
     }
 
     /// A request for `service` to `cluster` succeeded or failed.
@@ -324,6 +357,8 @@ impl Health {
         *s = outlier_step(*s, ok, &self.config, now);
         if !was && s.ejected(now) {
             tracing::warn!(%service, peer.cluster = %cluster, ejections = s.ejections, "cluster ejected for this service after consecutive failures");
+            drop(o);
+            self.signals.ejected(service, cluster);
         }
     }
 
@@ -401,6 +436,7 @@ impl Health {
     /// Forgets gateways no longer in the table.
     pub fn retain_gateways(&self, keep: impl Fn(&str) -> bool) {
         lock(&self.gateways).retain(|a, _| keep(a));
+        self.signals.retain_gateways(keep);
     }
 }
 
@@ -535,6 +571,71 @@ mod tests {
         };
         let v = verdict([up], false, Some(&ended), None, s, later);
         assert!((v.factor - 0.5).abs() < 1e-9, "{v:?}");
+    }
+
+    /// A try waiting on a gateway is told when probes judge it down, and one waiting on a
+    /// service is told when its cluster is ejected; a cluster whose gateways answer again after
+    /// an outage is back at once (its ejection ended, the count forgotten, slow start from now).
+    #[tokio::test(start_paused = true)]
+    async fn verdicts_wake_waiting_tries_and_a_return_ends_ejections() {
+        let h = Health::new(cfg());
+        let gw: Arc<str> = "10.0.0.1:15008".into();
+        let west: Arc<str> = "west".into();
+        let svc: ServiceName = "echo.demo".into();
+        let mut waiting = h.signals.watch(&gw, &svc, &west);
+        h.probed(&gw, true);
+        h.probed(&gw, false);
+        let quiet = tokio::time::timeout(Duration::from_millis(10), waiting.judged()).await;
+        assert!(quiet.is_err(), "one miss is no verdict");
+        h.probed(&gw, false);
+        assert_eq!(waiting.judged().await, crate::down::Judged::GatewayDown);
+        // Ejection while the gateway is fine: tries of that service are told.
+        let mut waiting = h.signals.watch(&gw, &svc, &west);
+        for _ in 0..cfg().outlier_failures {
+            h.outcome(&svc, &west, false);
+        }
+        assert_eq!(waiting.judged().await, crate::down::Judged::Ejected);
+        let backend = Backend {
+            cluster: west.clone(),
+            trust_domain: "west.mesh".into(),
+            region: "r".into(),
+            zone: "".into(),
+            gateways: vec![crate::table::PeerGateway {
+                name: "gw".into(),
+                address: gw.clone(),
+                zone: "".into(),
+            }],
+            healthy: 1,
+            weight: 1,
+            stale: false,
+            confirmed_at: Instant::now(),
+        };
+        let slow = Duration::from_secs(10);
+        h.cluster_observed(&west, true);
+        h.cluster_observed(&west, false);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let v = h.verdict(&svc, &backend, false, slow);
+        assert_eq!(v.reason, Some("ejected after consecutive failures"));
+        // The outage heals: probes pass, the cluster is back.
+        h.probed(&gw, true);
+        h.cluster_observed(&west, true);
+        let v = h.verdict(&svc, &backend, false, slow);
+        assert!(
+            v.healthy,
+            "still ejected after the gateways came back: {v:?}"
+        );
+        assert!(
+            (v.factor - 0.1).abs() < 1e-9,
+            "slow start from the return: {v:?}"
+        );
+        let o = lock(&h.outliers)[&(svc.clone(), west.clone())];
+        assert_eq!(o.ejections, 0, "the outage's ejections are forgotten");
+        // Without an outage (gateways answering throughout) an ejection runs its course.
+        for _ in 0..cfg().outlier_failures {
+            h.outcome(&svc, &west, false);
+        }
+        h.cluster_observed(&west, true);
+        assert!(!h.verdict(&svc, &backend, false, slow).healthy);
     }
 
     #[tokio::test(start_paused = true)]
