@@ -33,28 +33,28 @@ impl Judged {
     }
 }
 
+/// Signals by key; each counts the verdicts reached for its key.
+type Signals<K> = Mutex<HashMap<K, watch::Sender<u64>>>;
+
 /// One edge-triggered signal per peer gateway and per (service, cluster).
 #[derive(Debug, Default)]
 pub struct DownSignals {
-    gateways: Mutex<HashMap<Arc<str>, watch::Sender<u64>>>,
-    ejections: Mutex<HashMap<(ServiceName, Arc<str>), watch::Sender<u64>>>,
+    gateways: Signals<Arc<str>>,
+    ejections: Signals<(ServiceName, Arc<str>)>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn raise<K: std::hash::Hash + Eq>(map: &Mutex<HashMap<K, watch::Sender<u64>>>, key: &K) {
+fn raise<K: std::hash::Hash + Eq>(map: &Signals<K>, key: &K) {
     // No entry: no try ever waited there, so nobody is to be told.
     if let Some(tx) = lock(map).get(key) {
         tx.send_modify(|n| *n = n.wrapping_add(1));
     }
 }
 
-fn subscribe<K: std::hash::Hash + Eq + Clone>(
-    map: &Mutex<HashMap<K, watch::Sender<u64>>>,
-    key: &K,
-) -> watch::Receiver<u64> {
+fn subscribe<K: std::hash::Hash + Eq + Clone>(map: &Signals<K>, key: &K) -> watch::Receiver<u64> {
     let mut m = lock(map);
     match m.get(key) {
         Some(tx) => tx.subscribe(),

@@ -168,9 +168,9 @@ async fn a_replayable_request_waiting_on_a_cluster_judged_down_moves_on_at_once(
     let (outbound, snap, resolved, west) = east().await;
     let (order, policy) = outbound.plan(&snap, &resolved);
     assert_eq!(order[0].cluster.as_ref(), "west", "west is tried first");
-    let replay = crate::retry::prepare(request(Method::GET))
-        .ok()
-        .expect("a bodiless GET is kept for replay");
+    let Ok(replay) = crate::retry::prepare(request(Method::GET)) else {
+        panic!("a bodiless GET is kept for replay");
+    };
     let mut entry = Entry::new(false, Side::Outbound, "http", "east".into());
     let started = Instant::now();
     let send = outbound.send(
