@@ -148,6 +148,32 @@ async fn read_view(source: &ViewSource, seen: &mut Seen) -> anyhow::Result<Optio
     }
 }
 
+/// The verdicts this cluster's gateways reported, from the federation's `status` (each
+/// gateway's `health`: `"<cluster>:<ns>/<svc>": healthy`).
+async fn read_verdicts(socket: &Path) -> anyhow::Result<Verdicts> {
+    let status = isthmus_federation::admin::admin_call(
+        socket,
+        "status",
+        &serde_json::Value::Null,
+        Duration::from_secs(5),
+    )
+    .await
+    .with_context(|| format!("asking {} for status", socket.display()))?;
+    Ok(verdicts_from_status(&status))
+}
+
+fn verdicts_from_status(status: &serde_json::Value) -> Verdicts {
+    let reports: Vec<(String, bool)> = status["gateways"]
+        .as_object()
+        .into_iter()
+        .flat_map(|gws| gws.values())
+        .filter_map(|g| g["health"].as_object())
+        .flat_map(|h| h.iter())
+        .filter_map(|(k, v)| Some((k.clone(), v.as_bool()?)))
+        .collect();
+    Verdicts::from_gateway_reports(reports.iter().map(|(k, v)| (k, v)))
+}
+
 /// `isthmus dns`: serve DNS on its own until SIGTERM/SIGINT.
 pub async fn run_standalone(
     config: &Path,
@@ -178,7 +204,7 @@ pub async fn run_standalone(
         .await?
         .context("no mesh view to serve")?;
     let (views_tx, views) = watch::channel(Arc::new(first));
-    let (_verdicts_tx, verdicts) = watch::channel(Arc::new(Verdicts::default()));
+    let (verdicts_tx, verdicts) = watch::channel(Arc::new(Verdicts::default()));
     let metrics = DnsMetrics::default();
     let server = DnsServer::start(
         &dns,
@@ -231,6 +257,25 @@ pub async fn run_standalone(
                     "reading the mesh view failed; still serving the last one"
                 ),
             }
+            // Gateways' verdicts, as the federation holds them: per-cluster and GSLB answers
+            // follow them exactly as they do inside `isthmus federation`.
+            if let ViewSource::AdminSocket(socket) = &source {
+                match read_verdicts(socket).await {
+                    Ok(latest) => {
+                        verdicts_tx.send_if_modified(|cur| {
+                            let changed = **cur != latest;
+                            if changed {
+                                *cur = Arc::new(latest);
+                            }
+                            changed
+                        });
+                    }
+                    Err(e) => tracing::warn!(
+                        error = %format!("{e:#}"),
+                        "reading gateway verdicts failed; keeping the last ones"
+                    ),
+                }
+            }
         }
     };
     tokio::select! {
@@ -240,4 +285,41 @@ pub async fn run_standalone(
     let _ = stop_tx.send(true);
     server.shutdown().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use isthmus_federation::node::GatewayInfo;
+
+    use super::*;
+
+    /// The verdicts read from `status` are the ones the gateways reported, in the shape the
+    /// federation really serializes them.
+    #[test]
+    fn verdicts_come_from_the_gateways_reports_in_status() {
+        let report = |entries: &[(&str, bool)]| GatewayInfo {
+            health: entries
+                .iter()
+                .map(|(k, v)| (k.to_string(), *v))
+                .collect::<BTreeMap<_, _>>(),
+            ..GatewayInfo::default()
+        };
+        let status = json!({ "gateways": {
+            "gw-1": report(&[("west:demo/echo", false), ("south:demo/echo", true)]),
+            "gw-2": report(&[("south:shop/cart", false)]),
+        }});
+        let v = verdicts_from_status(&status);
+        let says = |cluster: &str, key: &str| {
+            v.says_unhealthy(
+                &cluster.parse().expect("cluster"),
+                &isthmus_federation::model::ServiceKey::parse(key).expect("key"),
+            )
+        };
+        assert!(says("west", "demo/echo"));
+        assert!(says("south", "shop/cart"));
+        assert!(!says("south", "demo/echo"));
+        assert!(verdicts_from_status(&json!({})).is_empty());
+    }
 }

@@ -372,6 +372,18 @@ impl Node {
         let _ = child.wait().await;
     }
 
+    /// Sends `signal` (`STOP`, `CONT`) to the gateway: SIGSTOP hangs it with every socket open
+    /// (the kernel still accepts connections and acknowledges bytes; nothing answers).
+    pub fn signal_gateway(&self, signal: &str) {
+        let pid = self
+            .gw
+            .as_ref()
+            .and_then(Child::id)
+            .unwrap_or_else(|| self.fail("no gateway"));
+        run("kill", &[&format!("-{signal}"), &pid.to_string()])
+            .unwrap_or_else(|e| self.fail(&format!("kill -{signal} the gateway: {e:#}")));
+    }
+
     /// Starts `isthmus sample-backends` (HTTP on 127.0.0.10:18080) in this namespace.
     pub async fn start_backends(&mut self) {
         let mut cmd = self.isthmus();

@@ -45,6 +45,11 @@ pub struct Entry {
     pub peer: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upstream: Option<String>,
+    /// The exchange failed after its status went to the client: the response body was cut
+    /// (the client's connection or stream was reset). `status` is what the client was told
+    /// first; `reason` says what happened.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub failed: bool,
     /// Why the gateway answered itself, failed over, or refused.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -122,6 +127,7 @@ impl Entry {
             duration_ms: 0.0,
             peer: None,
             upstream: None,
+            failed: false,
             reason: None,
             failed_over_from: Vec::new(),
             caller: None,
@@ -143,6 +149,16 @@ impl Entry {
             counters: self.counters.clone(),
             direction,
         }
+    }
+
+    /// Records that the response was cut after its headers were sent, and why.
+    pub fn cut(&mut self, why: &str) {
+        self.failed = true;
+        let cut = format!("the response was cut after its headers were sent: {why}");
+        self.reason = Some(match self.reason.take() {
+            Some(earlier) => format!("{earlier}; then {cut}"),
+            None => cut,
+        });
     }
 
     /// Writes the line now.

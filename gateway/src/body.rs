@@ -203,12 +203,23 @@ where
     }
 }
 
+/// How a counted body ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BodyEnd {
+    /// Read to its end.
+    Complete,
+    /// It failed while being read (an upstream that died mid-response): the reason.
+    Failed(String),
+    /// Dropped before its end (the reader went away).
+    Dropped,
+}
+
 /// Passes a body through, adding the size of every data frame to `counter`; `on_end` runs once
-/// when the body ends, fails or is dropped (the access log is written from there).
+/// when the body ends, fails or is dropped, told which (the access log is written from there).
 pub struct Counted<B> {
     inner: B,
     counter: Tally,
-    on_end: Option<Box<dyn FnOnce() + Send>>,
+    on_end: Option<Box<dyn FnOnce(BodyEnd) + Send>>,
     /// Applied to the trailers, when the body ends with some.
     trailers: Option<fn(&mut http::HeaderMap)>,
 }
@@ -230,27 +241,28 @@ impl<B> Counted<B> {
         self
     }
 
-    pub fn on_end(mut self, f: impl FnOnce() + Send + 'static) -> Self {
+    pub fn on_end(mut self, f: impl FnOnce(BodyEnd) + Send + 'static) -> Self {
         self.on_end = Some(Box::new(f));
         self
     }
 
-    fn finish(&mut self) {
+    fn finish(&mut self, end: BodyEnd) {
         if let Some(f) = self.on_end.take() {
-            f();
+            f(end);
         }
     }
 }
 
 impl<B> Drop for Counted<B> {
     fn drop(&mut self) {
-        self.finish();
+        self.finish(BodyEnd::Dropped);
     }
 }
 
 impl<B> HttpBody for Counted<B>
 where
     B: HttpBody<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
 {
     type Data = Bytes;
     type Error = B::Error;
@@ -269,7 +281,11 @@ where
                     filter(trailers);
                 }
             }
-            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => self.finish(),
+            Poll::Ready(None) => self.finish(BodyEnd::Complete),
+            Poll::Ready(Some(Err(e))) => {
+                let reason = e.to_string();
+                self.finish(BodyEnd::Failed(reason));
+            }
             Poll::Pending => {}
         }
         polled
@@ -355,6 +371,50 @@ mod tests {
                 .bytes_in
                 .load(std::sync::atomic::Ordering::Relaxed),
             5
+        );
+    }
+
+    /// A body that fails mid-way reports why, one that ends reports it, one dropped unread says
+    /// so: each exactly once.
+    #[tokio::test]
+    async fn a_counted_body_reports_how_it_ended() {
+        let ends = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let entry = || {
+            crate::accesslog::Entry::new(
+                false,
+                crate::accesslog::Side::Outbound,
+                "http",
+                "e".into(),
+            )
+        };
+        let counted = |frames: Vec<Result<Frame<Bytes>, std::io::Error>>| {
+            let ends = ends.clone();
+            Counted::new(
+                http_body_util::StreamBody::new(futures_util::stream::iter(frames)),
+                entry().tally(crate::accesslog::Direction::Out),
+            )
+            .on_end(move |end| ends.lock().expect("ends").push(end))
+        };
+        let cut = counted(vec![
+            Ok(Frame::data(Bytes::from_static(b"part"))),
+            Err(std::io::Error::other("peer reset the stream")),
+        ]);
+        assert!(
+            cut.collect().await.is_err(),
+            "the failure reaches the reader"
+        );
+        let whole = counted(vec![Ok(Frame::data(Bytes::from_static(b"all")))]);
+        assert!(whole.collect().await.is_ok());
+        drop(counted(vec![Ok(Frame::data(Bytes::from_static(
+            b"unread",
+        )))]));
+        assert_eq!(
+            *ends.lock().expect("ends"),
+            [
+                BodyEnd::Failed("peer reset the stream".into()),
+                BodyEnd::Complete,
+                BodyEnd::Dropped
+            ]
         );
     }
 

@@ -13,6 +13,9 @@ use isthmus_federation::config::Listener;
 use isthmus_federation::duration;
 use serde::{Deserialize, Serialize};
 
+mod health;
+pub use health::HealthSettings;
+
 /// The largest HTTP/2 flow-control window (2^31 - 1).
 const MAX_WINDOW: u32 = (1 << 31) - 1;
 
@@ -58,6 +61,9 @@ pub struct GatewayConfig {
     /// Where the calling workload's identity may come from (DESIGN: caller identity).
     #[serde(default)]
     pub identity: IdentityConfig,
+    /// Probes, ejections and the failover defaults of per-service policy.
+    #[serde(default)]
+    pub health: HealthSettings,
 }
 
 /// Sources of the calling workload's identity besides local mTLS.
@@ -377,6 +383,7 @@ impl GatewayConfig {
             }
         }
         self.identity.trusted_ranges()?;
+        self.health.validate()?;
         Ok(())
     }
 
@@ -481,6 +488,31 @@ mod tests {
                 format!("{MINIMAL}identity:\n  trusted: [127.0.0.5/32]\n"),
                 "trusted",
             ),
+            (
+                format!("{MINIMAL}health:\n  probe_interval: 0s\n"),
+                "health.probe_interval",
+            ),
+            (
+                format!("{MINIMAL}health:\n  probe_misses: 0\n"),
+                "health.probe_misses",
+            ),
+            (
+                format!("{MINIMAL}health:\n  outlier_failures: 0\n"),
+                "health.outlier_failures",
+            ),
+            (
+                format!("{MINIMAL}health:\n  base_ejection: 10s\n  max_ejection: 5s\n"),
+                "health.max_ejection",
+            ),
+            (
+                format!("{MINIMAL}health:\n  per_try_timeout: 0s\n"),
+                "health.per_try_timeout",
+            ),
+            (
+                format!("{MINIMAL}health:\n  probe_timeout: soon\n"),
+                "probe_timeout",
+            ),
+            (format!("{MINIMAL}health:\n  probes: 3\n"), "probes"),
         ];
         for (text, field) in cases {
             let err = GatewayConfig::from_yaml("gw.yaml", &text)
@@ -500,6 +532,34 @@ mod tests {
         assert_eq!(cfg.listen.admin, default_admin());
         assert_eq!(cfg.drain_timeout, default_drain());
         assert_eq!(cfg.registration_ttl, default_lease());
+        assert_eq!(cfg.health, HealthSettings::default());
+    }
+
+    /// The `health:` section defaults to what docs/failover.md lists, and what it sets reaches
+    /// the detectors and the policy every service starts from.
+    #[test]
+    fn health_settings_default_to_the_documented_values_and_reach_their_users() {
+        let cfg = GatewayConfig::from_yaml("gw.yaml", MINIMAL).expect("valid");
+        let h = &cfg.health;
+        assert_eq!(
+            (h.probe_interval, h.probe_timeout, h.probe_misses),
+            (d(1), d(1), 2)
+        );
+        assert_eq!(
+            (h.outlier_failures, h.base_ejection, h.max_ejection),
+            (3, d(5), d(60))
+        );
+        assert_eq!((h.slow_start, h.per_try_timeout), (d(10), d(15)));
+        let text = format!(
+            "{MINIMAL}health:\n  probe_interval: 500ms\n  probe_misses: 3\n  slow_start: 0s\n  per_try_timeout: 2s\n"
+        );
+        let cfg = GatewayConfig::from_yaml("gw.yaml", &text).expect("valid");
+        let detectors = cfg.health.detectors(d(7));
+        assert_eq!(detectors.probe_interval, Duration::from_millis(500));
+        assert_eq!(detectors.probe_failures, 3);
+        assert_eq!(detectors.stale_grace, d(7));
+        let policy = cfg.health.policy_defaults();
+        assert_eq!((policy.slow_start, policy.per_try_timeout), (d(0), d(2)));
     }
 
     #[test]

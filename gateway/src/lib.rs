@@ -14,6 +14,7 @@ pub mod cancel;
 pub mod coalesce;
 pub mod config;
 pub mod control;
+pub mod down;
 pub mod explain;
 pub mod fair;
 pub mod h1guard;

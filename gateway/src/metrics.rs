@@ -153,6 +153,16 @@ pub struct Metrics {
     pub closed_by_policy: Family<ClosedLabels, Counter>,
     /// Connections refused or closed for lack of slots, by listener and reason.
     pub connections_refused: Family<RefusalLabels, Counter>,
+    /// Tries in flight whose gateway or cluster was judged down while they waited, by what
+    /// became of their request (`moved`: sent on at once; `failed`: not idempotent).
+    pub tries_judged_down: Family<ResultLabels, Counter>,
+    /// Responses whose body was cut after their headers went to the client, by side.
+    pub responses_cut: Family<SideLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SideLabels {
+    pub side: &'static str,
 }
 
 /// The index in [`CLASSES`] of a status code's class (anything outside 100..=599 counts as 5xx).
@@ -189,6 +199,20 @@ impl Metrics {
             .get_or_create(&ShadowLabels {
                 service: service.clone(),
                 outcome,
+            })
+            .inc();
+    }
+
+    pub fn try_judged_down(&self, result: &'static str) {
+        self.tries_judged_down
+            .get_or_create(&ResultLabels { result })
+            .inc();
+    }
+
+    pub fn response_cut(&self, side: Side) {
+        self.responses_cut
+            .get_or_create(&SideLabels {
+                side: side_label(side),
             })
             .inc();
     }
@@ -303,6 +327,16 @@ impl Metrics {
             "connections_refused",
             "Connections a listener refused or closed for lack of slots, by listener (proxy, vip, inbound) and reason (source_limit: the source holds limits.max_connections_per_source; listener_full: every slot taken; evicted: the oldest connection of the source holding the most, closed to make room for another source)",
             self.connections_refused.clone(),
+        );
+        r.register(
+            "tries_judged_down",
+            "Tries in flight whose peer gateway or cluster was judged down while they waited, by result (moved: sent on at once; failed: not idempotent, answered 502)",
+            self.tries_judged_down.clone(),
+        );
+        r.register(
+            "responses_cut",
+            "Responses whose body failed after their headers were sent to the client (the client's connection or stream is reset), by side",
+            self.responses_cut.clone(),
         );
         r.register(
             "rate_limited",

@@ -25,8 +25,17 @@ pub struct Policies {
 }
 
 impl Policies {
-    /// Builds from `name -> JSON document`.
+    /// Builds from `name -> JSON document`, every service starting from the built-in defaults.
     pub fn build<'a>(docs: impl IntoIterator<Item = (&'a String, &'a String)>) -> Self {
+        Self::build_on(&ServicePolicy::default(), docs)
+    }
+
+    /// Builds from `name -> JSON document`, every service starting from `defaults` (the
+    /// gateway config's) before the documents apply.
+    pub fn build_on<'a>(
+        defaults: &ServicePolicy,
+        docs: impl IntoIterator<Item = (&'a String, &'a String)>,
+    ) -> Self {
         let mut out = Policies::default();
         for (name, json) in docs {
             let parsed = serde_json::from_str::<serde_json::Value>(json)
@@ -43,7 +52,7 @@ impl Policies {
                 }
             }
         }
-        let mut fallback = ServicePolicy::default();
+        let mut fallback = defaults.clone();
         for doc in out.documents.iter().filter(|d| d.is_wildcard()) {
             doc.apply_to(&mut fallback);
         }
@@ -114,6 +123,27 @@ mod tests {
         assert_eq!(e.slow_start, Duration::from_secs(30));
         assert_eq!(e.max_requests, 7);
         assert_eq!(**p.for_service("other.demo"), ServicePolicy::default());
+    }
+
+    /// The gateway config's defaults are what a service gets unless its documents say more.
+    #[test]
+    fn the_gateways_defaults_apply_where_documents_are_silent() {
+        let defaults = ServicePolicy {
+            per_try_timeout: Duration::from_secs(2),
+            slow_start: Duration::from_secs(3),
+            ..ServicePolicy::default()
+        };
+        let map: BTreeMap<String, String> = [(
+            "a".to_string(),
+            r#"{"services":["demo/echo"],"retry":{"per_try_timeout":"500ms"}}"#.to_string(),
+        )]
+        .into_iter()
+        .collect();
+        let p = Policies::build_on(&defaults, &map);
+        let e = p.for_service("echo.demo");
+        assert_eq!(e.per_try_timeout, Duration::from_millis(500));
+        assert_eq!(e.slow_start, Duration::from_secs(3));
+        assert_eq!(**p.for_service("other.demo"), defaults);
     }
 
     #[test]

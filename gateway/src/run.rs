@@ -18,7 +18,7 @@ use crate::accesslog::Side;
 use crate::config::GatewayConfig;
 use crate::control::{ControlClient, ControlError};
 use crate::fair::FairLimit;
-use crate::health::{Health, HealthConfig};
+use crate::health::Health;
 use crate::inbound::{Backends, Inbound};
 use crate::live::LiveSet;
 use crate::metrics::Metrics;
@@ -157,7 +157,12 @@ pub async fn start(cfg: GatewayConfig) -> Result<Running, StartError> {
     let (tx, table) = watch::channel(Arc::new(Snapshot::default()));
     let (drain_tx, drain) = Drain::new();
     let mut tasks = vec![
-        tokio::spawn(sync::config_stream(client.clone(), tx, metrics.clone())),
+        tokio::spawn(sync::config_stream(
+            client.clone(),
+            tx,
+            metrics.clone(),
+            cfg.health.policy_defaults(),
+        )),
         tokio::spawn(sync::renew_certificates(client.clone(), metrics.clone())),
         tokio::spawn(sync::register(
             client.clone(),
@@ -191,10 +196,7 @@ pub async fn start(cfg: GatewayConfig) -> Result<Running, StartError> {
         cfg.limits.clone(),
     ));
     let backends = Arc::new(Backends::new(cfg.limits.clone()));
-    let health = Arc::new(Health::new(HealthConfig {
-        stale_grace: cfg.stale_grace,
-        ..HealthConfig::default()
-    }));
+    let health = Arc::new(Health::new(cfg.health.detectors(cfg.stale_grace)));
     tasks.push(tokio::spawn(crate::probe::run(
         table.clone(),
         pool.clone(),

@@ -62,8 +62,9 @@ pub async fn config_stream(
     client: Arc<ControlClient>,
     tx: watch::Sender<Arc<Snapshot>>,
     metrics: Arc<Metrics>,
+    policy_defaults: crate::policy::ServicePolicy,
 ) {
-    let mut builder = TableBuilder::default();
+    let mut builder = TableBuilder::with_policy_defaults(policy_defaults);
     let mut backoff = Duration::ZERO;
     loop {
         let known = tx.borrow().version;

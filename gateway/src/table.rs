@@ -302,9 +302,19 @@ pub struct TableBuilder {
     bundles: BTreeMap<String, proto::TrustBundle>,
     peers: BTreeMap<String, proto::PeerInfo>,
     policies: BTreeMap<String, String>,
+    /// What every service's policy starts from (the gateway config's `health:` defaults).
+    policy_defaults: crate::policy::ServicePolicy,
 }
 
 impl TableBuilder {
+    /// A builder whose services' policies start from `defaults` before their documents apply.
+    pub fn with_policy_defaults(defaults: crate::policy::ServicePolicy) -> Self {
+        Self {
+            policy_defaults: defaults,
+            ..Self::default()
+        }
+    }
+
     /// Applies one message; returns the new snapshot when a version is complete.
     pub fn apply(&mut self, msg: proto::GatewayConfig) -> Option<Snapshot> {
         // The first part of a snapshot (it carries the header) starts over, whatever a broken
@@ -372,7 +382,7 @@ impl TableBuilder {
             zone: self.header.zone.as_str().into(),
             bundles: self.bundles.values().cloned().collect(),
             policies: self.policies.clone(),
-            traffic: crate::policy::Policies::build(&self.policies),
+            traffic: crate::policy::Policies::build_on(&self.policy_defaults, &self.policies),
             exports: self.exports.clone(),
             ..Default::default()
         };

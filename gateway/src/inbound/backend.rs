@@ -227,12 +227,16 @@ impl Backends {
         let grpc = crate::retry::is_grpc(&parts.headers);
         let give_back = connection.map(|c| (self.h1.clone(), c));
         let revocable = Revocable::new(incoming, ending, grpc);
-        let counted = Counted::new(revocable, entry.tally(Direction::Out)).on_end(move || {
+        let metrics = metrics.clone();
+        let counted = Counted::new(revocable, entry.tally(Direction::Out)).on_end(move |end| {
             if let Some((pool, sender)) = give_back {
                 pool.check_in(endpoint, sender);
             }
             if let Some(closed) = held.closed() {
                 entry.reason = Some(closed.to_string());
+            } else if let crate::body::BodyEnd::Failed(why) = end {
+                metrics.response_cut(entry.side);
+                entry.cut(&format!("the local endpoint's body failed: {why}"));
             }
             drop(held);
             entry.finish();

@@ -20,6 +20,9 @@
 mod client;
 mod connect;
 mod forward;
+mod send;
+#[cfg(test)]
+mod send_tests;
 mod shadow;
 pub(crate) use forward::websocket_accept;
 pub mod listeners;
