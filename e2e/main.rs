@@ -24,6 +24,7 @@ mod harness;
 mod hostile_peers;
 mod kubernetes_crds;
 mod kubernetes_manifests;
+mod operator_cli;
 mod policy_follows_open_streams;
 mod registry_lease;
 mod root_rotation;

@@ -77,7 +77,7 @@ async fn root_rotation_keeps_the_link() {
     assert_eq!(status["roots"], 1, "{status}");
     assert_eq!(status["rotation"], "Idle", "{status}");
 
-    let out = east.cli_ok(&["ca", "rotate"]).await;
+    let out = east.cli_ok(&["ca", "rotate", "--json"]).await;
     let rotated: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
     assert_eq!(rotated["roots"], 2, "{rotated}");
     let new_root_seq = rotated["bundle_sequence"]
@@ -108,7 +108,7 @@ async fn root_rotation_keeps_the_link() {
 
     // Past the longest leaf lifetime since the switch, the old root can go.
     watch_link(&east, &west, connects, Duration::from_secs(5), None).await;
-    let out = east.cli_ok(&["ca", "retire"]).await;
+    let out = east.cli_ok(&["ca", "retire", "--json"]).await;
     assert!(out.contains("roots"), "ca retire printed {out}");
     let status = east.admin("ca.status", Value::Null).await;
     assert_eq!(status["roots"], 1, "{status}");

@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use serde_json::{Value, json};
 
-use crate::Target;
+use crate::{Target, render};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -28,48 +28,37 @@ pub async fn call(target: &Target, op: &str, body: Value) -> anyhow::Result<Valu
     Ok(isthmus_federation::admin::admin_call(&socket, op, &body, TIMEOUT).await?)
 }
 
+/// Calls `op` and prints the answer: the JSON as the socket gave it with `--json`, else in words
+/// (see [`crate::render`]).
 pub async fn call_and_print(target: &Target, op: &str, body: Value) -> anyhow::Result<()> {
     let value = call(target, op, body).await?;
     if target.json {
         println!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(());
     }
+    print!("{}", words(op, &value, render::now_ms()));
+    Ok(())
+}
+
+/// An answer in words.
+fn words(op: &str, value: &Value, now_ms: i64) -> String {
     match op {
-        "peering.token" => println!("{}", value["token"].as_str().unwrap_or_default()),
-        "peering.list" => print_peers(
+        "status" => render::status::render(value, now_ms),
+        "catalog" => render::catalog::render(value, now_ms),
+        "peering.token" => format!("{}\n", value["token"].as_str().unwrap_or_default()),
+        "peering.list" => render::peering::list(
             value["peers"]
                 .as_array()
                 .map(Vec::as_slice)
                 .unwrap_or_default(),
         ),
-        _ => println!("{}", serde_json::to_string_pretty(&value)?),
-    }
-    Ok(())
-}
-
-fn print_peers(peers: &[Value]) {
-    // Values are turned into text first: `Value`'s Display ignores width and alignment.
-    let text = |v: &Value| match v {
-        Value::String(s) => s.clone(),
-        Value::Null => "-".to_string(),
-        other => other.to_string(),
-    };
-    println!(
-        "{:<12} {:<24} {:<13} {:>8} {:>8} {:>10} {:>8} {:>6}",
-        "PEER", "TRUST DOMAIN", "STATE", "OFFERED", "IMPORTED", "AGE(ms)", "VERSION", "LAG"
-    );
-    for p in peers {
-        println!(
-            "{:<12} {:<24} {:<13} {:>8} {:>8} {:>10} {:>8} {:>6}",
-            text(&p["cluster"]),
-            text(&p["trust_domain"]),
-            text(&p["state"]),
-            text(&p["their_catalog"]["services"]),
-            text(&p["their_catalog"]["imported"]),
-            text(&p["their_catalog"]["age_ms"]),
-            text(&p["their_catalog"]["version"]),
-            text(&p["our_catalog"]["lag"]),
-        );
+        "peering.show" => render::peering::show(value),
+        "peering.establish" | "peering.remove" => render::peering::done(op, value),
+        "gateway.list" => render::gateway::list(&value["gateways"]),
+        "gateway.revoke" => render::gateway::revoked(value),
+        "ca.status" | "ca.rotate" | "ca.retire" => render::ca::status(value),
+        // Every operation has words above; JSON for one added without them.
+        _ => format!("{value:#}\n"),
     }
 }
 

@@ -1,6 +1,7 @@
 //! `isthmus`: the one binary. Thin wiring only: every subcommand calls into the component crates.
 
 mod admin_cmd;
+mod catalog_cmd;
 #[cfg(test)]
 mod config_reference;
 mod demo;
@@ -8,6 +9,7 @@ mod dns_cmd;
 mod explain_cmd;
 mod kube_manifests;
 mod logging;
+mod render;
 mod sample;
 mod sample_client;
 
@@ -80,10 +82,13 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
-    /// The merged mesh view (every clusterset service with its clusters and VIPs).
+    /// The merged mesh view (every clusterset service with its clusters and VIPs), or
+    /// `catalog check <file>` to validate a catalog file before saving it.
     Catalog {
         #[command(flatten)]
         target: Target,
+        #[command(subcommand)]
+        op: Option<CatalogOp>,
     },
     /// The cluster CA.
     Ca {
@@ -237,6 +242,18 @@ enum PeeringOp {
 }
 
 #[derive(Subcommand)]
+enum CatalogOp {
+    /// Validate a catalog file with the federation's own checks, without a federation: prints
+    /// `ok: N exports, M imports, K policies`, or every problem with its field path. Exit code 0
+    /// valid, 1 refused, 2 unreadable.
+    Check {
+        /// The catalog file (YAML or JSON).
+        #[arg(env = "ISTHMUS_CATALOG_FILE")]
+        file: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
 enum CaOp {
     /// Print a fresh key-encryption key (for ISTHMUS_KEK).
     Kek,
@@ -341,7 +358,7 @@ fn main() -> std::process::ExitCode {
         .context("starting the runtime")
         .and_then(|runtime| runtime.block_on(run(cli)));
     match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             // The message chain, never a backtrace: every error says what to do next.
             eprintln!("error: {e:#}");
@@ -350,9 +367,9 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     use serde_json::json;
-    match cli.command {
+    let done = match cli.command {
         Command::Federation { config } => run_federation(config).await,
         Command::Dns {
             config,
@@ -377,7 +394,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status { target } => {
             admin_cmd::call_and_print(&target, "status", json!(null)).await
         }
-        Command::Catalog { target } => {
+        Command::Catalog {
+            target,
+            op: Some(CatalogOp::Check { file }),
+        } => return catalog_cmd::check(&file, target.json).await,
+        Command::Catalog { target, op: None } => {
             admin_cmd::call_and_print(&target, "catalog", json!(null)).await
         }
         Command::Ca { target, op } => match op {
@@ -462,7 +483,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             })
             .await
         }
-    }
+    };
+    done.map(|()| std::process::ExitCode::SUCCESS)
 }
 
 async fn run_federation(config: PathBuf) -> anyhow::Result<()> {

@@ -53,7 +53,7 @@ fuzz_target!(|data: &[u8]| {
             // The field, not the reason: the catalog reads the document from JSON text again,
             // and serde_json's float parsing is not exact (a number in the reason may differ in
             // its last digit).
-            let field = format!("policies.{NAME}.{}", e.field);
+            let field = e.catalog_path();
             assert!(
                 err.to_string().contains(&field),
                 "catalog error {err} does not name {field}"

@@ -188,13 +188,15 @@ async fn remove_stale_socket(path: &Path) -> Result<(), AdminError> {
     };
     if !meta.file_type().is_socket() {
         return Err(AdminError::Conflict(format!(
-            "{shown} exists and is not a socket; refusing to replace it: remove it or choose another --admin-socket"
+            "{shown} exists and is not a socket; refusing to replace it: remove it or choose another \
+             `listen.admin_socket` in the federation config"
         )));
     }
     match UnixStream::connect(path).await {
         Ok(_live) => Err(AdminError::Conflict(format!(
             "another process is serving the admin socket {shown}: is another `isthmus federation` \
-             running with this --data-dir? Stop it, or choose another --admin-socket"
+             running with this `data_dir`? Stop it, or choose another `listen.admin_socket` in the \
+             federation config"
         ))),
         Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
             std::fs::remove_file(path).map_err(|e| {
@@ -214,15 +216,17 @@ async fn remove_stale_socket(path: &Path) -> Result<(), AdminError> {
 fn bind_error(path: &Path, e: &io::Error) -> AdminError {
     let shown = path.display();
     let hint = match e.kind() {
-        io::ErrorKind::NotFound => "create its directory first (normally the --data-dir)",
+        io::ErrorKind::NotFound => "create its directory first (normally the config's `data_dir`)",
         io::ErrorKind::PermissionDenied => "run as the user that owns its directory",
         io::ErrorKind::AddrInUse => {
             return AdminError::Conflict(format!(
-                "{shown} was created by another process just now: is another `isthmus federation` starting with this --data-dir?"
+                "{shown} was created by another process just now: is another `isthmus federation` starting with this `data_dir`?"
             ));
         }
         // Linux limits socket paths to 107 bytes.
-        io::ErrorKind::InvalidInput => "choose a shorter --admin-socket path (at most 107 bytes)",
+        io::ErrorKind::InvalidInput => {
+            "choose a shorter `listen.admin_socket` path in the federation config (at most 107 bytes)"
+        }
         _ => "check the path and its directory",
     };
     AdminError::Internal(format!(
@@ -419,7 +423,7 @@ mod tests {
                             "store not ready: retry in a few seconds".into(),
                         ),
                         Some("internal") => {
-                            AdminError::Internal("disk full: free space in --data-dir".into())
+                            AdminError::Internal("disk full: free space in the data_dir".into())
                         }
                         _ => AdminError::NotFound("no such peer".into()),
                     }),

@@ -287,6 +287,36 @@ pub enum CatalogError {
 }
 
 impl CatalogError {
+    /// The field path of the problem, when it is in one field (`exports[0] (shop/cart).ports`,
+    /// `policies.canary.split.weights.east`).
+    pub fn field(&self) -> Option<&str> {
+        match self {
+            CatalogError::Invalid { field, .. } => Some(field),
+            _ => None,
+        }
+    }
+
+    /// What is wrong with that field, without the file, line and field (see [`Self::field`]).
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            CatalogError::Invalid { reason, .. } => Some(reason),
+            _ => None,
+        }
+    }
+
+    /// The line the problem is on, when known.
+    pub fn line(&self) -> Option<u64> {
+        match self {
+            CatalogError::Invalid { line, .. } => (*line > 0).then_some(*line),
+            _ => None,
+        }
+    }
+
+    /// Whether the file could not be read at all (as opposed to read and refused).
+    pub fn is_unreadable(&self) -> bool {
+        matches!(self, CatalogError::Read { .. })
+    }
+
     /// Attaches the file the text came from.
     pub fn with_path(self, file: &Path) -> Self {
         match self {
@@ -430,9 +460,32 @@ pub fn parse_catalog(text: &str) -> Result<CatalogFile, CatalogError> {
     check_document(read_document(text)?)
 }
 
+/// Like [`parse_catalog`] (the same reading and checks, accepting exactly what it accepts), but
+/// lists every problem the checks find rather than stopping at the first: `isthmus catalog
+/// check`. A document that does not read (syntax, shape, types) is one problem.
+pub fn parse_catalog_listing_all(text: &str) -> Result<CatalogFile, Vec<CatalogError>> {
+    check_document_with(read_document(text).map_err(|e| vec![e])?, true)
+}
+
 /// Validates what [`read_document`] read (entries known valid are not checked again; duplicates
 /// are checked across all of them).
 pub(super) fn check_document(raw: Located) -> Result<CatalogFile, CatalogError> {
+    check_document_with(raw, false).map_err(|mut errors| errors.swap_remove(0))
+}
+
+/// [`check_document`], stopping at the first problem unless `all`; the error list is never
+/// empty.
+fn check_document_with(raw: Located, all: bool) -> Result<CatalogFile, Vec<CatalogError>> {
+    let mut errors = Vec::new();
+    // Records a problem; stops at the first one unless every problem is wanted.
+    macro_rules! refuse {
+        ($e:expr) => {{
+            errors.push($e);
+            if !all {
+                return Err(errors);
+            }
+        }};
+    }
     let invalid = |line: u64, field: String, reason: String| CatalogError::Invalid {
         path: None,
         line,
@@ -446,18 +499,16 @@ pub(super) fn check_document(raw: Located) -> Result<CatalogFile, CatalogError> 
     for (i, (line, export, valid)) in raw.exports.iter().enumerate() {
         let line = *line;
         let key = || export.key();
-        if !valid {
-            export.validate().map_err(|e| {
-                invalid(
-                    line,
-                    format!("exports[{i}] ({}).{}", key(), e.field),
-                    e.reason,
-                )
-            })?;
+        if !valid && let Err(e) = export.validate() {
+            refuse!(invalid(
+                line,
+                format!("exports[{i}] ({}).{}", key(), e.field),
+                e.reason,
+            ));
         }
         if let Some(first) = seen.insert((export.namespace.as_str(), export.name.as_str()), line) {
             let key = key();
-            return Err(invalid(
+            refuse!(invalid(
                 line,
                 format!("exports[{i}] ({key})"),
                 format!("{key} is already exported at line {first}; merge the two entries"),
@@ -469,14 +520,14 @@ pub(super) fn check_document(raw: Located) -> Result<CatalogFile, CatalogError> 
     let mut imports = Vec::new();
     for (i, (line, rule)) in raw.imports.into_iter().enumerate() {
         if rule.namespaces.is_empty() {
-            return Err(invalid(
+            refuse!(invalid(
                 line,
                 format!("imports[{i}].namespaces"),
                 "an empty list imports nothing; list namespaces or use [\"*\"]".to_owned(),
             ));
         }
         if rule.services.as_ref().is_some_and(Vec::is_empty) {
-            return Err(invalid(
+            refuse!(invalid(
                 line,
                 format!("imports[{i}].services"),
                 "an empty list imports nothing; list service names or omit services".to_owned(),
@@ -486,12 +537,13 @@ pub(super) fn check_document(raw: Located) -> Result<CatalogFile, CatalogError> 
     }
 
     // Policies are checked here, with the gateways' own parser, so a bad one never ships.
-    if let Err(e) = crate::model::policy::parse_all(&raw.policies) {
-        return Err(invalid(
-            0,
-            format!("policies.{}.{}", e.document, e.field),
-            e.reason,
-        ));
+    for (name, doc) in &raw.policies {
+        if let Err(e) = crate::model::policy::parse(name, doc) {
+            refuse!(invalid(0, e.catalog_path(), e.reason));
+        }
+    }
+    if !errors.is_empty() {
+        return Err(errors);
     }
     Ok(CatalogFile {
         exports,
@@ -645,6 +697,9 @@ policies:
             ("two documents", "exports: []\n---\nexports: []\n".into(), &["multiple"]),
             ("bad policy", "policies:\n  canary:\n    services: [shop/cart]\n    split: {weights: {east: 0}}\n".into(), &["policies.canary.split.weights", "above 0"]),
             ("policy typo", "policies:\n  canary:\n    services: [shop/cart]\n    splt: {}\n".into(), &["policies.canary.splt"]),
+            ("policy wrong type", "policies:\n  echo-split:\n    services: [shop/cart]\n    split: {weights: {east: half}}\n".into(), &["policies.echo-split.split.weights.east: invalid type"]),
+            ("policy nested typo", "policies:\n  x:\n    services: [shop/cart]\n    split: {weights: {east: 1}, cluster_heder: true}\n".into(), &["policies.x.split.cluster_heder: unknown field"]),
+            ("policy not a mapping", "policies:\n  x: 3\n".into(), &["policies.x: invalid type", "policy document"]),
         ];
         for (what, text, wants) in cases {
             let err = match parse_catalog(&text) {
@@ -656,6 +711,38 @@ policies:
             }
             assert!(err.contains("fix"), "{what}: says what to do:\n{err}");
         }
+    }
+
+    #[test]
+    fn listing_all_problems_accepts_what_the_federation_accepts() {
+        let text = "exports:\n  - namespace: shop\n    name: cart\n    ports: [{port: 0, protocol: http}]\n  - namespace: shop\n    name: cart\n    ports: [{port: 80, protocol: http}]\nimports:\n  - peer: west\n    namespaces: []\npolicies:\n  p: {services: [a/b], split: {weights: {east: half}}}\n";
+        let first = parse_catalog(text).expect_err("bad").to_string();
+        let all = parse_catalog_listing_all(text).expect_err("bad");
+        let fields: Vec<&str> = all.iter().filter_map(CatalogError::field).collect();
+        assert_eq!(
+            fields,
+            [
+                "exports[0] (shop/cart).ports",
+                "exports[1] (shop/cart)",
+                "imports[0].namespaces",
+                "policies.p.split.weights.east"
+            ]
+        );
+        assert_eq!(
+            all[0].to_string(),
+            first,
+            "the first problem is the federation's"
+        );
+        assert_eq!(
+            parse_catalog_listing_all(GOOD).expect("good"),
+            parse_catalog(GOOD).expect("good")
+        );
+        assert_eq!(
+            parse_catalog_listing_all("exports: [\n")
+                .expect_err("syntax")
+                .len(),
+            1
+        );
     }
 
     #[test]

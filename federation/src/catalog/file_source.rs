@@ -11,17 +11,18 @@
 //! withdraw every export, empty the file instead.
 
 use std::io::ErrorKind;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use ring::digest::{Digest, SHA256, digest};
+use serde::Serialize;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 
-use super::file::{CatalogError, CatalogFile};
+use super::file::{CatalogError, CatalogFile, parse_catalog_listing_all};
 use super::incremental::CatalogParser;
 
 /// How often the file is checked unless configured otherwise.
@@ -48,13 +49,64 @@ pub struct FileSourceStats {
     pub reload_failures: AtomicU64,
 }
 
+/// The edit on disk that was refused (malformed, unreadable, deleted), while it is the file's
+/// latest state: published when it is refused, cleared when a good edit replaces it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Refusal {
+    /// When it was refused (Unix ms).
+    pub at_ms: i64,
+    /// The field path of the problem (`exports[2] (shop/cart).ports`,
+    /// `policies.canary.split.weights.east`), when the problem is in one field.
+    pub field: Option<String>,
+    /// The line it starts on, when known (YAML).
+    pub line: Option<u64>,
+    /// What is wrong with `field`, when there is one.
+    pub reason: Option<String>,
+    /// The whole error (file, line, field, reason), saying what to fix.
+    pub message: String,
+}
+
+impl Refusal {
+    fn new(problem: &Problem) -> Self {
+        let at_ms = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        Refusal {
+            at_ms,
+            field: problem.field.clone(),
+            line: problem.line,
+            reason: problem.reason.clone(),
+            message: problem.message.clone(),
+        }
+    }
+}
+
 /// A running catalog file watcher.
 #[derive(Debug)]
 pub struct FileSource {
     /// The current catalog. The watcher stops when every clone of this receiver is dropped.
     pub catalog: watch::Receiver<Arc<CatalogFile>>,
+    /// The refused edit now on disk, if any (see [`Refusal`]).
+    pub refusal: watch::Receiver<Option<Arc<Refusal>>>,
     pub stats: Arc<FileSourceStats>,
     pub task: JoinHandle<()>,
+}
+
+/// Reads, parses and validates a catalog file as the federation does at start and on every edit
+/// (the same size limit, UTF-8 check, reading and checks; it accepts exactly what the federation
+/// accepts), listing every problem found: `isthmus catalog check`. A missing file is an error
+/// here (the federation would start with an empty catalog).
+pub async fn check_file(path: &Path) -> Result<CatalogFile, Vec<CatalogError>> {
+    let poller = Poller::new(path.to_owned());
+    match poller.read().await.map_err(|e| vec![e])? {
+        Read::Content(_, text) => parse_catalog_listing_all(&text)
+            .map_err(|errors| errors.into_iter().map(|e| e.with_path(path)).collect()),
+        // `Unchanged` needs an earlier read, and this poller has none.
+        Read::Missing | Read::Unchanged => Err(vec![CatalogError::Read {
+            path: path.to_owned(),
+            source: std::io::Error::new(ErrorKind::NotFound, "no such file"),
+        }]),
+    }
 }
 
 impl FileSource {
@@ -63,13 +115,7 @@ impl FileSource {
     /// A missing file is an empty catalog (with a warning) that fills in once the file appears;
     /// an unreadable, oversized or malformed file is an error.
     pub async fn start(path: PathBuf, poll: Duration) -> Result<FileSource, CatalogError> {
-        let mut poller = Poller {
-            path,
-            seen: None,
-            current: Arc::default(),
-            problem: None,
-            parser: CatalogParser::default(),
-        };
+        let mut poller = Poller::new(path);
         match poller.read().await? {
             Read::Missing => {
                 tracing::warn!(
@@ -97,32 +143,39 @@ impl FileSource {
             Read::Unchanged => {}
         }
         let (tx, catalog) = watch::channel(poller.current.clone());
+        let (refusal_tx, refusal) = watch::channel(None);
         let stats = Arc::new(FileSourceStats::default());
         let task = tokio::spawn(run(
             poller,
-            tx,
+            Outputs {
+                catalog: tx,
+                refusal: refusal_tx,
+                stats: stats.clone(),
+            },
             poll.max(Duration::from_millis(10)),
-            stats.clone(),
         ));
         Ok(FileSource {
             catalog,
+            refusal,
             stats,
             task,
         })
     }
 }
 
-async fn run(
-    mut poller: Poller,
-    tx: watch::Sender<Arc<CatalogFile>>,
-    poll: Duration,
+/// Where the watcher publishes.
+struct Outputs {
+    catalog: watch::Sender<Arc<CatalogFile>>,
+    refusal: watch::Sender<Option<Arc<Refusal>>>,
     stats: Arc<FileSourceStats>,
-) {
+}
+
+async fn run(mut poller: Poller, out: Outputs, poll: Duration) {
     let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + poll, poll);
     interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = tx.closed() => return,
+            _ = out.catalog.closed() => return,
             _ = interval.tick() => {}
         }
         match poller.poll().await {
@@ -133,22 +186,58 @@ async fn run(
                     imports = catalog.imports.len(),
                     "catalog file changed; new catalog published"
                 );
-                stats.reloads.fetch_add(1, Ordering::Relaxed);
-                tx.send_replace(catalog);
+                out.stats.reloads.fetch_add(1, Ordering::Relaxed);
+                out.catalog.send_replace(catalog);
             }
             Ok(None) => {}
             Err(problem) => {
-                // Logged and counted once per distinct problem, not at every poll.
+                // Logged, counted and published once per distinct problem, not at every poll:
+                // when it happens, not at the next good edit.
                 if poller.problem.as_ref() != Some(&problem) {
                     tracing::warn!(
                         path = %poller.path.display(),
-                        error = %problem,
+                        error = %problem.message,
                         "catalog file not reloaded; keeping the last good catalog"
                     );
-                    stats.reload_failures.fetch_add(1, Ordering::Relaxed);
+                    out.stats.reload_failures.fetch_add(1, Ordering::Relaxed);
+                    out.refusal
+                        .send_replace(Some(Arc::new(Refusal::new(&problem))));
                     poller.problem = Some(problem);
                 }
             }
+        }
+        // A good edit (even one back to the catalog in force) replaces the refusal.
+        if poller.problem.is_none() {
+            out.refusal.send_if_modified(|r| r.take().is_some());
+        }
+    }
+}
+
+/// Why the file on disk is not the catalog in force.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Problem {
+    field: Option<String>,
+    line: Option<u64>,
+    reason: Option<String>,
+    message: String,
+}
+
+impl Problem {
+    fn of(e: &CatalogError) -> Self {
+        Problem {
+            field: e.field().map(str::to_owned),
+            line: e.line(),
+            reason: e.reason().map(str::to_owned),
+            message: e.to_string(),
+        }
+    }
+
+    fn message(message: String) -> Self {
+        Problem {
+            field: None,
+            line: None,
+            reason: None,
+            message,
         }
     }
 }
@@ -179,26 +268,36 @@ struct Poller {
     seen: Option<Seen>,
     current: Arc<CatalogFile>,
     /// The problem last reported, so it is reported once.
-    problem: Option<String>,
+    problem: Option<Problem>,
     /// Remembers the last document, so an edit re-parses only the entries it changed.
     parser: CatalogParser,
 }
 
 impl Poller {
+    fn new(path: PathBuf) -> Self {
+        Poller {
+            path,
+            seen: None,
+            current: Arc::default(),
+            problem: None,
+            parser: CatalogParser::default(),
+        }
+    }
+
     /// One poll: `Ok(Some)` = publish this new catalog; `Err` = a problem to report.
-    async fn poll(&mut self) -> Result<Option<Arc<CatalogFile>>, String> {
+    async fn poll(&mut self) -> Result<Option<Arc<CatalogFile>>, Problem> {
         let started = std::time::Instant::now();
-        let read = self.read().await.map_err(|e| e.to_string())?;
+        let read = self.read().await.map_err(|e| Problem::of(&e))?;
         let (seen, text) = match read {
             Read::Unchanged => return Ok(None),
             Read::Missing => {
                 let was = self.seen.replace(Seen::Missing);
                 if matches!(was, Some(Seen::Content { .. })) {
-                    return Err(format!(
+                    return Err(Problem::message(format!(
                         "catalog file {} disappeared; to withdraw every export, leave the file \
                          empty instead of deleting it",
                         self.path.display()
-                    ));
+                    )));
                 }
                 return Ok(None);
             }
@@ -221,7 +320,7 @@ impl Poller {
         };
         if !same_content && same_inode {
             tokio::time::sleep(SETTLE).await;
-            let again = self.read().await.map_err(|e| e.to_string())?;
+            let again = self.read().await.map_err(|e| Problem::of(&e))?;
             let settled = match (&again, &seen) {
                 (
                     Read::Content(Seen::Content { digest: a, .. }, _),
@@ -242,7 +341,7 @@ impl Poller {
         let parsed = self
             .parser
             .parse(&text)
-            .map_err(|e| e.with_path(&self.path).to_string())?;
+            .map_err(|e| Problem::of(&e.with_path(&self.path)))?;
         self.problem = None;
         if parsed == *self.current {
             return Ok(None);
@@ -328,195 +427,5 @@ fn sha256(bytes: &[u8]) -> [u8; 32] {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::path::Path;
-    use std::time::Instant;
-
-    const POLL: Duration = Duration::from_millis(50);
-    const DEADLINE: Duration = Duration::from_secs(5);
-
-    fn catalog_with(names: &[&str]) -> String {
-        let mut text = String::from("exports:\n");
-        for name in names {
-            text.push_str(&format!(
-                "  - namespace: shop\n    name: {name}\n    ports: [{{port: 80, protocol: http}}]\n"
-            ));
-        }
-        text
-    }
-
-    fn names(catalog: &CatalogFile) -> Vec<String> {
-        catalog.exports.iter().map(|e| e.name.to_string()).collect()
-    }
-
-    /// Writes like an editor that replaces the file: write a temp file, rename over.
-    fn replace(path: &Path, text: &str) {
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, text).expect("write temp");
-        std::fs::rename(&tmp, path).expect("rename");
-    }
-
-    async fn wait_for(
-        rx: &mut watch::Receiver<Arc<CatalogFile>>,
-        want: &[&str],
-    ) -> Arc<CatalogFile> {
-        let started = Instant::now();
-        let got = tokio::time::timeout(DEADLINE, rx.wait_for(|c| names(c) == want))
-            .await
-            .unwrap_or_else(|_| panic!("catalog {want:?} not published within {DEADLINE:?}"))
-            .expect("watcher alive")
-            .clone();
-        assert!(started.elapsed() < DEADLINE);
-        got
-    }
-
-    #[tokio::test]
-    async fn a_half_written_file_is_never_published() {
-        use std::io::Write as _;
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("catalog.yaml");
-        std::fs::write(&path, catalog_with(&["a0", "b", "c"])).expect("write");
-        let source = FileSource::start(path.clone(), Duration::from_millis(5))
-            .await
-            .expect("start");
-        let mut rx = source.catalog.clone();
-        let sizes = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let collected = sizes.clone();
-        let collector = tokio::spawn(async move {
-            while rx.changed().await.is_ok() {
-                let n = rx.borrow_and_update().exports.len();
-                collected.lock().expect("lock").push(n);
-            }
-        });
-        // Rewrite in place with a visible gap: truncate, pause, write. A poller that trusts
-        // one read publishes the empty file as "export nothing".
-        for i in 1..=8 {
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .truncate(true)
-                .open(&path)
-                .expect("open");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            f.write_all(catalog_with(&[&format!("a{i}"), "b", "c"]).as_bytes())
-                .expect("write");
-            drop(f);
-            tokio::time::sleep(Duration::from_millis(150)).await;
-        }
-        let mut rx = source.catalog.clone();
-        let last = tokio::time::timeout(
-            DEADLINE,
-            rx.wait_for(|c| names(c).contains(&"a8".to_string())),
-        )
-        .await
-        .expect("the last edit is published")
-        .expect("watcher alive")
-        .clone();
-        assert_eq!(last.exports.len(), 3);
-        collector.abort();
-        let sizes = sizes.lock().expect("lock").clone();
-        assert!(!sizes.is_empty(), "no edit was published at all");
-        assert!(
-            sizes.iter().all(|n| *n == 3),
-            "a half-written catalog was published: {sizes:?}"
-        );
-    }
-
-    #[tokio::test]
-    async fn edits_publish_broken_edits_keep_the_last_good_catalog() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("catalog.yaml");
-        std::fs::write(&path, catalog_with(&["cart"])).expect("write");
-        let mut source = FileSource::start(path.clone(), POLL).await.expect("start");
-        assert_eq!(names(&source.catalog.borrow()), ["cart"]);
-
-        // An in-place edit of the same size within the same second is still seen (hash).
-        std::fs::write(&path, catalog_with(&["cars"])).expect("write");
-        wait_for(&mut source.catalog, &["cars"]).await;
-
-        replace(&path, &catalog_with(&["cart", "stock"]));
-        wait_for(&mut source.catalog, &["cart", "stock"]).await;
-        let reloads = source.stats.reloads.load(Ordering::Relaxed);
-        assert_eq!(reloads, 2);
-
-        // Broken edit: counted once, last good catalog kept.
-        replace(&path, "exports:\n  - namespace: shop\n    nmae: cart\n");
-        let started = Instant::now();
-        while source.stats.reload_failures.load(Ordering::Relaxed) == 0 {
-            assert!(started.elapsed() < DEADLINE, "broken edit not noticed");
-            tokio::time::sleep(POLL).await;
-        }
-        tokio::time::sleep(POLL * 5).await;
-        assert_eq!(
-            source.stats.reload_failures.load(Ordering::Relaxed),
-            1,
-            "counted once"
-        );
-        assert_eq!(names(&source.catalog.borrow()), ["cart", "stock"]);
-        assert!(
-            !source.catalog.has_changed().expect("alive"),
-            "nothing published"
-        );
-
-        // Fixed again: published.
-        replace(&path, &catalog_with(&["stock"]));
-        wait_for(&mut source.catalog, &["stock"]).await;
-
-        // Deleted: the last good catalog stays, the problem is counted.
-        std::fs::remove_file(&path).expect("remove");
-        let started = Instant::now();
-        while source.stats.reload_failures.load(Ordering::Relaxed) < 2 {
-            assert!(started.elapsed() < DEADLINE, "deletion not noticed");
-            tokio::time::sleep(POLL).await;
-        }
-        assert_eq!(names(&source.catalog.borrow()), ["stock"]);
-
-        // Stops when the receiver is dropped.
-        let task = source.task;
-        drop(source.catalog);
-        tokio::time::timeout(DEADLINE, task)
-            .await
-            .expect("stops")
-            .expect("no panic");
-    }
-
-    #[tokio::test]
-    async fn missing_file_is_empty_until_created() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("catalog.yaml");
-        let mut source = FileSource::start(path.clone(), POLL).await.expect("start");
-        assert_eq!(
-            *source.catalog.borrow_and_update().clone(),
-            CatalogFile::default()
-        );
-        replace(&path, &catalog_with(&["cart"]));
-        wait_for(&mut source.catalog, &["cart"]).await;
-        assert_eq!(source.stats.reload_failures.load(Ordering::Relaxed), 0);
-    }
-
-    #[tokio::test]
-    async fn malformed_file_at_start_is_an_error() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("catalog.yaml");
-        std::fs::write(&path, "exports: [\n").expect("write");
-        let err = FileSource::start(path.clone(), POLL)
-            .await
-            .expect_err("must refuse");
-        let msg = err.to_string();
-        assert!(
-            msg.contains(&path.display().to_string()) && msg.contains("line 1"),
-            "{msg}"
-        );
-
-        std::fs::write(&path, [0xff, 0xfe, b'\n']).expect("write");
-        let err = FileSource::start(path.clone(), POLL)
-            .await
-            .expect_err("not utf-8");
-        assert!(err.to_string().contains("UTF-8"), "{err}");
-
-        let err = FileSource::start(dir.path().to_owned(), POLL)
-            .await
-            .expect_err("a directory");
-        assert!(matches!(err, CatalogError::Read { .. }), "{err}");
-    }
-}
+#[path = "file_source_tests.rs"]
+mod tests;

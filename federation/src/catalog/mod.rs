@@ -35,8 +35,10 @@ pub mod incremental;
 pub mod registry;
 mod registry_view;
 
-pub use file::{CatalogError, CatalogFile, ExportSpec, FieldError, parse_catalog};
-pub use file_source::{DEFAULT_POLL, FileSource, FileSourceStats};
+pub use file::{
+    CatalogError, CatalogFile, ExportSpec, FieldError, parse_catalog, parse_catalog_listing_all,
+};
+pub use file_source::{DEFAULT_POLL, FileSource, FileSourceStats, Refusal, check_file};
 pub use incremental::CatalogParser;
 pub use registry::{Denied, RegistryConfig, RegistryError, RegistryService, RegistryStats};
 pub use registry_view::{REGISTRY_PREFIX, RegisteredEndpoints, Registration};

@@ -374,6 +374,12 @@ async fn status(node: &Node, bound: &Bound) -> Value {
         // A catalog change not applied yet (the store failed; retried with backoff), and the
         // last edit refused whole.
         "catalog_apply": apply,
+        // The catalog file, and its edit on disk when that was refused as malformed (until a
+        // good edit replaces it): when, which field, the whole message.
+        "catalog_file": {
+            "path": node.cfg.catalog.file,
+            "last_refused": apply.file_refused,
+        },
         // Why some stored state is not served (e.g. services without VIPs), if any.
         "degraded": degraded.map(|reason| json!({
             "reason": reason,

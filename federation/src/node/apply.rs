@@ -14,7 +14,7 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::catalog::{CatalogFile, FileSourceStats, RegisteredEndpoints};
+use crate::catalog::{CatalogFile, FileSourceStats, Refusal, RegisteredEndpoints};
 use crate::model::ServiceKey;
 use crate::node::state::StateError;
 use crate::node::{Node, now_ms};
@@ -35,6 +35,16 @@ pub struct ApplyStatus {
     /// since when.
     pub last_refused: Option<String>,
     pub last_refused_at_ms: Option<i64>,
+    /// The catalog file edit on disk that could not be read (malformed, unreadable, deleted),
+    /// until a good edit replaces it; `isthmus status` shows it as `catalog_file.last_refused`.
+    #[serde(skip)]
+    pub file_refused: Option<Arc<Refusal>>,
+}
+
+/// The catalog file source, for [`follow_sources`]: its counters and its refusals.
+pub struct FileWatch {
+    pub stats: Arc<FileSourceStats>,
+    pub refusal: watch::Receiver<Option<Arc<Refusal>>>,
 }
 
 /// Routes still to recompute after a failed attempt (the local part of a change may be stored
@@ -50,8 +60,13 @@ pub async fn follow_sources(
     node: Arc<Node>,
     mut file: watch::Receiver<Arc<CatalogFile>>,
     mut registered: watch::Receiver<Arc<RegisteredEndpoints>>,
-    stats: Option<Arc<FileSourceStats>>,
+    source: Option<FileWatch>,
 ) {
+    let (stats, mut refusals) = match source {
+        Some(FileWatch { stats, refusal }) => (Some(stats), refusal),
+        // No file: a channel that never changes.
+        None => (None, watch::channel(None).1),
+    };
     let mut stop = node.shutdown.clone();
     let mut unrouted = Unrouted::default();
     let mut backoff = RETRY_MIN;
@@ -65,6 +80,16 @@ pub async fn follow_sources(
             r = registered.changed() => if r.is_err() { return },
             _ = tokio::time::sleep_until(wake), if retry_at.is_some() => {}
             _ = stop.changed() => return,
+            // A malformed edit publishes no catalog: it is shown and counted when it happens.
+            r = refusals.changed() => {
+                if r.is_err() {
+                    return;
+                }
+                let refused = refusals.borrow_and_update().clone();
+                node.apply_status().file_refused = refused;
+                count_reload_failures(&node, stats.as_deref(), refused_edits);
+                continue;
+            }
         }
 
         let next = file.borrow_and_update().clone();
@@ -102,14 +127,16 @@ pub async fn follow_sources(
                 backoff = (backoff * 2).min(RETRY_MAX);
             }
         }
-        // Malformed edits (the file source) and edits refused for what they need, alike.
-        let malformed = stats
-            .as_ref()
-            .map_or(0, |s| s.reload_failures.load(Ordering::Relaxed));
-        node.metrics
-            .catalog_reload_failures
-            .set(i64::try_from(malformed + refused_edits).unwrap_or(i64::MAX));
+        count_reload_failures(&node, stats.as_deref(), refused_edits);
     }
+}
+
+/// Malformed edits (counted by the file source) and edits refused for what they need, alike.
+fn count_reload_failures(node: &Node, stats: Option<&FileSourceStats>, refused_edits: u64) {
+    let malformed = stats.map_or(0, |s| s.reload_failures.load(Ordering::Relaxed));
+    node.metrics
+        .catalog_reload_failures
+        .set(i64::try_from(malformed.saturating_add(refused_edits)).unwrap_or(i64::MAX));
 }
 
 /// Logs, counts and shows an edit refused whole.

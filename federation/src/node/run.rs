@@ -224,7 +224,11 @@ pub async fn start_with_metrics(
             let src = FileSource::start(path.clone(), cfg.catalog.poll_interval)
                 .await
                 .map_err(|e| StartError::Catalog(e.to_string()))?;
-            (src.catalog, Some(src.stats))
+            let watch = crate::node::apply::FileWatch {
+                stats: src.stats,
+                refusal: src.refusal,
+            };
+            (src.catalog, Some(watch))
         }
         None => (watch::channel(Arc::new(CatalogFile::default())).1, None),
     };
