@@ -52,19 +52,25 @@ async fn run(mut w: Watched, tx: watch::Sender<Arc<KubeExportSet>>, metrics: Exp
         w.changed.borrow_and_update();
         rebuild(&w, &tx, &metrics);
         tokio::select! {
-            r = w.changed.changed() => if r.is_err() { return },
+            batch = next_batch(&mut w.changed) => if batch.is_none() { return },
             _ = tx.closed() => return,
         }
-        let first = Instant::now();
-        loop {
-            let deadline = (Instant::now() + QUIET).min(first + MAX_DELAY);
-            tokio::select! {
-                r = w.changed.changed() => if r.is_err() { return },
-                _ = tokio::time::sleep_until(deadline) => break,
-            }
-            if Instant::now() >= first + MAX_DELAY {
-                break;
-            }
+    }
+}
+
+/// Waits for the next batch of changes: the first one, then until [`QUIET`] passes without
+/// another or [`MAX_DELAY`] has passed since the first. `None` when the channel closed.
+pub async fn next_batch(changed: &mut watch::Receiver<()>) -> Option<()> {
+    changed.changed().await.ok()?;
+    let first = Instant::now();
+    loop {
+        let deadline = (Instant::now() + QUIET).min(first + MAX_DELAY);
+        tokio::select! {
+            r = changed.changed() => r.ok()?,
+            _ = tokio::time::sleep_until(deadline) => return Some(()),
+        }
+        if Instant::now() >= first + MAX_DELAY {
+            return Some(());
         }
     }
 }
@@ -107,4 +113,42 @@ fn rebuild(w: &Watched, tx: &watch::Sender<Arc<KubeExportSet>>, metrics: &Export
     );
     metrics.publishes.inc();
     tx.send_replace(Arc::new(next));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Batches ended by `next_batch` while `every` apart changes arrive for `for_ms`.
+    async fn batches(every: Duration, for_ms: u64) -> Vec<u64> {
+        let (tx, mut rx) = watch::channel(());
+        let start = Instant::now();
+        let sender = tokio::spawn(async move {
+            while start.elapsed() < Duration::from_millis(for_ms) {
+                tx.send_replace(());
+                tokio::time::sleep(every).await;
+            }
+        });
+        let mut ends = Vec::new();
+        while next_batch(&mut rx).await.is_some() {
+            ends.push(start.elapsed().as_millis() as u64);
+        }
+        sender.await.expect("sender");
+        ends
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_steady_stream_is_published_once_a_second() {
+        // 60 changes 50 ms apart: one batch a second, then the tail.
+        let ends = batches(Duration::from_millis(50), 3_000).await;
+        assert!((3..=4).contains(&ends.len()), "{ends:?}");
+        assert!(ends[0] >= 1_000 && ends[0] < 1_100, "{ends:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn sparse_changes_go_out_after_the_quiet_window() {
+        let ends = batches(Duration::from_millis(400), 1_500).await;
+        assert_eq!(ends.len(), 4, "{ends:?}");
+        assert!(ends.iter().all(|e| (e % 400) >= 150 && (e % 400) < 200), "{ends:?}");
+    }
 }

@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::Api;
 use kube::api::PostParams;
 use tokio::sync::watch;
@@ -28,6 +28,9 @@ use super::source::QUIET;
 use super::watch::{RETRY_MAX, RETRY_MIN, Watched};
 use crate::kubernetes::mcs::{ServiceExport, ServiceExportStatus};
 use crate::model::{ClusterName, ServiceKey};
+
+/// The conditions last written over each object's resourceVersion.
+type Written = HashMap<ObjectKey, (String, Vec<Condition>)>;
 
 /// What the writer follows.
 pub struct StatusInputs {

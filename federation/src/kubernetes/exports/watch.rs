@@ -219,8 +219,3 @@ pub fn describe(e: &watcher::Error, resource: &str, scope: &str) -> String {
         None => format!("{verb} {resource} in {scope} failed"),
     }
 }
-
-/// For messages: `name` in the object's namespace.
-pub fn name_of<K: Resource>(o: &K) -> String {
-    format!("{}/{}", o.namespace().unwrap_or_default(), o.name_any())
-}
