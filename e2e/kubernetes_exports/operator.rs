@@ -37,13 +37,19 @@ impl Kubectl {
             .arg("--cache-dir")
             .arg(&self.cache)
             .args(args)
-            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("run kubectl");
         if let Some(text) = stdin {
             let mut pipe = child.stdin.take().expect("kubectl stdin");
-            pipe.write_all(text.as_bytes()).await.expect("write to kubectl");
+            pipe.write_all(text.as_bytes())
+                .await
+                .expect("write to kubectl");
             drop(pipe);
         }
         let out = child.wait_with_output().await.expect("wait for kubectl");
@@ -54,11 +60,13 @@ impl Kubectl {
         )
     }
 
-    /// `kubectl apply -f -` of `objects` (a List), failing the test when it fails.
+    /// `kubectl apply -f -` of `objects` (a stream of JSON documents), failing the test
+    /// when it fails.
     pub async fn apply(&self, objects: &[Value]) {
-        let list = json!({"apiVersion": "v1", "kind": "List", "items": objects});
-        let (ok, out, err) = self.run(&["apply", "-f", "-"], Some(&list.to_string())).await;
-        assert!(ok, "kubectl apply failed: {err}{out}\n{list:#}");
+        let docs: Vec<String> = objects.iter().map(Value::to_string).collect();
+        let stream = docs.join("\n");
+        let (ok, out, err) = self.run(&["apply", "-f", "-"], Some(&stream)).await;
+        assert!(ok, "kubectl apply failed: {err}{out}\n{stream}");
     }
 
     pub async fn delete(&self, kind: &str, ns: &str, name: &str) {

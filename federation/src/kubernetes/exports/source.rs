@@ -23,7 +23,7 @@ use super::set::{KubeExportSet, build_set};
 use super::watch::{Watched, start as start_watches};
 
 /// A rebuild waits for this long without a change...
-pub const QUIET: Duration = Duration::from_millis(150);
+pub const QUIET: Duration = Duration::from_millis(200);
 /// ...but no longer than this after the first change it carries.
 pub const MAX_DELAY: Duration = Duration::from_secs(1);
 
@@ -147,8 +147,13 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn sparse_changes_go_out_after_the_quiet_window() {
-        let ends = batches(Duration::from_millis(400), 1_500).await;
+        let ends = batches(Duration::from_millis(500), 1_900).await;
         assert_eq!(ends.len(), 4, "{ends:?}");
-        assert!(ends.iter().all(|e| (e % 400) >= 150 && (e % 400) < 200), "{ends:?}");
+        let quiet = QUIET.as_millis() as u64;
+        assert!(
+            ends.iter()
+                .all(|e| (e % 500) >= quiet && (e % 500) < quiet + 50),
+            "{ends:?}"
+        );
     }
 }

@@ -47,13 +47,7 @@ pub struct StatusInputs {
 pub async fn run_status_writer(mut i: StatusInputs) {
     // What we last wrote over each object's resourceVersion: skipped until the watch brings
     // the new version (else a pass in between would write the same thing again, and get 409).
-    let mut written: HashMap<
-        ObjectKey,
-        (
-            String,
-            Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
-        ),
-    > = HashMap::new();
+    let mut written = Written::new();
     let mut problem: Option<String> = None;
     let mut backoff = RETRY_MIN;
     loop {
@@ -78,17 +72,7 @@ pub async fn run_status_writer(mut i: StatusInputs) {
 }
 
 /// One pass over every ServiceExport; returns whether a write failed (retry later).
-async fn pass(
-    i: &StatusInputs,
-    written: &mut HashMap<
-        ObjectKey,
-        (
-            String,
-            Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
-        ),
-    >,
-    problem: &mut Option<String>,
-) -> bool {
+async fn pass(i: &StatusInputs, written: &mut Written, problem: &mut Option<String>) -> bool {
     let set = i.exports.borrow().clone();
     if !set.synced {
         return false;
