@@ -48,6 +48,9 @@ pub enum Propagation {
     Orphan,
 }
 
+/// The events after a resourceVersion, and a receiver for the ones to come.
+pub type Subscription = (Vec<Arc<Event>>, broadcast::Receiver<Arc<Event>>);
+
 type Key = (&'static str, &'static str, String, String);
 
 fn key(def: &ResourceDef, ns: Option<&str>, name: &str) -> Key {
@@ -171,10 +174,7 @@ impl Store {
 
     /// Events after `from` plus a receiver for the ones to come, taken atomically; 410 when
     /// `from` is older than the history.
-    pub fn subscribe(
-        &self,
-        from: u64,
-    ) -> Result<(Vec<Arc<Event>>, broadcast::Receiver<Arc<Event>>), ApiError> {
+    pub fn subscribe(&self, from: u64) -> Result<Subscription, ApiError> {
         if from < self.floor {
             return Err(ApiError::expired(format!(
                 "too old resource version: {from} ({})",
