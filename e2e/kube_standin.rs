@@ -4,4 +4,5 @@
 //! stand-in, so these pin the behaviour they rely on.
 
 mod kubectl;
+mod kubectl_writes;
 mod wire;

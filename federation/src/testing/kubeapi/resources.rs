@@ -49,8 +49,7 @@ impl ResourceDef {
 }
 
 const fn def(
-    group: &'static str,
-    version: &'static str,
+    (group, version): (&'static str, &'static str),
     resource: &'static str,
     singular: &'static str,
     kind: &'static str,
@@ -77,16 +76,16 @@ const fn def(
 /// strategic merge patch).
 #[rustfmt::skip]
 pub static RESOURCES: &[ResourceDef] = &[
-    def("", "v1", "namespaces", "namespace", "Namespace", false, &["ns"], (true, false, false, true)),
-    def("", "v1", "services", "service", "Service", true, &["svc"], (true, false, false, true)),
-    def("", "v1", "secrets", "secret", "Secret", true, &[], (false, false, false, true)),
-    def("", "v1", "configmaps", "configmap", "ConfigMap", true, &["cm"], (false, false, false, true)),
-    def("", "v1", "events", "event", "Event", true, &["ev"], (false, false, false, true)),
-    def("discovery.k8s.io", "v1", "endpointslices", "endpointslice", "EndpointSlice", true, &[], (false, true, false, true)),
-    def("multicluster.x-k8s.io", "v1alpha1", "serviceexports", "serviceexport", "ServiceExport", true, &["svcex"], (true, true, true, false)),
-    def("multicluster.x-k8s.io", "v1alpha1", "serviceimports", "serviceimport", "ServiceImport", true, &["svcim"], (true, true, true, false)),
-    def("coordination.k8s.io", "v1", "leases", "lease", "Lease", true, &[], (false, false, false, true)),
-    def("apiextensions.k8s.io", "v1", "customresourcedefinitions", "customresourcedefinition", "CustomResourceDefinition", false, &["crd", "crds"], (true, true, false, false)),
+    def(("", "v1"), "namespaces", "namespace", "Namespace", false, &["ns"], (true, false, false, true)),
+    def(("", "v1"), "services", "service", "Service", true, &["svc"], (true, false, false, true)),
+    def(("", "v1"), "secrets", "secret", "Secret", true, &[], (false, false, false, true)),
+    def(("", "v1"), "configmaps", "configmap", "ConfigMap", true, &["cm"], (false, false, false, true)),
+    def(("", "v1"), "events", "event", "Event", true, &["ev"], (false, false, false, true)),
+    def(("discovery.k8s.io", "v1"), "endpointslices", "endpointslice", "EndpointSlice", true, &[], (false, true, false, true)),
+    def(("multicluster.x-k8s.io", "v1alpha1"), "serviceexports", "serviceexport", "ServiceExport", true, &["svcex"], (true, true, true, false)),
+    def(("multicluster.x-k8s.io", "v1alpha1"), "serviceimports", "serviceimport", "ServiceImport", true, &["svcim"], (true, true, true, false)),
+    def(("coordination.k8s.io", "v1"), "leases", "lease", "Lease", true, &[], (false, false, false, true)),
+    def(("apiextensions.k8s.io", "v1"), "customresourcedefinitions", "customresourcedefinition", "CustomResourceDefinition", false, &["crd", "crds"], (true, true, false, false)),
 ];
 
 /// The type served at `group/version/resource`.

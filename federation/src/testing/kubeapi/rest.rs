@@ -90,7 +90,7 @@ pub fn handle(shared: &Shared, call: Call<'_>) -> Result<Response<Body>, ApiErro
                 let include = call.q.get("includeObject").map_or("", String::as_str);
                 return Ok(respond(
                     200,
-                    &table::table(t.def, &[obj.clone()], rv, None, include),
+                    &table::table(t.def, std::slice::from_ref(&obj), rv, None, include),
                 ));
             }
             Ok(respond(200, &obj))

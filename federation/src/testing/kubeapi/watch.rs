@@ -187,28 +187,18 @@ pub fn watch(
             return Ok(response);
         }
     };
-    let mut expire = shared.expire.subscribe();
-    let mut generation = shared.generation.subscribe();
-    let interval = *lock(&shared.bookmark_every);
+    let mut out = Sender {
+        tx,
+        seen: start,
+        filter,
+        bookmarks,
+        interval: *lock(&shared.bookmark_every),
+        timeout,
+        expire: shared.expire.subscribe(),
+        generation: shared.generation.subscribe(),
+    };
     tokio::spawn(async move {
-        let mut out = Sender {
-            tx,
-            seen: start,
-            filter,
-        };
-        let _ = out
-            .run(
-                initial,
-                initial_events,
-                backlog,
-                receiver,
-                bookmarks,
-                interval,
-                timeout,
-                &mut expire,
-                &mut generation,
-            )
-            .await;
+        let _ = out.run(initial, initial_events, backlog, receiver).await;
     });
     Ok(response)
 }
@@ -218,6 +208,12 @@ struct Sender {
     /// The newest resourceVersion this watch has passed (delivered or filtered out).
     seen: u64,
     filter: Filter,
+    /// `allowWatchBookmarks`.
+    bookmarks: bool,
+    interval: Duration,
+    timeout: Duration,
+    expire: tokio::sync::watch::Receiver<u64>,
+    generation: tokio::sync::watch::Receiver<u64>,
 }
 
 /// The client went away.
@@ -239,18 +235,12 @@ impl Sender {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn run(
         &mut self,
         initial: Vec<Value>,
         initial_events: bool,
         backlog: Vec<Arc<Event>>,
         mut receiver: broadcast::Receiver<Arc<Event>>,
-        bookmarks: bool,
-        interval: Duration,
-        timeout: Duration,
-        expire: &mut tokio::sync::watch::Receiver<u64>,
-        generation: &mut tokio::sync::watch::Receiver<u64>,
     ) -> Result<(), Gone> {
         for obj in initial.iter().filter(|o| self.filter.selector.matches(o)) {
             let line = self.filter.line("ADDED", obj);
@@ -263,8 +253,9 @@ impl Sender {
         for ev in &backlog {
             self.pass(ev).await?;
         }
-        let deadline = tokio::time::sleep(timeout);
+        let deadline = tokio::time::sleep(self.timeout);
         tokio::pin!(deadline);
+        let interval = self.interval;
         let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         loop {
             tokio::select! {
@@ -273,13 +264,13 @@ impl Sender {
                     // Fell behind or the store is gone: end the stream; the client resumes.
                     Err(_) => return Ok(()),
                 },
-                _ = ticker.tick(), if bookmarks => {
+                _ = ticker.tick(), if self.bookmarks => {
                     let line = self.filter.bookmark(self.seen, false);
                     self.send(&line).await?;
                 }
                 _ = &mut deadline => break,
-                _ = expire.changed() => break,
-                _ = generation.changed() => return Ok(()),
+                _ = self.expire.changed() => break,
+                _ = self.generation.changed() => return Ok(()),
                 _ = self.tx.closed() => return Err(Gone),
             }
         }
@@ -287,7 +278,7 @@ impl Sender {
         while let Ok(ev) = receiver.try_recv() {
             self.pass(&ev).await?;
         }
-        if bookmarks {
+        if self.bookmarks {
             let line = self.filter.bookmark(self.seen, false);
             self.send(&line).await?;
         }
