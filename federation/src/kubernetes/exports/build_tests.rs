@@ -32,12 +32,17 @@ fn http_service() -> Service {
         {"name": "http", "port": 80, "targetPort": "web", "appProtocol": "http"}]}))
 }
 
+/// An endpoint: ip, ready, serving, terminating, zone.
+type EpSpec<'a> = (
+    &'a str,
+    Option<bool>,
+    Option<bool>,
+    Option<bool>,
+    Option<&'a str>,
+);
+
 /// A slice with `ports` (name, number) and endpoints (ip, ready, serving, terminating, zone).
-fn slice(
-    name: &str,
-    ports: &[(&str, i32)],
-    eps: &[(&str, Option<bool>, Option<bool>, Option<bool>, Option<&str>)],
-) -> EndpointSlice {
+fn slice(name: &str, ports: &[(&str, i32)], eps: &[EpSpec<'_>]) -> EndpointSlice {
     let ports: Vec<Value> = ports
         .iter()
         .map(|(n, p)| json!({"name": n, "port": p, "protocol": "TCP"}))

@@ -17,13 +17,14 @@ use crate::catalog::parse_catalog;
 use crate::kubernetes::mcs::ServiceExport;
 use crate::model::{ClusterName, Protocol, ServiceKey, ServicePort};
 
-fn objects(
-    port: i32,
-) -> (
+/// ServiceExports, Services and EndpointSlices, as the watches hold them.
+type Objects = (
     Vec<Arc<ServiceExport>>,
     Vec<Arc<Service>>,
     Vec<Arc<EndpointSlice>>,
-) {
+);
+
+fn objects(port: i32) -> Objects {
     let se: ServiceExport =
         serde_json::from_value(json!({"metadata": {"namespace": "shop", "name": "cart"}})).unwrap();
     let orphan: ServiceExport =
