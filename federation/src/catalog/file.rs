@@ -90,6 +90,11 @@ pub struct ExportSpec {
     /// this service through the registry. `None` = one account named like the service.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub registrants: Option<Vec<String>>,
+    /// When the export began, when its source knows it (a ServiceExport's creation time, unix
+    /// ms): a service exported for the first time takes it as its first-export time, which MCS
+    /// conflict resolution compares. Never read from a catalog file.
+    #[serde(skip)]
+    pub exported_since_ms: Option<i64>,
 }
 
 impl ExportSpec {

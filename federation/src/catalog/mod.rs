@@ -17,13 +17,12 @@
 //!   in step with the store. The federation merges these endpoints into the file's exports with
 //!   [`ExportSpec::to_service`]. Authorization is the pure [`registry::authorize`].
 //!
-//! **Seam for Kubernetes (later).** A Kubernetes source (MCS `ServiceExport` + `Service` +
-//! `EndpointSlice`, watched with kube-rs) plugs in the same way: it builds [`ExportSpec`]s
-//! (ports from the Service, endpoints from ready EndpointSlices, `export_to`/metadata from
-//! ServiceExport annotations), checks each with [`ExportSpec::validate`], and publishes an
-//! `Arc<CatalogFile>`-shaped export set on its own watch channel. Whoever composes the
-//! federation combines the channels (exports from every source, imports and policies from the
-//! file); nothing downstream changes.
+//! **Kubernetes.** The Kubernetes source ([`crate::kubernetes::exports`]: MCS `ServiceExport` +
+//! `Service` + `EndpointSlice`, watched with kube-rs) plugs in the same way: it builds
+//! [`ExportSpec`]s, checks each with [`ExportSpec::validate`], and publishes its export set on
+//! its own watch channel; it is merged with the file's exports into one `Arc<CatalogFile>`
+//! channel before the federation applies it (imports and policies from the file alone), so
+//! nothing downstream changes.
 //!
 //! What this module must not do: talk to peers, allocate VIPs, or decide routing. It produces
 //! local exports and nothing else; the store is used only for the registry's leased records

@@ -3,6 +3,7 @@
 //! - [`config`]: the `kubernetes:` config section (always compiled).
 //! - [`client`]: a `kube::Client` from a kubeconfig file or the pod's service account.
 //! - [`mcs`]: the `multicluster.x-k8s.io/v1alpha1` types `ServiceExport` and `ServiceImport`.
+//! - [`exports`]: ServiceExports as a catalog source, and their MCS conditions.
 //!
 //! What this module must not do: decide routing or talk to peers. The export source produces
 //! export sets like the catalog file does (DESIGN: Kubernetes); the import writer turns what the
@@ -12,6 +13,8 @@
 #[cfg(feature = "kubernetes")]
 pub mod client;
 pub mod config;
+#[cfg(feature = "kubernetes")]
+pub mod exports;
 #[cfg(feature = "kubernetes")]
 pub mod mcs;
 

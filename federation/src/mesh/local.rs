@@ -126,8 +126,9 @@ impl LocalCatalog {
             let at = match self.exported_at.get(&key) {
                 Some(at) => *at,
                 None => {
-                    fresh.insert(key.clone(), now_ms);
-                    now_ms
+                    let at = spec.exported_since_ms.map_or(now_ms, |t| t.min(now_ms));
+                    fresh.insert(key.clone(), at);
+                    at
                 }
             };
             let extra = registered.get(&key).map(Vec::as_slice).unwrap_or_default();

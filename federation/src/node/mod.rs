@@ -9,6 +9,8 @@ pub mod admin_ops;
 pub mod admission;
 pub mod apply;
 pub mod ca;
+#[cfg(feature = "kubernetes")]
+pub mod clusterset;
 pub mod keys;
 pub mod peer_update;
 pub mod run;

@@ -232,6 +232,23 @@ pub async fn start_with_metrics(
         }
         None => (watch::channel(Arc::new(CatalogFile::default())).1, None),
     };
+    // Kubernetes ServiceExports, merged with the file's exports (the registry authorizes
+    // registrations against the file alone).
+    #[cfg(feature = "kubernetes")]
+    let kube_exports = match cfg.kubernetes.as_ref().filter(|k| k.exports) {
+        Some(k) => Some(
+            crate::kubernetes::exports::KubeExports::start(k, file_rx.clone())
+                .await
+                .map_err(|e| StartError::Catalog(e.to_string()))?,
+        ),
+        None => None,
+    };
+    #[cfg(feature = "kubernetes")]
+    let exports_rx = kube_exports
+        .as_ref()
+        .map_or_else(|| file_rx.clone(), |k| k.catalog.clone());
+    #[cfg(not(feature = "kubernetes"))]
+    let exports_rx = file_rx.clone();
     let registry_cfg = RegistryConfig {
         min_ttl: cfg.registry.min_ttl,
         max_ttl: cfg.registry.max_ttl,
@@ -263,7 +280,7 @@ pub async fn start_with_metrics(
     let state = MeshState {
         me: Arc::new(me.clone()),
         local,
-        file: file_rx.borrow().clone(),
+        file: exports_rx.borrow().clone(),
         registered: registered_rx.borrow().clone(),
         applied_file: Arc::default(),
         applied_registered: Arc::default(),
@@ -379,6 +396,10 @@ pub async fn start_with_metrics(
     let mut registry = Registry::default();
     metrics.register(&mut registry);
     node.store.register_metrics(&mut registry);
+    #[cfg(feature = "kubernetes")]
+    if let Some(k) = &kube_exports {
+        k.metrics.register(&mut registry);
+    }
     if let Some(extra) = extra {
         extra(&mut registry);
     }
@@ -424,11 +445,18 @@ pub async fn start_with_metrics(
     // Background loops.
     tasks.push(tokio::spawn(crate::node::apply::follow_sources(
         node.clone(),
-        file_rx,
+        exports_rx,
         registered_rx,
         file_stats,
     )));
     tasks.push(tokio::spawn(follow_gateways(node.clone())));
+    #[cfg(feature = "kubernetes")]
+    if let Some(k) = kube_exports {
+        let clusterset = crate::node::clusterset::follow(node.clone());
+        tasks.push(tokio::spawn(
+            k.write_status(node.me.cluster.clone(), clusterset),
+        ));
+    }
     tasks.push(tokio::spawn(renew_own_certificate(node.clone())));
     tasks.push(tokio::spawn(crate::node::admin_ops::rotation_driver(
         node.clone(),
