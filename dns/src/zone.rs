@@ -27,7 +27,8 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 
 use isthmus_federation::mesh::{MeshView, Route};
-use isthmus_federation::model::ServicePort;
+use isthmus_federation::model::{ClusterName, ServicePort};
+use isthmus_federation::vip::VipAssignment;
 
 use crate::health::{Verdicts, serves};
 use crate::name;
@@ -258,7 +259,7 @@ fn mesh_names(
     }
     let owner = name::under(&[svc, ns, "svc"], zone);
     let node = plan.root(owner.clone());
-    node.records.extend(route.vips.addrs().map(Rdata::Addr));
+    node.records.extend(service_addrs(route).map(Rdata::Addr));
     let mut seen = Vec::with_capacity(route.ports.len());
     for p in &route.ports {
         let label = port_label(p);
@@ -283,8 +284,36 @@ fn mesh_names(
         if serving {
             let owner = name::under(&[cluster.as_str(), svc, ns, "svc"], zone);
             let node = plan.node(owner);
-            node.records.extend(vips.addrs().map(Rdata::Addr));
+            node.records
+                .extend(cluster_addrs(route, cluster, vips).map(Rdata::Addr));
         }
+    }
+}
+
+/// What `<svc>.<ns>` answers: on Kubernetes the derived Service's ClusterIP once it has one,
+/// else the VIPs.
+fn service_addrs(route: &Route) -> Box<dyn Iterator<Item = IpAddr> + '_> {
+    match route.kube.as_ref().and_then(|k| k.cluster_ip) {
+        Some(ip) => Box::new(std::iter::once(ip)),
+        None => Box::new(route.vips.addrs()),
+    }
+}
+
+/// What `<cluster>.<svc>.<ns>` answers: its derived Service's ClusterIP on Kubernetes, else its
+/// VIPs.
+fn cluster_addrs<'a>(
+    route: &'a Route,
+    cluster: &ClusterName,
+    vips: &'a VipAssignment,
+) -> Box<dyn Iterator<Item = IpAddr> + 'a> {
+    let ip = route
+        .kube
+        .as_ref()
+        .and_then(|k| k.cluster_ips.iter().find(|(c, _)| c == cluster))
+        .map(|(_, ip)| *ip);
+    match ip {
+        Some(ip) => Box::new(std::iter::once(ip)),
+        None => Box::new(vips.addrs()),
     }
 }
 

@@ -271,6 +271,7 @@ pub async fn start_with_metrics(
         quota_uses: BTreeMap::new(),
         unaddressed: Default::default(),
         degraded: None,
+        kube_addrs: BTreeMap::new(),
     };
     let local_version = state.local.version;
     let links = state
