@@ -153,6 +153,22 @@ impl ServiceExport {
     }
 }
 
+impl ServiceImport {
+    pub fn new(namespace: &str, name: &str) -> Self {
+        ServiceImport {
+            api_version: api_version(),
+            kind: import_kind(),
+            metadata: ObjectMeta {
+                namespace: Some(namespace.into()),
+                name: Some(name.into()),
+                ..Default::default()
+            },
+            spec: ServiceImportSpec::default(),
+            status: None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

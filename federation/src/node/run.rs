@@ -375,6 +375,10 @@ pub async fn start_with_metrics(
     // Admin HTTP (read-only) and the admin socket (state-changing).
     let mut registry = Registry::default();
     metrics.register(&mut registry);
+    #[cfg(feature = "kubernetes")]
+    let kube_imports = crate::kubernetes::imports::ImportMetrics::default();
+    #[cfg(feature = "kubernetes")]
+    kube_imports.register(&mut registry);
     node.store.register_metrics(&mut registry);
     if let Some(extra) = extra {
         extra(&mut registry);
@@ -426,6 +430,14 @@ pub async fn start_with_metrics(
         file_stats,
     )));
     tasks.push(tokio::spawn(follow_gateways(node.clone())));
+    // Kubernetes imports: ServiceImports and derived Services (starts without the API server).
+    #[cfg(feature = "kubernetes")]
+    if let Some(k) = cfg.kubernetes.as_ref().filter(|k| k.imports) {
+        let started = crate::kubernetes::imports::start(node.clone(), k.clone(), kube_imports)
+            .await
+            .map_err(StartError::Other)?;
+        tasks.extend(started);
+    }
     tasks.push(tokio::spawn(renew_own_certificate(node.clone())));
     tasks.push(tokio::spawn(crate::node::admin_ops::rotation_driver(
         node.clone(),
