@@ -21,6 +21,7 @@ mod gateway_security;
 mod gateway_traffic;
 mod harness;
 mod hostile_peers;
+mod kube_standin;
 mod policy_follows_open_streams;
 mod registry_lease;
 mod root_rotation;

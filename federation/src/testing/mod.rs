@@ -1,5 +1,5 @@
 //! Test support (crate feature `testing`): a real, throwaway etcd server, or a cluster of them
-//! ([`EtcdCluster`]).
+//! ([`EtcdCluster`]), and a Kubernetes API server stand-in ([`kubeapi::KubeApi`]).
 //!
 //! Compiled only for tests; it panics on setup failures, because a test that cannot build its
 //! fixture must fail loudly, never pass silently.
@@ -11,6 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod etcd_cluster;
+pub mod kubeapi;
 pub use etcd_cluster::EtcdCluster;
 
 /// How long a fresh or restarted etcd may take to answer `/health`.
