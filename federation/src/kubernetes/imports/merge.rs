@@ -30,7 +30,7 @@ fn merged_meta(existing: &ObjectMeta, desired: &ObjectMeta) -> ObjectMeta {
     let mut m = existing.clone();
     let mut labels: BTreeMap<String, String> = m.labels.take().unwrap_or_default();
     labels.extend(desired.labels.clone().unwrap_or_default());
-    m.labels = Some(labels);
+    m.labels = (!labels.is_empty()).then_some(labels);
     if desired.owner_references.is_some() {
         m.owner_references = desired.owner_references.clone();
     }
