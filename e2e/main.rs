@@ -22,6 +22,7 @@ mod gateway_traffic;
 mod harness;
 mod hostile_peers;
 mod kube_standin;
+mod kubernetes_imports;
 mod policy_follows_open_streams;
 mod registry_lease;
 mod root_rotation;
