@@ -25,6 +25,7 @@ mod hostile_peers;
 mod kube_standin;
 mod kubernetes_crds;
 mod kubernetes_exports;
+mod kubernetes_imports;
 mod kubernetes_manifests;
 mod operator_cli;
 mod policy_follows_open_streams;

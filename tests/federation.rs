@@ -281,6 +281,7 @@ async fn gateway_api_bootstrap_renewal_registration_stream_and_revocation() {
         advertise_address: "198.51.100.7:15443".into(),
         zone: "a".into(),
         ttl_seconds: 2,
+        local_address: String::new(),
     };
     assert!(
         client.register_gateway(register("gw-9")).await.is_err(),

@@ -106,6 +106,7 @@ fn into_view(v: ViewJson) -> Result<MeshView, String> {
             conflicts: Vec::new(),
             vips: r.vips,
             cluster_vips: r.cluster_vips,
+            kube: None,
         };
         routes.push((key, Arc::new(route)));
     }

@@ -141,6 +141,7 @@ fn random_route(rng: &mut Rng, key: &ServiceKey) -> Route {
         conflicts: Vec::new(),
         vips: vips(rng),
         cluster_vips,
+        kube: None,
     }
 }
 

@@ -28,7 +28,8 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 
 use isthmus_federation::mesh::{MeshView, Route};
-use isthmus_federation::model::ServicePort;
+use isthmus_federation::model::{ClusterName, ServicePort};
+use isthmus_federation::vip::VipAssignment;
 
 use crate::health::{Verdicts, serves};
 use crate::name;
@@ -261,9 +262,7 @@ fn mesh_names(
     let node = plan.root(owner.clone());
     // An address no gateway could bind is left out: nothing accepts connections there.
     node.records.extend(
-        route
-            .vips
-            .addrs()
+        service_addrs(route)
             .filter(|ip| verdicts.answers(ip))
             .map(Rdata::Addr),
     );
@@ -292,11 +291,38 @@ fn mesh_names(
             let owner = name::under(&[cluster.as_str(), svc, ns, "svc"], zone);
             let node = plan.node(owner);
             node.records.extend(
-                vips.addrs()
+                cluster_addrs(route, cluster, vips)
                     .filter(|ip| verdicts.answers(ip))
                     .map(Rdata::Addr),
             );
         }
+    }
+}
+
+/// What `<svc>.<ns>` answers: on Kubernetes the derived Service's ClusterIP once it has one,
+/// else the VIPs.
+fn service_addrs(route: &Route) -> Box<dyn Iterator<Item = IpAddr> + '_> {
+    match route.kube.as_ref().and_then(|k| k.cluster_ip) {
+        Some(ip) => Box::new(std::iter::once(ip)),
+        None => Box::new(route.vips.addrs()),
+    }
+}
+
+/// What `<cluster>.<svc>.<ns>` answers: its derived Service's ClusterIP on Kubernetes, else its
+/// VIPs.
+fn cluster_addrs<'a>(
+    route: &'a Route,
+    cluster: &ClusterName,
+    vips: &'a VipAssignment,
+) -> Box<dyn Iterator<Item = IpAddr> + 'a> {
+    let ip = route
+        .kube
+        .as_ref()
+        .and_then(|k| k.cluster_ips.iter().find(|(c, _)| c == cluster))
+        .map(|(_, ip)| *ip);
+    match ip {
+        Some(ip) => Box::new(std::iter::once(ip)),
+        None => Box::new(vips.addrs()),
     }
 }
 

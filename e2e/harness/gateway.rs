@@ -26,6 +26,8 @@ pub struct Gateway {
     config_path: PathBuf,
     log_path: PathBuf,
     access_path: PathBuf,
+    /// Extra environment of the gateway process (e.g. its pod IP on Kubernetes).
+    env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
@@ -33,6 +35,16 @@ impl Gateway {
     /// Bootstraps `name` with `fed` through the CLI and starts it; `extra` is merged into the
     /// generated config (top-level keys replace).
     pub async fn start(fed: &Federation, name: &str, extra: Value) -> Gateway {
+        Self::start_with_env(fed, name, extra, &[]).await
+    }
+
+    /// [`Gateway::start`] with extra environment variables for the gateway process.
+    pub async fn start_with_env(
+        fed: &Federation,
+        name: &str,
+        extra: Value,
+        env: &[(&str, &str)],
+    ) -> Gateway {
         let dir = fed.dir.join(format!("gateway-{name}"));
         std::fs::create_dir_all(&dir).expect("gateway dir");
         let bootstrap = dir.join("bootstrap.json");
@@ -76,6 +88,10 @@ impl Gateway {
             log_path: dir.join("gateway.log"),
             access_path: dir.join("access.log"),
             config_path,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             child: None,
         };
         if let Err(e) = gw.spawn().await {
@@ -92,6 +108,7 @@ impl Gateway {
         let mut child = Command::new(exe())
             .args(["gateway", "run", "--config"])
             .arg(&self.config_path)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("ISTHMUS_LOG_FORMAT", "plain")
             .env(
                 "ISTHMUS_LOG",

@@ -64,6 +64,46 @@ pub struct GatewayConfig {
     /// Probes, ejections and the failover defaults of per-service policy.
     #[serde(default)]
     pub health: HealthSettings,
+    /// Running in a Kubernetes pod: the gateway registers its pod IP (read from the environment)
+    /// with the federation, so the Services the federation derives for imports point at it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<GatewayKubernetes>,
+}
+
+/// The gateway's `kubernetes:` section.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayKubernetes {
+    /// The environment variable holding the pod IP (set it from the downward API,
+    /// `status.podIP`).
+    #[serde(default = "default_pod_ip_env")]
+    pub pod_ip_env: String,
+}
+
+fn default_pod_ip_env() -> String {
+    "ISTHMUS_POD_IP".into()
+}
+
+impl GatewayKubernetes {
+    /// The pod IP from the environment; the error names the variable and how to set it.
+    pub fn pod_ip(&self) -> Result<IpAddr, ConfigError> {
+        let invalid = |reason: String| ConfigError::Invalid {
+            field: "kubernetes.pod_ip_env".into(),
+            reason,
+        };
+        let value = std::env::var(&self.pod_ip_env).map_err(|_| {
+            invalid(format!(
+                "{} is not set: set it from the downward API (fieldRef status.podIP)",
+                self.pod_ip_env
+            ))
+        })?;
+        value.trim().parse().map_err(|_| {
+            invalid(format!(
+                "{}={value:?} is not an IP address",
+                self.pod_ip_env
+            ))
+        })
+    }
 }
 
 /// Sources of the calling workload's identity besides local mTLS.

@@ -154,6 +154,10 @@ pub async fn start(cfg: GatewayConfig) -> Result<Running, StartError> {
     let mut registry = Registry::default();
     metrics.register(&mut registry);
 
+    let local_address = match &cfg.kubernetes {
+        Some(k) => k.pod_ip()?.to_string(),
+        None => String::new(),
+    };
     let (tx, table) = watch::channel(Arc::new(Snapshot::default()));
     let (drain_tx, drain) = Drain::new();
     let mut tasks = vec![
@@ -167,6 +171,7 @@ pub async fn start(cfg: GatewayConfig) -> Result<Running, StartError> {
         tokio::spawn(sync::register(
             client.clone(),
             advertise.clone(),
+            local_address,
             cfg.registration_ttl,
         )),
     ];

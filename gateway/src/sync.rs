@@ -189,8 +189,9 @@ async fn renew_once(client: &ControlClient, id: &SpiffeId) -> Result<(), String>
     Ok(())
 }
 
-/// Keeps the gateway's advertised address registered under a lease.
-pub async fn register(client: Arc<ControlClient>, advertise: String, ttl: Duration) {
+/// Keeps the gateway's advertised address (and, on Kubernetes, its pod IP: `local`, else empty)
+/// registered under a lease.
+pub async fn register(client: Arc<ControlClient>, advertise: String, local: String, ttl: Duration) {
     let every = (ttl / 3).max(Duration::from_millis(200));
     loop {
         let req = RegisterGatewayRequest {
@@ -198,6 +199,7 @@ pub async fn register(client: Arc<ControlClient>, advertise: String, ttl: Durati
             advertise_address: advertise.clone(),
             zone: String::new(),
             ttl_seconds: u32::try_from(ttl.as_secs().max(1)).unwrap_or(u32::MAX),
+            local_address: local.clone(),
         };
         let wait = match client.client().register_gateway(req).await {
             Ok(_) => every,

@@ -492,6 +492,7 @@ mod tests {
                 port: 8080,
                 protocol: Protocol::Http as i32,
             }],
+            target_ports: vec![],
             clusters: clusters
                 .iter()
                 .map(|c| proto::ClusterBackend {

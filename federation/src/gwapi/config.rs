@@ -32,7 +32,32 @@ fn route_to_proto(r: &Route) -> proto::ImportedRoute {
                 stale: c.stale,
             })
             .collect(),
+        target_ports: target_ports_to_proto(r),
     }
+}
+
+/// The route's target ports on Kubernetes (none elsewhere).
+fn target_ports_to_proto(r: &Route) -> Vec<proto::TargetPort> {
+    let Some(k) = &r.kube else {
+        return Vec::new();
+    };
+    let any = k
+        .target_ports
+        .iter()
+        .map(|(port, target)| proto::TargetPort {
+            port: u32::from(*port),
+            target_port: u32::from(*target),
+            cluster: String::new(),
+        });
+    let pinned = k
+        .cluster_target_ports
+        .iter()
+        .map(|(c, port, target)| proto::TargetPort {
+            port: u32::from(*port),
+            target_port: u32::from(*target),
+            cluster: c.to_string(),
+        });
+    any.chain(pinned).collect()
 }
 
 fn export_to_proto(e: &ExportedService) -> proto::LocalExport {
@@ -251,6 +276,7 @@ mod tests {
                     conflicts: vec![],
                     vips: Default::default(),
                     cluster_vips: vec![],
+                    kube: None,
                 };
                 (key, Arc::new(route))
             })

@@ -25,6 +25,9 @@ use crate::store::{LeaseId, Op, Store};
 pub struct GatewayRegistration {
     pub address: SocketAddr,
     pub zone: Option<String>,
+    /// The gateway's own (pod) IP on Kubernetes, where derived Services' EndpointSlices point.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local: Option<std::net::IpAddr>,
 }
 
 pub struct GatewayService {
@@ -167,6 +170,15 @@ impl GatewayControl for GatewayService {
                 .map_err(|e| Status::invalid_argument(e.to_string()))?;
             Some(req.zone.clone())
         };
+        let local = if req.local_address.is_empty() {
+            None
+        } else {
+            Some(req.local_address.parse().map_err(|_| {
+                Status::invalid_argument(
+                    "local_address must be an IP address (the gateway's pod IP), without a port",
+                )
+            })?)
+        };
         let limits = &self.node.cfg.gateways;
         let ttl = if req.ttl_seconds == 0 {
             limits.default_ttl
@@ -187,8 +199,12 @@ impl GatewayControl for GatewayService {
                 .map_err(|e| Status::unavailable(e.to_string()))?,
             None => false,
         };
-        let value = serde_json::to_vec(&GatewayRegistration { address, zone })
-            .map_err(|e| Status::internal(e.to_string()))?;
+        let value = serde_json::to_vec(&GatewayRegistration {
+            address,
+            zone,
+            local,
+        })
+        .map_err(|e| Status::internal(e.to_string()))?;
         let lease = match (existing, alive) {
             (Some(lease), true) => lease,
             _ => store

@@ -716,6 +716,7 @@ async fn tonic_over_transport_carries_the_caller_id() {
         advertise_address: "10.0.0.1:15443".into(),
         zone: "a".into(),
         ttl_seconds: 30,
+        local_address: String::new(),
     };
     let reply = client.register_gateway(request("gw-1")).await.unwrap();
     assert_eq!(reply.get_ref().ttl_seconds, 30);

@@ -12,7 +12,7 @@ pub const VERSION: &str = "v1alpha1";
 pub const API_VERSION: &str = "multicluster.x-k8s.io/v1alpha1";
 
 /// Declares that the Service of the same name and namespace is exported to the clusterset.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ServiceExport {
     #[serde(rename = "apiVersion", default = "api_version")]
     pub api_version: String,
@@ -32,7 +32,7 @@ pub struct ServiceExportStatus {
 }
 
 /// A service imported from the clusterset, as this cluster sees it.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ServiceImport {
     #[serde(rename = "apiVersion", default = "api_version")]
     pub api_version: String,
@@ -138,6 +138,31 @@ macro_rules! mcs_resource {
 mcs_resource!(ServiceExport, "ServiceExport", "serviceexports");
 mcs_resource!(ServiceImport, "ServiceImport", "serviceimports");
 
+// Not derived: an empty object still names its kind and apiVersion (a derived `Default` left
+// them empty, which the API server refuses).
+impl Default for ServiceExport {
+    fn default() -> Self {
+        ServiceExport {
+            api_version: api_version(),
+            kind: export_kind(),
+            metadata: ObjectMeta::default(),
+            status: None,
+        }
+    }
+}
+
+impl Default for ServiceImport {
+    fn default() -> Self {
+        ServiceImport {
+            api_version: api_version(),
+            kind: import_kind(),
+            metadata: ObjectMeta::default(),
+            spec: ServiceImportSpec::default(),
+            status: None,
+        }
+    }
+}
+
 impl ServiceExport {
     pub fn new(namespace: &str, name: &str) -> Self {
         ServiceExport {
@@ -148,6 +173,22 @@ impl ServiceExport {
                 name: Some(name.into()),
                 ..Default::default()
             },
+            status: None,
+        }
+    }
+}
+
+impl ServiceImport {
+    pub fn new(namespace: &str, name: &str) -> Self {
+        ServiceImport {
+            api_version: api_version(),
+            kind: import_kind(),
+            metadata: ObjectMeta {
+                namespace: Some(namespace.into()),
+                name: Some(name.into()),
+                ..Default::default()
+            },
+            spec: ServiceImportSpec::default(),
             status: None,
         }
     }

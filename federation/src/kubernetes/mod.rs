@@ -2,6 +2,7 @@
 //!
 //! - [`config`]: the `kubernetes:` config section (always compiled).
 //! - [`client`]: a `kube::Client` from a kubeconfig file or the pod's service account.
+//! - [`imports`]: ServiceImports, derived Services and EndpointSlices for what we import.
 //! - [`mcs`]: the `multicluster.x-k8s.io/v1alpha1` types `ServiceExport` and `ServiceImport`.
 //! - [`exports`]: ServiceExports as a catalog source, and their MCS conditions.
 //!
@@ -16,8 +17,11 @@ pub mod config;
 #[cfg(feature = "kubernetes")]
 pub mod exports;
 #[cfg(feature = "kubernetes")]
+pub mod imports;
+#[cfg(feature = "kubernetes")]
 pub mod mcs;
 
 /// The value of `endpointslice.kubernetes.io/managed-by` and of `app.kubernetes.io/managed-by`
-/// on every object Isthmus writes; objects without it are never modified or deleted.
-pub const MANAGED_BY: &str = "isthmus.io/federation";
+/// on every object Isthmus writes; objects without it are never modified or deleted. A label
+/// value: no `/` (the API server refuses one), like `endpointslice-controller.k8s.io`.
+pub const MANAGED_BY: &str = "federation.isthmus.io";

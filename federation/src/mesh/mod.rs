@@ -10,6 +10,6 @@ pub use imported::{PeerCatalog, StoredDelta};
 pub use local::LocalCatalog;
 pub use sharded::{ShardedMap, changed_keys};
 pub use view::{
-    ClusterPlace, ClusterRoute, ExportMap, LocalSide, MeshView, PeerSide, PeerStatus, Route,
-    RouteMap, merge_key,
+    ClusterPlace, ClusterRoute, ExportMap, KubeAddrs, LocalSide, MeshView, PeerSide, PeerStatus,
+    Route, RouteMap, merge_key,
 };

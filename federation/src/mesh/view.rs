@@ -67,6 +67,25 @@ pub struct Route {
     /// The VIP of each `<cluster>.<svc>.<ns>` name, in `clusters` order (a small vector, not a
     /// map: most services are served by a handful of clusters).
     pub cluster_vips: Vec<(ClusterName, VipAssignment)>,
+    /// On Kubernetes with imports on: the local face the import writer gave this route (its
+    /// target ports and the ClusterIPs of its derived Services). `None` elsewhere, and until
+    /// the writer has allocated its target ports.
+    pub kube: Option<Arc<KubeAddrs>>,
+}
+
+/// A route's local face on Kubernetes: the target port of each (name, service port) the
+/// gateways serve it on, and the ClusterIP of each derived Service (which DNS answers instead
+/// of the VIP).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct KubeAddrs {
+    /// `(service port, target port)` for `<svc>.<ns>`, in the route's port order.
+    pub target_ports: Vec<(u16, u16)>,
+    /// `(cluster, service port, target port)` for `<cluster>.<svc>.<ns>`.
+    pub cluster_target_ports: Vec<(ClusterName, u16, u16)>,
+    /// The ClusterIP of the derived Service of `<svc>.<ns>`, once the API server gave one.
+    pub cluster_ip: Option<std::net::IpAddr>,
+    /// The ClusterIP of the derived Service of each `<cluster>.<svc>.<ns>`.
+    pub cluster_ips: Vec<(ClusterName, std::net::IpAddr)>,
 }
 
 /// What the merge needs to know about a peer.
@@ -150,6 +169,7 @@ pub fn merge_key(
         conflicts: merged.conflicts,
         vips: VipAssignment::default(),
         cluster_vips: Vec::new(),
+        kube: None,
     })
 }
 

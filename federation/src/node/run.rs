@@ -292,6 +292,7 @@ pub async fn start_with_metrics(
         quota_uses: BTreeMap::new(),
         unaddressed: Default::default(),
         degraded: None,
+        kube_addrs: BTreeMap::new(),
     };
     let local_version = state.local.version;
     let links = state
@@ -395,6 +396,10 @@ pub async fn start_with_metrics(
     // Admin HTTP (read-only) and the admin socket (state-changing).
     let mut registry = Registry::default();
     metrics.register(&mut registry);
+    #[cfg(feature = "kubernetes")]
+    let kube_imports = crate::kubernetes::imports::ImportMetrics::default();
+    #[cfg(feature = "kubernetes")]
+    kube_imports.register(&mut registry);
     node.store.register_metrics(&mut registry);
     #[cfg(feature = "kubernetes")]
     if let Some(k) = &kube_exports {
@@ -456,6 +461,14 @@ pub async fn start_with_metrics(
         tasks.push(tokio::spawn(
             k.write_status(node.me.cluster.clone(), clusterset),
         ));
+    }
+    // Kubernetes imports: ServiceImports and derived Services (starts without the API server).
+    #[cfg(feature = "kubernetes")]
+    if let Some(k) = cfg.kubernetes.as_ref().filter(|k| k.imports) {
+        let started = crate::kubernetes::imports::start(node.clone(), k.clone(), kube_imports)
+            .await
+            .map_err(StartError::Other)?;
+        tasks.extend(started);
     }
     tasks.push(tokio::spawn(renew_own_certificate(node.clone())));
     tasks.push(tokio::spawn(crate::node::admin_ops::rotation_driver(

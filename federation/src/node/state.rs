@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use crate::catalog::CatalogFile;
 use crate::mesh::{
-    ClusterPlace, LocalCatalog, LocalSide, MeshView, PeerCatalog, PeerSide, PeerStatus, Route,
-    RouteMap, StoredDelta, merge_key,
+    ClusterPlace, KubeAddrs, LocalCatalog, LocalSide, MeshView, PeerCatalog, PeerSide, PeerStatus,
+    Route, RouteMap, StoredDelta, merge_key,
 };
 use crate::model::{ClusterName, Endpoint, ServiceKey};
 use crate::node::admission::QuotaUse;
@@ -53,6 +53,9 @@ pub struct MeshState {
     pub unaddressed: BTreeSet<ServiceKey>,
     /// Why the federation runs degraded (some stored state could not be installed), if it does.
     pub degraded: Option<String>,
+    /// On Kubernetes: each route's local face, kept by the import writer
+    /// ([`crate::kubernetes`]) and copied into the route whenever it is recomputed.
+    pub kube_addrs: BTreeMap<ServiceKey, Arc<KubeAddrs>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -300,6 +303,7 @@ impl MeshState {
                             Some((c.place.cluster.clone(), a))
                         }));
                         route.cluster_vips = cluster_vips;
+                        route.kube = self.kube_addrs.get(&key).cloned();
                         if self.routes.get(&key).is_none_or(|r| **r != route) {
                             self.routes.insert(key, Arc::new(route));
                             changed = true;
@@ -309,6 +313,27 @@ impl MeshState {
             }
         }
         Ok(changed)
+    }
+
+    /// Sets (or, with `None`, clears) the local face of routes on Kubernetes and installs it in
+    /// their routes at once (nothing else about them changes). Returns whether any route changed.
+    pub fn set_kube_addrs(&mut self, changes: Vec<(ServiceKey, Option<Arc<KubeAddrs>>)>) -> bool {
+        let mut changed = false;
+        for (key, addrs) in changes {
+            match &addrs {
+                Some(a) => self.kube_addrs.insert(key.clone(), a.clone()),
+                None => self.kube_addrs.remove(&key),
+            };
+            if let Some(route) = self.routes.get(&key)
+                && route.kube != addrs
+            {
+                let mut route = (**route).clone();
+                route.kube = addrs;
+                self.routes.insert(key, Arc::new(route));
+                changed = true;
+            }
+        }
+        changed
     }
 
     /// Builds the immutable view to publish.

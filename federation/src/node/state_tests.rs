@@ -127,6 +127,7 @@ async fn state(store: &AnyStore, range: &str, quota: u64, peers: &[&str]) -> Mes
         quota_uses: BTreeMap::new(),
         unaddressed: BTreeSet::new(),
         degraded: None,
+        kube_addrs: BTreeMap::new(),
     }
 }
 
