@@ -13,6 +13,7 @@ use http::StatusCode;
 use serde::{Deserialize, Serialize};
 
 use crate::health::Health;
+use crate::latency::Latencies;
 use crate::lb;
 use crate::outbound::verdicts;
 use crate::policy::ServicePolicy;
@@ -52,7 +53,17 @@ pub struct PolicyView {
     pub slow_start: String,
     pub retries: u32,
     pub per_try_timeout: String,
+    pub hedge: HedgeView,
     pub max_requests: u32,
+}
+
+/// The policy's hedge settings (each cluster's delay is in its [`ClusterView`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HedgeView {
+    pub enabled: bool,
+    pub multiplier: f64,
+    pub min: String,
+    pub max: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -92,6 +103,10 @@ pub struct ClusterView {
     pub fenced: bool,
     /// The probability that the next request's first pick is this cluster.
     pub share: f64,
+    /// The p99 of its recent successful tries from this gateway (ms), when enough are known.
+    pub p99_ms: Option<f64>,
+    /// With hedging on: how long a try here waits before its hedge (ms).
+    pub hedge_after_ms: Option<f64>,
 }
 
 /// This gateway's own health verdict of the cluster for the service.
@@ -140,12 +155,13 @@ pub fn route(
     snap: &Snapshot,
     health: &Health,
     breakers: &Breakers,
+    latencies: &Latencies,
     query: Option<&str>,
 ) -> (StatusCode, serde_json::Value) {
     let answer = query_param(query.unwrap_or(""), "service")
         .filter(|s| !s.trim().is_empty())
         .ok_or(ExplainError::NoService)
-        .and_then(|s| explain(snap, health, breakers, &s));
+        .and_then(|s| explain(snap, health, breakers, latencies, &s));
     match answer {
         Ok(e) => (StatusCode::OK, serde_json::to_value(e).unwrap_or_default()),
         Err(e) => {
@@ -163,6 +179,7 @@ pub fn explain(
     snap: &Snapshot,
     health: &Health,
     breakers: &Breakers,
+    latencies: &Latencies,
     service: &str,
 ) -> Result<Explanation, ExplainError> {
     let key = service_key(service);
@@ -197,6 +214,8 @@ pub fn explain(
         .iter()
         .map(|b| {
             let v = verdict(b);
+            let p99 = latencies.p99(&import.name, &b.cluster);
+            let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
             let tier = lb::tier(b, me, region);
             ClusterView {
                 cluster: b.cluster.to_string(),
@@ -217,6 +236,8 @@ pub fn explain(
                 usable: lb::usable(b, me),
                 fenced: policy.fences_out(&b.region),
                 share: share_of(b),
+                p99_ms: p99.map(ms),
+                hedge_after_ms: policy.hedge.delay(p99).map(ms),
             }
         })
         .collect();
@@ -288,6 +309,12 @@ fn policy_view(snap: &Snapshot, policy: &ServicePolicy) -> PolicyView {
         slow_start: format(policy.slow_start),
         retries: policy.retries,
         per_try_timeout: format(policy.per_try_timeout),
+        hedge: HedgeView {
+            enabled: policy.hedge.enabled,
+            multiplier: policy.hedge.multiplier,
+            min: format(policy.hedge.min),
+            max: format(policy.hedge.max),
+        },
         max_requests: policy.max_requests,
     }
 }
@@ -514,7 +541,14 @@ mod tests {
         let snap = snapshot(CANARY);
         let health = Health::default();
         let breakers = Breakers::default();
-        let e = explain(&snap, &health, &breakers, "demo/echo").expect("known");
+        let e = explain(
+            &snap,
+            &health,
+            &breakers,
+            &Latencies::default(),
+            "demo/echo",
+        )
+        .expect("known");
         assert_eq!(e.service, "echo.demo");
         assert_eq!(e.from.cluster, "east");
         assert_eq!(e.decision.cluster.as_deref(), Some("west"));
@@ -556,8 +590,14 @@ mod tests {
             health.probed(&"10.0.0.1:15443".into(), false);
         }
         let _in_flight = breakers.enter(&"echo.demo".into(), &"south".into(), 1024);
-        let e =
-            explain(&snap, &health, &breakers, "echo.demo.svc.clusterset.local.").expect("known");
+        let e = explain(
+            &snap,
+            &health,
+            &breakers,
+            &Latencies::default(),
+            "echo.demo.svc.clusterset.local.",
+        )
+        .expect("known");
         assert_eq!(e.decision.cluster.as_deref(), Some("south"));
         assert_eq!(e.decision.shares["south"], 1.0);
         assert_eq!(e.decision.order, ["south", "west"]);
@@ -574,8 +614,14 @@ mod tests {
     #[tokio::test]
     async fn without_a_policy_the_tiers_decide() {
         let snap = snapshot(r#"{"services":["other/svc"],"retry":{"retries":0}}"#);
-        let e =
-            explain(&snap, &Health::default(), &Breakers::default(), "echo.demo").expect("known");
+        let e = explain(
+            &snap,
+            &Health::default(),
+            &Breakers::default(),
+            &Latencies::default(),
+            "echo.demo",
+        )
+        .expect("known");
         assert_eq!(e.decision.cluster.as_deref(), Some("west"));
         assert_eq!(e.decision.shares["west"], 1.0);
         assert_eq!(e.decision.order[0], "west");
@@ -597,11 +643,23 @@ mod tests {
     async fn the_route_answers_json_and_refuses_unknown_services() {
         let snap = snapshot(CANARY);
         let (h, b) = (Health::default(), Breakers::default());
-        let (status, body) = route(&snap, &h, &b, Some("service=demo%2Fecho"));
+        let (status, body) = route(
+            &snap,
+            &h,
+            &b,
+            &Latencies::default(),
+            Some("service=demo%2Fecho"),
+        );
         assert_eq!(status, StatusCode::OK);
         assert_eq!(body["decision"]["cluster"], "west");
         assert_eq!(body["clusters"][0]["verdict"]["healthy"], true);
-        let (status, body) = route(&snap, &h, &b, Some("service=cart.shop"));
+        let (status, body) = route(
+            &snap,
+            &h,
+            &b,
+            &Latencies::default(),
+            Some("service=cart.shop"),
+        );
         assert_eq!(status, StatusCode::NOT_FOUND);
         assert!(
             body["error"]
@@ -609,7 +667,10 @@ mod tests {
                 .is_some_and(|e| e.contains("imports: echo.demo")),
             "{body}"
         );
-        assert_eq!(route(&snap, &h, &b, None).0, StatusCode::BAD_REQUEST);
+        assert_eq!(
+            route(&snap, &h, &b, &Latencies::default(), None).0,
+            StatusCode::BAD_REQUEST
+        );
     }
 
     #[test]

@@ -213,6 +213,7 @@ pub async fn start(cfg: GatewayConfig) -> Result<Running, StartError> {
         pool,
         health,
         budget: Budget::default(),
+        latencies: Arc::default(),
         breakers: Breakers::default(),
         local: backends.clone(),
         limits: cfg.limits.clone(),
@@ -341,7 +342,13 @@ pub async fn start(cfg: GatewayConfig) -> Result<Running, StartError> {
         path: "/explain",
         handler: Arc::new(move |query| {
             let snap = explained.table.borrow().clone();
-            crate::explain::route(&snap, &explained.health, &explained.breakers, query)
+            crate::explain::route(
+                &snap,
+                &explained.health,
+                &explained.breakers,
+                &explained.latencies,
+                query,
+            )
         }),
     }];
     let admin_drain = drain.clone();

@@ -1,6 +1,7 @@
 //! The mesh model: validated names, services and their summaries, import rules and the MCS merge.
 //! Pure data and pure functions; no I/O.
 
+pub mod hedge;
 pub mod merge;
 pub mod names;
 pub mod policy;
