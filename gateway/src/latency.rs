@@ -76,11 +76,14 @@ impl Ring {
     }
 }
 
+/// Cluster → its ring.
+type PerCluster = HashMap<Arc<str>, Arc<Ring>>;
+
 /// Every (service, cluster) pair's ring. Looking one up takes a short lock; a try holds its
 /// ring's `Arc` and records without one.
 #[derive(Debug)]
 pub struct Latencies {
-    rings: Mutex<HashMap<Arc<str>, HashMap<Arc<str>, Arc<Ring>>>>,
+    rings: Mutex<HashMap<Arc<str>, PerCluster>>,
     epoch: Instant,
 }
 

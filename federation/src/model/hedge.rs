@@ -133,6 +133,33 @@ mod tests {
     }
 
     #[test]
+    fn a_document_sets_the_section_and_a_bad_one_names_the_field() {
+        use crate::model::policy::{ServicePolicy, parse};
+        let doc = parse(
+            "hedged",
+            &serde_json::json!({"services": ["demo/echo"], "hedge": {"max": "300ms"}}),
+        )
+        .expect("valid");
+        assert!(doc.section_names().contains(&"hedge"));
+        let mut p = ServicePolicy::default();
+        assert!(!p.hedge.enabled, "off by default");
+        doc.apply_to(&mut p);
+        assert!(p.hedge.enabled);
+        assert_eq!(p.hedge.max, Duration::from_millis(300));
+        assert_eq!(p.hedge.min, Hedge::default().min);
+        let e = parse(
+            "hedged",
+            &serde_json::json!({"services": ["demo/echo"], "hedge": {"multiplier": 0}}),
+        )
+        .expect_err("refused");
+        assert_eq!(
+            (e.document.as_str(), e.field.as_str()),
+            ("hedged", "hedge.multiplier")
+        );
+        assert!(e.to_string().contains("between 1 and 100"), "{e}");
+    }
+
+    #[test]
     fn the_delay_follows_the_p99_within_bounds() {
         let h = Hedge {
             enabled: true,

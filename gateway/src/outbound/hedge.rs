@@ -52,6 +52,7 @@ pub(super) struct Plan<'a> {
 /// The hedge of a try on `current` through `gateway`, if the policy hedges and there is
 /// somewhere else to send it: the next cluster of `rest` (this cluster's own place in the plan
 /// excluded), else another gateway of `current`.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn plan<'a>(
     outbound: &Outbound,
     policy: &ServicePolicy,
@@ -88,6 +89,7 @@ impl Outbound {
     /// Waits for the first try (`primary`) or a verdict on its place (`down`); past the plan's
     /// delay, sends the hedge if the retry budget pays for it. A good answer from either ends
     /// the race; a failed first try waits for its hedge (and the other way round).
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn race<F, T>(
         &self,
         primary: F,
