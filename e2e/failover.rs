@@ -867,4 +867,5 @@ async fn retries_stay_within_budget_during_a_total_outage() {
     checks.finish();
 }
 
+mod hedge;
 mod silent;
