@@ -4,7 +4,8 @@
 //! policy `hedge: {min: 50ms, max: 300ms}` on, a try that runs long gets a copy on south and
 //! the first answer wins: the client's worst request is far below 2 s, the access log says the
 //! request was hedged and that south won, and hedges stay within the retry budget. Prints one
-//! `HEDGE …` line per phase (the numbers in BENCHMARKS.md). WAN base 50.
+//! `HEDGE …` line per phase. WAN base 50 (and 51 for the total outage with hedging on, in
+//! failover.rs).
 
 use std::time::{Duration, SystemTime};
 
@@ -38,7 +39,7 @@ fn east_catalog(hedge: bool) -> String {
 }
 
 /// Waits until `node`'s gateway applies (or, with `present` false, no longer has) policy `name`.
-async fn wait_policy(node: &Node, name: &str, present: bool) {
+pub(super) async fn wait_policy(node: &Node, name: &str, present: bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         let dump = node.gateway_admin("/config_dump").await.unwrap_or_default();
