@@ -64,7 +64,7 @@ pub(super) fn plan<'a>(
     local: &str,
     timeout: Duration,
 ) -> Option<Plan<'a>> {
-    let replay = replay?;
+    let replay = replay.filter(|_| policy.hedge.enabled)?;
     let after = policy
         .hedge
         .delay(outbound.latencies.p99(service, &current.cluster))?;
