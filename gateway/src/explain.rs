@@ -640,6 +640,48 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_learned_p99_and_the_hedge_settings_are_shown() {
+        let snap = snapshot(
+            r#"{"services":["demo/echo"],"hedge":{"multiplier":3,"min":"10ms","max":"2s"}}"#,
+        );
+        let latencies = Latencies::default();
+        let ring = latencies.ring(&"echo.demo".into(), &"west".into());
+        for _ in 0..crate::latency::MIN_SAMPLES {
+            ring.record(std::time::Duration::from_millis(40));
+        }
+        let e = explain(
+            &snap,
+            &Health::default(),
+            &Breakers::default(),
+            &latencies,
+            "echo.demo",
+        )
+        .expect("known");
+        let h = &e.policy.hedge;
+        assert!(h.enabled);
+        assert_eq!(
+            (h.multiplier, h.min.as_str(), h.max.as_str()),
+            (3.0, "10ms", "2s")
+        );
+        let west = e
+            .clusters
+            .iter()
+            .find(|c| c.cluster == "west")
+            .expect("west");
+        assert_eq!(
+            (west.p99_ms, west.hedge_after_ms),
+            (Some(40.0), Some(120.0))
+        );
+        let south = e
+            .clusters
+            .iter()
+            .find(|c| c.cluster == "south")
+            .expect("south");
+        assert_eq!(south.p99_ms, None, "nothing learned yet");
+        assert_eq!(south.hedge_after_ms, Some(2000.0), "unknown p99: max");
+    }
+
+    #[tokio::test]
     async fn the_route_answers_json_and_refuses_unknown_services() {
         let snap = snapshot(CANARY);
         let (h, b) = (Health::default(), Breakers::default());
