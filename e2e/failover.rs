@@ -809,10 +809,33 @@ async fn partition_then_heal_converges_and_loses_nothing() {
 /// do not multiply the load the clusters see beyond the retry budget.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_stay_within_budget_during_a_total_outage() {
-    let mut wan = wan("rb", 45).await;
+    total_outage("rb", 45, false).await;
+}
+
+/// (f) with east's hedge policy on: hedges are paid from the same budget, so retries and hedges
+/// together stay within it. (The dead backends fail fast, so few tries run long enough to be
+/// hedged: this shows that turning hedging on does not loosen the bound.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_and_hedges_stay_within_budget_during_a_total_outage() {
+    total_outage("rh", 51, true).await;
+}
+
+async fn total_outage(short: &str, base: u8, hedge: bool) {
+    let mut wan = wan(short, base).await;
     let mut checks = Checks::default();
     let vip = wan.node("east").vip("demo/echo").await;
-    let path = "/fo/outage";
+    if hedge {
+        wan.node("east").write_catalog(&format!(
+            "{}policies:\n  hedged: {{services: [demo/echo], hedge: {{min: 50ms, max: 300ms}}}}\n",
+            crate::harness::netns::client_catalog("")
+        ));
+        hedge::wait_policy(wan.node("east"), "hedged", true).await;
+    }
+    let path = if hedge {
+        "/fo/outage-hedged"
+    } else {
+        "/fo/outage"
+    };
     let url = format!("http://{vip}:8080{path}");
     settle(&mut wan, &url).await;
     let load = wan.client("east", &url, RATE, 25, CLIENT_TIMEOUT_MS).await;
@@ -841,7 +864,22 @@ async fn retries_stay_within_budget_during_a_total_outage() {
         "  steady state: {steady_attempts} inbound attempts for {steady_n} requests; inbound \
          requests_total west={metrics_west} south={metrics_south}"
     );
-    let r = report_fault(&wan, "total-outage", &samples, path, "none", fault, end);
+    let name = if hedge {
+        "total-outage-hedged"
+    } else {
+        "total-outage"
+    };
+    let r = report_fault(&wan, name, &samples, path, "none", fault, end);
+    if hedge {
+        let hedges = wan
+            .node("east")
+            .gateway_metric("isthmus_gateway_hedges_total", &["sent"])
+            .await;
+        println!(
+            "  hedges sent by east: {} (counted in the inbound attempts above)",
+            hedges + 0.0
+        );
+    }
     let n = r.total as f64;
     let allowed =
         RETRY_BUDGET_RATIO * n + RETRY_BUDGET_FLOOR_PER_S * r.seconds + RETRY_BUDGET_BURST;
@@ -867,4 +905,5 @@ async fn retries_stay_within_budget_during_a_total_outage() {
     checks.finish();
 }
 
+mod hedge;
 mod silent;

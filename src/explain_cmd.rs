@@ -108,12 +108,13 @@ fn query_encode(value: &str) -> String {
 fn words(e: &Explanation) -> String {
     let mut out = format!("{}\n\n", e.summary);
     out.push_str(&format!(
-        "{:<16} {:<14} {:<14} {:<20} {:>6} {:>6} {:>7}\n",
-        "CLUSTER", "REGION", "TIER", "HEALTH", "WEIGHT", "SPLIT", "SHARE"
+        "{:<16} {:<14} {:<14} {:<20} {:>6} {:>6} {:>7} {:>9} {:>9}\n",
+        "CLUSTER", "REGION", "TIER", "HEALTH", "WEIGHT", "SPLIT", "SHARE", "P99", "HEDGE AT"
     ));
+    let ms = |v: Option<f64>| v.map_or("-".to_string(), |ms| format!("{ms:.0} ms"));
     for c in &e.clusters {
         out.push_str(&format!(
-            "{:<16} {:<14} {:<14} {:<20} {:>6} {:>6} {:>7}\n",
+            "{:<16} {:<14} {:<14} {:<20} {:>6} {:>6} {:>7} {:>9} {:>9}\n",
             c.cluster,
             c.region,
             c.tier_name,
@@ -121,6 +122,16 @@ fn words(e: &Explanation) -> String {
             c.export_weight,
             c.split_weight.map_or("-".to_string(), |w| w.to_string()),
             percent(c.share),
+            ms(c.p99_ms),
+            ms(c.hedge_after_ms),
+        ));
+    }
+    let h = &e.policy.hedge;
+    if h.enabled {
+        out.push_str(&format!(
+            "\nHedging: a slow try gets a copy on the next cluster after {}× its cluster's p99, \
+             within {}–{} (paid from the retry budget).\n",
+            h.multiplier, h.min, h.max
         ));
     }
     out

@@ -62,6 +62,12 @@ pub struct Entry {
     /// A shadow copy (its response is discarded).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub shadow: bool,
+    /// A hedged try was sent (the first try ran past its hedge delay).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub hedged: bool,
+    /// Of a hedged request: the cluster whose answer went to the client.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub winner: Option<Arc<str>>,
     #[serde(skip)]
     pub counters: Arc<Counters>,
 }
@@ -132,6 +138,8 @@ impl Entry {
             failed_over_from: Vec::new(),
             caller: None,
             shadow: false,
+            hedged: false,
+            winner: None,
             counters: Arc::default(),
         }
     }

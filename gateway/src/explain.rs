@@ -13,6 +13,7 @@ use http::StatusCode;
 use serde::{Deserialize, Serialize};
 
 use crate::health::Health;
+use crate::latency::Latencies;
 use crate::lb;
 use crate::outbound::listeners::UnboundVips;
 use crate::outbound::verdicts;
@@ -92,7 +93,17 @@ pub struct PolicyView {
     pub slow_start: String,
     pub retries: u32,
     pub per_try_timeout: String,
+    pub hedge: HedgeView,
     pub max_requests: u32,
+}
+
+/// The policy's hedge settings (each cluster's delay is in its [`ClusterView`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HedgeView {
+    pub enabled: bool,
+    pub multiplier: f64,
+    pub min: String,
+    pub max: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -132,6 +143,10 @@ pub struct ClusterView {
     pub fenced: bool,
     /// The probability that the next request's first pick is this cluster.
     pub share: f64,
+    /// The p99 of its recent successful tries from this gateway (ms), when enough are known.
+    pub p99_ms: Option<f64>,
+    /// With hedging on: how long a try here waits before its hedge (ms).
+    pub hedge_after_ms: Option<f64>,
 }
 
 /// This gateway's own health verdict of the cluster for the service.
@@ -181,12 +196,13 @@ pub fn route(
     health: &Health,
     breakers: &Breakers,
     unbound: &UnboundVips,
+    latencies: &Latencies,
     query: Option<&str>,
 ) -> (StatusCode, serde_json::Value) {
     let answer = query_param(query.unwrap_or(""), "service")
         .filter(|s| !s.trim().is_empty())
         .ok_or(ExplainError::NoService)
-        .and_then(|s| explain(snap, health, breakers, &s))
+        .and_then(|s| explain(snap, health, breakers, latencies, &s))
         .map(|e| e.with_unbound(unbound));
     match answer {
         Ok(e) => (StatusCode::OK, serde_json::to_value(e).unwrap_or_default()),
@@ -205,6 +221,7 @@ pub fn explain(
     snap: &Snapshot,
     health: &Health,
     breakers: &Breakers,
+    latencies: &Latencies,
     service: &str,
 ) -> Result<Explanation, ExplainError> {
     let key = service_key(service);
@@ -239,6 +256,8 @@ pub fn explain(
         .iter()
         .map(|b| {
             let v = verdict(b);
+            let p99 = latencies.p99(&import.name, &b.cluster);
+            let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
             let tier = lb::tier(b, me, region);
             ClusterView {
                 cluster: b.cluster.to_string(),
@@ -259,6 +278,8 @@ pub fn explain(
                 usable: lb::usable(b, me),
                 fenced: policy.fences_out(&b.region),
                 share: share_of(b),
+                p99_ms: p99.map(ms),
+                hedge_after_ms: policy.hedge.delay(p99).map(ms),
             }
         })
         .collect();
@@ -331,6 +352,12 @@ fn policy_view(snap: &Snapshot, policy: &ServicePolicy) -> PolicyView {
         slow_start: format(policy.slow_start),
         retries: policy.retries,
         per_try_timeout: format(policy.per_try_timeout),
+        hedge: HedgeView {
+            enabled: policy.hedge.enabled,
+            multiplier: policy.hedge.multiplier,
+            min: format(policy.hedge.min),
+            max: format(policy.hedge.max),
+        },
         max_requests: policy.max_requests,
     }
 }
@@ -557,7 +584,14 @@ mod tests {
         let snap = snapshot(CANARY);
         let health = Health::default();
         let breakers = Breakers::default();
-        let e = explain(&snap, &health, &breakers, "demo/echo").expect("known");
+        let e = explain(
+            &snap,
+            &health,
+            &breakers,
+            &Latencies::default(),
+            "demo/echo",
+        )
+        .expect("known");
         assert_eq!(e.service, "echo.demo");
         assert_eq!(e.from.cluster, "east");
         assert_eq!(e.decision.cluster.as_deref(), Some("west"));
@@ -599,8 +633,14 @@ mod tests {
             health.probed(&"10.0.0.1:15443".into(), false);
         }
         let _in_flight = breakers.enter(&"echo.demo".into(), &"south".into(), 1024);
-        let e =
-            explain(&snap, &health, &breakers, "echo.demo.svc.clusterset.local.").expect("known");
+        let e = explain(
+            &snap,
+            &health,
+            &breakers,
+            &Latencies::default(),
+            "echo.demo.svc.clusterset.local.",
+        )
+        .expect("known");
         assert_eq!(e.decision.cluster.as_deref(), Some("south"));
         assert_eq!(e.decision.shares["south"], 1.0);
         assert_eq!(e.decision.order, ["south", "west"]);
@@ -617,8 +657,14 @@ mod tests {
     #[tokio::test]
     async fn without_a_policy_the_tiers_decide() {
         let snap = snapshot(r#"{"services":["other/svc"],"retry":{"retries":0}}"#);
-        let e =
-            explain(&snap, &Health::default(), &Breakers::default(), "echo.demo").expect("known");
+        let e = explain(
+            &snap,
+            &Health::default(),
+            &Breakers::default(),
+            &Latencies::default(),
+            "echo.demo",
+        )
+        .expect("known");
         assert_eq!(e.decision.cluster.as_deref(), Some("west"));
         assert_eq!(e.decision.shares["west"], 1.0);
         assert_eq!(e.decision.order[0], "west");
@@ -637,11 +683,54 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_learned_p99_and_the_hedge_settings_are_shown() {
+        let snap = snapshot(
+            r#"{"services":["demo/echo"],"hedge":{"multiplier":3,"min":"10ms","max":"2s"}}"#,
+        );
+        let latencies = Latencies::default();
+        let ring = latencies.ring(&"echo.demo".into(), &"west".into());
+        for _ in 0..crate::latency::MIN_SAMPLES {
+            ring.record(std::time::Duration::from_millis(40));
+        }
+        let e = explain(
+            &snap,
+            &Health::default(),
+            &Breakers::default(),
+            &latencies,
+            "echo.demo",
+        )
+        .expect("known");
+        let h = &e.policy.hedge;
+        assert!(h.enabled);
+        assert_eq!(
+            (h.multiplier, h.min.as_str(), h.max.as_str()),
+            (3.0, "10ms", "2s")
+        );
+        let west = e
+            .clusters
+            .iter()
+            .find(|c| c.cluster == "west")
+            .expect("west");
+        assert_eq!(
+            (west.p99_ms, west.hedge_after_ms),
+            (Some(40.0), Some(120.0))
+        );
+        let south = e
+            .clusters
+            .iter()
+            .find(|c| c.cluster == "south")
+            .expect("south");
+        assert_eq!(south.p99_ms, None, "nothing learned yet");
+        assert_eq!(south.hedge_after_ms, Some(2000.0), "unknown p99: max");
+    }
+
+    #[tokio::test]
     async fn the_route_answers_json_and_refuses_unknown_services() {
         let snap = snapshot(CANARY);
         let (h, b) = (Health::default(), Breakers::default());
         let none = UnboundVips::new();
-        let (status, body) = route(&snap, &h, &b, &none, Some("service=demo%2Fecho"));
+        let lat = Latencies::default();
+        let (status, body) = route(&snap, &h, &b, &none, &lat, Some("service=demo%2Fecho"));
         assert_eq!(status, StatusCode::OK);
         assert_eq!(body["decision"]["cluster"], "west");
         assert_eq!(body["clusters"][0]["verdict"]["healthy"], true);
@@ -659,7 +748,7 @@ mod tests {
         .into_iter()
         .map(|(ip, svc, why)| (ip.parse().expect("ip"), (svc.to_string(), why.to_string())))
         .collect();
-        let (_, body) = route(&snap, &h, &b, &unbound, Some("service=demo%2Fecho"));
+        let (_, body) = route(&snap, &h, &b, &unbound, &lat, Some("service=demo%2Fecho"));
         assert_eq!(body["unbound_vips"][0]["address"], "fd77::1", "{body}");
         assert_eq!(
             body["unbound_vips"].as_array().map(Vec::len),
@@ -672,7 +761,7 @@ mod tests {
                 && summary.contains("DNS does not answer"),
             "{summary}"
         );
-        let (status, body) = route(&snap, &h, &b, &none, Some("service=cart.shop"));
+        let (status, body) = route(&snap, &h, &b, &none, &lat, Some("service=cart.shop"));
         assert_eq!(status, StatusCode::NOT_FOUND);
         assert!(
             body["error"]
@@ -680,7 +769,10 @@ mod tests {
                 .is_some_and(|e| e.contains("imports: echo.demo")),
             "{body}"
         );
-        assert_eq!(route(&snap, &h, &b, &none, None).0, StatusCode::BAD_REQUEST);
+        assert_eq!(
+            route(&snap, &h, &b, &none, &lat, None).0,
+            StatusCode::BAD_REQUEST
+        );
     }
 
     #[test]

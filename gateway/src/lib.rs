@@ -21,6 +21,7 @@ pub mod h1guard;
 pub mod headers;
 pub mod health;
 pub mod inbound;
+pub mod latency;
 pub mod lb;
 pub mod linewriter;
 pub mod live;

@@ -156,6 +156,9 @@ pub struct Metrics {
     /// Tries in flight whose gateway or cluster was judged down while they waited, by what
     /// became of their request (`moved`: sent on at once; `failed`: not idempotent).
     pub tries_judged_down: Family<ResultLabels, Counter>,
+    /// Hedged tries, by result (`sent`; `won`: its answer went to the client; `refused`: the
+    /// retry budget had none, so no hedge was sent).
+    pub hedges: Family<ResultLabels, Counter>,
     /// Responses whose body was cut after their headers went to the client, by side.
     pub responses_cut: Family<SideLabels, Counter>,
 }
@@ -207,6 +210,10 @@ impl Metrics {
         self.tries_judged_down
             .get_or_create(&ResultLabels { result })
             .inc();
+    }
+
+    pub fn hedge(&self, result: &'static str) {
+        self.hedges.get_or_create(&ResultLabels { result }).inc();
     }
 
     pub fn response_cut(&self, side: Side) {
@@ -332,6 +339,11 @@ impl Metrics {
             "tries_judged_down",
             "Tries in flight whose peer gateway or cluster was judged down while they waited, by result (moved: sent on at once; failed: not idempotent, answered 502)",
             self.tries_judged_down.clone(),
+        );
+        r.register(
+            "hedges",
+            "Hedged tries to another cluster (or gateway) after a try ran past its hedge delay, by result (sent; won: its answer went to the client; refused: the retry budget had none)",
+            self.hedges.clone(),
         );
         r.register(
             "responses_cut",

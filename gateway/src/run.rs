@@ -223,6 +223,7 @@ pub async fn start(cfg: GatewayConfig) -> Result<Running, StartError> {
         pool,
         health,
         budget: Budget::default(),
+        latencies: Arc::default(),
         breakers: Breakers::default(),
         local: backends.clone(),
         limits: cfg.limits.clone(),
@@ -366,6 +367,7 @@ pub async fn start(cfg: GatewayConfig) -> Result<Running, StartError> {
                 &explained.health,
                 &explained.breakers,
                 &unbound,
+                &explained.latencies,
                 query,
             )
         }),

@@ -2,6 +2,7 @@
 //! Pure data and pure functions; no I/O.
 
 pub mod field_path;
+pub mod hedge;
 pub mod merge;
 pub mod names;
 pub mod policy;

@@ -5,7 +5,7 @@
 //!
 //! Where each section takes effect:
 //! - on the **calling side** (the outbound gateway of the cluster whose catalog holds it):
-//!   `failover`, `retry`, `circuit_breaker`, `split`, `shadow`;
+//!   `failover`, `retry`, `hedge`, `circuit_breaker`, `split`, `shadow`;
 //! - on the **serving side** (the inbound gateway of the exporting cluster): `authorization`,
 //!   `rate_limit`, `fault`.
 //!
@@ -15,6 +15,7 @@
 //!     services: [demo/echo]            # "<ns>/<name>", or "*" for every service
 //!     failover: {threshold: 0.7, fence_regions: [us-east], slow_start: 10s}
 //!     retry: {retries: 2, per_try_timeout: 2s, budget_percent: 20, grpc_statuses: [unavailable]}
+//!     hedge: {enabled: true, multiplier: 2, min: 50ms, max: 1s}   # see model::hedge
 //!     circuit_breaker: {max_requests: 1024}
 //!     split:
 //!       weights: {east: 95, south: 5}  # shares across clusters, renormalised over healthy ones
@@ -47,6 +48,8 @@ use std::time::{Duration, SystemTime};
 
 use serde::Deserialize;
 
+pub use super::hedge::Hedge;
+
 /// What the gateways apply to one service. Every section has a default that changes nothing.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServicePolicy {
@@ -61,6 +64,7 @@ pub struct ServicePolicy {
     pub budget_percent: u32,
     /// gRPC status codes worth another try on another cluster.
     pub grpc_statuses: Vec<u32>,
+    pub hedge: Hedge,
     pub max_requests: u32,
     pub split: Option<Split>,
     pub shadow: Option<Shadow>,
@@ -80,6 +84,7 @@ impl Default for ServicePolicy {
             per_try_timeout: Duration::from_secs(15),
             budget_percent: 20,
             grpc_statuses: vec![14],
+            hedge: Hedge::default(),
             max_requests: 1024,
             split: None,
             shadow: None,
@@ -280,6 +285,7 @@ struct Sections {
     per_try_timeout: Option<Duration>,
     budget_percent: Option<u32>,
     grpc_statuses: Option<Vec<u32>>,
+    hedge: Option<Hedge>,
     max_requests: Option<u32>,
     split: Option<Split>,
     shadow: Option<Shadow>,
@@ -321,6 +327,7 @@ impl Document {
             out.push("retry");
         }
         for (set, name) in [
+            (s.hedge.is_some(), "hedge"),
             (s.max_requests.is_some(), "circuit_breaker"),
             (s.split.is_some(), "split"),
             (s.shadow.is_some(), "shadow"),
@@ -349,6 +356,7 @@ impl Document {
             per_try_timeout,
             budget_percent,
             grpc_statuses,
+            hedge,
             max_requests
         );
         if s.fence_regions.is_some() {

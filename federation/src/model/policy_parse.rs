@@ -9,6 +9,8 @@ use std::time::{Duration, SystemTime};
 
 use serde::Deserialize;
 
+use super::super::hedge::RawHedge;
+
 use super::{
     Action, Authorization, Document, Fault, Match, Rate, RateLimit, Sections, Shadow, Split,
 };
@@ -55,6 +57,8 @@ struct RawDocument {
     failover: Option<RawFailover>,
     #[serde(default)]
     retry: Option<RawRetry>,
+    #[serde(default)]
+    hedge: Option<RawHedge>,
     #[serde(default)]
     circuit_breaker: Option<RawCircuitBreaker>,
     #[serde(default)]
@@ -216,6 +220,11 @@ pub fn parse(name: &str, json: &serde_json::Value) -> Result<Document, PolicyErr
     }
     if let Some(section) = raw.retry {
         retry(&ck, section, &mut s)?;
+    }
+    if let Some(h) = raw.hedge {
+        s.hedge = Some(
+            super::super::hedge::validate(h).map_err(|(field, reason)| ck.bad(field, reason))?,
+        );
     }
     if let Some(section) = raw.circuit_breaker {
         circuit_breaker(&ck, section, &mut s)?;

@@ -20,6 +20,9 @@
 mod client;
 mod connect;
 mod forward;
+mod hedge;
+#[cfg(test)]
+mod hedge_tests;
 mod send;
 #[cfg(test)]
 mod send_tests;
@@ -81,6 +84,8 @@ pub struct Outbound {
     pub metrics: Arc<Metrics>,
     pub health: Arc<crate::health::Health>,
     pub budget: crate::retry::Budget,
+    /// What each cluster's successful tries took, per service (for hedging and explain).
+    pub latencies: Arc<crate::latency::Latencies>,
     pub breakers: crate::retry::Breakers,
     /// Local peers whose `x-forwarded-client-cert` names the calling workload.
     pub trusted_sources: Vec<SourceRange>,

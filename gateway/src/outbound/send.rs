@@ -10,6 +10,7 @@ use std::sync::Arc;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 
+use super::hedge::{self, TryEnd};
 use super::{Outbound, Resolved, verdicts};
 use crate::accesslog::Entry;
 use crate::body::{self, Body};
@@ -18,14 +19,6 @@ use crate::lb::{cluster_order, random};
 use crate::policy::ServicePolicy;
 use crate::retry::{self, BreakerGuard, Replay};
 use crate::table::{Backend, Snapshot};
-
-/// How a try ended.
-enum TryEnd<T> {
-    /// An answer, an error, or the per-try timeout.
-    Done(Result<T, tokio::time::error::Elapsed>),
-    /// Its gateway or cluster was judged down first.
-    Judged(Judged),
-}
 
 impl Outbound {
     /// The clusters to try, best first, and the service's policy.
@@ -170,13 +163,49 @@ impl Outbound {
                 .health
                 .signals
                 .watch(&gateway.address, name, &backend.cluster);
-            let ended = tokio::select! {
-                biased;
-                r = tokio::time::timeout(try_timeout, sender.try_send_request(req)) => TryEnd::Done(r),
-                j = down.judged() => TryEnd::Judged(j),
+            let hedge = hedge::plan(
+                self,
+                policy,
+                replay,
+                name,
+                backend,
+                &gateway.address,
+                clusters.clone(),
+                &snap.cluster,
+                try_timeout,
+            );
+            let ring = self.latencies.ring(name, &backend.cluster);
+            let started = tokio::time::Instant::now();
+            let primary = tokio::time::timeout(try_timeout, sender.try_send_request(req));
+            let good = |r: &Result<Response<Incoming>, _>| {
+                r.as_ref().is_ok_and(|response: &Response<Incoming>| {
+                    !retry::failed_attempt(
+                        response.status(),
+                        response.headers(),
+                        &policy.grpc_statuses,
+                    )
+                })
             };
+            let ended = self
+                .race(primary, good, &mut down, hedge, policy, name, entry)
+                .await;
             let answered = match ended {
                 TryEnd::Done(r) => r,
+                TryEnd::Hedged(won) => {
+                    // The first try's stream is reset (its future was dropped in the race).
+                    self.metrics.hedge("won");
+                    entry.reason = Some(format!(
+                        "hedged: {} had not answered after {} ms; {} answered first",
+                        backend.cluster,
+                        started.elapsed().as_millis(),
+                        won.cluster
+                    ));
+                    entry.note(|e| e.upstream = Some(won.gateway.to_string()));
+                    entry.dst_cluster = Some(won.cluster.clone());
+                    entry.winner = Some(won.cluster);
+                    drop(in_flight);
+                    return Ok((won.response, won.in_flight));
+                }
                 TryEnd::Judged(judged) => {
                     // The request's stream is reset (its future was dropped above). No outcome
                     // is recorded: the verdict already says what happened there.
@@ -221,6 +250,10 @@ impl Outbound {
                     );
                     self.health.outcome(name, &backend.cluster, !failed);
                     if !failed {
+                        ring.record(started.elapsed());
+                        if entry.hedged {
+                            entry.winner = Some(backend.cluster.clone());
+                        }
                         if !entry.failed_over_from.is_empty() {
                             entry.reason = Some(format!("failed over: {last}"));
                         } else if retried_here {

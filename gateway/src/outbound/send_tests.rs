@@ -4,6 +4,7 @@
 //! reason (one that is not), long before its per-try timeout.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use http::{Method, Request, StatusCode, Version};
@@ -37,9 +38,15 @@ fn credential(ca: &Ca, name: &str) -> CertStore {
     store
 }
 
-/// A peer gateway `gw-1` of `ca`'s cluster: answers every request with `answer`, or never
-/// answers at all (`None`: a silent cluster whose connection stays up).
-async fn peer(ca: &Ca, trust: TrustStore, answer: Option<&'static str>) -> Arc<str> {
+/// A peer gateway `gw-1` of `ca`'s cluster: answers every request with `answer`'s text after
+/// its delay, or never answers at all (`None`: a silent cluster whose connection stays up).
+/// Requests abandoned before their answer (their stream reset) are counted in `abandoned`.
+pub(super) async fn peer(
+    ca: &Ca,
+    trust: TrustStore,
+    answer: Option<(&'static str, Duration)>,
+    abandoned: Arc<AtomicUsize>,
+) -> Arc<str> {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let address = listener.local_addr().expect("addr").to_string();
     let verifier = SpiffeClientVerifier::new(trust, Accept::Any).into_arc();
@@ -48,16 +55,21 @@ async fn peer(ca: &Ca, trust: TrustStore, answer: Option<&'static str>) -> Arc<s
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
             let acceptor = TlsAcceptor::from(config.clone());
+            let abandoned = abandoned.clone();
             tokio::spawn(async move {
                 let Ok(tls) = acceptor.accept(tcp).await else {
                     return;
                 };
-                let svc = service_fn(move |_req| async move {
-                    match answer {
-                        Some(text) => Ok::<_, std::convert::Infallible>(hyper::Response::new(
-                            body::full(text),
-                        )),
-                        None => std::future::pending().await,
+                let svc = service_fn(move |_req| {
+                    let abandoned = abandoned.clone();
+                    async move {
+                        let guard = Abandoned(Some(abandoned));
+                        let Some((text, delay)) = answer else {
+                            return std::future::pending().await;
+                        };
+                        tokio::time::sleep(delay).await;
+                        guard.answered();
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(body::full(text)))
                     }
                 });
                 let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
@@ -69,7 +81,24 @@ async fn peer(ca: &Ca, trust: TrustStore, answer: Option<&'static str>) -> Arc<s
     address.into()
 }
 
-fn backend(cluster: &str, region: &str, address: &Arc<str>) -> Backend {
+/// Counts a request dropped before it was answered.
+struct Abandoned(Option<Arc<AtomicUsize>>);
+
+impl Abandoned {
+    fn answered(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Abandoned {
+    fn drop(&mut self) {
+        if let Some(n) = &self.0 {
+            n.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+pub(super) fn backend(cluster: &str, region: &str, address: &Arc<str>) -> Backend {
     Backend {
         cluster: cluster.into(),
         trust_domain: format!("{cluster}.mesh").into(),
@@ -90,6 +119,28 @@ fn backend(cluster: &str, region: &str, address: &Arc<str>) -> Backend {
 /// East's outbound side, with `demo/echo` served by west (same region: tried first, silent)
 /// and south (another region: answers); and west's gateway address.
 async fn east() -> (Arc<Outbound>, Arc<Snapshot>, Resolved, Arc<str>) {
+    let (outbound, snap, resolved, west, _) = east_with(
+        None,
+        Some(("south", Duration::ZERO)),
+        crate::retry::Budget::default(),
+    )
+    .await;
+    (outbound, snap, resolved, west)
+}
+
+/// East as above, with west's and south's answers and the retry budget given; and the
+/// requests west saw abandoned.
+pub(super) async fn east_with(
+    west_answer: Option<(&'static str, Duration)>,
+    south_answer: Option<(&'static str, Duration)>,
+    budget: crate::retry::Budget,
+) -> (
+    Arc<Outbound>,
+    Arc<Snapshot>,
+    Resolved,
+    Arc<str>,
+    Arc<AtomicUsize>,
+) {
     let kek = Kek::generate().expect("kek");
     let day = Duration::from_secs(86_400);
     let ca = |td: &str| Ca::generate(td.parse().expect("td"), &kek, day).expect("ca");
@@ -98,8 +149,9 @@ async fn east() -> (Arc<Outbound>, Arc<Snapshot>, Resolved, Arc<str>) {
     for c in [&east, &west, &south] {
         trust.set(c.bundle());
     }
-    let west_gw = peer(&west, trust.clone(), None).await;
-    let south_gw = peer(&south, trust.clone(), Some("south")).await;
+    let west_abandoned = Arc::new(AtomicUsize::new(0));
+    let west_gw = peer(&west, trust.clone(), west_answer, west_abandoned.clone()).await;
+    let south_gw = peer(&south, trust.clone(), south_answer, Arc::default()).await;
     let import = Import::new(
         "echo.demo".into(),
         Vec::new(),
@@ -127,7 +179,8 @@ async fn east() -> (Arc<Outbound>, Arc<Snapshot>, Resolved, Arc<str>) {
         access_log: false,
         metrics: Arc::new(Metrics::default()),
         health: Arc::new(Health::new(HealthConfig::default())),
-        budget: crate::retry::Budget::default(),
+        budget,
+        latencies: Arc::default(),
         breakers: crate::retry::Breakers::default(),
         trusted_sources: Vec::new(),
         shadows: super::ShadowSlots::default(),
@@ -142,10 +195,10 @@ async fn east() -> (Arc<Outbound>, Arc<Snapshot>, Resolved, Arc<str>) {
         port: 8080,
         authority: "echo.demo:8080".into(),
     };
-    (outbound, snap, resolved, west_gw)
+    (outbound, snap, resolved, west_gw, west_abandoned)
 }
 
-fn request(method: Method) -> Request<body::Body> {
+pub(super) fn request(method: Method) -> Request<body::Body> {
     let mut req = Request::new(body::empty());
     *req.method_mut() = method;
     *req.uri_mut() = "http://echo.demo:8080/".parse().expect("uri");
