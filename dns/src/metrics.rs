@@ -199,7 +199,7 @@ impl Collector for DnsMetrics {
                 .zip(&m.latency)
                 .map(|(ub, c)| (*ub as f64 / 1e6, c.load(Relaxed)))
                 .collect();
-            buckets.push((f64::MAX, m.latency[BUCKETS_US.len()].load(Relaxed)));
+            buckets.push((f64::INFINITY, m.latency[BUCKETS_US.len()].load(Relaxed)));
             let count: u64 = buckets.iter().map(|b| b.1).sum();
             let sum = m.latency_sum_ns.load(Relaxed) as f64 / 1e9;
             let mut e = encoder.encode_descriptor(
