@@ -22,6 +22,8 @@ mod gateway_traffic;
 mod harness;
 mod hostile_peers;
 mod policy_follows_open_streams;
+mod prometheus;
+mod prometheus_rules;
 mod registry_lease;
 mod root_rotation;
 mod store_failover;

@@ -50,10 +50,7 @@ pub fn prometheus_text(openmetrics: &str) -> String {
                 .and_then(|t| t.split_once(' '))
                 .filter(|(n, _)| *n == name)
                 .map_or("", |(_, k)| k);
-            out.push_str(&format!(
-                "# HELP {} {help}\n",
-                family_name(name, next_kind)
-            ));
+            out.push_str(&format!("# HELP {} {help}\n", family_name(name, next_kind)));
         } else if let Some(rest) = line.strip_prefix("# TYPE ") {
             let (name, om_kind) = rest.split_once(' ').unwrap_or((rest, "unknown"));
             family = name.to_string();
@@ -64,18 +61,12 @@ pub fn prometheus_text(openmetrics: &str) -> String {
                 "summary" => "summary",
                 _ => "untyped",
             };
-            out.push_str(&format!(
-                "# TYPE {} {kind}\n",
-                family_name(name, om_kind)
-            ));
+            out.push_str(&format!("# TYPE {} {kind}\n", family_name(name, om_kind)));
         } else if line.starts_with("# ") || line.is_empty() {
             // `# UNIT`, `# EOF`: no such lines in the Prometheus format.
         } else {
             let sample = line.split_once(" # ").map_or(*line, |(s, _exemplar)| s);
-            let name = sample
-                .split(|c: char| c == '{' || c == ' ')
-                .next()
-                .unwrap_or("");
+            let name = sample.split(['{', ' ']).next().unwrap_or("");
             if kind == "counter" && name == format!("{family}_created") {
                 continue;
             }

@@ -396,7 +396,9 @@ mod tests {
             "{head}"
         );
         assert!(
-            body.contains("# TYPE admin_test_requests_total counter\nadmin_test_requests_total 3\n"),
+            body.contains(
+                "# TYPE admin_test_requests_total counter\nadmin_test_requests_total 3\n"
+            ),
             "{body}"
         );
         assert!(!body.contains("# EOF"), "{body}");
