@@ -29,6 +29,8 @@ mod kubernetes_imports;
 mod kubernetes_manifests;
 mod operator_cli;
 mod policy_follows_open_streams;
+mod prometheus;
+mod prometheus_rules;
 mod registry_lease;
 mod root_rotation;
 mod sample_backends;

@@ -1,13 +1,14 @@
 //! DNS metrics: plain atomics bumped on the query path (no lock, no label lookup per query),
 //! encoded at scrape time by a prometheus-client [`Collector`] registered on the federation's
-//! registry (`/metrics` on its admin port).
+//! registry (`/metrics` on its admin port). Names below are as Prometheus stores them
+//! (docs/metrics.md lists every metric of the project).
 //!
 //! | metric | kind | labels |
 //! |---|---|---|
-//! | `isthmus_dns_queries` | counter | `qtype` (A, AAAA, SRV, SOA, NS, ANY, other), `rcode` (NOERROR, NODATA, NXDOMAIN, REFUSED, FORMERR, NOTIMP, BADVERS) |
-//! | `isthmus_dns_truncated` | counter | `transport` (udp): responses sent with TC=1 |
-//! | `isthmus_dns_rate_limited` | counter | `action` (dropped, slipped) |
-//! | `isthmus_dns_dropped` | counter | packets not answered (not a query) |
+//! | `isthmus_dns_queries_total` | counter | `qtype` (A, AAAA, SRV, SOA, NS, ANY, other), `rcode` (NOERROR, NODATA, NXDOMAIN, REFUSED, FORMERR, NOTIMP, BADVERS) |
+//! | `isthmus_dns_truncated_total` | counter | `transport` (udp): responses sent with TC=1 |
+//! | `isthmus_dns_rate_limited_total` | counter | `action` (dropped, slipped) |
+//! | `isthmus_dns_dropped_total` | counter | packets not answered (not a query) |
 //! | `isthmus_dns_query_duration_seconds` | histogram | | from receipt to response handed to the socket |
 //! | `isthmus_dns_snapshot_age_seconds` | gauge | | since the served zone was built |
 //! | `isthmus_dns_snapshot_names`, `_view_version`, `_serial` | gauge | | the served zone |
@@ -199,7 +200,7 @@ impl Collector for DnsMetrics {
                 .zip(&m.latency)
                 .map(|(ub, c)| (*ub as f64 / 1e6, c.load(Relaxed)))
                 .collect();
-            buckets.push((f64::MAX, m.latency[BUCKETS_US.len()].load(Relaxed)));
+            buckets.push((f64::INFINITY, m.latency[BUCKETS_US.len()].load(Relaxed)));
             let count: u64 = buckets.iter().map(|b| b.1).sum();
             let sum = m.latency_sum_ns.load(Relaxed) as f64 / 1e9;
             let mut e = encoder.encode_descriptor(

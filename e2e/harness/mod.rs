@@ -1,10 +1,12 @@
-//! The e2e harness: federation processes ([`federation`]), reading their JSON views, and a fake
-//! peer that speaks the peering protocol with its own CA ([`fake_peer`]).
+//! The e2e harness: federation processes ([`federation`]), reading their JSON views, a fake
+//! peer that speaks the peering protocol with its own CA ([`fake_peer`]), clusters in network
+//! namespaces ([`netns`]) and a real Prometheus scraping them ([`prometheus`]).
 
 pub mod fake_peer;
 pub mod federation;
 pub mod gateway;
 pub mod netns;
+pub mod prometheus;
 
 use std::time::Duration;
 

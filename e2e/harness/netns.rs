@@ -683,6 +683,11 @@ impl Wan {
         wan
     }
 
+    /// The WAN router's namespace: it reaches every cluster's veth address.
+    pub fn router(&self) -> &str {
+        &self.router
+    }
+
     pub fn node(&self, name: &str) -> &Node {
         self.nodes
             .iter()

@@ -4,7 +4,7 @@
 //! |---|---|
 //! | `GET /healthz` | `200 ok` while the process runs |
 //! | `GET /readyz` | `200 ready`, or `503` with the reason from the readiness callback |
-//! | `GET /metrics` | OpenMetrics text from the shared registry |
+//! | `GET /metrics` | the shared registry: OpenMetrics text when `Accept` asks for it (Prometheus does), else the Prometheus text format ([`super::exposition`]) |
 //! | `GET /config_dump` | the config-dump callback's JSON, passed through [`redact_secrets`] |
 //!
 //! A component may add read-only JSON routes of its own ([`JsonRoute`], served by
@@ -29,11 +29,8 @@ use super::{AdminResponse, respond, serve_http1};
 /// The admin port binds loopback unless configured otherwise: it reveals config and metrics.
 pub const DEFAULT_ADMIN_HTTP_PORT: u16 = 15000;
 
-/// Content type of `/metrics`. prometheus-client writes the OpenMetrics text format (counter
-/// samples get a `_total` suffix that their `# TYPE` line does not carry, the body ends with
-/// `# EOF`), so it is labelled as what it is; Prometheus negotiates and scrapes it natively.
-pub const OPENMETRICS_CONTENT_TYPE: &str =
-    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// Content type of `/metrics` when the client asks for OpenMetrics.
+pub const OPENMETRICS_CONTENT_TYPE: &str = super::exposition::OPENMETRICS;
 
 const TEXT: &str = "text/plain; charset=utf-8";
 const JSON: &str = "application/json";
@@ -172,7 +169,12 @@ fn route(state: &AdminHttpState, routes: &[JsonRoute], req: &Request<Incoming>) 
                 Bytes::from(format!("{reason}\n")),
             ),
         },
-        "/metrics" => metrics(&state.registry),
+        "/metrics" => metrics(
+            &state.registry,
+            req.headers()
+                .get(hyper::header::ACCEPT)
+                .and_then(|v| v.to_str().ok()),
+        ),
         _ => config_dump(state),
     }
 }
@@ -181,10 +183,18 @@ fn text(status: StatusCode, body: &'static str) -> AdminResponse {
     respond(status, TEXT, Bytes::from_static(body.as_bytes()))
 }
 
-fn metrics(registry: &Registry) -> AdminResponse {
+/// The registry in the format the client asked for (see [`super::exposition`]).
+fn metrics(registry: &Registry, accept: Option<&str>) -> AdminResponse {
     let mut body = String::new();
     match prometheus_client::encoding::text::encode(&mut body, registry) {
-        Ok(()) => respond(StatusCode::OK, OPENMETRICS_CONTENT_TYPE, Bytes::from(body)),
+        Ok(()) if super::exposition::wants_openmetrics(accept) => {
+            respond(StatusCode::OK, OPENMETRICS_CONTENT_TYPE, Bytes::from(body))
+        }
+        Ok(()) => respond(
+            StatusCode::OK,
+            super::exposition::PROMETHEUS_TEXT,
+            Bytes::from(super::exposition::prometheus_text(&body)),
+        ),
         Err(error) => {
             // Writing into a String fails only if a metric's own encoder fails.
             tracing::warn!(%error, "admin: encoding metrics failed");
@@ -325,9 +335,19 @@ mod tests {
 
     /// One raw HTTP/1.1 exchange over a real TCP connection: (status, headers, body).
     async fn get(addr: SocketAddr, method: &str, path: &str) -> (u16, String, String) {
+        get_with(addr, method, path, "").await
+    }
+
+    /// `extra` is more header lines, each ending in CRLF.
+    async fn get_with(
+        addr: SocketAddr,
+        method: &str,
+        path: &str,
+        extra: &str,
+    ) -> (u16, String, String) {
         let mut stream = TcpStream::connect(addr).await.expect("connect");
         let request = format!(
-            "{method} {path} HTTP/1.1\r\nhost: admin\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+            "{method} {path} HTTP/1.1\r\nhost: admin\r\ncontent-length: 0\r\n{extra}connection: close\r\n\r\n"
         );
         stream.write_all(request.as_bytes()).await.expect("write");
         let mut raw = String::new();
@@ -356,7 +376,9 @@ mod tests {
         let (status, _, body) = get(server.addr, "GET", "/readyz").await;
         assert_eq!((status, body.as_str()), (200, "ready\n"));
 
-        let (status, head, body) = get(server.addr, "GET", "/metrics").await;
+        // What Prometheus 2.42 sends: OpenMetrics first.
+        let accept = "accept: application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1\r\n";
+        let (status, head, body) = get_with(server.addr, "GET", "/metrics", accept).await;
         assert_eq!(status, 200);
         assert!(
             head.contains(
@@ -366,6 +388,20 @@ mod tests {
         );
         assert!(body.contains("admin_test_requests_total 3"), "{body}");
         assert!(body.ends_with("# EOF\n"), "{body}");
+        // curl and promtool: the Prometheus text format, the counter family named with `_total`.
+        let (status, head, body) = get(server.addr, "GET", "/metrics").await;
+        assert_eq!(status, 200);
+        assert!(
+            head.contains("content-type: text/plain; version=0.0.4; charset=utf-8"),
+            "{head}"
+        );
+        assert!(
+            body.contains(
+                "# TYPE admin_test_requests_total counter\nadmin_test_requests_total 3\n"
+            ),
+            "{body}"
+        );
+        assert!(!body.contains("# EOF"), "{body}");
 
         let (status, head, body) = get(server.addr, "GET", "/config_dump?pretty").await;
         assert_eq!(status, 200);

@@ -6,12 +6,14 @@
 //!   with mode 0600, so only the federation's own user (and root) can reach them. They are never
 //!   served on a TCP port.
 //! - [`client`]: the CLI side of the local admin API.
+//! - [`exposition`]: the text format `/metrics` answers in (OpenMetrics or Prometheus 0.0.4).
 //!
 //! This module owns transport only. It must not know any federation internals (store, peering,
 //! identity...): callers plug state in through callbacks and the [`AdminHandler`] trait, so the
 //! gateway can reuse it as is.
 
 pub mod client;
+pub mod exposition;
 pub mod http;
 pub mod socket;
 
