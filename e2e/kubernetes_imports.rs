@@ -309,7 +309,7 @@ async fn service_imports_follow_the_catalog_and_never_touch_foreign_objects() {
     )
     .await;
     assert!(
-        east.metric("isthmus_kubernetes_imports_names_taken", &[])
+        east.metric("isthmus_federation_kubernetes_imports_names_taken", &[])
             .await
             >= 1.0
     );

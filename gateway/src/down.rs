@@ -87,6 +87,7 @@ impl DownSignals {
         DownWatch {
             gateway: subscribe(&self.gateways, gateway),
             ejection: subscribe(&self.ejections, &(service.clone(), cluster.clone())),
+            follow_ejection: true,
         }
     }
 
@@ -101,9 +102,19 @@ impl DownSignals {
 pub struct DownWatch {
     gateway: watch::Receiver<u64>,
     ejection: watch::Receiver<u64>,
+    follow_ejection: bool,
 }
 
 impl DownWatch {
+    /// Whether the cluster's ejection for the service wakes the try. Off when no other cluster
+    /// is left to move to: an ejection (counted from failures that may all be one dead
+    /// gateway's) would then turn a try that can still be answered, or retried on the
+    /// cluster's other gateway when its connection breaks, into a refusal.
+    pub fn follow_ejection(mut self, follow: bool) -> Self {
+        self.follow_ejection = follow;
+        self
+    }
+
     /// Resolves when the try's gateway or its cluster (for its service) is judged down; never
     /// otherwise.
     pub async fn judged(&mut self) -> Judged {
@@ -114,10 +125,11 @@ impl DownWatch {
                 Err(_) => std::future::pending().await,
             }
         };
+        let follow_ejection = self.follow_ejection;
         let ejection = async {
             match self.ejection.changed().await {
-                Ok(()) => Judged::Ejected,
-                Err(_) => std::future::pending().await,
+                Ok(()) if follow_ejection => Judged::Ejected,
+                _ => std::future::pending().await,
             }
         };
         tokio::select! {
@@ -160,5 +172,22 @@ mod tests {
         s.retain_gateways(|_| false);
         let quiet = tokio::time::timeout(Duration::from_secs(1), w.judged()).await;
         assert!(quiet.is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_ejection_wakes_a_try_only_when_it_has_somewhere_to_go() {
+        let s = DownSignals::default();
+        let gw: Arc<str> = "10.0.0.1:1".into();
+        let (svc, west): (ServiceName, Arc<str>) = ("echo.demo".into(), "west".into());
+        let mut w = s.watch(&gw, &svc, &west).follow_ejection(false);
+        s.ejected(&svc, &west);
+        let quiet = tokio::time::timeout(Duration::from_secs(1), w.judged()).await;
+        assert!(
+            quiet.is_err(),
+            "an ejection with nowhere to go woke the try"
+        );
+        // Its own gateway judged down still wakes it.
+        s.gateway_down(&gw);
+        assert_eq!(w.judged().await, Judged::GatewayDown);
     }
 }

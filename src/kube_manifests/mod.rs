@@ -180,6 +180,13 @@ pub fn federation_config(v: &Values) -> anyhow::Result<String> {
                 v.namespace
             ),
         ),
+        (
+            format!("  nameservers: [{{name: isthmus-dns.{BASE_NAMESPACE}.svc.cluster.local}}]"),
+            format!(
+                "  nameservers: [{{name: isthmus-dns.{}.svc.cluster.local}}]",
+                v.namespace
+            ),
+        ),
     ] {
         text = replace_line(&text, &from, &to)?;
     }

@@ -159,10 +159,12 @@ impl Outbound {
             entry.note(|e| e.upstream = Some(gateway.address.to_string()));
             sent += 1;
             // Registered before the request leaves: a verdict reached while it waits wakes it.
+            let elsewhere = clusters.clone().any(|b| b.cluster != snap.cluster);
             let mut down = self
                 .health
                 .signals
-                .watch(&gateway.address, name, &backend.cluster);
+                .watch(&gateway.address, name, &backend.cluster)
+                .follow_ejection(elsewhere);
             let hedge = hedge::plan(
                 self,
                 policy,

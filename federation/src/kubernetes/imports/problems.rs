@@ -28,7 +28,7 @@ pub struct ImportMetrics {
 
 impl ImportMetrics {
     pub fn register(&self, registry: &mut Registry) {
-        let r = registry.sub_registry_with_prefix("isthmus_kubernetes_imports");
+        let r = registry.sub_registry_with_prefix("isthmus_federation_kubernetes_imports");
         r.register(
             "errors",
             "Failed import-writer rounds and target-port allocations, by reason",
