@@ -48,7 +48,9 @@ const SLOW_START_FIRST_MAX: f64 = 0.75;
 const FAILBACK_START_S: f64 = 30.0;
 const FAILBACK_FULL_S: f64 = 40.0;
 
-fn clusters() -> [ClusterSpec; 3] {
+/// East calls a service that west (same region) and south serve: the layout of the failover,
+/// silent-failure and Prometheus scenarios.
+pub(crate) fn clusters() -> [ClusterSpec; 3] {
     [
         ClusterSpec {
             name: "east",
@@ -380,19 +382,9 @@ fn check_slow_start(checks: &mut Checks, samples: &[Sample], back: &str, recover
     let mut ramp = Vec::new();
     let mut full_at = None;
     for second in 0..FAILBACK_FULL_S as u64 {
-        let lo = start + second as f64 * 1000.0;
-        let bucket: Vec<&&Sample> = after
-            .iter()
-            .filter(|s| s.at_ms >= lo && s.at_ms < lo + 1000.0)
-            .collect();
-        if bucket.is_empty() {
+        let Some(share) = share_in_second(&after, start + second as f64 * 1000.0, back) else {
             break;
-        }
-        let share = bucket
-            .iter()
-            .filter(|s| s.ok() && s.cluster.as_deref() == Some(back))
-            .count() as f64
-            / bucket.len() as f64;
+        };
         ramp.push(share);
         let n = ramp.len();
         if full_at.is_none() && n >= 2 && ramp[n - 2] >= 0.9 && ramp[n - 1] >= 0.9 {
@@ -903,6 +895,23 @@ async fn total_outage(short: &str, base: u8, hedge: bool) {
         ),
     );
     checks.finish();
+}
+
+/// The share of the requests sent in `[from_ms, from_ms + 1 s)` that `back` answered; `None`
+/// when none was sent then.
+fn share_in_second(after: &[&Sample], from_ms: f64, back: &str) -> Option<f64> {
+    let bucket: Vec<&&Sample> = after
+        .iter()
+        .filter(|s| s.at_ms >= from_ms && s.at_ms < from_ms + 1000.0)
+        .collect();
+    if bucket.is_empty() {
+        return None;
+    }
+    let on = bucket
+        .iter()
+        .filter(|s| s.ok() && s.cluster.as_deref() == Some(back))
+        .count();
+    Some(on as f64 / bucket.len() as f64)
 }
 
 mod hedge;

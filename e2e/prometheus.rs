@@ -17,32 +17,13 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use tokio::process::Command;
 
-use crate::harness::netns::{ClusterSpec, FED_ADMIN, GW_ADMIN, Wan};
+use crate::failover::clusters;
+use crate::harness::netns::{FED_ADMIN, GW_ADMIN, Wan};
 use crate::harness::prometheus::{Prometheus, clusters_of, value_of};
 use crate::prometheus_rules::{self, Documented};
 
 const BASE: u8 = 57;
 const DNS_PORT: u16 = 15053;
-
-fn clusters() -> [ClusterSpec; 3] {
-    [
-        ClusterSpec {
-            name: "east",
-            region: "eu",
-            serves: false,
-        },
-        ClusterSpec {
-            name: "west",
-            region: "eu",
-            serves: true,
-        },
-        ClusterSpec {
-            name: "south",
-            region: "us",
-            serves: true,
-        },
-    ]
-}
 
 async fn metrics_body(ns: &str, port: u16) -> String {
     let out = Command::new("ip")

@@ -53,19 +53,11 @@ fn return_after_heal(samples: &[Sample], back: &str, healed: u64) -> (Option<f64
     let mut shares = Vec::new();
     let mut back_at = None;
     for second in 0.. {
-        let lo = healed as f64 + f64::from(second) * 1000.0;
-        let bucket: Vec<&&Sample> = after
-            .iter()
-            .filter(|s| s.at_ms >= lo && s.at_ms < lo + 1000.0)
-            .collect();
-        if bucket.is_empty() {
+        let from = healed as f64 + f64::from(second) * 1000.0;
+        let Some(share) = super::share_in_second(&after, from, back) else {
             break;
-        }
-        let on = bucket
-            .iter()
-            .filter(|s| s.ok() && s.cluster.as_deref() == Some(back))
-            .count();
-        shares.push(on as f64 / bucket.len() as f64);
+        };
+        shares.push(share);
         let n = shares.len();
         if back_at.is_none() && n >= 2 && shares[n - 2] >= 0.9 && shares[n - 1] >= 0.9 {
             back_at = Some((n - 2) as f64);
