@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::store::{AnyStore, Op, Store, StoreError, commit_in_chunks};
+use crate::store::{AnyStore, Op, StoreError, commit_in_chunks};
 
 /// An address range in CIDR notation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -589,13 +589,11 @@ pub struct VipTable {
 
 impl VipTable {
     pub async fn load(store: AnyStore, mut pool: VipPool) -> Result<Self, VipError> {
-        for (key, value) in store.list(PREFIX).await? {
-            let name = key.trim_start_matches(PREFIX).to_string();
-            let a: VipAssignment =
-                serde_json::from_slice(&value).map_err(|e| VipError::Corrupt {
-                    name: name.clone(),
-                    detail: e.to_string(),
-                })?;
+        for (name, a) in crate::store::list_json::<VipAssignment, _>(&store, PREFIX).await? {
+            let a = a.map_err(|detail| VipError::Corrupt {
+                name: name.clone(),
+                detail,
+            })?;
             pool.restore(name, a);
         }
         Ok(Self { pool, store })
@@ -710,6 +708,7 @@ impl VipTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::Store;
     use std::collections::BTreeMap;
 
     fn pool(v4: &str, quarantine_s: u64) -> VipPool {

@@ -497,6 +497,26 @@ pub async fn commit_in_chunks<S: Store>(
     Ok(())
 }
 
+/// Every record under `prefix` decoded from JSON, with its name (the key without the prefix).
+/// A record that does not decode comes back as `Err(why)`, for the caller to name its table.
+pub async fn list_json<T: serde::de::DeserializeOwned, S: Store>(
+    store: &S,
+    prefix: &str,
+) -> Result<Vec<(String, Result<T, String>)>, StoreError> {
+    Ok(store
+        .list(prefix)
+        .await?
+        .into_iter()
+        .map(|(key, value)| {
+            let name = key.trim_start_matches(prefix).to_string();
+            (
+                name,
+                serde_json::from_slice(&value).map_err(|e| e.to_string()),
+            )
+        })
+        .collect())
+}
+
 impl Guard {
     /// The guarded key.
     pub fn key(&self) -> &str {

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::store::{AnyStore, Op, Store, StoreError, commit_in_chunks};
+use crate::store::{AnyStore, Op, StoreError, commit_in_chunks};
 
 /// Store prefix of target-port assignments: `kube/target-ports/<name>`.
 pub const PREFIX: &str = "kube/target-ports/";
@@ -187,13 +187,11 @@ pub struct PortTable {
 
 impl PortTable {
     pub async fn load(store: AnyStore, mut pool: PortPool) -> Result<Self, PortError> {
-        for (key, value) in store.list(PREFIX).await? {
-            let name = key.trim_start_matches(PREFIX).to_string();
-            let a: PortAssignment =
-                serde_json::from_slice(&value).map_err(|e| PortError::Corrupt {
-                    name: name.clone(),
-                    detail: e.to_string(),
-                })?;
+        for (name, a) in crate::store::list_json::<PortAssignment, _>(&store, PREFIX).await? {
+            let a = a.map_err(|detail| PortError::Corrupt {
+                name: name.clone(),
+                detail,
+            })?;
             pool.restore(name, a);
         }
         Ok(Self { pool, store })
@@ -269,6 +267,7 @@ impl PortTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::Store;
 
     fn set(names: &[&str]) -> BTreeSet<String> {
         names.iter().map(|n| n.to_string()).collect()
