@@ -21,6 +21,7 @@ pub mod peering;
 pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod traffic;
 pub mod vip;
 
 /// Generated wire API (`proto/isthmus.proto`).

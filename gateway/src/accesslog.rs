@@ -70,6 +70,9 @@ pub struct Entry {
     pub winner: Option<Arc<str>>,
     #[serde(skip)]
     pub counters: Arc<Counters>,
+    /// Where the exchange is counted for the federation's dashboard, when it is.
+    #[serde(skip)]
+    traffic: Option<Arc<crate::traffic::TrafficBook>>,
 }
 
 /// Bytes counted by the body and tunnel wrappers while the exchange runs (one allocation per
@@ -141,7 +144,37 @@ impl Entry {
             hedged: false,
             winner: None,
             counters: Arc::default(),
+            traffic: None,
         }
+    }
+
+    /// Counts this exchange in `book` when it ends (by peer cluster and direction; see
+    /// [`crate::traffic`]).
+    pub fn count_traffic(&mut self, book: &Arc<crate::traffic::TrafficBook>) {
+        self.traffic = Some(book.clone());
+        self.started.get_or_insert_with(Instant::now);
+    }
+
+    /// Adds the finished exchange to its traffic book: against the cluster that answered it
+    /// (outbound: else the last cluster tried) or that called (inbound). Exchanges served in
+    /// this cluster, or not attributable to a peer, are not counted.
+    fn count_in_book(&self, book: &crate::traffic::TrafficBook) {
+        let (outbound, peer, own) = match self.side {
+            Side::Outbound => (
+                true,
+                self.dst_cluster.as_ref().or(self.failed_over_from.last()),
+                Some(&self.src_cluster),
+            ),
+            Side::Inbound => (false, Some(&self.src_cluster), self.dst_cluster.as_ref()),
+        };
+        let Some(peer) = peer.filter(|p| !p.is_empty() && Some(*p) != own) else {
+            return;
+        };
+        let error = self.failed || self.status >= 500;
+        let latency = (self.protocol == "http")
+            .then(|| self.started.map(|s| s.elapsed()))
+            .flatten();
+        book.record(outbound, peer, error, latency);
     }
 
     /// Fills in details that cost an allocation, only when the line will be written.
@@ -171,6 +204,9 @@ impl Entry {
 
     /// Writes the line now.
     pub fn finish(mut self) {
+        if let Some(book) = self.traffic.take() {
+            self.count_in_book(&book);
+        }
         if !self.enabled {
             return;
         }

@@ -161,6 +161,9 @@ pub struct Metrics {
     pub hedges: Family<ResultLabels, Counter>,
     /// Responses whose body was cut after their headers went to the client, by side.
     pub responses_cut: Family<SideLabels, Counter>,
+    /// Exchanges by peer cluster and direction, for the federation's dashboard (not exposed on
+    /// `/metrics`: see [`crate::traffic`]).
+    pub traffic: Arc<crate::traffic::TrafficBook>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -212,6 +212,10 @@ pub async fn start(cfg: GatewayConfig) -> Result<Running, StartError> {
     // listeners at all, `listen.vips: false`).
     let (unbound_tx, unbound_rx) = watch::channel(Arc::new(UnboundVips::new()));
     let unbound_rx_explain = unbound_rx.clone();
+    tasks.push(tokio::spawn(crate::traffic::report(
+        client.clone(),
+        metrics.traffic.clone(),
+    )));
     tasks.push(tokio::spawn(sync::report_health(
         client.clone(),
         table.clone(),

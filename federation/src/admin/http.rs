@@ -8,7 +8,8 @@
 //! | `GET /config_dump` | the config-dump callback's JSON, passed through [`redact_secrets`] |
 //!
 //! A component may add read-only JSON routes of its own ([`JsonRoute`], served by
-//! [`serve_admin_http_with`]; the gateway's `/explain`).
+//! [`serve_admin_http_with`]; the gateway's `/explain`) and static assets embedded in the binary
+//! ([`Asset`], served by [`serve_admin_http_routes`]; the federation's dashboard at `/ui`).
 //!
 //! Any other method on these routes is `405`; any other path is `404`. This port must never
 //! offer an operation that changes state: those live on the local admin socket
@@ -82,6 +83,15 @@ pub struct JsonRoute {
     pub handler: Arc<JsonRouteFn>,
 }
 
+/// A static file embedded in the binary, served as is at an exact path.
+#[derive(Debug, Clone, Copy)]
+pub struct Asset {
+    pub path: &'static str,
+    /// A valid header value, e.g. `text/html; charset=utf-8`.
+    pub content_type: &'static str,
+    pub body: &'static [u8],
+}
+
 impl std::fmt::Debug for JsonRoute {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("JsonRoute")
@@ -116,12 +126,23 @@ pub async fn serve_admin_http_with(
     routes: Vec<JsonRoute>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_admin_http_routes(listener, state, routes, &[], shutdown).await
+}
+
+/// [`serve_admin_http_with`] plus static `assets` (GET only, like every route here).
+pub async fn serve_admin_http_routes(
+    listener: TcpListener,
+    state: AdminHttpState,
+    routes: Vec<JsonRoute>,
+    assets: &'static [Asset],
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let local = listener.local_addr()?;
     tracing::info!(addr = %local, "admin HTTP port listening");
     let state = Arc::new((state, routes));
     let handle = move |req: Request<Incoming>| {
         let state = Arc::clone(&state);
-        async move { route(&state.0, &state.1, &req) }
+        async move { route(&state.0, &state.1, assets, &req) }
     };
     // Requests here are answered inline: nothing outlives its connection.
     serve_http1(listener, |_| true, handle, shutdown, std::future::ready(())).await;
@@ -129,10 +150,19 @@ pub async fn serve_admin_http_with(
     Ok(())
 }
 
-fn route(state: &AdminHttpState, routes: &[JsonRoute], req: &Request<Incoming>) -> AdminResponse {
+fn route(
+    state: &AdminHttpState,
+    routes: &[JsonRoute],
+    assets: &[Asset],
+    req: &Request<Incoming>,
+) -> AdminResponse {
     let path = req.uri().path();
     let extra = routes.iter().find(|r| r.path == path);
-    if extra.is_none() && !matches!(path, "/healthz" | "/readyz" | "/metrics" | "/config_dump") {
+    let asset = assets.iter().find(|a| a.path == path);
+    if extra.is_none()
+        && asset.is_none()
+        && !matches!(path, "/healthz" | "/readyz" | "/metrics" | "/config_dump")
+    {
         let mut known = String::from("/healthz, /readyz, /metrics, /config_dump");
         for r in routes {
             known.push_str(", ");
@@ -158,6 +188,9 @@ fn route(state: &AdminHttpState, routes: &[JsonRoute], req: &Request<Incoming>) 
     if let Some(r) = extra {
         let (status, value) = (r.handler)(req.uri().query());
         return json(status, &value);
+    }
+    if let Some(a) = asset {
+        return super::ui::respond_asset(a);
     }
     match path {
         "/healthz" => text(StatusCode::OK, "ok\n"),

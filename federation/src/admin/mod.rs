@@ -7,6 +7,7 @@
 //!   served on a TCP port.
 //! - [`client`]: the CLI side of the local admin API.
 //! - [`exposition`]: the text format `/metrics` answers in (OpenMetrics or Prometheus 0.0.4).
+//! - [`ui`]: the dashboard's page, script and style sheet, embedded in the binary.
 //!
 //! This module owns transport only. It must not know any federation internals (store, peering,
 //! identity...): callers plug state in through callbacks and the [`AdminHandler`] trait, so the
@@ -16,11 +17,12 @@ pub mod client;
 pub mod exposition;
 pub mod http;
 pub mod socket;
+pub mod ui;
 
 pub use client::{AdminClientError, admin_call};
 pub use http::{
-    AdminHttpConfig, AdminHttpState, JsonRoute, JsonRouteFn, redact_secrets, serve_admin_http,
-    serve_admin_http_with,
+    AdminHttpConfig, AdminHttpState, Asset, JsonRoute, JsonRouteFn, redact_secrets,
+    serve_admin_http, serve_admin_http_routes, serve_admin_http_with,
 };
 pub use socket::{
     AdminError, AdminHandler, BoundAdminSocket, bind_admin_socket, serve_admin_socket,

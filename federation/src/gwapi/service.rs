@@ -17,7 +17,7 @@ use crate::proto::gateway_control_server::GatewayControl;
 use crate::proto::{
     BootstrapRequest, ConfigAck, ConfigAckResponse, GatewayConfig, HealthReport, HealthReportAck,
     RegisterGatewayRequest, RegisterGatewayResponse, SignCsrRequest, SignedCertificate,
-    SubscribeRequest,
+    SubscribeRequest, TrafficReport, TrafficReportAck,
 };
 use crate::store::{LeaseId, Op, Store};
 
@@ -309,12 +309,17 @@ impl GatewayControl for GatewayService {
             // Each report is the gateway's whole current view: pairs it no longer reports
             // (a service gone, a cluster dropped) must not keep an old verdict.
             g.health.clear();
+            g.health_reasons.clear();
             for v in report.verdicts {
                 let key = v
                     .service
                     .map(|k| format!("{}/{}", k.namespace, k.name))
                     .unwrap_or_default();
-                g.health.insert(format!("{}:{key}", v.cluster), v.healthy);
+                let key = format!("{}:{key}", v.cluster);
+                if !v.reason.is_empty() {
+                    g.health_reasons.insert(key.clone(), v.reason);
+                }
+                g.health.insert(key, v.healthy);
             }
             g.vip_listeners = report.vip_listeners;
             g.unbound_vips = report
@@ -337,6 +342,18 @@ impl GatewayControl for GatewayService {
                 .collect();
         }
         Ok(Response::new(HealthReportAck {}))
+    }
+
+    async fn report_traffic(
+        &self,
+        request: Request<TrafficReport>,
+    ) -> Result<Response<TrafficReportAck>, Status> {
+        let name = self.caller(request.extensions())?;
+        self.node
+            .traffic
+            .record(&name, request.get_ref(), crate::node::now_ms())
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        Ok(Response::new(TrafficReportAck {}))
     }
 }
 

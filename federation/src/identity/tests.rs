@@ -673,6 +673,13 @@ mod grpc {
         ) -> Result<Response<proto::HealthReportAck>, Status> {
             Err(Status::unimplemented("test"))
         }
+
+        async fn report_traffic(
+            &self,
+            _: Request<proto::TrafficReport>,
+        ) -> Result<Response<proto::TrafficReportAck>, Status> {
+            Err(Status::unimplemented("test"))
+        }
     }
 }
 

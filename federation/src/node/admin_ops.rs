@@ -390,7 +390,7 @@ async fn status(node: &Node, bound: &Bound) -> Value {
 
 /// The catalog's policy documents: what each sets and, for fault-injection drills, whether the
 /// fault is still in force and for how long.
-fn policies_status(docs: &BTreeMap<String, Value>, now: SystemTime) -> Value {
+pub(crate) fn policies_status(docs: &BTreeMap<String, Value>, now: SystemTime) -> Value {
     use crate::model::policy::{self, format_rfc3339};
     let list: Vec<Value> = docs
         .iter()

@@ -11,6 +11,7 @@ pub mod apply;
 pub mod ca;
 #[cfg(feature = "kubernetes")]
 pub mod clusterset;
+pub mod dashboard;
 pub mod keys;
 pub mod peer_update;
 pub mod run;
@@ -63,6 +64,9 @@ pub struct GatewayInfo {
     pub acked_version: u64,
     pub acked_bundle_sequence: u64,
     pub health: BTreeMap<String, bool>,
+    /// Why a verdict in `health` is what it is, when the gateway said (same keys).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub health_reasons: BTreeMap<String, String>,
     /// Whether it listens on VIPs (`listen.vips`), as its last health report said.
     pub vip_listeners: bool,
     /// VIP addresses it could not bind, as its last health report said.
@@ -120,6 +124,8 @@ pub struct Node {
     pub shutdown: watch::Receiver<bool>,
     /// Whether the local catalog sources are applied (see [`apply`]).
     pub apply: StdMutex<apply::ApplyStatus>,
+    /// What this cluster's gateways report carrying to and from peers, for the dashboard.
+    pub traffic: crate::traffic::TrafficLog,
 }
 
 impl Node {

@@ -10,7 +10,7 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::{Mutex, watch};
 
-use crate::admin::{AdminHttpState, bind_admin_socket, serve_admin_http};
+use crate::admin::{AdminHttpState, JsonRoute, bind_admin_socket, serve_admin_http_routes};
 use crate::catalog::{CatalogFile, FileSource, RegistryConfig, RegistryService};
 use crate::config::FederationConfig;
 use crate::identity::{
@@ -325,6 +325,7 @@ pub async fn start_with_metrics(
         metrics: metrics.clone(),
         shutdown: stop_rx.clone(),
         apply: StdMutex::default(),
+        traffic: Default::default(),
     });
 
     // Gateways registered before a restart (leases still alive).
@@ -420,9 +421,16 @@ pub async fn start_with_metrics(
         }),
         config_dump: Arc::new(move || crate::node::admin_ops::config_dump(&dump_node)),
     };
+    // The dashboard: its page at `/ui`, the read-only document it polls.
+    let dashboard = Arc::new(crate::node::dashboard::Dashboard::new(node.clone()));
+    let routes = vec![JsonRoute {
+        path: crate::admin::ui::STATE_PATH,
+        handler: Arc::new(move |_query| (hyper::StatusCode::OK, dashboard.state())),
+    }];
     let mut stop = stop_rx.clone();
     tasks.push(tokio::spawn(async move {
-        let _ = serve_admin_http(admin_listener, http_state, async move {
+        let assets = &crate::admin::ui::ASSETS;
+        let _ = serve_admin_http_routes(admin_listener, http_state, routes, assets, async move {
             let _ = stop.wait_for(|s| *s).await;
         })
         .await;

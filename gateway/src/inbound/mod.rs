@@ -202,6 +202,7 @@ impl Inbound {
     ) -> Response<Body> {
         let snap = self.table.borrow().clone();
         let mut entry = Entry::new(self.access_log, Side::Inbound, "http", "".into());
+        entry.count_traffic(&self.metrics.traffic);
         entry.dst_cluster = Some(snap.cluster.clone());
         entry.note(|e| {
             e.method = Some(req.method().to_string());

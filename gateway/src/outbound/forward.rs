@@ -326,6 +326,7 @@ impl Outbound {
             "tcp",
             snap.cluster.clone(),
         );
+        entry.count_traffic(&self.metrics.traffic);
         let Some(target) = snap.vips.get(&ip).cloned() else {
             reset(stream);
             return;

@@ -145,6 +145,7 @@ impl Outbound {
             "http",
             snap.cluster.clone(),
         );
+        entry.count_traffic(&self.metrics.traffic);
         entry.note(|e| {
             e.method = Some(req.method().to_string());
             e.path = req.uri().path_and_query().map(|p| p.as_str().to_string());
