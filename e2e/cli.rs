@@ -76,7 +76,8 @@ impl Drop for Reaper {
 }
 
 /// SIGTERM (what `timeout`, systemd and most supervisors send) stops the demo and every process
-/// it started, and the data directory it made goes with them.
+/// it started, and the data directory it made goes with them. (On the way, every cluster's
+/// dashboard URL the demo prints serves the page.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_stops_everything_on_sigterm_and_cleans_up() {
     use tokio::io::{AsyncBufReadExt as _, BufReader};
@@ -92,11 +93,17 @@ async fn the_demo_stops_everything_on_sigterm_and_cleans_up() {
     let pid = demo.id().expect("pid").to_string();
     let mut lines = BufReader::new(demo.stdout.take().expect("stdout")).lines();
     let mut root = None;
+    let mut dashboards = Vec::new();
     let up = tokio::time::timeout(std::time::Duration::from_secs(120), async {
         while let Ok(Some(line)) = lines.next_line().await {
             if let Some(rest) = line.split("data under ").nth(1) {
                 root = Some(rest.trim().to_string());
             }
+            dashboards.extend(
+                line.split_whitespace()
+                    .filter(|w| w.starts_with("http://") && w.ends_with("/ui"))
+                    .map(str::to_string),
+            );
             if line.contains("stops all three clusters") {
                 return true;
             }
@@ -115,6 +122,19 @@ async fn the_demo_stops_everything_on_sigterm_and_cleans_up() {
     let _reaper = Reaper(children.clone());
     assert_eq!(up, Ok(true), "the demo did not come up");
     let root = root.expect("the demo names its data directory");
+    // Every cluster's dashboard URL is printed, and serves the page.
+    assert_eq!(dashboards.len(), 3, "{dashboards:?}");
+    for url in &dashboards {
+        let page = Command::new("curl")
+            .args(["-sS", "--fail", "--max-time", "5", url])
+            .output()
+            .expect("curl");
+        let body = String::from_utf8_lossy(&page.stdout);
+        assert!(
+            page.status.success() && body.contains("<script src=\"/ui/app.js\""),
+            "GET {url}: {body}"
+        );
+    }
     assert_eq!(
         children.len(),
         8,

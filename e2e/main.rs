@@ -12,6 +12,7 @@ mod catalog_apply;
 mod catalog_sync;
 mod cli;
 mod crash_recovery;
+mod dashboard;
 mod dns;
 mod dns_unbound_vips;
 mod failover;

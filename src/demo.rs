@@ -573,6 +573,16 @@ async fn start_all(exe: &std::path::Path, root: &std::path::Path) -> anyhow::Res
     }
 
     let proxy = gw.proxy;
+    println!(
+        "\nDashboard (clusters, links, services, verdicts, traffic between clusters; refreshes itself):"
+    );
+    for c in &clusters {
+        println!(
+            "  {:<5} http://{}/ui",
+            c.name,
+            c.ready["ready"]["admin"].as_str().unwrap_or("?")
+        );
+    }
     println!("\nTry (in another terminal):");
     println!("  curl -x http://{proxy} http://echo.demo.svc.clusterset.local:8080/");
     println!(

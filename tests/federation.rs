@@ -10,6 +10,9 @@ use isthmus_federation::metrics::PeerLabels;
 use isthmus_federation::node::run::{Running, start};
 use serde_json::json;
 
+#[path = "federation/dashboard.rs"]
+mod dashboard;
+
 fn config(dir: &Path, name: &str, index: u8) -> FederationConfig {
     let kek = isthmus_federation::identity::Kek::generate().expect("kek");
     std::fs::write(dir.join("kek"), kek.to_base64().as_bytes()).expect("write kek");

@@ -134,6 +134,10 @@ function renderServices(s) {
 }
 
 function renderPolicies(s) {
+  if (!s.policies.length) {
+    replace('policy-rows', [el('tr', {}, el('td', { colspan: 4, class: 'muted' }, 'no policy documents in the catalog'))]);
+    return;
+  }
   replace('policy-rows', s.policies.map((p) => {
     let drill = '';
     if (p.error) drill = 'invalid: ' + p.error;
