@@ -211,7 +211,7 @@ async fn the_dashboard_shows_clusters_services_traffic_and_a_dead_gateway_in_chr
         profile.path(),
         &[
             &format!("--screenshot={}", png.display()),
-            "--window-size=1280,1100",
+            "--window-size=1280,860",
             "--hide-scrollbars",
         ],
     )
