@@ -31,10 +31,13 @@ struct PairCounters {
     buckets: [AtomicU64; BUCKETS],
 }
 
-/// The counts since the last report, by (outbound, peer cluster).
+/// (outbound, peer cluster): this cluster called the peer, or the peer called this cluster.
+type PairKey = (bool, Arc<str>);
+
+/// The counts since the last report, by pair.
 #[derive(Debug, Default)]
 pub struct TrafficBook {
-    pairs: RwLock<HashMap<(bool, Arc<str>), Arc<PairCounters>>>,
+    pairs: RwLock<HashMap<PairKey, Arc<PairCounters>>>,
 }
 
 impl TrafficBook {
