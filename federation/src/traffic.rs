@@ -4,8 +4,9 @@
 //! fixed buckets below); the federation keeps a short ring of those intervals per gateway and
 //! sums them into one edge per (calling cluster, serving cluster).
 //!
-//! Only edges that touch this cluster are known here: a gateway sees the exchanges it carries,
-//! nothing between two other clusters. The numbers are for display; nothing routes on them.
+//! A gateway sees only the exchanges it carries, so first-hand edges all touch this cluster;
+//! edges between two other clusters come from peers ([`peers`]: each federation sends its own
+//! edges with its heartbeats). The numbers are for display; nothing routes on them.
 //!
 //! This module must not do I/O: the gateway API hands reports in, the dashboard reads edges out.
 
@@ -17,6 +18,8 @@ use serde::Serialize;
 
 use crate::model::ClusterName;
 use crate::proto;
+
+pub mod peers;
 
 /// Upper bounds (ms) of the latency buckets; one more bucket counts everything slower.
 pub const LATENCY_BOUNDS_MS: [u32; 14] = [
@@ -154,6 +157,8 @@ struct GatewayRing {
 #[derive(Debug, Default)]
 pub struct TrafficLog {
     gateways: Mutex<BTreeMap<String, GatewayRing>>,
+    /// Edges between other clusters, as peers report them.
+    pub peers: peers::PeerEdges,
 }
 
 /// Traffic from one cluster to another over [`WINDOW`], and its graph over [`KEEP`].

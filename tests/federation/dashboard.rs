@@ -103,6 +103,32 @@ async fn the_dashboard_state_shows_clusters_services_verdicts_and_traffic() {
         "{refused:?}"
     );
 
+    // West's gateway reports its calls to south: east learns that edge from west's heartbeats.
+    let file =
+        serde_json::from_value(admin(&west, "gateway.bootstrap", json!({ "name": "gw-w" })).await)
+            .expect("bootstrap file");
+    let west_gw = ControlClient::bootstrap(&file)
+        .await
+        .expect("bootstrap west's gateway");
+    let mut to_south = traffic(30, 0, 40);
+    to_south.samples[0].peer_cluster = "south".into();
+    west_gw
+        .client()
+        .report_traffic(to_south)
+        .await
+        .expect("west's traffic report");
+    let state = async || {
+        let (status, _, body) = http(east.bound.admin, "GET", "/ui/api/state").await;
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str::<Value>(&body).expect("json")
+    };
+    wait_for("east to show west's edge to south", async || {
+        state().await["traffic"]["edges"]
+            .as_array()
+            .is_some_and(|e| e.iter().any(|e| e["from"] == "west" && e["to"] == "south"))
+    })
+    .await;
+
     let (status, head, body) = http(east.bound.admin, "GET", "/ui/api/state").await;
     assert_eq!(status, 200, "{body}");
     assert!(head.contains("content-type: application/json"), "{head}");
@@ -153,10 +179,27 @@ async fn the_dashboard_state_shows_clusters_services_verdicts_and_traffic() {
         json!([{ "gateway": "gw-1", "healthy": false, "reason": "no peer gateway answers probes" }])
     );
 
-    // Traffic: the one good report, as an edge east -> west.
+    // Traffic: the one good report, as an edge east -> west counted here; west -> south as
+    // west reported it.
     let edges = s["traffic"]["edges"].as_array().expect("edges");
-    assert_eq!(edges.len(), 1, "{edges:?}");
+    assert_eq!(edges.len(), 2, "{edges:?}");
     let e = &edges[0];
+    assert_eq!(e["reported_by"], "east");
+    let ws = &edges[1];
+    assert_eq!(
+        (ws["from"].as_str(), ws["to"].as_str()),
+        (Some("west"), Some("south"))
+    );
+    assert_eq!(
+        (ws["reported_by"].as_str(), ws["requests"].as_u64()),
+        (Some("west"), Some(30))
+    );
+    assert_eq!(
+        ws["requests_per_s"].as_f64(),
+        Some(15.0),
+        "30 requests in 2 s"
+    );
+    assert!(ws["p99_ms"].as_f64().is_some_and(|p| p > 25.0), "{ws}");
     assert_eq!(
         (e["from"].as_str(), e["to"].as_str()),
         (Some("east"), Some("west"))

@@ -45,7 +45,7 @@ impl Dashboard {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        let edges = node.traffic.edges(&node.me.cluster, now);
+        let edges = edges(node, now);
         json!({
             "cluster": node.me.cluster,
             "region": node.me.region,
@@ -60,7 +60,7 @@ impl Dashboard {
             "policies": super::admin_ops::policies_status(&view.policies, SystemTime::now()),
             "traffic": {
                 "scope": format!(
-                    "edges touching {}, as its gateways count them; open another cluster's dashboard for its own edges",
+                    "edges touching {} as its gateways count them; other edges as the peers at their ends report them with each heartbeat",
                     node.me.cluster
                 ),
                 "window_s": crate::traffic::WINDOW.as_secs(),
@@ -139,6 +139,21 @@ impl Dashboard {
         }
         out
     }
+}
+
+/// First-hand edges (reported by this cluster), then the peers' edges between other clusters,
+/// each naming the cluster whose gateways counted it.
+fn edges(node: &Node, now: i64) -> Vec<Value> {
+    let own = node.traffic.edges(&node.me.cluster, now);
+    let theirs = node.traffic.peers.edges(now);
+    let mine = own.into_iter().map(|e| (node.me.cluster.clone(), e));
+    mine.chain(theirs)
+        .filter_map(|(by, e)| {
+            let mut v = serde_json::to_value(e).ok()?;
+            v["reported_by"] = json!(by);
+            Some(v)
+        })
+        .collect()
 }
 
 /// This cluster's gateways: where they listen, what they applied, when they last reported

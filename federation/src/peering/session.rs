@@ -205,6 +205,11 @@ where
                         }
                     }
                     Some(Body::Ack(ack)) => {
+                        if !ack.traffic.is_empty()
+                            && let Err(e) = node.traffic.peers.set(&peer, &node.me.cluster, &ack.traffic, now_ms())
+                        {
+                            tracing::debug!(peer.cluster = %peer, error = %e, "ignoring a peer's traffic summary");
+                        }
                         if ack.version >= sender.sent && sender.sent > 0 {
                             retry_backoff = MIN_NACK_BACKOFF;
                         }
@@ -233,7 +238,9 @@ where
             _ = heartbeat.tick() => {
                 let stored = node.state.lock().await.peers.get(&peer).map(|p| p.catalog.version);
                 let Some(stored) = stored else { return Err(SessionError::Removed(peer.clone())) };
-                out.send(msg(Body::Ack(proto::Ack { version: stored }))).await.map_err(|_| closed())?;
+                // Heartbeats carry this cluster's edges for the peer's dashboard.
+                let traffic = crate::traffic::peers::to_proto(&node.traffic.edges(&node.me.cluster, now_ms()));
+                out.send(msg(Body::Ack(proto::Ack { version: stored, traffic }))).await.map_err(|_| closed())?;
             }
             _ = tokio::time::sleep_until(retry_at.unwrap_or_else(tokio::time::Instant::now)), if retry_at.is_some() => {
                 retry_at = None;
@@ -286,9 +293,12 @@ async fn receive(
     match node.receive_update(peer, checked).await {
         Ok(()) => {
             node.metrics.update(peer.as_str(), "acked");
-            out.send(msg(Body::Ack(proto::Ack { version })))
-                .await
-                .map_err(|_| SessionError::Closed(peer.clone()))
+            out.send(msg(Body::Ack(proto::Ack {
+                version,
+                traffic: Vec::new(),
+            })))
+            .await
+            .map_err(|_| SessionError::Closed(peer.clone()))
         }
         Err(StateError::Rejected(reason)) => {
             reject(node, peer, out, version, CODE_INVALID_ARGUMENT, reason).await

@@ -239,13 +239,15 @@ function renderTraffic(s) {
   const edges = s.traffic.edges;
   replace('edges', edges.length ? edges.map((e) => el('tr', {
     class: 'edge', 'data-from': e.from, 'data-to': e.to, 'data-rps': e.requests_per_s.toFixed(3),
-    'data-requests': e.requests,
+    'data-requests': e.requests, 'data-reported-by': e.reported_by,
   },
   el('td', {}, e.from), el('td', {}, e.to),
   el('td', {}, rate(e.requests_per_s)),
   el('td', { class: e.errors ? 'bad' : '' }, percent(e.error_ratio) + ' (' + e.errors + ')'),
   el('td', {}, ms(e.p50_ms)), el('td', {}, ms(e.p99_ms)),
-  el('td', {}, sparkline(e.series)))) : [el('tr', {}, el('td', { colspan: 7, class: 'muted' }, 'no traffic reported yet'))]);
+  el('td', {}, sparkline(e.series)),
+  el('td', { class: 'muted' }, e.reported_by === s.cluster ? 'this cluster' : e.reported_by))) :
+    [el('tr', {}, el('td', { colspan: 8, class: 'muted' }, 'no traffic reported yet'))]);
 }
 
 function render(s) {
