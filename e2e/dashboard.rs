@@ -2,10 +2,11 @@
 //! loads east's page from its admin port (inside east's network namespace, [`Wan`] base 53) and
 //! the test reads the DOM the page's own script built (`--dump-dom`).
 //!
-//! After traffic from east to `demo/echo` (served by west, the same region, and south), the page
-//! shows the three clusters with their link states, `demo/echo` with its serving clusters, and
-//! non-zero requests per second on the east → west edge, counted by east's gateway and reported to
-//! east's federation (no Prometheus involved). Then west's gateway is SIGKILLed: within 10 s,
+//! After traffic from east to `demo/echo` (served by west, the same region, and south), and from
+//! south to west's copy of it (its per-cluster name), the page shows the three clusters with
+//! their link states, `demo/echo` with its serving clusters, non-zero requests per second on the
+//! east → west edge, counted by east's gateway and reported to east's federation (no Prometheus
+//! involved), and on the south → west edge, which east learns from its peers' heartbeats. Then west's gateway is SIGKILLed: within 10 s,
 //! measured from the test's side, the page shows west as down (east's gateway's verdict on west,
 //! or west's link). One screenshot is kept as a test artefact (`dashboard.png` under
 //! `ISTHMUS_E2E_ARTEFACTS`, else the test target's temporary directory).
@@ -88,6 +89,8 @@ struct Shown {
     echo_serving: Vec<String>,
     /// Requests per second on the east → west edge.
     east_west_rps: f64,
+    /// Requests per second on the south → west edge, and who counted it.
+    south_west: Option<(f64, String)>,
     /// Verdicts on west held by east's gateways: (healthy, text).
     west_verdicts: Vec<(bool, String)>,
 }
@@ -119,10 +122,16 @@ fn read(dom: &str) -> Shown {
         }
     }
     for t in tags(dom, "tr", "edge") {
-        if attr(t, "data-from") == Some("east") && attr(t, "data-to") == Some("west") {
-            shown.east_west_rps = attr(t, "data-rps")
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0.0);
+        let rps = attr(t, "data-rps")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
+        match (attr(t, "data-from"), attr(t, "data-to")) {
+            (Some("east"), Some("west")) => shown.east_west_rps = rps,
+            (Some("south"), Some("west")) => {
+                let by = attr(t, "data-reported-by").unwrap_or("").to_string();
+                shown.south_west = Some((rps, by));
+            }
+            _ => {}
         }
     }
     for (i, _) in dom.match_indices("<span class=\"verdict ") {
@@ -149,11 +158,33 @@ async fn the_dashboard_shows_clusters_services_traffic_and_a_dead_gateway_in_chr
     let east_ns = wan.node("east").ns.clone();
     let profile = tempfile::tempdir().expect("chromium profile dir");
 
-    // Traffic from east to demo/echo: west serves it (same region as east).
+    // Traffic from east to demo/echo: west serves it (same region as east). South calls west's
+    // copy by its per-cluster name's VIP.
     let vip = wan.node("east").vip("demo/echo").await;
+    let south_catalog = wan.node("south").catalog().await;
+    let south_to_west = crate::harness::route(&south_catalog, "demo/echo")
+        .and_then(|r| r["cluster_vips"].as_array())
+        .and_then(|v| v.iter().find(|p| p[0] == "west"))
+        .and_then(|p| p[1]["v4"].as_str())
+        .map(String::from)
+        .unwrap_or_else(|| panic!("south has no VIP for west.echo.demo: {south_catalog}"));
     let load = wan
         .client("east", &format!("http://{vip}:8080/ui"), 20, 6, 5_000)
         .await;
+    let south_load = wan
+        .client(
+            "south",
+            &format!("http://{south_to_west}:8080/ui"),
+            10,
+            6,
+            5_000,
+        )
+        .await;
+    let south_ok = south_load.finish().await.iter().filter(|s| s.ok()).count();
+    assert!(
+        south_ok >= 50,
+        "{south_ok} of south's calls to west succeeded"
+    );
     let samples = load.finish().await;
     let ok = samples.iter().filter(|s| s.ok()).count();
     assert!(ok >= 100, "{ok} of {} calls succeeded", samples.len());
@@ -170,7 +201,8 @@ async fn the_dashboard_shows_clusters_services_traffic_and_a_dead_gateway_in_chr
     let shown = loop {
         let dom = chromium(&east_ns, profile.path(), &["--dump-dom"]).await;
         let shown = read(&dom);
-        if shown.east_west_rps > 0.0 || Instant::now() > deadline {
+        let south_seen = shown.south_west.as_ref().is_some_and(|s| s.0 > 0.0);
+        if (shown.east_west_rps > 0.0 && south_seen) || Instant::now() > deadline {
             break shown;
         }
     };
@@ -195,6 +227,11 @@ async fn the_dashboard_shows_clusters_services_traffic_and_a_dead_gateway_in_chr
     assert!(
         shown.east_west_rps > 0.0,
         "no traffic shown from east to west: {shown:?}"
+    );
+    let (rps, by) = shown.south_west.clone().unwrap_or_default();
+    assert!(
+        rps > 0.0 && (by == "south" || by == "west"),
+        "south -> west not shown as its ends counted it: {shown:?}"
     );
     assert!(
         !shown.west_verdicts.is_empty() && shown.west_verdicts.iter().all(|v| v.0),
