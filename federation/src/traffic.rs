@@ -345,5 +345,4 @@ fn edges_of<'a>(
 }
 
 #[cfg(test)]
-#[path = "traffic_tests.rs"]
 mod tests;
