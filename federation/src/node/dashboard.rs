@@ -15,7 +15,7 @@ use std::time::SystemTime;
 use serde_json::{Value, json};
 
 use crate::mesh::{MeshView, Route};
-use crate::model::ServiceKey;
+use crate::model::{ClusterName, ServiceKey};
 use crate::node::{GatewayInfo, Node, now_ms};
 
 /// Services listed at most (the page is for people; `isthmus catalog --json` has them all).
@@ -107,15 +107,24 @@ impl Dashboard {
             "catalog_version": our_version,
         })];
         let links = node.links.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        // Each peer's gateway count, from the first route it serves (one pass over the routes,
+        // stopping once every peer is known).
+        let mut peer_gateways: BTreeMap<&ClusterName, usize> = BTreeMap::new();
+        for c in view.routes.values().flat_map(|r| r.clusters.iter()) {
+            if peer_gateways.len() == view.peers.len() {
+                break;
+            }
+            if c.local {
+                continue;
+            }
+            peer_gateways
+                .entry(&c.place.cluster)
+                .or_insert(c.gateways.len());
+        }
         for p in &view.peers {
             let l = links.get(&p.place.cluster).cloned().unwrap_or_default();
             let bundle = node.trust.get(&p.place.trust_domain);
-            let gateways = view
-                .routes
-                .values()
-                .flat_map(|r| r.clusters.iter())
-                .find(|c| c.place.cluster == p.place.cluster)
-                .map(|c| c.gateways.len());
+            let gateways = peer_gateways.get(&p.place.cluster).copied();
             out.push(json!({
                 "name": p.place.cluster,
                 "self": false,
