@@ -282,6 +282,7 @@ async fn gateway_api_bootstrap_renewal_registration_stream_and_revocation() {
         zone: "a".into(),
         ttl_seconds: 2,
         local_address: String::new(),
+        inbound_port: 0,
     };
     assert!(
         client.register_gateway(register("gw-9")).await.is_err(),
