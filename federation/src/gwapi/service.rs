@@ -23,12 +23,22 @@ use crate::store::{LeaseId, Op, Store};
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct GatewayRegistration {
-    pub address: SocketAddr,
+    /// What peers dial; `None` on Kubernetes when the gateway configured none: the federation
+    /// advertises its gateway Service's load-balancer address instead (see `inbound_port`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<SocketAddr>,
     pub zone: Option<String>,
     /// The gateway's own (pod) IP on Kubernetes, where derived Services' EndpointSlices point.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub local: Option<std::net::IpAddr>,
+    /// With no `address`: the port its inbound listener is bound to (the targetPort of the
+    /// gateway Service's port that peers dial).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inbound_port: Option<u16>,
 }
+
+/// Registration leases remembered for keep-alives before the table is forgotten.
+const MAX_REMEMBERED_LEASES: usize = 4096;
 
 pub struct GatewayService {
     node: Arc<Node>,
@@ -72,6 +82,44 @@ impl GatewayService {
                     .map_err(|e| Status::internal(format!("gateway token record: {e}")))
             })
             .transpose()
+    }
+
+    /// What a registration advertises: its own address, or (Kubernetes, none given) the inbound
+    /// port behind which the gateway Service's load-balancer address stands.
+    fn advertised(
+        &self,
+        req: &RegisterGatewayRequest,
+    ) -> Result<(Option<SocketAddr>, Option<u16>), Status> {
+        if !req.advertise_address.is_empty() {
+            let address = req.advertise_address.parse().map_err(|_| {
+                Status::invalid_argument(
+                    "advertise_address must be ip:port (the address peers dial)",
+                )
+            })?;
+            return Ok((Some(address), None));
+        }
+        let port = u16::try_from(req.inbound_port)
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| {
+                Status::invalid_argument(
+                    "advertise_address is empty and inbound_port is not a port: set \
+                     listen.inbound.advertise on the gateway",
+                )
+            })?;
+        let from_service = self
+            .node
+            .cfg
+            .kubernetes
+            .as_ref()
+            .is_some_and(|k| k.gateway_service.is_some());
+        if !from_service {
+            return Err(Status::invalid_argument(
+                "no advertised address, and this federation has no kubernetes.gateway_service to \
+                 read one from: set listen.inbound.advertise on the gateway",
+            ));
+        }
+        Ok((None, Some(port)))
     }
 
     async fn sign(
@@ -160,9 +208,7 @@ impl GatewayControl for GatewayService {
                 req.name
             )));
         }
-        let address: SocketAddr = req.advertise_address.parse().map_err(|_| {
-            Status::invalid_argument("advertise_address must be ip:port (the address peers dial)")
-        })?;
+        let (address, inbound_port) = self.advertised(&req)?;
         let zone = if req.zone.is_empty() {
             None
         } else {
@@ -186,11 +232,16 @@ impl GatewayControl for GatewayService {
             Duration::from_secs(u64::from(req.ttl_seconds)).clamp(limits.min_ttl, limits.max_ttl)
         };
         let store = &self.node.store;
+        // One registration per instance: replicas sharing the name each have their pod IP.
+        let key = match local {
+            Some(ip) => keys::gateway_instance(&name, ip),
+            None => keys::gateway(&name),
+        };
         let existing = self
             .leases
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get(&name)
+            .get(&key)
             .copied();
         let alive = match existing {
             Some(lease) => store
@@ -203,6 +254,7 @@ impl GatewayControl for GatewayService {
             address,
             zone,
             local,
+            inbound_port,
         })
         .map_err(|e| Status::internal(e.to_string()))?;
         let lease = match (existing, alive) {
@@ -214,7 +266,7 @@ impl GatewayControl for GatewayService {
         };
         // Rewrite only when new or changed, so a keep-alive is cheap.
         let current = store
-            .get(&keys::gateway(&name))
+            .get(&key)
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?;
         if current.as_deref() != Some(value.as_slice()) || !alive {
@@ -222,7 +274,7 @@ impl GatewayControl for GatewayService {
                 .commit(
                     Vec::new(),
                     vec![Op::PutLeased {
-                        key: keys::gateway(&name),
+                        key: key.clone(),
                         value,
                         lease,
                     }],
@@ -230,10 +282,15 @@ impl GatewayControl for GatewayService {
                 .await
                 .map_err(|e| Status::unavailable(e.to_string()))?;
         }
-        self.leases
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(name, lease);
+        {
+            let mut leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
+            // Every pod a Deployment ever ran has its own key: forget them all now and then
+            // (a live one is granted a new lease on its next renewal; old leases expire).
+            if leases.len() >= MAX_REMEMBERED_LEASES {
+                leases.clear();
+            }
+            leases.insert(key, lease);
+        }
         Ok(Response::new(RegisterGatewayResponse {
             ttl_seconds: u32::try_from(ttl.as_secs()).unwrap_or(u32::MAX),
         }))
