@@ -217,8 +217,11 @@ async fn service_imports_follow_the_catalog_and_never_touch_foreign_objects() {
     };
     // The gateways' LoadBalancer Service, with no address yet.
     let inbound_port = gateway_side::shared_inbound_port();
-    k.apply("gateway-service.yaml", &gateway_side::lb_service_yaml(inbound_port))
-        .await;
+    k.apply(
+        "gateway-service.yaml",
+        &gateway_side::lb_service_yaml(inbound_port),
+    )
+    .await;
     let west = Federation::start(Spec::new("west", 150).catalog(&west_catalog(true))).await;
     let ip = std::net::Ipv4Addr::new(127, 0, 155, 1);
     let dns = SocketAddr::from((ip, dns_port(ip)));
@@ -282,8 +285,13 @@ async fn service_imports_follow_the_catalog_and_never_touch_foreign_objects() {
     gateway_side::advertised_from_the_load_balancer(&k, &east, &west).await;
     wait_route(&east, "shop/echo", true).await;
     let (echo_any, echo_west) = gateway_side::curl_through_target_ports(&k, &east).await;
-    gateway_side::a_replica_restarts_with_the_same_bootstrap_file(&k, &east, &mut replica, echo_any)
-        .await;
+    gateway_side::a_replica_restarts_with_the_same_bootstrap_file(
+        &k,
+        &east,
+        &mut replica,
+        echo_any,
+    )
+    .await;
     let dump = gw.config_dump().await.unwrap_or_default();
     assert_eq!(
         dump["table"]["target_ports"][echo_west.to_string()]["carries"],
@@ -291,7 +299,8 @@ async fn service_imports_follow_the_catalog_and_never_touch_foreign_objects() {
         "{dump}"
     );
     assert_eq!(
-        gw.metric("isthmus_gateway_target_port_listeners_failed", &[]).await,
+        gw.metric("isthmus_gateway_target_port_listeners_failed", &[])
+            .await,
         0.0
     );
     let cluster_ip = seen.service.as_ref().expect("svc")["spec"]["clusterIP"]

@@ -62,7 +62,13 @@ async fn seen_by_west(west: &Federation) -> Vec<String> {
         .as_array()
         .map(|gs| {
             gs.iter()
-                .map(|g| format!("{}@{}", g["name"].as_str().unwrap_or("?"), g["address"].as_str().unwrap_or("?")))
+                .map(|g| {
+                    format!(
+                        "{}@{}",
+                        g["name"].as_str().unwrap_or("?"),
+                        g["address"].as_str().unwrap_or("?")
+                    )
+                })
                 .collect()
         })
         .unwrap_or_default()
@@ -74,8 +80,15 @@ async fn set_lb_ip(k: &Kubectl, west: &Federation, ip: &str) -> Duration {
     let patch = json!({"status": {"loadBalancer": {"ingress": [{"ip": ip}]}}}).to_string();
     let (ok, out, err) = k
         .run(&[
-            "patch", "service", LB_SERVICE, "-n", "default", "--subresource=status",
-            "--type=merge", "-p", &patch,
+            "patch",
+            "service",
+            LB_SERVICE,
+            "-n",
+            "default",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &patch,
         ])
         .await;
     assert!(ok, "kubectl patch --subresource=status: {out}{err}");
@@ -108,14 +121,22 @@ pub async fn advertised_from_the_load_balancer(k: &Kubectl, east: &Federation, w
     assert_eq!(seen_by_west(west).await, Vec::<String>::new());
     let first = set_lb_ip(k, west, "127.0.151.7").await;
     let changed = set_lb_ip(k, west, "127.0.151.8").await;
-    eprintln!("west saw east's load-balancer address {first:?} after it was set, and {changed:?} after it changed");
+    eprintln!(
+        "west saw east's load-balancer address {first:?} after it was set, and {changed:?} after it changed"
+    );
     let gws = east.admin("gateway.list", Value::Null).await;
-    assert_eq!(gws["gateways"]["gw1"]["address"], format!("127.0.151.8:{LB_PORT}"), "{gws}");
+    assert_eq!(
+        gws["gateways"]["gw1"]["address"],
+        format!("127.0.151.8:{LB_PORT}"),
+        "{gws}"
+    );
 }
 
 /// `targetPort` of the first port of a Service.
 pub fn target_port(svc: &Value) -> u16 {
-    let t = svc["spec"]["ports"][0]["targetPort"].as_u64().expect("numeric targetPort");
+    let t = svc["spec"]["ports"][0]["targetPort"]
+        .as_u64()
+        .expect("numeric targetPort");
     u16::try_from(t).expect("a port")
 }
 
@@ -139,20 +160,33 @@ pub async fn curl_through_target_ports(k: &Kubectl, east: &Federation) -> (u16, 
         .unwrap_or_else(|| east.fail("no derived Service for echo"));
     let any = target_port(&svc);
     let listed = k
-        .get(&["service", "-n", "shop", "-l", "isthmus.io/cluster=west,multicluster.kubernetes.io/service-name=echo"])
+        .get(&[
+            "service",
+            "-n",
+            "shop",
+            "-l",
+            "isthmus.io/cluster=west,multicluster.kubernetes.io/service-name=echo",
+        ])
         .await
         .expect("list");
-    let west_svc = listed["items"].get(0).cloned().unwrap_or_else(|| east.fail(&format!("no per-cluster Service for echo: {listed}")));
+    let west_svc = listed["items"]
+        .get(0)
+        .cloned()
+        .unwrap_or_else(|| east.fail(&format!("no per-cluster Service for echo: {listed}")));
     let pinned = target_port(&west_svc);
     assert_ne!(any, pinned);
     for port in [any, pinned] {
         for pod in [POD_IP, POD_IP_B] {
-            east.wait_until(&format!("curl {pod}:{port}"), Duration::from_secs(10), || async move {
-                match curl_reaches_west(pod, port) {
-                    Ok(()) => (true, String::new()),
-                    Err(e) => (false, e),
-                }
-            })
+            east.wait_until(
+                &format!("curl {pod}:{port}"),
+                Duration::from_secs(10),
+                || async move {
+                    match curl_reaches_west(pod, port) {
+                        Ok(()) => (true, String::new()),
+                        Err(e) => (false, e),
+                    }
+                },
+            )
             .await;
         }
     }
@@ -161,7 +195,10 @@ pub async fn curl_through_target_ports(k: &Kubectl, east: &Federation) -> (u16, 
 
 /// The pod IPs the derived Service's slice lists.
 pub async fn slice_ips(k: &Kubectl, derived: &str) -> Vec<String> {
-    let slice = k.get(&["endpointslice", derived, "-n", "shop"]).await.unwrap_or(Value::Null);
+    let slice = k
+        .get(&["endpointslice", derived, "-n", "shop"])
+        .await
+        .unwrap_or(Value::Null);
     let mut ips: Vec<String> = slice["endpoints"]
         .as_array()
         .into_iter()
@@ -181,23 +218,35 @@ pub async fn a_replica_restarts_with_the_same_bootstrap_file(
     echo_port: u16,
 ) {
     replica.kill9().await;
-    east.wait_until("the killed replica's lease ends", Duration::from_secs(20), || async {
-        let ips = slice_ips(k, "isthmus-echo").await;
-        (ips == [POD_IP], format!("{ips:?}"))
-    })
+    east.wait_until(
+        "the killed replica's lease ends",
+        Duration::from_secs(20),
+        || async {
+            let ips = slice_ips(k, "isthmus-echo").await;
+            (ips == [POD_IP], format!("{ips:?}"))
+        },
+    )
     .await;
     replica.restart().await;
-    east.wait_until("the restarted replica is listed again", Duration::from_secs(20), || async {
-        let ips = slice_ips(k, "isthmus-echo").await;
-        (ips == [POD_IP, POD_IP_B], format!("{ips:?}"))
-    })
+    east.wait_until(
+        "the restarted replica is listed again",
+        Duration::from_secs(20),
+        || async {
+            let ips = slice_ips(k, "isthmus-echo").await;
+            (ips == [POD_IP, POD_IP_B], format!("{ips:?}"))
+        },
+    )
     .await;
-    east.wait_until("the restarted replica serves", Duration::from_secs(10), || async {
-        match curl_reaches_west(POD_IP_B, echo_port) {
-            Ok(()) => (true, String::new()),
-            Err(e) => (false, e),
-        }
-    })
+    east.wait_until(
+        "the restarted replica serves",
+        Duration::from_secs(10),
+        || async {
+            match curl_reaches_west(POD_IP_B, echo_port) {
+                Ok(()) => (true, String::new()),
+                Err(e) => (false, e),
+            }
+        },
+    )
     .await;
 }
 
@@ -210,11 +259,17 @@ pub async fn listener_gone(east: &Federation, port: u16) {
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => break,
             other => {
                 if started.elapsed() > DEADLINE {
-                    east.fail(&format!("{addr} still accepts {:?} after the import ended: {other:?}", started.elapsed()));
+                    east.fail(&format!(
+                        "{addr} still accepts {:?} after the import ended: {other:?}",
+                        started.elapsed()
+                    ));
                 }
             }
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    eprintln!("{addr} refused {:?} after the import ended", started.elapsed());
+    eprintln!(
+        "{addr} refused {:?} after the import ended",
+        started.elapsed()
+    );
 }

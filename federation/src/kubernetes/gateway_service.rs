@@ -89,10 +89,7 @@ pub fn lb_address(shown: &str, service: Option<&Service>) -> LbAddress {
 }
 
 /// Starts following Service `name`; the receiver holds the current address.
-pub fn start(
-    cfg: KubernetesConfig,
-    name: String,
-) -> (watch::Receiver<LbAddress>, JoinHandle<()>) {
+pub fn start(cfg: KubernetesConfig, name: String) -> (watch::Receiver<LbAddress>, JoinHandle<()>) {
     let (tx, rx) = watch::channel(LbAddress::Pending(format!(
         "Service {name} (kubernetes.gateway_service) not read yet"
     )));
@@ -152,7 +149,10 @@ async fn follow(cfg: KubernetesConfig, name: String, tx: watch::Sender<LbAddress
             Some(Err(e)) => {
                 let text = describe(&e, "services", &shown);
                 if problem.as_deref() != Some(text.as_str()) {
-                    tracing::warn!(retry_in_ms = backoff.as_millis() as u64, "kubernetes: {text}");
+                    tracing::warn!(
+                        retry_in_ms = backoff.as_millis() as u64,
+                        "kubernetes: {text}"
+                    );
                     problem = Some(text.clone());
                 }
                 if !known {
@@ -213,9 +213,18 @@ mod tests {
         assert_eq!(
             ports,
             [
-                LbPort { port: 443, target: Some(15008) },
-                LbPort { port: 80, target: None },
-                LbPort { port: 8443, target: Some(8443) },
+                LbPort {
+                    port: 443,
+                    target: Some(15008)
+                },
+                LbPort {
+                    port: 80,
+                    target: None
+                },
+                LbPort {
+                    port: 8443,
+                    target: Some(8443)
+                },
             ]
         );
     }
@@ -224,9 +233,22 @@ mod tests {
     fn no_service_no_ingress_or_a_hostname_say_what_to_do() {
         let cases = [
             (None, "does not exist"),
-            (Some(json!({"metadata": {"name": "g"}, "status": {"loadBalancer": {}}})), "no load-balancer address yet"),
-            (Some(json!({"metadata": {"name": "g"}, "status": {"loadBalancer": {"ingress": [{"hostname": "lb.example.com"}]}}})), "hostname (lb.example.com)"),
-            (Some(json!({"metadata": {"name": "g"}, "status": {"loadBalancer": {"ingress": [{"ip": "nope"}]}}})), "not an IP address"),
+            (
+                Some(json!({"metadata": {"name": "g"}, "status": {"loadBalancer": {}}})),
+                "no load-balancer address yet",
+            ),
+            (
+                Some(
+                    json!({"metadata": {"name": "g"}, "status": {"loadBalancer": {"ingress": [{"hostname": "lb.example.com"}]}}}),
+                ),
+                "hostname (lb.example.com)",
+            ),
+            (
+                Some(
+                    json!({"metadata": {"name": "g"}, "status": {"loadBalancer": {"ingress": [{"ip": "nope"}]}}}),
+                ),
+                "not an IP address",
+            ),
         ];
         for (v, want) in cases {
             let s = v.map(svc);

@@ -253,12 +253,18 @@ mod tests {
     #[test]
     fn the_load_balancer_port_is_the_one_targeting_the_inbound_port() {
         let two = lb("203.0.113.7", &[(443, Some(15008)), (80, Some(15001))]);
-        assert_eq!(lb_address(&two, 15008), Ok("203.0.113.7:443".parse().expect("a")));
+        assert_eq!(
+            lb_address(&two, 15008),
+            Ok("203.0.113.7:443".parse().expect("a"))
+        );
         let e = lb_address(&two, 15009).expect_err("no such target");
         assert!(e.contains("targetPort") && e.contains("15009"), "{e}");
         // One named targetPort: the only port.
         let named = lb("203.0.113.7", &[(15008, None)]);
-        assert_eq!(lb_address(&named, 4000), Ok("203.0.113.7:15008".parse().expect("a")));
+        assert_eq!(
+            lb_address(&named, 4000),
+            Ok("203.0.113.7:15008".parse().expect("a"))
+        );
         let two_named = lb("203.0.113.7", &[(1, None), (2, None)]);
         assert!(lb_address(&two_named, 4000).is_err());
         let pending = LbAddress::Pending("no ingress yet".into());

@@ -456,7 +456,11 @@ pub async fn start_with_metrics(
         registered_rx,
         file_stats,
     )));
-    let lb = match cfg.kubernetes.as_ref().and_then(|k| Some((k, k.gateway_service.clone()?))) {
+    let lb = match cfg
+        .kubernetes
+        .as_ref()
+        .and_then(|k| Some((k, k.gateway_service.clone()?)))
+    {
         #[cfg(feature = "kubernetes")]
         Some((k, service)) => {
             let (lb, task) = crate::kubernetes::gateway_service::start(k.clone(), service);
@@ -465,7 +469,10 @@ pub async fn start_with_metrics(
         }
         _ => watch::channel(crate::node::gateways::LbAddress::Unconfigured).1,
     };
-    tasks.push(tokio::spawn(crate::node::gateways::follow(node.clone(), lb)));
+    tasks.push(tokio::spawn(crate::node::gateways::follow(
+        node.clone(),
+        lb,
+    )));
     #[cfg(feature = "kubernetes")]
     if let Some(k) = kube_exports {
         let clusterset = crate::node::clusterset::follow(node.clone());

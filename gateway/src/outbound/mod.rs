@@ -30,6 +30,8 @@ mod shadow;
 pub(crate) use forward::websocket_accept;
 pub mod listeners;
 pub mod target_ports;
+#[cfg(test)]
+mod target_ports_tests;
 
 pub use client::LocalClient;
 pub use shadow::ShadowSlots;
