@@ -8,15 +8,16 @@
 //! Federation indexes 150 (west) and 155 (east) belong to this file, and 127.0.151.x addresses.
 
 mod gateway_side;
+mod kubectl;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use isthmus_federation::testing::kubeapi::KubeApi;
 use serde_json::{Value, json};
 use tokio::process::Command;
 
+use self::kubectl::Kubectl;
 use crate::harness::gateway::{Gateway, Samples};
 use crate::harness::{Federation, IMPORT_ALL, Spec, catalog, export, peer_via_cli};
 
@@ -25,56 +26,6 @@ const DEADLINE: Duration = Duration::from_secs(2);
 const POD_IP: &str = "127.0.155.9";
 /// The second replica of east's gateway.
 const POD_IP_B: &str = "127.0.155.90";
-
-struct Kubectl {
-    kubeconfig: PathBuf,
-    dir: PathBuf,
-}
-
-impl Kubectl {
-    async fn run(&self, args: &[&str]) -> (bool, String, String) {
-        let out = Command::new("/usr/bin/kubectl")
-            .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .arg("--cache-dir")
-            .arg(self.dir.join("kube-cache"))
-            .arg("--request-timeout=20s")
-            .args(args)
-            .env("HOME", &self.dir)
-            .env_remove("KUBECONFIG")
-            .kill_on_drop(true)
-            .output()
-            .await
-            .expect("run /usr/bin/kubectl (Debian: apt-get install kubernetes-client)");
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    }
-
-    /// `kubectl get <what> -o json`; `None` when it does not exist.
-    async fn get(&self, args: &[&str]) -> Option<Value> {
-        let mut all = vec!["get"];
-        all.extend(args);
-        all.extend(["-o", "json"]);
-        let (ok, out, err) = self.run(&all).await;
-        if !ok {
-            assert!(err.contains("NotFound"), "kubectl {all:?}: {err}");
-            return None;
-        }
-        Some(serde_json::from_str(&out).expect("kubectl -o json prints JSON"))
-    }
-
-    async fn apply(&self, name: &str, yaml: &str) {
-        let path = self.dir.join(name);
-        std::fs::write(&path, yaml).expect("write manifest");
-        let (ok, out, err) = self
-            .run(&["apply", "-f", path.to_str().expect("utf-8")])
-            .await;
-        assert!(ok, "kubectl apply {name}: {out}{err}");
-    }
-}
 
 fn dns_port(ip: std::net::Ipv4Addr) -> u16 {
     loop {

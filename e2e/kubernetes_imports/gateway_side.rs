@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use super::{DEADLINE, Kubectl, POD_IP, POD_IP_B};
+use super::kubectl::Kubectl;
+use super::{DEADLINE, POD_IP, POD_IP_B};
 use crate::harness::Federation;
 use crate::harness::gateway::{Gateway, curl};
 

@@ -1,7 +1,6 @@
 //! The `GatewayControl` gRPC service.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
@@ -11,6 +10,8 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::gwapi::bootstrap::{self, GatewayToken};
 use crate::gwapi::config;
+use crate::gwapi::registration;
+pub use crate::gwapi::registration::GatewayRegistration;
 use crate::identity::{IdKind, IssuedCert, PeerInfo, SpiffeId};
 use crate::node::{Node, keys};
 use crate::proto::gateway_control_server::GatewayControl;
@@ -20,22 +21,6 @@ use crate::proto::{
     SubscribeRequest,
 };
 use crate::store::{LeaseId, Op, Store};
-
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct GatewayRegistration {
-    /// What peers dial; `None` on Kubernetes when the gateway configured none: the federation
-    /// advertises its gateway Service's load-balancer address instead (see `inbound_port`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub address: Option<SocketAddr>,
-    pub zone: Option<String>,
-    /// The gateway's own (pod) IP on Kubernetes, where derived Services' EndpointSlices point.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub local: Option<std::net::IpAddr>,
-    /// With no `address`: the port its inbound listener is bound to (the targetPort of the
-    /// gateway Service's port that peers dial).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub inbound_port: Option<u16>,
-}
 
 /// Registration leases remembered for keep-alives before the table is forgotten.
 const MAX_REMEMBERED_LEASES: usize = 4096;
@@ -82,44 +67,6 @@ impl GatewayService {
                     .map_err(|e| Status::internal(format!("gateway token record: {e}")))
             })
             .transpose()
-    }
-
-    /// What a registration advertises: its own address, or (Kubernetes, none given) the inbound
-    /// port behind which the gateway Service's load-balancer address stands.
-    fn advertised(
-        &self,
-        req: &RegisterGatewayRequest,
-    ) -> Result<(Option<SocketAddr>, Option<u16>), Status> {
-        if !req.advertise_address.is_empty() {
-            let address = req.advertise_address.parse().map_err(|_| {
-                Status::invalid_argument(
-                    "advertise_address must be ip:port (the address peers dial)",
-                )
-            })?;
-            return Ok((Some(address), None));
-        }
-        let port = u16::try_from(req.inbound_port)
-            .ok()
-            .filter(|p| *p != 0)
-            .ok_or_else(|| {
-                Status::invalid_argument(
-                    "advertise_address is empty and inbound_port is not a port: set \
-                     listen.inbound.advertise on the gateway",
-                )
-            })?;
-        let from_service = self
-            .node
-            .cfg
-            .kubernetes
-            .as_ref()
-            .is_some_and(|k| k.gateway_service.is_some());
-        if !from_service {
-            return Err(Status::invalid_argument(
-                "no advertised address, and this federation has no kubernetes.gateway_service to \
-                 read one from: set listen.inbound.advertise on the gateway",
-            ));
-        }
-        Ok((None, Some(port)))
     }
 
     async fn sign(
@@ -208,7 +155,13 @@ impl GatewayControl for GatewayService {
                 req.name
             )));
         }
-        let (address, inbound_port) = self.advertised(&req)?;
+        let from_service = self
+            .node
+            .cfg
+            .kubernetes
+            .as_ref()
+            .is_some_and(|k| k.gateway_service.is_some());
+        let (address, inbound_port) = registration::advertised(&req, from_service)?;
         let zone = if req.zone.is_empty() {
             None
         } else {
@@ -232,11 +185,7 @@ impl GatewayControl for GatewayService {
             Duration::from_secs(u64::from(req.ttl_seconds)).clamp(limits.min_ttl, limits.max_ttl)
         };
         let store = &self.node.store;
-        // One registration per instance: replicas sharing the name each have their pod IP.
-        let key = match local {
-            Some(ip) => keys::gateway_instance(&name, ip),
-            None => keys::gateway(&name),
-        };
+        let key = registration::key(&name, local);
         let existing = self
             .leases
             .lock()
