@@ -163,6 +163,10 @@ async fn service_imports_follow_the_catalog_and_never_touch_foreign_objects() {
                 "  - namespace: shop\n    name: echo\n    ports: [{{port: 8080, protocol: http}}]\n    endpoints: [{{address: \"{}\"}}]\n",
                 samples.http
             ));
+            exports.push(format!(
+                "  - namespace: shop\n    name: tcp-echo\n    ports: [{{port: 9000, protocol: tcp}}]\n    endpoints: [{{address: \"{}\"}}]\n",
+                samples.tcp
+            ));
         }
         catalog(&exports, "")
     };
@@ -236,6 +240,8 @@ async fn service_imports_follow_the_catalog_and_never_touch_foreign_objects() {
     gateway_side::advertised_from_the_load_balancer(&k, &east, &west).await;
     wait_route(&east, "shop/echo", true).await;
     let (echo_any, echo_west) = gateway_side::curl_through_target_ports(&k, &east).await;
+    wait_route(&east, "shop/tcp-echo", true).await;
+    gateway_side::raw_tcp_through_a_target_port(&k, &east).await;
     gateway_side::a_replica_restarts_with_the_same_bootstrap_file(
         &k,
         &east,

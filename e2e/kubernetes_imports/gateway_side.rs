@@ -194,6 +194,44 @@ pub async fn curl_through_target_ports(k: &Kubectl, east: &Federation) -> (u16, 
     (any, pinned)
 }
 
+/// A raw TCP port through its target port: bytes to west's TCP echo and back, untouched.
+pub async fn raw_tcp_through_a_target_port(k: &Kubectl, east: &Federation) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    east.wait_until(
+        "tcp-echo's derived Service",
+        Duration::from_secs(10),
+        || async {
+            let svc = k.get(&["service", "isthmus-tcp-echo", "-n", "shop"]).await;
+            (svc.is_some(), format!("{svc:?}"))
+        },
+    )
+    .await;
+    let svc = k
+        .get(&["service", "isthmus-tcp-echo", "-n", "shop"])
+        .await
+        .unwrap_or_else(|| east.fail("no derived Service for tcp-echo"));
+    let addr: SocketAddr = format!("{POD_IP}:{}", target_port(&svc))
+        .parse()
+        .expect("addr");
+    let mut last = String::new();
+    for _ in 0..50 {
+        let attempt = async {
+            let mut conn = tokio::net::TcpStream::connect(addr).await?;
+            conn.write_all(b"hello through a target port\n").await?;
+            conn.shutdown().await?;
+            let mut back = Vec::new();
+            conn.read_to_end(&mut back).await?;
+            Ok::<_, std::io::Error>(back)
+        };
+        match tokio::time::timeout(Duration::from_secs(5), attempt).await {
+            Ok(Ok(back)) if back == b"hello through a target port\n" => return,
+            other => last = format!("{other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    east.fail(&format!("raw TCP through {addr}: {last}"));
+}
+
 /// The pod IPs the derived Service's slice lists.
 pub async fn slice_ips(k: &Kubectl, derived: &str) -> Vec<String> {
     let slice = k
