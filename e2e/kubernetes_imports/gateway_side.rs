@@ -75,10 +75,11 @@ async fn seen_by_west(west: &Federation) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Sets the Service's load-balancer address through the status subresource, as a cloud
-/// controller does, and returns how long west took to see east's gateway there.
-async fn set_lb_ip(k: &Kubectl, west: &Federation, ip: &str) -> Duration {
-    let patch = json!({"status": {"loadBalancer": {"ingress": [{"ip": ip}]}}}).to_string();
+/// Sets the Service's load-balancer address (`ip` or `hostname`, as `field` says) through the
+/// status subresource, as a cloud controller does, and returns how long west took to see
+/// east's gateway there.
+async fn set_lb(k: &Kubectl, west: &Federation, field: &str, ip: &str) -> Duration {
+    let patch = json!({"status": {"loadBalancer": {"ingress": [{ field: ip }]}}}).to_string();
     let (ok, out, err) = k
         .run(&[
             "patch",
@@ -120,8 +121,10 @@ pub async fn advertised_from_the_load_balancer(k: &Kubectl, east: &Federation, w
     let why = gw1["not_advertised"].as_str().unwrap_or("");
     assert!(why.contains("no load-balancer address yet"), "{gws}");
     assert_eq!(seen_by_west(west).await, Vec::<String>::new());
-    let first = set_lb_ip(k, west, "127.0.151.7").await;
-    let changed = set_lb_ip(k, west, "127.0.151.8").await;
+    let first = set_lb(k, west, "ip", "127.0.151.7").await;
+    // A load balancer known by name, then by IP again.
+    set_lb(k, west, "hostname", "lb.east.example").await;
+    let changed = set_lb(k, west, "ip", "127.0.151.8").await;
     eprintln!(
         "west saw east's load-balancer address {first:?} after it was set, and {changed:?} after it changed"
     );

@@ -43,20 +43,26 @@ pub fn lb_address(shown: &str, service: Option<&Service>) -> LbAddress {
              empty): peers are told of these gateways once it has one"
         ));
     };
-    let ip = match (&ingress.ip, &ingress.hostname) {
-        (Some(ip), _) => match ip.parse() {
-            Ok(ip) => ip,
-            Err(_) => {
+    let host = match (&ingress.ip, &ingress.hostname) {
+        (Some(ip), _) => match ip.parse::<std::net::IpAddr>() {
+            Ok(ip) if !ip.is_unspecified() => ip.to_string(),
+            _ => {
                 return LbAddress::Pending(format!(
-                    "Service {shown}: status.loadBalancer.ingress[0].ip {ip:?} is not an IP address"
+                    "Service {shown}: status.loadBalancer.ingress[0].ip {ip:?} is not an address \
+                     peers can dial"
                 ));
             }
         },
-        (None, Some(host)) => {
-            return LbAddress::Pending(format!(
-                "Service {shown}'s load balancer has a hostname ({host}) and no IP: peers are \
-                 given IP addresses; set listen.inbound.advertise on the gateways to one"
-            ));
+        // A load balancer known by name (e.g. AWS's): peers dial the name.
+        (None, Some(name)) => {
+            let name = name.trim_end_matches('.').to_ascii_lowercase();
+            if crate::config::advertise_problem(&format!("{name}:1")).is_some() {
+                return LbAddress::Pending(format!(
+                    "Service {shown}: status.loadBalancer.ingress[0].hostname {name:?} is not a \
+                     DNS name"
+                ));
+            }
+            name
         }
         (None, None) => {
             return LbAddress::Pending(format!(
@@ -83,7 +89,7 @@ pub fn lb_address(shown: &str, service: Option<&Service>) -> LbAddress {
         .collect();
     LbAddress::Ready {
         service: shown.to_string(),
-        ip,
+        host,
         ports,
     }
 }
@@ -103,8 +109,8 @@ fn publish(tx: &watch::Sender<LbAddress>, next: LbAddress) {
             return false;
         }
         match &next {
-            LbAddress::Ready { service, ip, .. } => {
-                tracing::info!(service = %service, address = %ip, "gateway Service's load-balancer address")
+            LbAddress::Ready { service, host, .. } => {
+                tracing::info!(service = %service, address = %host, "gateway Service's load-balancer address")
             }
             LbAddress::Pending(why) => tracing::warn!("gateways without an advertised address wait: {why}"),
             LbAddress::Unconfigured => {}
@@ -206,10 +212,11 @@ mod tests {
             ]},
             "status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.7"}, {"ip": "203.0.113.8"}]}},
         }));
-        let LbAddress::Ready { ip, ports, .. } = lb_address("ns/isthmus-gateway", Some(&s)) else {
+        let LbAddress::Ready { host, ports, .. } = lb_address("ns/isthmus-gateway", Some(&s))
+        else {
             panic!("ready")
         };
-        assert_eq!(ip.to_string(), "203.0.113.7");
+        assert_eq!(host, "203.0.113.7");
         assert_eq!(
             ports,
             [
@@ -230,25 +237,38 @@ mod tests {
     }
 
     #[test]
-    fn no_service_no_ingress_or_a_hostname_say_what_to_do() {
+    fn a_load_balancer_known_by_name_is_dialled_by_name() {
+        let s = svc(json!({
+            "metadata": {"name": "g"},
+            "spec": {"ports": [{"port": 443, "targetPort": 15008}]},
+            "status": {"loadBalancer": {"ingress": [{"hostname": "A1B2.elb.Example.com."}]}},
+        }));
+        let LbAddress::Ready { host, .. } = lb_address("ns/g", Some(&s)) else {
+            panic!("ready")
+        };
+        assert_eq!(host, "a1b2.elb.example.com");
+    }
+
+    #[test]
+    fn no_service_no_ingress_or_a_bad_address_say_what_to_do() {
+        let lb = |ingress: serde_json::Value| {
+            Some(
+                json!({"metadata": {"name": "g"}, "status": {"loadBalancer": {"ingress": [ingress]}}}),
+            )
+        };
         let cases = [
             (None, "does not exist"),
             (
                 Some(json!({"metadata": {"name": "g"}, "status": {"loadBalancer": {}}})),
                 "no load-balancer address yet",
             ),
+            (lb(json!({"hostname": "not a name!"})), "is not a DNS name"),
+            (lb(json!({"ip": "nope"})), "not an address peers can dial"),
             (
-                Some(
-                    json!({"metadata": {"name": "g"}, "status": {"loadBalancer": {"ingress": [{"hostname": "lb.example.com"}]}}}),
-                ),
-                "hostname (lb.example.com)",
+                lb(json!({"ip": "0.0.0.0"})),
+                "not an address peers can dial",
             ),
-            (
-                Some(
-                    json!({"metadata": {"name": "g"}, "status": {"loadBalancer": {"ingress": [{"ip": "nope"}]}}}),
-                ),
-                "not an IP address",
-            ),
+            (lb(json!({})), "neither ip nor hostname"),
         ];
         for (v, want) in cases {
             let s = v.map(svc);

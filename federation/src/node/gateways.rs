@@ -29,10 +29,10 @@ pub enum LbAddress {
     Unconfigured,
     /// Configured, but no usable address (yet): why, for the operator.
     Pending(String),
-    /// `status.loadBalancer.ingress[0].ip` and the Service's ports.
+    /// `status.loadBalancer.ingress[0]` (its `ip`, else its `hostname`) and the Service's ports.
     Ready {
         service: String,
-        ip: IpAddr,
+        host: String,
         ports: Vec<LbPort>,
     },
 }
@@ -46,9 +46,9 @@ pub struct LbPort {
 }
 
 /// The address peers dial for a gateway whose inbound listener is bound to `inbound_port`:
-/// the load balancer's IP on the Service port whose targetPort is that port (or the Service's
-/// only port, when its targetPort is a name this federation cannot resolve).
-pub fn lb_address(lb: &LbAddress, inbound_port: u16) -> Result<SocketAddr, String> {
+/// the load balancer's IP or host name on the Service port whose targetPort is that port (or
+/// the Service's only port, when its targetPort is a name this federation cannot resolve).
+pub fn lb_address(lb: &LbAddress, inbound_port: u16) -> Result<String, String> {
     match lb {
         LbAddress::Unconfigured => Err(
             "registered without an advertised address, and kubernetes.gateway_service is not \
@@ -56,7 +56,11 @@ pub fn lb_address(lb: &LbAddress, inbound_port: u16) -> Result<SocketAddr, Strin
                 .into(),
         ),
         LbAddress::Pending(why) => Err(why.clone()),
-        LbAddress::Ready { service, ip, ports } => {
+        LbAddress::Ready {
+            service,
+            host,
+            ports,
+        } => {
             let by_target = ports.iter().find(|p| p.target == Some(inbound_port));
             let only_named = match ports.as_slice() {
                 [only] if only.target.is_none() => Some(only),
@@ -64,7 +68,10 @@ pub fn lb_address(lb: &LbAddress, inbound_port: u16) -> Result<SocketAddr, Strin
             };
             by_target
                 .or(only_named)
-                .map(|p| SocketAddr::new(*ip, p.port))
+                .map(|p| match host.parse::<IpAddr>() {
+                    Ok(ip) => SocketAddr::new(ip, p.port).to_string(),
+                    Err(_) => format!("{host}:{}", p.port),
+                })
                 .ok_or_else(|| {
                     format!(
                         "Service {service} has no port whose targetPort is the gateway's inbound \
@@ -103,7 +110,7 @@ pub fn read(items: &[(String, Vec<u8>)], lb: &LbAddress) -> GatewaySet {
         };
         let name = name_of(key).to_string();
         let address = match (reg.address, reg.inbound_port) {
-            (Some(a), _) => Ok(a),
+            (Some(a), _) => Ok(a.to_string()),
             (None, Some(port)) => lb_address(lb, port),
             (None, None) => Err("registered without an address".to_string()),
         };
@@ -239,7 +246,7 @@ mod tests {
     fn lb(ip: &str, ports: &[(u16, Option<u16>)]) -> LbAddress {
         LbAddress::Ready {
             service: "isthmus-gateway".into(),
-            ip: ip.parse().expect("ip"),
+            host: ip.into(),
             ports: ports
                 .iter()
                 .map(|(port, target)| LbPort {
@@ -253,19 +260,26 @@ mod tests {
     #[test]
     fn the_load_balancer_port_is_the_one_targeting_the_inbound_port() {
         let two = lb("203.0.113.7", &[(443, Some(15008)), (80, Some(15001))]);
-        assert_eq!(
-            lb_address(&two, 15008),
-            Ok("203.0.113.7:443".parse().expect("a"))
-        );
+        assert_eq!(lb_address(&two, 15008), Ok("203.0.113.7:443".to_string()));
         let e = lb_address(&two, 15009).expect_err("no such target");
         assert!(e.contains("targetPort") && e.contains("15009"), "{e}");
         // One named targetPort: the only port.
         let named = lb("203.0.113.7", &[(15008, None)]);
         assert_eq!(
             lb_address(&named, 4000),
-            Ok("203.0.113.7:15008".parse().expect("a"))
+            Ok("203.0.113.7:15008".to_string())
         );
         let two_named = lb("203.0.113.7", &[(1, None), (2, None)]);
+        // A load balancer known by name (AWS's), and an IPv6 one.
+        let named_lb = lb("a1b2.elb.example.com", &[(443, Some(15008))]);
+        assert_eq!(
+            lb_address(&named_lb, 15008),
+            Ok("a1b2.elb.example.com:443".to_string())
+        );
+        assert_eq!(
+            lb_address(&lb("2001:db8::7", &[(443, Some(15008))]), 15008),
+            Ok("[2001:db8::7]:443".to_string())
+        );
         assert!(lb_address(&two_named, 4000).is_err());
         let pending = LbAddress::Pending("no ingress yet".into());
         assert_eq!(lb_address(&pending, 15008), Err("no ingress yet".into()));
