@@ -294,11 +294,10 @@ async fn gateway_api_bootstrap_renewal_registration_stream_and_revocation() {
         .expect("register");
     let advertised = |r: &Running| {
         r.node.view.borrow().routes.values().any(|route| {
-            route.clusters.iter().any(|c| {
-                c.gateways
-                    .iter()
-                    .any(|g| g.address.to_string() == "198.51.100.7:15443")
-            })
+            route
+                .clusters
+                .iter()
+                .any(|c| c.gateways.iter().any(|g| g.address == "198.51.100.7:15443"))
         })
     };
     wait_for("west to see east's gateway", async || advertised(&west)).await;
