@@ -136,6 +136,28 @@ pub fn read(items: &[(String, Vec<u8>)], lb: &LbAddress) -> GatewaySet {
     set
 }
 
+/// The load balancer's address to follow: watched (by the returned task) when
+/// `kubernetes.gateway_service` is set, else [`LbAddress::Unconfigured`] for good.
+pub fn lb_source(
+    cfg: &crate::config::FederationConfig,
+) -> (
+    watch::Receiver<LbAddress>,
+    Option<tokio::task::JoinHandle<()>>,
+) {
+    #[cfg(feature = "kubernetes")]
+    if let Some((k, service)) = cfg
+        .kubernetes
+        .as_ref()
+        .and_then(|k| Some((k, k.gateway_service.clone()?)))
+    {
+        let (rx, task) = crate::kubernetes::gateway_service::start(k.clone(), service);
+        return (rx, Some(task));
+    }
+    #[cfg(not(feature = "kubernetes"))]
+    let _ = cfg;
+    (watch::channel(LbAddress::Unconfigured).1, None)
+}
+
 /// Follows gateway registrations (leases expire in the store) and the load balancer's address
 /// into the local gateway set.
 pub async fn follow(node: Arc<Node>, mut lb: watch::Receiver<LbAddress>) {

@@ -456,19 +456,8 @@ pub async fn start_with_metrics(
         registered_rx,
         file_stats,
     )));
-    let lb = match cfg
-        .kubernetes
-        .as_ref()
-        .and_then(|k| Some((k, k.gateway_service.clone()?)))
-    {
-        #[cfg(feature = "kubernetes")]
-        Some((k, service)) => {
-            let (lb, task) = crate::kubernetes::gateway_service::start(k.clone(), service);
-            tasks.push(task);
-            lb
-        }
-        _ => watch::channel(crate::node::gateways::LbAddress::Unconfigured).1,
-    };
+    let (lb, lb_watch) = crate::node::gateways::lb_source(&cfg);
+    tasks.extend(lb_watch);
     tasks.push(tokio::spawn(crate::node::gateways::follow(
         node.clone(),
         lb,
