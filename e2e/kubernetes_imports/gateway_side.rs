@@ -114,12 +114,20 @@ async fn set_lb(k: &Kubectl, west: &Federation, field: &str, ip: &str) -> Durati
 /// Until the LoadBalancer has an address, east's gateways are registered but not advertised
 /// (status says why); then peers see the Service's address, and follow it when it changes.
 pub async fn advertised_from_the_load_balancer(k: &Kubectl, east: &Federation, west: &Federation) {
-    let gws = east.admin("gateway.list", Value::Null).await;
-    let gw1 = &gws["gateways"]["gw1"];
-    assert_eq!(gw1["registered"], true, "{gws}");
-    assert!(gw1["address"].is_null(), "{gws}");
-    let why = gw1["not_advertised"].as_str().unwrap_or("");
-    assert!(why.contains("no load-balancer address yet"), "{gws}");
+    east.wait_until(
+        "gw1 registered, not advertised, and why",
+        Duration::from_secs(10),
+        || async {
+            let gws = east.admin("gateway.list", Value::Null).await;
+            let gw1 = &gws["gateways"]["gw1"];
+            let why = gw1["not_advertised"].as_str().unwrap_or("");
+            let ok = gw1["registered"] == true
+                && gw1["address"].is_null()
+                && why.contains("no load-balancer address yet");
+            (ok, gws.to_string())
+        },
+    )
+    .await;
     assert_eq!(seen_by_west(west).await, Vec::<String>::new());
     let first = set_lb(k, west, "ip", "127.0.151.7").await;
     // A load balancer known by name, then by IP again.
