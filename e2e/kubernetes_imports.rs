@@ -2,73 +2,30 @@
 //! exports through its catalog file. Checked with the real `kubectl get -o json` and `dig`:
 //! the ServiceImport, derived Service and EndpointSlice appear, DNS answers the ClusterIP, a
 //! foreign object holding a derived name is left untouched (and the problem is visible), a
-//! restart keeps the target ports and the objects, and a withdrawn export removes them.
-//! Federation indexes 150 (west) and 155 (east) belong to this file.
+//! restart keeps the target ports and the objects, and a withdrawn export removes them. East's
+//! gateways (two replicas sharing one bootstrap file) serve the target ports and are advertised
+//! at the LoadBalancer Service's address ([`gateway_side`]).
+//! Federation indexes 150 (west) and 155 (east) belong to this file, and 127.0.151.x addresses.
+
+mod gateway_side;
+mod kubectl;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use isthmus_federation::testing::kubeapi::KubeApi;
 use serde_json::{Value, json};
 use tokio::process::Command;
 
-use crate::harness::gateway::Gateway;
+use self::kubectl::Kubectl;
+use crate::harness::gateway::{Gateway, Samples};
 use crate::harness::{Federation, IMPORT_ALL, Spec, catalog, export, peer_via_cli};
 
 /// What a ClusterIP import must do after its route appears or ends (the brief's 2 s).
 const DEADLINE: Duration = Duration::from_secs(2);
 const POD_IP: &str = "127.0.155.9";
-
-struct Kubectl {
-    kubeconfig: PathBuf,
-    dir: PathBuf,
-}
-
-impl Kubectl {
-    async fn run(&self, args: &[&str]) -> (bool, String, String) {
-        let out = Command::new("/usr/bin/kubectl")
-            .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .arg("--cache-dir")
-            .arg(self.dir.join("kube-cache"))
-            .arg("--request-timeout=20s")
-            .args(args)
-            .env("HOME", &self.dir)
-            .env_remove("KUBECONFIG")
-            .kill_on_drop(true)
-            .output()
-            .await
-            .expect("run /usr/bin/kubectl (Debian: apt-get install kubernetes-client)");
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    }
-
-    /// `kubectl get <what> -o json`; `None` when it does not exist.
-    async fn get(&self, args: &[&str]) -> Option<Value> {
-        let mut all = vec!["get"];
-        all.extend(args);
-        all.extend(["-o", "json"]);
-        let (ok, out, err) = self.run(&all).await;
-        if !ok {
-            assert!(err.contains("NotFound"), "kubectl {all:?}: {err}");
-            return None;
-        }
-        Some(serde_json::from_str(&out).expect("kubectl -o json prints JSON"))
-    }
-
-    async fn apply(&self, name: &str, yaml: &str) {
-        let path = self.dir.join(name);
-        std::fs::write(&path, yaml).expect("write manifest");
-        let (ok, out, err) = self
-            .run(&["apply", "-f", path.to_str().expect("utf-8")])
-            .await;
-        assert!(ok, "kubectl apply {name}: {out}{err}");
-    }
-}
+/// The second replica of east's gateway.
+const POD_IP_B: &str = "127.0.155.90";
 
 fn dns_port(ip: std::net::Ipv4Addr) -> u16 {
     loop {
@@ -139,7 +96,15 @@ fn complete(o: &Objects, port: u16) -> Result<(), String> {
         return Err(format!("Service not owned by the ServiceImport: {svc}"));
     }
     let target = &svc["spec"]["ports"][0]["targetPort"];
-    if slice["endpoints"][0]["addresses"] != json!([POD_IP])
+    let mut pods: Vec<&str> = slice["endpoints"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["addresses"][0].as_str())
+        .collect();
+    pods.sort_unstable();
+    // Both replicas of the gateway (one name, one bootstrap file) are listed.
+    if pods != [POD_IP, POD_IP_B]
         || slice["ports"][0]["port"] != *target
         || slice["metadata"]["ownerReferences"][0]["uid"] != svc["metadata"]["uid"]
     {
@@ -188,13 +153,30 @@ async fn service_imports_follow_the_catalog_and_never_touch_foreign_objects() {
         .await
         .expect("foreign service");
 
+    let samples = Samples::start("west", std::net::Ipv4Addr::new(127, 0, 150, 10)).await;
     let west_catalog = |with_cart: bool| {
         let mut exports = vec![export("shop", "taken", 80, None)];
         if with_cart {
             exports.push(export("shop", "cart", 8080, None));
+            // A real HTTP service, called through east's target ports.
+            exports.push(format!(
+                "  - namespace: shop\n    name: echo\n    ports: [{{port: 8080, protocol: http}}]\n    endpoints: [{{address: \"{}\"}}]\n",
+                samples.http
+            ));
+            exports.push(format!(
+                "  - namespace: shop\n    name: tcp-echo\n    ports: [{{port: 9000, protocol: tcp}}]\n    endpoints: [{{address: \"{}\"}}]\n",
+                samples.tcp
+            ));
         }
         catalog(&exports, "")
     };
+    // The gateways' LoadBalancer Service, with no address yet.
+    let inbound_port = gateway_side::shared_inbound_port();
+    k.apply(
+        "gateway-service.yaml",
+        &gateway_side::lb_service_yaml(inbound_port),
+    )
+    .await;
     let west = Federation::start(Spec::new("west", 150).catalog(&west_catalog(true))).await;
     let ip = std::net::Ipv4Addr::new(127, 0, 155, 1);
     let dns = SocketAddr::from((ip, dns_port(ip)));
@@ -207,6 +189,7 @@ async fn service_imports_follow_the_catalog_and_never_touch_foreign_objects() {
                     "kubeconfig": api.kubeconfig(),
                     "imports": true,
                     "exports": false,
+                    "gateway_service": gateway_side::LB_SERVICE,
                 },
             })),
     )
@@ -214,13 +197,22 @@ async fn service_imports_follow_the_catalog_and_never_touch_foreign_objects() {
     // West's gateway: east's gateway judges west by it (without one its verdict takes west out
     // of status.clusters, as it takes it out of DNS).
     let _west_gw = Gateway::start(&west, "wgw", json!({})).await;
-    let _gw = Gateway::start_with_env(
+    // East's gateway in Kubernetes mode, and a second replica with the same bootstrap file.
+    let gw = Gateway::start_with_env(
         &east,
         "gw1",
-        json!({ "kubernetes": {} }),
+        gateway_side::gateway_config(POD_IP, inbound_port),
         &[("ISTHMUS_POD_IP", POD_IP)],
     )
     .await;
+    let mut replica = gw
+        .replica(
+            &east,
+            "b",
+            gateway_side::gateway_config(POD_IP_B, inbound_port),
+            &[("ISTHMUS_POD_IP", POD_IP_B)],
+        )
+        .await;
     peer_via_cli(&west, &east).await;
     east.wait_connected(&["west"]).await;
     wait_route(&east, "shop/cart", true).await;
@@ -241,6 +233,32 @@ async fn service_imports_follow_the_catalog_and_never_touch_foreign_objects() {
     eprintln!(
         "cart's objects complete {:?} after its route",
         started.elapsed()
+    );
+
+    // The gateway side: advertised at the LoadBalancer's address once it has one; curl through
+    // both target ports on both replicas; a replica restarted with the same bootstrap file.
+    gateway_side::advertised_from_the_load_balancer(&k, &east, &west).await;
+    wait_route(&east, "shop/echo", true).await;
+    let (echo_any, echo_west) = gateway_side::curl_through_target_ports(&k, &east).await;
+    wait_route(&east, "shop/tcp-echo", true).await;
+    gateway_side::raw_tcp_through_a_target_port(&k, &east).await;
+    gateway_side::a_replica_restarts_with_the_same_bootstrap_file(
+        &k,
+        &east,
+        &mut replica,
+        echo_any,
+    )
+    .await;
+    let dump = gw.config_dump().await.unwrap_or_default();
+    assert_eq!(
+        dump["table"]["target_ports"][echo_west.to_string()]["carries"],
+        "west.echo.shop:8080",
+        "{dump}"
+    );
+    assert_eq!(
+        gw.metric("isthmus_gateway_target_port_listeners_failed", &[])
+            .await,
+        0.0
     );
     let cluster_ip = seen.service.as_ref().expect("svc")["spec"]["clusterIP"]
         .as_str()
@@ -345,8 +363,12 @@ async fn service_imports_follow_the_catalog_and_never_touch_foreign_objects() {
         target
     );
 
-    // Withdrawn in west: within 2 s of the route ending, all three are gone.
+    // Withdrawn in west: within 2 s of the route ending, all three are gone, and so are the
+    // gateways' listeners on its target ports.
     west.write_catalog(&west_catalog(false));
+    wait_route(&east, "shop/echo", false).await;
+    gateway_side::listener_gone(&east, echo_any).await;
+    gateway_side::listener_gone(&east, echo_west).await;
     wait_route(&east, "shop/cart", false).await;
     let started = Instant::now();
     loop {

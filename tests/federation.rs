@@ -285,6 +285,7 @@ async fn gateway_api_bootstrap_renewal_registration_stream_and_revocation() {
         zone: "a".into(),
         ttl_seconds: 2,
         local_address: String::new(),
+        inbound_port: 0,
     };
     assert!(
         client.register_gateway(register("gw-9")).await.is_err(),
@@ -296,11 +297,10 @@ async fn gateway_api_bootstrap_renewal_registration_stream_and_revocation() {
         .expect("register");
     let advertised = |r: &Running| {
         r.node.view.borrow().routes.values().any(|route| {
-            route.clusters.iter().any(|c| {
-                c.gateways
-                    .iter()
-                    .any(|g| g.address.to_string() == "198.51.100.7:15443")
-            })
+            route
+                .clusters
+                .iter()
+                .any(|c| c.gateways.iter().any(|g| g.address == "198.51.100.7:15443"))
         })
     };
     wait_for("west to see east's gateway", async || advertised(&west)).await;

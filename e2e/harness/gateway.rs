@@ -26,6 +26,8 @@ pub struct Gateway {
     config_path: PathBuf,
     log_path: PathBuf,
     access_path: PathBuf,
+    /// The bootstrap file (shared by [`Gateway::replica`]s).
+    bootstrap: PathBuf,
     /// Extra environment of the gateway process (e.g. its pod IP on Kubernetes).
     env: Vec<(String, String)>,
     child: Option<Child>,
@@ -57,6 +59,31 @@ impl Gateway {
             bootstrap.to_str().expect("utf-8 path"),
         ])
         .await;
+        Self::start_from(fed, name, dir, bootstrap, extra, env).await
+    }
+
+    /// Another process of this gateway, as a second replica of one Deployment is: the same
+    /// bootstrap file (no new token), its own directory (`<name>-<instance>`), config and env.
+    pub async fn replica(
+        &self,
+        fed: &Federation,
+        instance: &str,
+        extra: Value,
+        env: &[(&str, &str)],
+    ) -> Gateway {
+        let dir = fed.dir.join(format!("gateway-{}-{instance}", self.name));
+        std::fs::create_dir_all(&dir).expect("gateway dir");
+        Self::start_from(fed, &self.name, dir, self.bootstrap.clone(), extra, env).await
+    }
+
+    async fn start_from(
+        fed: &Federation,
+        name: &str,
+        dir: PathBuf,
+        bootstrap: PathBuf,
+        extra: Value,
+        env: &[(&str, &str)],
+    ) -> Gateway {
         let ip = match fed.peering.ip() {
             std::net::IpAddr::V4(v4) => v4,
             std::net::IpAddr::V6(_) => Ipv4Addr::LOCALHOST,
@@ -73,6 +100,11 @@ impl Gateway {
             "drain_timeout": "5s",
         });
         super::merge(&mut cfg, &extra);
+        // `extra` may bind the inbound listener elsewhere (e.g. on a pod IP).
+        let inbound = cfg["listen"]["inbound"]["bind"]
+            .as_str()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or(inbound);
         let config_path = dir.join("gateway.yaml");
         std::fs::write(
             &config_path,
@@ -88,6 +120,7 @@ impl Gateway {
             log_path: dir.join("gateway.log"),
             access_path: dir.join("access.log"),
             config_path,
+            bootstrap,
             env: env
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -98,6 +131,22 @@ impl Gateway {
             gw.fail(&format!("start: {e:#}"));
         }
         gw
+    }
+
+    /// SIGKILL, no drain (a crashed pod).
+    pub async fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+        }
+    }
+
+    /// Starts the process again with the same config, bootstrap file and environment.
+    pub async fn restart(&mut self) {
+        self.kill9().await;
+        if let Err(e) = self.spawn().await {
+            self.fail(&format!("restart: {e:#}"));
+        }
     }
 
     async fn spawn(&mut self) -> anyhow::Result<()> {

@@ -367,10 +367,12 @@ impl GatewayConfig {
                     });
                 }
             }
-            None if self.listen.inbound.bind.ip().is_unspecified() => {
+            None if self.kubernetes.is_none() && self.listen.inbound.bind.ip().is_unspecified() => {
                 return invalid(
                     "listen.inbound.advertise",
-                    "listen.inbound.bind is a wildcard: set the address peer gateways should dial",
+                    "listen.inbound.bind is a wildcard: set the address peer gateways should dial \
+                     (in Kubernetes mode, `kubernetes:`, the federation reads it from its \
+                     kubernetes.gateway_service instead)",
                 );
             }
             None => {}
@@ -431,6 +433,9 @@ impl GatewayConfig {
     pub fn advertised_inbound(&self, bound: SocketAddr) -> Result<String, ConfigError> {
         match &self.listen.inbound.advertise {
             Some(a) => Ok(a.clone()),
+            // Kubernetes mode: none; the federation advertises the load-balancer address of
+            // its kubernetes.gateway_service for the Service port that targets `bound`'s port.
+            None if self.kubernetes.is_some() => Ok(String::new()),
             None if !bound.ip().is_unspecified() => Ok(bound.to_string()),
             None => Err(ConfigError::Invalid {
                 field: "listen.inbound.advertise".into(),

@@ -125,6 +125,9 @@ pub struct Metrics {
     pub exported_services: Gauge,
     pub vip_listeners: Gauge,
     pub vip_listeners_failed: Gauge,
+    /// Kubernetes mode: open target-port listeners on the pod IP, and those that failed to bind.
+    pub target_port_listeners: Gauge,
+    pub target_port_listeners_failed: Gauge,
     /// Certificate renewals by result.
     pub renewals: Family<ResultLabels, Counter>,
     /// Seconds until the current certificate expires.
@@ -272,6 +275,16 @@ impl Metrics {
             "vip_listeners_failed",
             "VIP:port listeners that could not be opened",
             self.vip_listeners_failed.clone(),
+        );
+        r.register(
+            "target_port_listeners",
+            "Open target-port listeners on the pod IP (Kubernetes mode)",
+            self.target_port_listeners.clone(),
+        );
+        r.register(
+            "target_port_listeners_failed",
+            "Target ports that could not be bound on the pod IP (retried every 2 s)",
+            self.target_port_listeners_failed.clone(),
         );
         r.register(
             "certificate_renewals",

@@ -23,6 +23,7 @@ use crate::inbound::{Backends, Inbound};
 use crate::live::LiveSet;
 use crate::metrics::Metrics;
 use crate::outbound::listeners::{UnboundVips, VipListeners, accept_loop};
+use crate::outbound::target_ports::{TargetPortListeners, TargetPortStates};
 use crate::outbound::{Origin, Outbound, ShadowSlots};
 use crate::pool::PeerPool;
 use crate::refusals::RefusalLog;
@@ -154,10 +155,8 @@ pub async fn start(cfg: GatewayConfig) -> Result<Running, StartError> {
     let mut registry = Registry::default();
     metrics.register(&mut registry);
 
-    let local_address = match &cfg.kubernetes {
-        Some(k) => k.pod_ip()?.to_string(),
-        None => String::new(),
-    };
+    let pod_ip = cfg.kubernetes.as_ref().map(|k| k.pod_ip()).transpose()?;
+    let local_address = pod_ip.map(|ip| ip.to_string()).unwrap_or_default();
     let (tx, table) = watch::channel(Arc::new(Snapshot::default()));
     let (drain_tx, drain) = Drain::new();
     let mut tasks = vec![
@@ -171,6 +170,7 @@ pub async fn start(cfg: GatewayConfig) -> Result<Running, StartError> {
         tokio::spawn(sync::register(
             client.clone(),
             advertise.clone(),
+            inbound_addr.port(),
             local_address,
             cfg.registration_ttl,
         )),
@@ -220,7 +220,7 @@ pub async fn start(cfg: GatewayConfig) -> Result<Running, StartError> {
         client.clone(),
         table.clone(),
         health.clone(),
-        cfg.listen.vips.then_some(unbound_rx),
+        (cfg.listen.vips && pod_ip.is_none()).then_some(unbound_rx),
     )));
     let outbound = Arc::new(Outbound {
         table: table.clone(),
@@ -285,31 +285,23 @@ pub async fn start(cfg: GatewayConfig) -> Result<Running, StartError> {
         local_limit.clone(),
         drain.clone(),
     )));
-    if cfg.listen.vips {
-        let mut vips = VipListeners::new(outbound.clone(), local_limit.clone(), drain.clone());
-        let mut changes = table.clone();
-        let metrics = metrics.clone();
-        let drain = drain.clone();
-        tasks.push(tokio::spawn(async move {
-            loop {
-                let snap = changes.borrow_and_update().clone();
-                vips.reconcile(&snap).await;
-                metrics.vip_listeners.set(vips.open_count() as i64);
-                metrics.vip_listeners_failed.set(vips.failed_count() as i64);
-                let unbound = vips.unbound(&snap);
-                unbound_tx.send_if_modified(|cur| {
-                    let changed = **cur != unbound;
-                    if changed {
-                        *cur = Arc::new(unbound);
-                    }
-                    changed
-                });
-                tokio::select! {
-                    changed = changes.changed() => if changed.is_err() { return },
-                    () = drain.signaled() => return,
-                }
-            }
-        }));
+    // Kubernetes mode: the target ports on the pod IP instead of VIPs.
+    let (port_states_tx, port_states) = watch::channel(Arc::new(TargetPortStates::new()));
+    if let Some(pod_ip) = pod_ip {
+        let listeners =
+            TargetPortListeners::new(outbound.clone(), pod_ip, local_limit.clone(), drain.clone());
+        tasks.push(tokio::spawn(listeners.follow(
+            table.clone(),
+            metrics.clone(),
+            port_states_tx,
+        )));
+    } else if cfg.listen.vips {
+        let vips = VipListeners::new(outbound.clone(), local_limit.clone(), drain.clone());
+        tasks.push(tokio::spawn(vips.follow(
+            table.clone(),
+            metrics.clone(),
+            unbound_tx,
+        )));
     }
 
     let admin_addr = admin_listener
@@ -347,6 +339,7 @@ pub async fn start(cfg: GatewayConfig) -> Result<Running, StartError> {
                         "service": &*t.import.name,
                         "cluster": t.pinned.as_deref(),
                     }))).collect::<serde_json::Map<_, _>>(),
+                    "target_ports": &*port_states.borrow().clone(),
                     "policies": {
                         "documents": snap.traffic.documents.iter().map(|d| serde_json::json!({
                             "name": &*d.name,

@@ -190,8 +190,15 @@ async fn renew_once(client: &ControlClient, id: &SpiffeId) -> Result<(), String>
 }
 
 /// Keeps the gateway's advertised address (and, on Kubernetes, its pod IP: `local`, else empty)
-/// registered under a lease.
-pub async fn register(client: Arc<ControlClient>, advertise: String, local: String, ttl: Duration) {
+/// registered under a lease. An empty `advertise` (Kubernetes mode) sends the bound inbound port
+/// instead: the federation advertises its gateway Service's load-balancer address.
+pub async fn register(
+    client: Arc<ControlClient>,
+    advertise: String,
+    inbound_port: u16,
+    local: String,
+    ttl: Duration,
+) {
     let every = (ttl / 3).max(Duration::from_millis(200));
     loop {
         let req = RegisterGatewayRequest {
@@ -200,6 +207,11 @@ pub async fn register(client: Arc<ControlClient>, advertise: String, local: Stri
             zone: String::new(),
             ttl_seconds: u32::try_from(ttl.as_secs().max(1)).unwrap_or(u32::MAX),
             local_address: local.clone(),
+            inbound_port: if advertise.is_empty() {
+                u32::from(inbound_port)
+            } else {
+                0
+            },
         };
         let wait = match client.client().register_gateway(req).await {
             Ok(_) => every,

@@ -8,6 +8,9 @@ use std::sync::Arc;
 
 use isthmus_federation::proto::{self, Protocol};
 
+mod target_ports;
+pub use target_ports::TargetPortRoute;
+
 /// `<svc>.<ns>`: how a service is named between gateways and in logs.
 pub type ServiceName = Arc<str>;
 
@@ -184,6 +187,8 @@ pub struct Snapshot {
     pub imports: HashMap<ServiceName, Arc<Import>>,
     /// VIP → what it stands for (the service, or one cluster's `<cluster>.<svc>` name).
     pub vips: HashMap<IpAddr, Target>,
+    /// On Kubernetes: target port → what it carries (listened on at the pod IP instead of VIPs).
+    pub target_ports: HashMap<u16, TargetPortRoute>,
     pub exports: HashMap<ServiceName, Arc<Export>>,
     /// Peer clusters by trust domain.
     pub peers: HashMap<Arc<str>, Arc<str>>,
@@ -248,6 +253,8 @@ fn service_name(key: Option<&proto::ServiceKey>) -> Option<ServiceName> {
 struct BuiltImport {
     import: Arc<Import>,
     vips: Vec<(IpAddr, Option<Arc<str>>)>,
+    /// (target port, pinned cluster, service port) on Kubernetes.
+    target_ports: Vec<(u16, Option<Arc<str>>, Port)>,
 }
 
 fn build_import(name: ServiceName, route: &proto::ImportedRoute) -> BuiltImport {
@@ -267,7 +274,12 @@ fn build_import(name: ServiceName, route: &proto::ImportedRoute) -> BuiltImport 
             vips.push((ip, Some(b.cluster.clone())));
         }
     }
-    BuiltImport { import, vips }
+    let target_ports = target_ports::of_route(&import, &route.target_ports);
+    BuiltImport {
+        import,
+        vips,
+        target_ports,
+    }
 }
 
 fn build_export(name: ServiceName, export: &proto::LocalExport) -> Arc<Export> {
@@ -401,6 +413,7 @@ impl TableBuilder {
                     },
                 );
             }
+            target_ports::insert(&mut snap.target_ports, &built.import, &built.target_ports);
             snap.imports.insert(name.clone(), built.import.clone());
         }
         snap

@@ -24,9 +24,10 @@ pub fn list(gateways: &Value) -> String {
         let verdicts = g["health"].as_object();
         let healthy = verdicts.map_or(0, |h| h.values().filter(|v| **v == true).count());
         let down = verdicts.map_or(0, |h| h.len()) - healthy;
-        let address = match &g["address"] {
-            Value::Null => "(not registered)".to_string(),
-            a => text(a),
+        let address = match (&g["address"], g["not_advertised"].as_str()) {
+            (Value::Null, Some(why)) => format!("(not advertised: {why})"),
+            (Value::Null, None) => "(not registered)".to_string(),
+            (a, _) => text(a),
         };
         t.row(vec![
             name.clone(),
@@ -57,11 +58,17 @@ mod tests {
         let v = json!({
             "gw-1": {"address": "127.0.0.1:15008", "zone": "a", "acked_version": 12,
                      "acked_bundle_sequence": 1, "health": {"shop/cart@west": true, "shop/a@south": false}},
-            "gw-2": {"address": null, "zone": null, "acked_version": 0, "acked_bundle_sequence": 0, "health": {}}
+            "gw-2": {"address": null, "zone": null, "acked_version": 0, "acked_bundle_sequence": 0, "health": {}},
+            "gw-3": {"registered": true, "address": null, "not_advertised": "Service isthmus-gateway has no load-balancer address yet",
+                     "zone": null, "acked_version": 0, "acked_bundle_sequence": 0, "health": {}}
         });
         let text = list(&v);
         assert!(text.contains("1 healthy, 1 down"), "{text}");
         assert!(text.contains("(not registered)"), "{text}");
+        assert!(
+            text.contains("(not advertised: Service isthmus-gateway has no load-balancer"),
+            "{text}"
+        );
         assert!(list(&json!({})).contains("isthmus gateway bootstrap"));
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod bootstrap;
 pub mod config;
+pub mod registration;
 pub mod service;
 
 pub use bootstrap::{BootstrapFile, GatewayToken};

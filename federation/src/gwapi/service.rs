@@ -1,7 +1,6 @@
 //! The `GatewayControl` gRPC service.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
@@ -11,6 +10,8 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::gwapi::bootstrap::{self, GatewayToken};
 use crate::gwapi::config;
+use crate::gwapi::registration;
+pub use crate::gwapi::registration::GatewayRegistration;
 use crate::identity::{IdKind, IssuedCert, PeerInfo, SpiffeId};
 use crate::node::{Node, keys};
 use crate::proto::gateway_control_server::GatewayControl;
@@ -21,14 +22,8 @@ use crate::proto::{
 };
 use crate::store::{LeaseId, Op, Store};
 
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct GatewayRegistration {
-    pub address: SocketAddr,
-    pub zone: Option<String>,
-    /// The gateway's own (pod) IP on Kubernetes, where derived Services' EndpointSlices point.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub local: Option<std::net::IpAddr>,
-}
+/// Registration leases remembered for keep-alives before the table is forgotten.
+const MAX_REMEMBERED_LEASES: usize = 4096;
 
 pub struct GatewayService {
     node: Arc<Node>,
@@ -160,9 +155,13 @@ impl GatewayControl for GatewayService {
                 req.name
             )));
         }
-        let address: SocketAddr = req.advertise_address.parse().map_err(|_| {
-            Status::invalid_argument("advertise_address must be ip:port (the address peers dial)")
-        })?;
+        let from_service = self
+            .node
+            .cfg
+            .kubernetes
+            .as_ref()
+            .is_some_and(|k| k.gateway_service.is_some());
+        let (address, inbound_port) = registration::advertised(&req, from_service)?;
         let zone = if req.zone.is_empty() {
             None
         } else {
@@ -186,11 +185,12 @@ impl GatewayControl for GatewayService {
             Duration::from_secs(u64::from(req.ttl_seconds)).clamp(limits.min_ttl, limits.max_ttl)
         };
         let store = &self.node.store;
+        let key = registration::key(&name, local);
         let existing = self
             .leases
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get(&name)
+            .get(&key)
             .copied();
         let alive = match existing {
             Some(lease) => store
@@ -203,6 +203,7 @@ impl GatewayControl for GatewayService {
             address,
             zone,
             local,
+            inbound_port,
         })
         .map_err(|e| Status::internal(e.to_string()))?;
         let lease = match (existing, alive) {
@@ -214,7 +215,7 @@ impl GatewayControl for GatewayService {
         };
         // Rewrite only when new or changed, so a keep-alive is cheap.
         let current = store
-            .get(&keys::gateway(&name))
+            .get(&key)
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?;
         if current.as_deref() != Some(value.as_slice()) || !alive {
@@ -222,7 +223,7 @@ impl GatewayControl for GatewayService {
                 .commit(
                     Vec::new(),
                     vec![Op::PutLeased {
-                        key: keys::gateway(&name),
+                        key: key.clone(),
                         value,
                         lease,
                     }],
@@ -230,10 +231,15 @@ impl GatewayControl for GatewayService {
                 .await
                 .map_err(|e| Status::unavailable(e.to_string()))?;
         }
-        self.leases
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(name, lease);
+        {
+            let mut leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
+            // Every pod a Deployment ever ran has its own key: forget them all now and then
+            // (a live one is granted a new lease on its next renewal; old leases expire).
+            if leases.len() >= MAX_REMEMBERED_LEASES {
+                leases.clear();
+            }
+            leases.insert(key, lease);
+        }
         Ok(Response::new(RegisterGatewayResponse {
             ttl_seconds: u32::try_from(ttl.as_secs()).unwrap_or(u32::MAX),
         }))

@@ -724,6 +724,7 @@ async fn tonic_over_transport_carries_the_caller_id() {
         zone: "a".into(),
         ttl_seconds: 30,
         local_address: String::new(),
+        inbound_port: 0,
     };
     let reply = client.register_gateway(request("gw-1")).await.unwrap();
     assert_eq!(reply.get_ref().ttl_seconds, 30);

@@ -5,6 +5,8 @@
 //! - [`imports`]: ServiceImports, derived Services and EndpointSlices for what we import.
 //! - [`mcs`]: the `multicluster.x-k8s.io/v1alpha1` types `ServiceExport` and `ServiceImport`.
 //! - [`exports`]: ServiceExports as a catalog source, and their MCS conditions.
+//! - [`gateway_service`]: the gateways' LoadBalancer Service, whose address is advertised for
+//!   gateways that configure none.
 //!
 //! What this module must not do: decide routing or talk to peers. The export source produces
 //! export sets like the catalog file does (DESIGN: Kubernetes); the import writer turns what the
@@ -16,6 +18,8 @@ pub mod client;
 pub mod config;
 #[cfg(feature = "kubernetes")]
 pub mod exports;
+#[cfg(feature = "kubernetes")]
+pub mod gateway_service;
 #[cfg(feature = "kubernetes")]
 pub mod imports;
 #[cfg(feature = "kubernetes")]

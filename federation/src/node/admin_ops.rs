@@ -204,6 +204,9 @@ impl AdminHandler for AdminOps {
                                 Op::Delete {
                                     key: keys::gateway(&name),
                                 },
+                                Op::DeletePrefix {
+                                    prefix: keys::gateway_instances(&name),
+                                },
                             ],
                         )
                         .await
@@ -322,6 +325,10 @@ async fn peers(node: &Node) -> Vec<Value> {
                     "lag": state.local.version.saturating_sub(l.acked_version) },
                 "bundle_sequence": p.record.bundle_sequence,
                 "acked_our_bundle_sequence": l.acked_bundle_sequence,
+                // The gateways it advertises (what our gateways dial).
+                "gateways": p.catalog.gateways.iter().map(|g| json!({
+                    "name": g.name, "address": g.address.to_string(),
+                })).collect::<Vec<_>>(),
             })
         })
         .collect()
@@ -457,7 +464,7 @@ pub async fn rotation_driver(node: Arc<Node>) {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .values()
-            .filter(|g| g.address.is_some())
+            .filter(|g| g.registered)
             .all(|g| g.acked_bundle_sequence >= seq);
         if !(peers_acked && gateways_acked) {
             continue;

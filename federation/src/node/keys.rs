@@ -67,3 +67,14 @@ pub fn gw_token(gateway: &str) -> String {
 pub fn gateway(gateway: &str) -> String {
     format!("{GATEWAYS}{gateway}")
 }
+
+/// One instance of a gateway that registered its own (pod) address: the replicas sharing one
+/// name (one bootstrap Secret) each hold a registration.
+pub fn gateway_instance(gateway: &str, local: std::net::IpAddr) -> String {
+    format!("{GATEWAYS}{gateway}/{local}")
+}
+
+/// The prefix of every [`gateway_instance`] of `gateway`.
+pub fn gateway_instances(gateway: &str) -> String {
+    format!("{GATEWAYS}{gateway}/")
+}

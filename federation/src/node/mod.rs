@@ -12,6 +12,7 @@ pub mod ca;
 #[cfg(feature = "kubernetes")]
 pub mod clusterset;
 pub mod dashboard;
+pub mod gateways;
 pub mod keys;
 pub mod peer_update;
 pub mod run;
@@ -59,7 +60,13 @@ pub struct LinkInfo {
 /// A gateway of this cluster, as registered and as it ACKed config.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct GatewayInfo {
+    /// Registered now (its lease is live).
+    pub registered: bool,
+    /// The address peers are given; `None` while it is not advertised.
     pub address: Option<String>,
+    /// Registered but not advertised to peers: why (e.g. its LoadBalancer has no address yet).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub not_advertised: Option<String>,
     pub zone: Option<String>,
     pub acked_version: u64,
     pub acked_bundle_sequence: u64,

@@ -29,7 +29,7 @@ use crate::peering::server::PeeringService;
 use crate::proto::gateway_control_server::GatewayControlServer;
 use crate::proto::peering_server::PeeringServer;
 use crate::proto::registry_server::RegistryServer;
-use crate::store::{AnyStore, Op, Store, WatchEvent};
+use crate::store::{AnyStore, Op, Store};
 use crate::vip::{VipPool, VipTable};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -331,7 +331,9 @@ pub async fn start_with_metrics(
     // Gateways registered before a restart (leases still alive).
     {
         let mut state = node.state.lock().await;
-        state.local.gateways = read_gateways(&store.list(keys::GATEWAYS).await?);
+        let pending = crate::node::gateways::LbAddress::Pending("starting".into());
+        state.local.gateways =
+            crate::node::gateways::read(&store.list(keys::GATEWAYS).await?, &pending).advertised;
         state.refresh_local(&store, now_ms()).await?;
         let stale = node.stale_peers();
         // Stored state that no longer fits the VIP ranges starts degraded, never not at all.
@@ -462,7 +464,12 @@ pub async fn start_with_metrics(
         registered_rx,
         file_stats,
     )));
-    tasks.push(tokio::spawn(follow_gateways(node.clone())));
+    let (lb, lb_watch) = crate::node::gateways::lb_source(&cfg);
+    tasks.extend(lb_watch);
+    tasks.push(tokio::spawn(crate::node::gateways::follow(
+        node.clone(),
+        lb,
+    )));
     #[cfg(feature = "kubernetes")]
     if let Some(k) = kube_exports {
         let clusterset = crate::node::clusterset::follow(node.clone());
@@ -503,83 +510,6 @@ pub async fn start_with_metrics(
         stop: stop_tx,
         tasks,
     })
-}
-
-fn read_gateways(items: &[(String, Vec<u8>)]) -> Vec<crate::peering::update::GatewayAddr> {
-    items
-        .iter()
-        .filter_map(|(k, v)| {
-            let name = k.trim_start_matches(keys::GATEWAYS).to_string();
-            let reg: crate::gwapi::service::GatewayRegistration = serde_json::from_slice(v).ok()?;
-            Some(crate::peering::update::GatewayAddr {
-                name,
-                address: reg.address,
-                zone: reg.zone.and_then(|z| z.parse().ok()),
-            })
-        })
-        .collect()
-}
-
-/// Follows gateway registrations (leases expire in the store) into the local gateway set.
-async fn follow_gateways(node: Arc<Node>) {
-    let mut stop = node.shutdown.clone();
-    loop {
-        let revision = match node.store.revision().await {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(error = %e, "store unavailable; retrying gateway watch");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
-        let Ok(mut events) = node.store.watch(keys::GATEWAYS, revision).await else {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            continue;
-        };
-        let mut items: BTreeMap<String, Vec<u8>> = match node.store.list(keys::GATEWAYS).await {
-            Ok(list) => list.into_iter().collect(),
-            Err(_) => continue,
-        };
-        apply_gateways(&node, &items).await;
-        loop {
-            let ev = tokio::select! {
-                ev = events.recv() => ev,
-                _ = stop.changed() => return,
-            };
-            match ev {
-                None => break,
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "gateway watch failed; restarting it");
-                    break;
-                }
-                Some(Ok(WatchEvent::Put { key, value, .. })) => {
-                    items.insert(key, value);
-                }
-                Some(Ok(WatchEvent::Delete { key, .. })) => {
-                    items.remove(&key);
-                }
-                Some(Ok(WatchEvent::Reset { items: all, .. })) => items = all.into_iter().collect(),
-            }
-            apply_gateways(&node, &items).await;
-        }
-    }
-}
-
-async fn apply_gateways(node: &Arc<Node>, items: &BTreeMap<String, Vec<u8>>) {
-    let list: Vec<(String, Vec<u8>)> = items.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    let gateways = read_gateways(&list);
-    {
-        let mut infos = node.gateways.lock().unwrap_or_else(|p| p.into_inner());
-        infos.retain(|name, _| gateways.iter().any(|g| &g.name == name));
-        for g in &gateways {
-            let info = infos.entry(g.name.clone()).or_default();
-            info.address = Some(g.address.to_string());
-            info.zone = g.zone.as_ref().map(ToString::to_string);
-        }
-    }
-    if let Err(e) = node.bump_local(|s| s.local.set_gateways(gateways)).await {
-        tracing::error!(error = %e, "publishing the gateway set failed");
-    }
 }
 
 /// Renews this federation's own certificate at half its lifetime (and right after a signing

@@ -24,7 +24,8 @@ pub const SERVICES_PER_MESSAGE: usize = 2_000;
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct GatewayAddr {
     pub name: String,
-    pub address: SocketAddr,
+    /// What gateways dial: `ip:port`, or `dns-name:port` (a load balancer known by name).
+    pub address: String,
     pub zone: Option<Zone>,
 }
 
@@ -32,7 +33,7 @@ impl GatewayAddr {
     pub fn to_proto(&self) -> proto::GatewayAddress {
         proto::GatewayAddress {
             name: self.name.clone(),
-            address: self.address.to_string(),
+            address: self.address.clone(),
             zone: self
                 .zone
                 .as_ref()
@@ -43,13 +44,19 @@ impl GatewayAddr {
 
     pub fn from_proto(g: &proto::GatewayAddress) -> Result<Self, String> {
         crate::model::names::check_label("gateway name", &g.name).map_err(|e| e.to_string())?;
-        let address: SocketAddr = g
-            .address
-            .parse()
-            .map_err(|_| format!("gateway {}: address {:?} is not ip:port", g.name, g.address))?;
-        if address.port() == 0 {
-            return Err(format!("gateway {}: port 0", g.name));
-        }
+        let address = match g.address.parse::<SocketAddr>() {
+            Ok(a) if a.port() == 0 => return Err(format!("gateway {}: port 0", g.name)),
+            Ok(a) => a.to_string(),
+            Err(_) => match crate::config::advertise_problem(&g.address) {
+                None => g.address.to_ascii_lowercase(),
+                Some(problem) => {
+                    return Err(format!(
+                        "gateway {}: address {:?} {problem}",
+                        g.name, g.address
+                    ));
+                }
+            },
+        };
         let zone = if g.zone.is_empty() {
             None
         } else {
@@ -384,6 +391,34 @@ mod tests {
         let u = validate(&snapshot(&bundle), &name, &td).expect("valid");
         assert_eq!((u.version, u.upserts.len(), u.snapshot), (5, 2, true));
         assert_eq!(u.gateways.as_ref().map(Vec::len), Some(1));
+    }
+
+    #[test]
+    fn gateways_are_dialled_at_an_ip_or_a_dns_name_with_a_port() {
+        let addr = |a: &str| {
+            GatewayAddr::from_proto(&proto::GatewayAddress {
+                name: "gw".into(),
+                address: a.into(),
+                zone: String::new(),
+            })
+            .map(|g| g.address)
+        };
+        assert_eq!(addr("192.0.2.1:15008"), Ok("192.0.2.1:15008".into()));
+        assert_eq!(addr("[2001:db8::1]:443"), Ok("[2001:db8::1]:443".into()));
+        assert_eq!(
+            addr("A1B2.elb.Example.com:443"),
+            Ok("a1b2.elb.example.com:443".into())
+        );
+        for bad in [
+            "192.0.2.1",
+            "192.0.2.1:0",
+            "lb.example.com",
+            "lb.example.com:0",
+            "not a name:443",
+            ":443",
+        ] {
+            assert!(addr(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -35,7 +35,7 @@ use crate::table::{Snapshot, Target};
 pub(super) enum Arrival {
     /// The proxy port: CONNECT to any imported service.
     Proxy,
-    /// A VIP listener: it stands for one service and port.
+    /// A VIP or target-port listener: it stands for one service and port.
     Vip,
     /// Inside a tunnel served as HTTP: bound like a VIP, and never a tunnel again.
     Tunnel,
@@ -46,7 +46,7 @@ impl Arrival {
         match origin {
             Origin::Proxy => Arrival::Proxy,
             Origin::Tunnel(_) => Arrival::Tunnel,
-            Origin::Vip(..) => Arrival::Vip,
+            Origin::Vip(..) | Origin::TargetPort(_) => Arrival::Vip,
         }
     }
 }

@@ -315,11 +315,10 @@ impl Outbound {
         Response::new(body::empty())
     }
 
-    /// A raw TCP connection to a service VIP: tunnelled whole; refused with a reset when no
-    /// cluster can take it.
-    pub async fn tcp(self: Arc<Self>, stream: TcpStream, resolved_port: (std::net::IpAddr, u16)) {
+    /// A raw TCP connection to a service VIP or target port: tunnelled whole; refused with a
+    /// reset when no cluster can take it.
+    pub async fn tcp(self: Arc<Self>, stream: TcpStream, origin: super::Origin) {
         let snap = self.snapshot();
-        let (ip, port) = resolved_port;
         let mut entry = Entry::new(
             self.access_log,
             crate::accesslog::Side::Outbound,
@@ -327,7 +326,7 @@ impl Outbound {
             snap.cluster.clone(),
         );
         entry.count_traffic(&self.metrics.traffic);
-        let Some(target) = snap.vips.get(&ip).cloned() else {
+        let Some((target, port)) = super::listener_target(&snap, &origin) else {
             reset(stream);
             return;
         };

@@ -8,11 +8,13 @@ use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::{LocalClient, Origin, Outbound};
 use crate::fair::{self, FairLimit};
 use crate::h1guard::H1Guard;
+use crate::metrics::Metrics;
 use crate::serve::{Drain, http_builder, serve_connection};
 use crate::table::{Port, Snapshot};
 
@@ -29,6 +31,7 @@ pub async fn accept_loop(
     let builder = Arc::new(http_builder(&outbound.limits, false));
     let label = match origin {
         Origin::Vip(..) => "vip",
+        Origin::TargetPort(_) => "target_port",
         Origin::Proxy | Origin::Tunnel(_) => "proxy",
     };
     let serving = drain.clone();
@@ -38,8 +41,8 @@ pub async fn accept_loop(
         let origin = origin.clone();
         async move {
             if tcp {
-                if let Origin::Vip(ip, port) = origin {
-                    outbound.tcp(stream, (ip, port)).await;
+                if matches!(origin, Origin::Vip(..) | Origin::TargetPort(_)) {
+                    outbound.tcp(stream, origin).await;
                 }
                 return;
             }
@@ -166,6 +169,35 @@ impl VipListeners {
 
     pub fn open_count(&self) -> usize {
         self.open.len()
+    }
+
+    /// Follows the table until draining starts: reconciles on every snapshot and publishes the
+    /// addresses that could not be bound to `unbound` (reported to the federation).
+    pub async fn follow(
+        mut self,
+        mut table: watch::Receiver<Arc<Snapshot>>,
+        metrics: Arc<Metrics>,
+        unbound_tx: watch::Sender<Arc<UnboundVips>>,
+    ) {
+        let drain = self.drain.clone();
+        loop {
+            let snap = table.borrow_and_update().clone();
+            self.reconcile(&snap).await;
+            metrics.vip_listeners.set(self.open_count() as i64);
+            metrics.vip_listeners_failed.set(self.failed_count() as i64);
+            let unbound = self.unbound(&snap);
+            unbound_tx.send_if_modified(|cur| {
+                let changed = **cur != unbound;
+                if changed {
+                    *cur = Arc::new(unbound);
+                }
+                changed
+            });
+            tokio::select! {
+                changed = table.changed() => if changed.is_err() { return },
+                () = drain.signaled() => return,
+            }
+        }
     }
 
     pub fn failed_count(&self) -> usize {

@@ -29,6 +29,9 @@ mod send_tests;
 mod shadow;
 pub(crate) use forward::websocket_accept;
 pub mod listeners;
+pub mod target_ports;
+#[cfg(test)]
+mod target_ports_tests;
 
 pub use client::LocalClient;
 pub use shadow::ShadowSlots;
@@ -55,6 +58,9 @@ use crate::table::{Backend, ServiceName, Snapshot, Target};
 pub enum Origin {
     /// A service VIP and port.
     Vip(IpAddr, u16),
+    /// A target port on the pod IP (Kubernetes mode): it stands for one service (or per-cluster
+    /// name) and port, looked up in the snapshot of the connection's own time.
+    TargetPort(u16),
     /// The HTTP proxy port.
     Proxy,
     /// Inside a CONNECT tunnel to an HTTP port, which the gateway serves as HTTP itself: every
@@ -116,6 +122,19 @@ pub(crate) fn verdicts<'a>(
     policy: &'a ServicePolicy,
 ) -> impl Fn(&Backend) -> Verdict + 'a {
     move |b| health.verdict(service, b, b.cluster == snap.cluster, policy.slow_start)
+}
+
+/// What a listener that stands for one service and port (a VIP's, a target port's) stands for
+/// now: the target and the service port. `None` once its import is gone.
+pub(crate) fn listener_target(snap: &Snapshot, origin: &Origin) -> Option<(Target, u16)> {
+    match origin {
+        &Origin::Vip(ip, port) => Some((snap.vips.get(&ip)?.clone(), port)),
+        Origin::TargetPort(tp) => {
+            let route = snap.target_ports.get(tp)?;
+            Some((route.target.clone(), route.port.port))
+        }
+        Origin::Proxy | Origin::Tunnel(_) => None,
+    }
 }
 
 /// What a request addressed, resolved against the table.
@@ -216,19 +235,23 @@ fn resolve<B>(
         .map(str::to_string);
     let uri_authority = req.uri().authority().map(|a| a.as_str().to_string());
     match origin {
-        &Origin::Vip(ip, port) => {
-            let target = snap.vips.get(&ip).cloned().ok_or_else(|| {
+        Origin::Vip(..) | Origin::TargetPort(_) => {
+            let (target, port) = listener_target(snap, origin).ok_or_else(|| {
+                let what = match origin {
+                    Origin::Vip(ip, _) => format!("{ip}"),
+                    _ => "this target port".to_string(),
+                };
                 (
                     StatusCode::SERVICE_UNAVAILABLE,
-                    format!("no service behind {ip}: its import was removed"),
+                    format!("no service behind {what}: its import was removed"),
                 )
             })?;
             let authority = host_header.or(uri_authority).unwrap_or_else(|| {
-                format!(
-                    "{}.{}:{port}",
-                    target.import.name,
-                    crate::table::CLUSTERSET_ZONE
-                )
+                let name = match &target.pinned {
+                    Some(c) => format!("{c}.{}", target.import.name),
+                    None => target.import.name.to_string(),
+                };
+                format!("{name}.{}:{port}", crate::table::CLUSTERSET_ZONE)
             });
             Ok(Resolved {
                 target,
