@@ -2,8 +2,11 @@
 //! exports through its catalog file. Checked with the real `kubectl get -o json` and `dig`:
 //! the ServiceImport, derived Service and EndpointSlice appear, DNS answers the ClusterIP, a
 //! foreign object holding a derived name is left untouched (and the problem is visible), a
-//! restart keeps the target ports and the objects, and a withdrawn export removes them.
+//! restart keeps the target ports and the objects, the writer follows verdicts and gateway
+//! leases within 2 s (`follow`), and a withdrawn export removes them.
 //! Federation indexes 150 (west) and 155 (east) belong to this file.
+
+mod follow;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -213,8 +216,9 @@ async fn service_imports_follow_the_catalog_and_never_touch_foreign_objects() {
     .await;
     // West's gateway: east's gateway judges west by it (without one its verdict takes west out
     // of status.clusters, as it takes it out of DNS).
-    let _west_gw = Gateway::start(&west, "wgw", json!({})).await;
-    let _gw = Gateway::start_with_env(
+    // Its lease outlives `follow`'s stop of it, so that only a verdict changes then.
+    let west_gw = Gateway::start(&west, "wgw", json!({ "registration_ttl": "60s" })).await;
+    let gw = Gateway::start_with_env(
         &east,
         "gw1",
         json!({ "kubernetes": {} }),
@@ -333,7 +337,7 @@ async fn service_imports_follow_the_catalog_and_never_touch_foreign_objects() {
     east.restart().await;
     east.wait_connected(&["west"]).await;
     wait_route(&east, "shop/cart", true).await;
-    // A few writer rounds (it resyncs every 5 s).
+    // Let a few writer rounds pass (each view change and registration starts one).
     tokio::time::sleep(Duration::from_secs(6)).await;
     let again = objects(&k, "cart").await;
     complete(&again, 8080).unwrap_or_else(|e| east.fail(&e));
@@ -344,6 +348,9 @@ async fn service_imports_follow_the_catalog_and_never_touch_foreign_objects() {
         again.service.as_ref().expect("svc")["spec"]["ports"][0]["targetPort"],
         target
     );
+
+    // status.clusters and the slice follow verdicts and leases within 2 s.
+    let _gw = follow::writer_follows_verdicts_and_leases(&west, &east, &k, west_gw, gw).await;
 
     // Withdrawn in west: within 2 s of the route ending, all three are gone.
     west.write_catalog(&west_catalog(false));

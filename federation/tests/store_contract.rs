@@ -581,7 +581,9 @@ async fn a_key_moved_to_a_new_lease_outlives_the_old_one(f: &Fixture) {
         value: value.to_vec(),
         lease,
     };
-    s.commit(vec![], vec![leased(old, b"before")]).await.unwrap();
+    s.commit(vec![], vec![leased(old, b"before")])
+        .await
+        .unwrap();
     let new = s.grant_lease(Duration::from_secs(6)).await.unwrap();
     s.commit(vec![], vec![leased(new, b"after")]).await.unwrap();
     // Past the old lease's expiry, and past the embedded sweeper's period.
@@ -592,9 +594,15 @@ async fn a_key_moved_to_a_new_lease_outlives_the_old_one(f: &Fixture) {
         "the old lease's expiry deleted a key the new lease owns"
     );
     // Touching the expired lease (the embedded store expires it then if the sweeper has not).
-    assert!(!s.keep_alive(old).await.unwrap(), "the old lease is still alive");
+    assert!(
+        !s.keep_alive(old).await.unwrap(),
+        "the old lease is still alive"
+    );
     assert_eq!(s.get("gw/1").await.unwrap(), Some(b"after".to_vec()));
-    assert!(s.keep_alive(new).await.unwrap(), "the new lease died with the old one");
+    assert!(
+        s.keep_alive(new).await.unwrap(),
+        "the new lease died with the old one"
+    );
     s.revoke_lease(new).await.unwrap();
     assert_eq!(s.get("gw/1").await.unwrap(), None);
 }

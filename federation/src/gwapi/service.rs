@@ -308,13 +308,20 @@ impl GatewayControl for GatewayService {
             let g = gws.entry(name.clone()).or_default();
             // Each report is the gateway's whole current view: pairs it no longer reports
             // (a service gone, a cluster dropped) must not keep an old verdict.
-            g.health.clear();
-            for v in report.verdicts {
-                let key = v
-                    .service
-                    .map(|k| format!("{}/{}", k.namespace, k.name))
-                    .unwrap_or_default();
-                g.health.insert(format!("{}:{key}", v.cluster), v.healthy);
+            let health: std::collections::BTreeMap<String, bool> = report
+                .verdicts
+                .into_iter()
+                .map(|v| {
+                    let key = v
+                        .service
+                        .map(|k| format!("{}/{}", k.namespace, k.name))
+                        .unwrap_or_default();
+                    (format!("{}:{key}", v.cluster), v.healthy)
+                })
+                .collect();
+            if g.health != health {
+                g.health = health;
+                self.node.verdicts.send_modify(|n| *n = n.wrapping_add(1));
             }
             g.vip_listeners = report.vip_listeners;
             g.unbound_vips = report

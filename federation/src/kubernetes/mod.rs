@@ -5,6 +5,7 @@
 //! - [`imports`]: ServiceImports, derived Services and EndpointSlices for what we import.
 //! - [`mcs`]: the `multicluster.x-k8s.io/v1alpha1` types `ServiceExport` and `ServiceImport`.
 //! - [`exports`]: ServiceExports as a catalog source, and their MCS conditions.
+//! - [`report`]: the current problems of both, for `isthmus status` (always compiled).
 //!
 //! What this module must not do: decide routing or talk to peers. The export source produces
 //! export sets like the catalog file does (DESIGN: Kubernetes); the import writer turns what the
@@ -20,6 +21,9 @@ pub mod exports;
 pub mod imports;
 #[cfg(feature = "kubernetes")]
 pub mod mcs;
+pub mod report;
+
+pub use report::KubeReport;
 
 /// The value of `endpointslice.kubernetes.io/managed-by` and of `app.kubernetes.io/managed-by`
 /// on every object Isthmus writes; objects without it are never modified or deleted. A label

@@ -115,11 +115,16 @@ pub struct Node {
     pub view: watch::Sender<Arc<MeshView>>,
     pub links: StdMutex<BTreeMap<ClusterName, LinkInfo>>,
     pub gateways: StdMutex<BTreeMap<String, GatewayInfo>>,
+    /// Bumped whenever a gateway's health verdicts change (`ReportHealth`): what reads
+    /// `gateways[..].health` wakes on it instead of polling.
+    pub verdicts: watch::Sender<u64>,
     pub sessions: StdMutex<BTreeMap<ClusterName, tokio::task::AbortHandle>>,
     pub metrics: Metrics,
     pub shutdown: watch::Receiver<bool>,
     /// Whether the local catalog sources are applied (see [`apply`]).
     pub apply: StdMutex<apply::ApplyStatus>,
+    /// The Kubernetes side's current problems (`status`); empty without a `kubernetes:` section.
+    pub kube: crate::kubernetes::KubeReport,
 }
 
 impl Node {

@@ -8,7 +8,8 @@
 //! - [`desired`]: what should exist, from the import state (pure).
 //! - [`merge`]: one desired object against the existing one (pure).
 //! - [`apply`]: create/replace/delete against the API server.
-//! - [`writer`]: the level-based loop, its triggers and backoff.
+//! - [`writer`]: the level-based loop and its backoff.
+//! - [`trigger`]: what wakes it (notifications, debounced; a slow resync as a backstop).
 //! - [`problems`]: metrics and problems said once.
 //!
 //! Must not: touch an object without Isthmus's managed-by label; stop the federation when the
@@ -20,6 +21,7 @@ pub mod merge;
 pub mod naming;
 pub mod ports;
 pub mod problems;
+pub mod trigger;
 pub mod writer;
 
 #[cfg(test)]
