@@ -158,7 +158,11 @@ where
                     continue;
                 }
             };
-            backoff = RETRY_MIN;
+            // Only progress resets the backoff: the watcher announces `Init` before it even
+            // tries to list, so resetting on it would retry a down API server every 200 ms.
+            if !matches!(event, watcher::Event::Init) {
+                backoff = RETRY_MIN;
+            }
             let event = event.modify(|o| o.managed_fields_mut().clear());
             writer.apply_watcher_event(&event);
             match event {
