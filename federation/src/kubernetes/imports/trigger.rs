@@ -127,16 +127,16 @@ mod tests {
 
     const RESYNC: Duration = Duration::from_secs(30);
 
+    /// One kind of change, made on the fixture.
+    type Poke = fn(&Fixture);
+
     #[tokio::test(start_paused = true)]
     async fn each_kind_of_change_wakes_the_writer_at_once() {
         let mut f = fixture();
-        let kinds: [(&str, Box<dyn Fn(&Fixture)>); 3] = [
-            ("view", Box::new(|f: &Fixture| f.view.send_modify(|_| {}))),
-            (
-                "verdicts",
-                Box::new(|f: &Fixture| f.verdicts.send_modify(|n| *n += 1)),
-            ),
-            ("wake", Box::new(|f: &Fixture| f.wake.notify_one())),
+        let kinds: [(&str, Poke); 3] = [
+            ("view", |f| f.view.send_modify(|_| {})),
+            ("verdicts", |f| f.verdicts.send_modify(|n| *n += 1)),
+            ("wake", |f| f.wake.notify_one()),
         ];
         for (name, poke) in kinds {
             f.triggers.seen();
