@@ -163,7 +163,7 @@ async fn a_federation_starts_without_its_api_server_and_converges_when_it_comes(
         line.contains("exports NOT SYNCED") && line.contains("PROBLEM since"),
         "{line}"
     );
-    let log = west.log_tail(400);
+    let log = west.log_tail(5_000);
     assert!(
         log.contains("is the API server reachable"),
         "no clear error in the log"
