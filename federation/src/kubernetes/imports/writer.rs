@@ -13,10 +13,10 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Event, Namespace, ObjectReference, Service};
+use k8s_openapi::api::core::v1::{Namespace, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Api, ListParams};
 use tokio::sync::Notify;
 
 use super::apply::{self, Owned, Taken, Written};
@@ -319,7 +319,7 @@ impl Writer {
         }
         let now: BTreeSet<Taken> = taken.into_iter().collect();
         for t in now.difference(&self.recorded.clone()) {
-            match record_event(client, t).await {
+            match super::event::record_event(client, t).await {
                 Ok(()) => {
                     self.recorded.insert(t.clone());
                 }
@@ -363,50 +363,4 @@ async fn list_owned(client: &kube::Client) -> Result<BTreeMap<String, Owned>, ku
         }
     }
     Ok(by_ns)
-}
-
-/// A Warning Event on an object holding a name the writer needs.
-async fn record_event(client: &kube::Client, t: &Taken) -> Result<(), kube::Error> {
-    let api_version = match t.kind {
-        "ServiceImport" => crate::kubernetes::mcs::API_VERSION,
-        "EndpointSlice" => "discovery.k8s.io/v1",
-        _ => "v1",
-    };
-    let event = Event {
-        metadata: ObjectMeta {
-            generate_name: Some(format!("{}.", t.name)),
-            namespace: Some(t.namespace.clone()),
-            ..Default::default()
-        },
-        involved_object: ObjectReference {
-            api_version: Some(api_version.into()),
-            kind: Some(t.kind.into()),
-            name: Some(t.name.clone()),
-            namespace: Some(t.namespace.clone()),
-            uid: t.uid.clone(),
-            ..Default::default()
-        },
-        reason: Some("NameTakenByUnmanagedObject".into()),
-        message: Some(format!(
-            "Isthmus needs the name {} for an imported service but this {} has no {}={} label: \
-             it is left untouched and the import has no local Service here until it is renamed \
-             or removed",
-            t.name,
-            t.kind,
-            naming::LABEL_MANAGED_BY,
-            crate::kubernetes::MANAGED_BY
-        )),
-        type_: Some("Warning".into()),
-        reporting_component: Some("isthmus-federation".into()),
-        source: Some(k8s_openapi::api::core::v1::EventSource {
-            component: Some("isthmus-federation".into()),
-            host: None,
-        }),
-        count: Some(1),
-        ..Default::default()
-    };
-    Api::<Event>::namespaced(client.clone(), &t.namespace)
-        .create(&PostParams::default(), &event)
-        .await?;
-    Ok(())
 }
