@@ -155,6 +155,7 @@ async fn a_federation_starts_without_its_api_server_and_converges_when_it_comes(
     })
     .await;
     let words = west.cli_ok(&["status"]).await;
+    eprintln!("isthmus status while the API server is down:\n{words}");
     let line = words
         .lines()
         .find(|l| l.starts_with("kubernetes"))
@@ -163,6 +164,8 @@ async fn a_federation_starts_without_its_api_server_and_converges_when_it_comes(
         line.contains("exports NOT SYNCED") && line.contains("PROBLEM since"),
         "{line}"
     );
+    // The cause itself, not only the layer that failed.
+    assert!(line.contains("Connection refused"), "{line}");
     let log = west.log_tail(5_000);
     assert!(
         log.contains("is the API server reachable"),

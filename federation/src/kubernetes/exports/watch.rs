@@ -231,9 +231,10 @@ pub fn describe(e: &watcher::Error, resource: &str, scope: &str) -> String {
             "{verb} {resource} in {scope}: the API server answered {} {}: {}",
             status.code, status.reason, status.message
         ),
-        Some(other) => {
-            format!("{verb} {resource} in {scope} failed: {other}; is the API server reachable?")
-        }
+        Some(other) => format!(
+            "{verb} {resource} in {scope} failed: {}; is the API server reachable?",
+            crate::kubernetes::client::error_chain(other)
+        ),
         None => format!("{verb} {resource} in {scope} failed"),
     }
 }

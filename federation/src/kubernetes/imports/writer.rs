@@ -114,8 +114,9 @@ impl Writer {
                 ok = false;
                 let reason = reason_of(&e);
                 self.count(reason);
+                let text = crate::kubernetes::client::error_chain(&e);
                 self.problems
-                    .report("api", format!("{e} ({})", hint(reason)));
+                    .report("api", format!("{text} ({})", hint(reason)));
             }
         }
         self.install(&imports).await;
