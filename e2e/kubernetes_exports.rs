@@ -3,7 +3,9 @@
 //! federation importing the usual way. The operator acts with the real `kubectl`; every
 //! deadline is measured from east's side, after kubectl returned.
 
-mod operator;
+pub mod operator;
+mod roll;
+mod traffic;
 
 use std::time::Duration;
 
@@ -160,8 +162,9 @@ async fn kubernetes_exports_follow_the_api_server() {
     eprintln!("b. scale back reached east in {took:?}");
 
     // c. A rolling restart of the 20 endpoints (zone-a -> zone-b), four slices edited in
-    // parallel, two edits per pod: batched into far fewer updates than edits, never dark.
-    rolling_restart(&k, &west, &east).await;
+    // parallel, two edits per pod, under real traffic through both gateways: no failed
+    // request, batched into far fewer updates than edits, never dark.
+    roll::rolling_restart(&k, &west, &east).await;
 
     // d. Deleting the ServiceExport withdraws it from east within 2 s.
     k.delete("serviceexports.multicluster.x-k8s.io", "shop", "cart")
@@ -216,97 +219,6 @@ async fn kubernetes_exports_follow_the_api_server() {
     for f in [&west, &east, &south] {
         f.assert_no_refused_updates();
     }
-}
-
-async fn sent(f: &Federation) -> f64 {
-    f.metric("isthmus_federation_peer_updates_sent", &["peer=\"east\""])
-        .await
-}
-
-async fn events(f: &Federation) -> f64 {
-    f.metric(
-        "isthmus_federation_kubernetes_watch_events_total",
-        &["resource=\"endpointslices\""],
-    )
-    .await
-}
-
-async fn rolling_restart(k: &Kubectl, west: &Federation, east: &Federation) {
-    let (sent0, events0) = (sent(west).await, events(west).await);
-    let edit = |s: u8, step: u8| {
-        // Pods 1..step-1 replaced, pod `step` terminating (and its replacement starting) or done.
-        move |done: bool| {
-            let mut eps = Vec::new();
-            for i in 1..=5u8 {
-                let (old, new) = (
-                    format!("10.{}.0.{i}", 20 + s),
-                    format!("10.{}.0.{i}", 30 + s),
-                );
-                if i < step || (i == step && done) {
-                    eps.push(Ep(new, true, false, "zone-b"));
-                } else if i == step {
-                    eps.push(Ep(old, false, true, "zone-a"));
-                    eps.push(Ep(new, false, false, "zone-b"));
-                } else {
-                    eps.push(Ep(old, true, false, "zone-a"));
-                }
-            }
-            slice("shop", "cart", &format!("cart-{s}"), &eps)
-        }
-    };
-    let started = Instant::now();
-    let watcher = async {
-        // East never sees cart without a healthy endpoint in west while pods roll.
-        let mut lowest = u64::MAX;
-        while started.elapsed() < Duration::from_secs(60) {
-            let c = east.catalog().await;
-            let h = healthy(&c, CART, "west").unwrap_or(0);
-            lowest = lowest.min(h);
-            if zones(&c) == Some(json!({"zone-b": 20})) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        lowest
-    };
-    let rollers = futures_util::future::join_all((0..4u8).map(|s| async move {
-        for step in 1..=5u8 {
-            k.apply(&[edit(s, step)(false)]).await;
-            k.apply(&[edit(s, step)(true)]).await;
-        }
-    }));
-    let ((), lowest) = tokio::join!(
-        async {
-            rollers.await;
-        },
-        watcher
-    );
-    let edits_done = started.elapsed();
-    let took = until_east(east, "all 20 replacements healthy in zone-b", REACH, |c| {
-        zones(c) == Some(json!({"zone-b": 20}))
-    })
-    .await;
-    // Let any last batch go out before counting.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let updates = sent(west).await - sent0;
-    let seen = events(west).await - events0;
-    eprintln!(
-        "c. rolling restart: 40 EndpointSlice edits in {edits_done:?}, {seen} watch events at west, \
-         {updates} catalog updates sent to east; last change at east {took:?} after the last edit; \
-         lowest healthy count east saw: {lowest}"
-    );
-    assert!(
-        seen >= 40.0,
-        "west saw {seen} EndpointSlice events for 40 edits"
-    );
-    assert!(
-        lowest > 0,
-        "east saw cart with no healthy endpoint in west during the restart"
-    );
-    assert!(
-        updates >= 1.0 && updates * 2.0 <= 40.0,
-        "40 edits became {updates} updates to east: not batched"
-    );
 }
 
 async fn api_faults(

@@ -2,11 +2,13 @@
 //! exports through its catalog file. Checked with the real `kubectl get -o json` and `dig`:
 //! the ServiceImport, derived Service and EndpointSlice appear, DNS answers the ClusterIP, a
 //! foreign object holding a derived name is left untouched (and the problem is visible), a
-//! restart keeps the target ports and the objects, and a withdrawn export removes them. East's
-//! gateways (two replicas sharing one bootstrap file) serve the target ports and are advertised
-//! at the LoadBalancer Service's address ([`gateway_side`]).
+//! restart keeps the target ports and the objects, the writer follows verdicts and gateway
+//! leases within 2 s (`follow`), and a withdrawn export removes them. East's gateways (two
+//! replicas sharing one bootstrap file) serve the target ports and are advertised at the
+//! LoadBalancer Service's address ([`gateway_side`]).
 //! Federation indexes 150 (west) and 155 (east) belong to this file, and 127.0.151.x addresses.
 
+mod follow;
 mod gateway_side;
 mod kubectl;
 
@@ -196,7 +198,8 @@ async fn service_imports_follow_the_catalog_and_never_touch_foreign_objects() {
     .await;
     // West's gateway: east's gateway judges west by it (without one its verdict takes west out
     // of status.clusters, as it takes it out of DNS).
-    let _west_gw = Gateway::start(&west, "wgw", json!({})).await;
+    // Its lease outlives `follow`'s stop of it, so that only a verdict changes then.
+    let west_gw = Gateway::start(&west, "wgw", json!({ "registration_ttl": "60s" })).await;
     // East's gateway in Kubernetes mode, and a second replica with the same bootstrap file.
     let gw = Gateway::start_with_env(
         &east,
@@ -351,7 +354,7 @@ async fn service_imports_follow_the_catalog_and_never_touch_foreign_objects() {
     east.restart().await;
     east.wait_connected(&["west"]).await;
     wait_route(&east, "shop/cart", true).await;
-    // A few writer rounds (it resyncs every 5 s).
+    // Let a few writer rounds pass (each view change and registration starts one).
     tokio::time::sleep(Duration::from_secs(6)).await;
     let again = objects(&k, "cart").await;
     complete(&again, 8080).unwrap_or_else(|e| east.fail(&e));
@@ -362,6 +365,26 @@ async fn service_imports_follow_the_catalog_and_never_touch_foreign_objects() {
         again.service.as_ref().expect("svc")["spec"]["ports"][0]["targetPort"],
         target
     );
+
+    // status.clusters and the slice follow verdicts and leases within 2 s.
+    let mut gw = gw;
+    let with_cart_endpoints = |endpoints: bool| {
+        let c = west_catalog(true);
+        if endpoints {
+            c
+        } else {
+            c.replace("endpoints: [{address: \"10.1.2.3:8080\"}]", "endpoints: []")
+        }
+    };
+    follow::writer_follows_verdicts_and_leases(
+        &west,
+        &east,
+        &k,
+        &with_cart_endpoints,
+        west_gw,
+        &mut gw,
+    )
+    .await;
 
     // Withdrawn in west: within 2 s of the route ending, all three are gone, and so are the
     // gateways' listeners on its target ports.

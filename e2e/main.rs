@@ -24,6 +24,7 @@ mod gateway_traffic;
 mod harness;
 mod hostile_peers;
 mod kube_standin;
+mod kubernetes_api_down;
 mod kubernetes_crds;
 mod kubernetes_exports;
 mod kubernetes_imports;

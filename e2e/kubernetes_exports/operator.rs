@@ -105,6 +105,11 @@ pub struct Ep<'a>(pub String, pub bool, pub bool, pub &'a str);
 
 /// An EndpointSlice of Service `service`, port `http` → 8080.
 pub fn slice(ns: &str, service: &str, name: &str, eps: &[Ep<'_>]) -> Value {
+    slice_on(ns, service, name, 8080, eps)
+}
+
+/// An EndpointSlice of Service `service`, port `http` → `port`.
+pub fn slice_on(ns: &str, service: &str, name: &str, port: u16, eps: &[Ep<'_>]) -> Value {
     let endpoints: Vec<Value> = eps
         .iter()
         .map(|Ep(ip, ready, terminating, zone)| {
@@ -117,7 +122,7 @@ pub fn slice(ns: &str, service: &str, name: &str, eps: &[Ep<'_>]) -> Value {
         "metadata": {"namespace": ns, "name": name,
                      "labels": {"kubernetes.io/service-name": service}},
         "addressType": "IPv4",
-        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+        "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
         "endpoints": endpoints})
 }
 

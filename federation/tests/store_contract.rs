@@ -176,6 +176,7 @@ contract!(
     blob_round_trips_byte_exact,
     blob_reader_never_sees_a_mix,
     lease_expiry_deletes_attached_keys,
+    a_key_moved_to_a_new_lease_outlives_the_old_one,
     keep_alive_keeps_keys_and_revoke_deletes_them,
     watch_delivers_later_events_in_order,
     watch_from_forgotten_revision_starts_with_reset,
@@ -568,6 +569,42 @@ async fn lease_expiry_deletes_attached_keys(f: &Fixture) {
     let err = s.commit(vec![], vec![leased("reg/4")]).await.unwrap_err();
     assert_eq!(err, StoreError::LeaseNotFound { lease });
     assert!(!s.keep_alive(LeaseId(987_654_321)).await.unwrap());
+}
+
+/// A registration renewed under a new lease (a gateway re-registering after its federation
+/// restarted) belongs to the new lease only: the old lease's expiry must not delete it.
+async fn a_key_moved_to_a_new_lease_outlives_the_old_one(f: &Fixture) {
+    let s = &f.store;
+    let old = s.grant_lease(Duration::from_secs(2)).await.unwrap();
+    let leased = |lease: LeaseId, value: &[u8]| Op::PutLeased {
+        key: "gw/1".into(),
+        value: value.to_vec(),
+        lease,
+    };
+    s.commit(vec![], vec![leased(old, b"before")])
+        .await
+        .unwrap();
+    let new = s.grant_lease(Duration::from_secs(6)).await.unwrap();
+    s.commit(vec![], vec![leased(new, b"after")]).await.unwrap();
+    // Past the old lease's expiry, and past the embedded sweeper's period.
+    tokio::time::sleep(Duration::from_millis(3_500)).await;
+    assert_eq!(
+        s.get("gw/1").await.unwrap(),
+        Some(b"after".to_vec()),
+        "the old lease's expiry deleted a key the new lease owns"
+    );
+    // Touching the expired lease (the embedded store expires it then if the sweeper has not).
+    assert!(
+        !s.keep_alive(old).await.unwrap(),
+        "the old lease is still alive"
+    );
+    assert_eq!(s.get("gw/1").await.unwrap(), Some(b"after".to_vec()));
+    assert!(
+        s.keep_alive(new).await.unwrap(),
+        "the new lease died with the old one"
+    );
+    s.revoke_lease(new).await.unwrap();
+    assert_eq!(s.get("gw/1").await.unwrap(), None);
 }
 
 async fn keep_alive_keeps_keys_and_revoke_deletes_them(f: &Fixture) {

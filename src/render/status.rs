@@ -44,6 +44,9 @@ pub fn render(v: &Value, now_ms: i64) -> String {
         ("catalog file", catalog_file(&v["catalog_file"], now_ms)),
         ("catalog apply", catalog_apply(&v["catalog_apply"], now_ms)),
     ];
+    if !v["kubernetes"].is_null() {
+        pairs.push(("kubernetes", kubernetes(&v["kubernetes"], now_ms)));
+    }
     if let Some(d) = v["degraded"].as_object() {
         pairs.push((
             "degraded",
@@ -125,6 +128,38 @@ fn catalog_apply(a: &Value, now_ms: i64) -> String {
     }
 }
 
+/// The Kubernetes side: the export watches' sync, then every problem holding now.
+fn kubernetes(k: &Value, now_ms: i64) -> String {
+    let mut parts = Vec::new();
+    match &k["exports"]["synced"] {
+        Value::Bool(true) => parts.push("exports synced".to_string()),
+        Value::Bool(false) => parts.push(
+            "exports NOT SYNCED (nothing exported from Kubernetes until every watch lists)"
+                .to_string(),
+        ),
+        _ => {}
+    }
+    if k["imports"] == true {
+        parts.push("imports written".to_string());
+    }
+    let problems = k["problems"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    if problems.is_empty() {
+        parts.push("no problem".to_string());
+    }
+    for p in problems {
+        parts.push(format!(
+            "PROBLEM since {} ({}): {}",
+            ago_at(&p["since_ms"], now_ms),
+            text(&p["area"]),
+            text(&p["problem"]),
+        ));
+    }
+    parts.join("; ")
+}
+
 fn policies(list: &[Value]) -> String {
     let mut t = Table::new(&["POLICY", "SERVICES", "SECTIONS", "FAULT"]);
     for p in list {
@@ -198,6 +233,7 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("catalog apply  applied\n"), "{text}");
+        assert!(!text.contains("kubernetes"), "{text}");
         assert!(text.contains("no peers yet"), "{text}");
         assert!(
             text.contains(
@@ -206,6 +242,32 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains('{'), "no JSON: {text}");
+    }
+
+    #[test]
+    fn kubernetes_problems_are_shown_while_they_hold() {
+        let mut v = status(json!({"path": null, "last_refused": null}), applied());
+        v["kubernetes"] = json!({"exports": {"synced": false}, "imports": true, "problems": [
+            {"area": "imports: api", "since_ms": 1_000,
+             "problem": "error trying to connect: Connection refused"}]});
+        let text = render(&v, 31_000);
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("kubernetes"))
+            .expect("kubernetes line");
+        assert!(line.contains("exports NOT SYNCED"), "{line}");
+        assert!(
+            line.contains(
+                "PROBLEM since 30s ago (imports: api): error trying to connect: Connection refused"
+            ),
+            "{line}"
+        );
+        v["kubernetes"] = json!({"exports": {"synced": true}, "imports": true, "problems": []});
+        let text = render(&v, 31_000);
+        assert!(
+            text.contains("kubernetes     exports synced; imports written; no problem\n"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -314,7 +314,7 @@ impl GatewayControl for GatewayService {
             let g = gws.entry(name.clone()).or_default();
             // Each report is the gateway's whole current view: pairs it no longer reports
             // (a service gone, a cluster dropped) must not keep an old verdict.
-            g.health.clear();
+            let mut health = std::collections::BTreeMap::new();
             g.health_reasons.clear();
             for v in report.verdicts {
                 let key = v
@@ -325,7 +325,11 @@ impl GatewayControl for GatewayService {
                 if !v.reason.is_empty() {
                     g.health_reasons.insert(key.clone(), v.reason);
                 }
-                g.health.insert(key, v.healthy);
+                health.insert(key, v.healthy);
+            }
+            if g.health != health {
+                g.health = health;
+                self.node.verdicts.send_modify(|n| *n = n.wrapping_add(1));
             }
             g.vip_listeners = report.vip_listeners;
             g.unbound_vips = report

@@ -35,3 +35,59 @@ pub async fn client(cfg: &KubernetesConfig) -> Result<kube::Client, ClientError>
     };
     kube::Client::try_from(config).map_err(|e| ClientError::Client(e.to_string()))
 }
+
+/// An error with its causes, outermost first (`ServiceError: client error (Connect): tcp
+/// connect error: Connection refused (os error 111)`): kube's own message alone often names
+/// only the layer that failed. A cause already contained in the text so far is skipped.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let more = cause.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("{text}")]
+    struct Layer {
+        text: &'static str,
+        #[source]
+        source: Option<Box<Layer>>,
+    }
+
+    #[test]
+    fn the_chain_names_every_cause_once() {
+        let e = Layer {
+            text: "client error (Connect)",
+            source: Some(Box::new(Layer {
+                text: "tcp connect error",
+                source: Some(Box::new(Layer {
+                    text: "Connection refused (os error 111)",
+                    source: None,
+                })),
+            })),
+        };
+        assert_eq!(
+            error_chain(&e),
+            "client error (Connect): tcp connect error: Connection refused (os error 111)"
+        );
+        let repeated = Layer {
+            text: "tcp connect error: refused",
+            source: Some(Box::new(Layer {
+                text: "refused",
+                source: None,
+            })),
+        };
+        assert_eq!(error_chain(&repeated), "tcp connect error: refused");
+    }
+}

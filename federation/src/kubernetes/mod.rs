@@ -7,6 +7,7 @@
 //! - [`exports`]: ServiceExports as a catalog source, and their MCS conditions.
 //! - [`gateway_service`]: the gateways' LoadBalancer Service, whose address is advertised for
 //!   gateways that configure none.
+//! - [`report`]: the current problems of both, for `isthmus status` (always compiled).
 //!
 //! What this module must not do: decide routing or talk to peers. The export source produces
 //! export sets like the catalog file does (DESIGN: Kubernetes); the import writer turns what the
@@ -24,6 +25,9 @@ pub mod gateway_service;
 pub mod imports;
 #[cfg(feature = "kubernetes")]
 pub mod mcs;
+pub mod report;
+
+pub use report::KubeReport;
 
 /// The value of `endpointslice.kubernetes.io/managed-by` and of `app.kubernetes.io/managed-by`
 /// on every object Isthmus writes; objects without it are never modified or deleted. A label

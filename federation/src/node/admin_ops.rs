@@ -387,6 +387,10 @@ async fn status(node: &Node, bound: &Bound) -> Value {
             "path": node.cfg.catalog.file,
             "last_refused": apply.file_refused,
         },
+        // The Kubernetes side (null without a `kubernetes:` section): whether the export
+        // watches have listed their objects, and every problem holding now (the API server
+        // unreachable, a verb refused...).
+        "kubernetes": node.kube.to_json(),
         // Why some stored state is not served (e.g. services without VIPs), if any.
         "degraded": degraded.map(|reason| json!({
             "reason": reason,

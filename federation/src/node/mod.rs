@@ -126,6 +126,9 @@ pub struct Node {
     pub view: watch::Sender<Arc<MeshView>>,
     pub links: StdMutex<BTreeMap<ClusterName, LinkInfo>>,
     pub gateways: StdMutex<BTreeMap<String, GatewayInfo>>,
+    /// Bumped whenever a gateway's health verdicts change (`ReportHealth`): what reads
+    /// `gateways[..].health` wakes on it instead of polling.
+    pub verdicts: watch::Sender<u64>,
     pub sessions: StdMutex<BTreeMap<ClusterName, tokio::task::AbortHandle>>,
     pub metrics: Metrics,
     pub shutdown: watch::Receiver<bool>,
@@ -133,6 +136,8 @@ pub struct Node {
     pub apply: StdMutex<apply::ApplyStatus>,
     /// What this cluster's gateways report carrying to and from peers, for the dashboard.
     pub traffic: crate::traffic::TrafficLog,
+    /// The Kubernetes side's current problems (`status`); empty without a `kubernetes:` section.
+    pub kube: crate::kubernetes::KubeReport,
 }
 
 impl Node {

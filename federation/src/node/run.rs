@@ -234,10 +234,11 @@ pub async fn start_with_metrics(
     };
     // Kubernetes ServiceExports, merged with the file's exports (the registry authorizes
     // registrations against the file alone).
+    let kube_report = crate::kubernetes::KubeReport::default();
     #[cfg(feature = "kubernetes")]
     let kube_exports = match cfg.kubernetes.as_ref().filter(|k| k.exports) {
         Some(k) => Some(
-            crate::kubernetes::exports::KubeExports::start(k, file_rx.clone())
+            crate::kubernetes::exports::KubeExports::start(k, file_rx.clone(), kube_report.clone())
                 .await
                 .map_err(|e| StartError::Catalog(e.to_string()))?,
         ),
@@ -321,11 +322,13 @@ pub async fn start_with_metrics(
         view: watch::channel(Arc::new(MeshView::empty(me))).0,
         links: StdMutex::new(links),
         gateways: StdMutex::new(BTreeMap::new()),
+        verdicts: watch::channel(0).0,
         sessions: StdMutex::new(BTreeMap::new()),
         metrics: metrics.clone(),
         shutdown: stop_rx.clone(),
         apply: StdMutex::default(),
         traffic: Default::default(),
+        kube: kube_report.clone(),
     });
 
     // Gateways registered before a restart (leases still alive).

@@ -220,8 +220,10 @@ impl EmbeddedStore {
             }
             inner.write(|t| {
                 for lease in t.expired(now)? {
-                    tracing::info!(lease, "lease expired; deleting its keys");
-                    t.expire(lease)?;
+                    // Keys re-put under another lease since (a gateway re-registering after a
+                    // restart) are no longer this lease's: they stay.
+                    let keys = t.expire(lease)?;
+                    tracing::info!(lease, keys, "lease expired; deleted the keys it still held");
                 }
                 Ok(())
             })?;
@@ -582,8 +584,8 @@ impl<'txn> Tables<'txn> {
         Ok(expired)
     }
 
-    /// Deletes `lease` and every key attached to it.
-    fn expire(&mut self, lease: i64) -> Result<(), Fail> {
+    /// Deletes `lease` and every key attached to it; how many keys that was.
+    fn expire(&mut self, lease: i64) -> Result<usize, Fail> {
         let mut keys = Vec::new();
         for item in self.lease_keys.range((lease, "")..)? {
             let (k, _) = item?;
@@ -593,11 +595,11 @@ impl<'txn> Tables<'txn> {
             }
             keys.push(key.to_owned());
         }
-        for key in keys {
-            self.delete(&key)?;
+        for key in &keys {
+            self.delete(key)?;
         }
         self.leases.remove(lease)?;
-        Ok(())
+        Ok(keys.len())
     }
 
     fn delete_chunks(&mut self, generation: &str) -> Result<(), Fail> {

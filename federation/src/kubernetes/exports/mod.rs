@@ -43,6 +43,7 @@ pub use source::KubeExportSource;
 
 use super::client::{ClientError, client};
 use super::config::KubernetesConfig;
+use super::report::KubeReport;
 use crate::catalog::CatalogFile;
 use crate::model::ClusterName;
 use compose::{SourceConflicts, spawn_composer};
@@ -70,10 +71,11 @@ impl KubeExports {
     pub async fn start(
         cfg: &KubernetesConfig,
         file: channel::Receiver<Arc<CatalogFile>>,
+        report: KubeReport,
     ) -> Result<KubeExports, ClientError> {
         let client = client(cfg).await?;
         let metrics = ExportMetrics::default();
-        let source = KubeExportSource::start(&client, &cfg.namespaces, metrics.clone());
+        let source = KubeExportSource::start(&client, &cfg.namespaces, metrics.clone(), report);
         let mut first = source.exports.clone();
         if tokio::time::timeout(INITIAL_SYNC_WAIT, first.wait_for(|s| s.synced))
             .await

@@ -21,6 +21,7 @@ use super::build::Verdict;
 use super::metrics::ExportMetrics;
 use super::set::{KubeExportSet, build_set};
 use super::watch::{Watched, start as start_watches};
+use crate::kubernetes::report::KubeReport;
 
 /// A rebuild waits for this long without a change...
 pub const QUIET: Duration = Duration::from_millis(200);
@@ -35,8 +36,13 @@ pub struct KubeExportSource {
 
 impl KubeExportSource {
     /// Starts the watches in `namespaces` (all when empty) and the rebuild loop.
-    pub fn start(client: &kube::Client, namespaces: &[String], metrics: ExportMetrics) -> Self {
-        let watched = start_watches(client, namespaces, metrics.clone());
+    pub fn start(
+        client: &kube::Client,
+        namespaces: &[String],
+        metrics: ExportMetrics,
+        report: KubeReport,
+    ) -> Self {
+        let watched = start_watches(client, namespaces, metrics.clone(), report);
         let (tx, exports) = watch::channel(Arc::new(KubeExportSet::default()));
         tokio::spawn(run(watched.clone(), tx, metrics));
         KubeExportSource { exports, watched }

@@ -28,6 +28,7 @@ use tokio::sync::watch;
 use super::metrics::{ExportMetrics, ResourceLabels};
 use super::set::SERVICE_NAME_LABEL;
 use crate::kubernetes::mcs::ServiceExport;
+use crate::kubernetes::report::KubeReport;
 
 pub const RETRY_MIN: Duration = Duration::from_millis(200);
 pub const RETRY_MAX: Duration = Duration::from_secs(5);
@@ -61,11 +62,17 @@ struct Shared {
     synced: watch::Sender<bool>,
     pending: AtomicUsize,
     metrics: ExportMetrics,
+    report: KubeReport,
 }
 
 /// Starts the watches in `namespaces` (all when empty). They run until every clone of the
 /// returned receivers is dropped.
-pub fn start(client: &kube::Client, namespaces: &[String], metrics: ExportMetrics) -> Watched {
+pub fn start(
+    client: &kube::Client,
+    namespaces: &[String],
+    metrics: ExportMetrics,
+    report: KubeReport,
+) -> Watched {
     let scopes: Vec<Option<String>> = if namespaces.is_empty() {
         vec![None]
     } else {
@@ -78,7 +85,9 @@ pub fn start(client: &kube::Client, namespaces: &[String], metrics: ExportMetric
         synced,
         pending: AtomicUsize::new(scopes.len() * 3),
         metrics,
+        report,
     });
+    shared.report.exports_synced(false);
     let mut w = Watched {
         exports: Vec::new(),
         services: Vec::new(),
@@ -126,6 +135,7 @@ where
         let labels = ResourceLabels {
             resource: resource.clone(),
         };
+        let area = format!("exports: {resource} in {scope}");
         loop {
             let item = tokio::select! {
                 item = stream.next() => item,
@@ -140,6 +150,7 @@ where
                     if problem.as_deref() != Some(text.as_str()) {
                         tracing::warn!(resource = %resource, scope = %scope,
                             retry_in_ms = backoff.as_millis() as u64, "kubernetes: {text}");
+                        shared.report.problem(&area, &text);
                         problem = Some(text);
                     }
                     tokio::time::sleep(backoff).await;
@@ -147,7 +158,11 @@ where
                     continue;
                 }
             };
-            backoff = RETRY_MIN;
+            // Only progress resets the backoff: the watcher announces `Init` before it even
+            // tries to list, so resetting on it would retry a down API server every 200 ms.
+            if !matches!(event, watcher::Event::Init) {
+                backoff = RETRY_MIN;
+            }
             let event = event.modify(|o| o.managed_fields_mut().clear());
             writer.apply_watcher_event(&event);
             match event {
@@ -156,12 +171,14 @@ where
                     if let Some(p) = problem.take() {
                         tracing::info!(resource = %resource, scope = %scope, was = %p,
                             "kubernetes: watch recovered; objects relisted");
+                        shared.report.clear(&area);
                     }
                     if !synced {
                         synced = true;
                         if shared.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
                             tracing::info!("kubernetes: every watch has listed its objects");
                             shared.metrics.synced.set(1);
+                            shared.report.exports_synced(true);
                             shared.synced.send_replace(true);
                         }
                     }
@@ -170,6 +187,7 @@ where
                     if let Some(p) = problem.take() {
                         tracing::info!(resource = %resource, scope = %scope, was = %p,
                             "kubernetes: watch recovered");
+                        shared.report.clear(&area);
                     }
                     shared.metrics.watch_events.get_or_create(&labels).inc();
                 }
@@ -213,9 +231,10 @@ pub fn describe(e: &watcher::Error, resource: &str, scope: &str) -> String {
             "{verb} {resource} in {scope}: the API server answered {} {}: {}",
             status.code, status.reason, status.message
         ),
-        Some(other) => {
-            format!("{verb} {resource} in {scope} failed: {other}; is the API server reachable?")
-        }
+        Some(other) => format!(
+            "{verb} {resource} in {scope} failed: {}; is the API server reachable?",
+            crate::kubernetes::client::error_chain(other)
+        ),
         None => format!("{verb} {resource} in {scope} failed"),
     }
 }

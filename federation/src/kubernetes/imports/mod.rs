@@ -8,18 +8,22 @@
 //! - [`desired`]: what should exist, from the import state (pure).
 //! - [`merge`]: one desired object against the existing one (pure).
 //! - [`apply`]: create/replace/delete against the API server.
-//! - [`writer`]: the level-based loop, its triggers and backoff.
+//! - [`writer`]: the level-based loop and its backoff.
+//! - [`trigger`]: what wakes it (notifications, debounced; a slow resync as a backstop).
 //! - [`problems`]: metrics and problems said once.
+//! - [`event`]: the Event on an object holding a name we need.
 //!
 //! Must not: touch an object without Isthmus's managed-by label; stop the federation when the
 //! API server is unreachable or refuses.
 
 pub mod apply;
 pub mod desired;
+pub mod event;
 pub mod merge;
 pub mod naming;
 pub mod ports;
 pub mod problems;
+pub mod trigger;
 pub mod writer;
 
 #[cfg(test)]

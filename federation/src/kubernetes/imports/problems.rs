@@ -9,6 +9,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use crate::kubernetes::report::KubeReport;
 use crate::metrics::ReasonLabels;
 
 #[derive(Clone, Default)]
@@ -81,13 +82,23 @@ pub fn hint(reason: &str) -> &'static str {
     }
 }
 
-/// Problems currently known, by area; each is logged when it appears, changes or clears.
+/// Problems currently known, by area; each is logged when it appears, changes or clears, and
+/// shown in `isthmus status` while it holds.
 #[derive(Default)]
 pub struct Problems {
     current: BTreeMap<&'static str, String>,
+    report: KubeReport,
 }
 
 impl Problems {
+    pub fn new(report: KubeReport) -> Self {
+        report.imports_running();
+        Problems {
+            current: BTreeMap::new(),
+            report,
+        }
+    }
+
     /// Records a problem in `area`; logs only when it is new or different. Returns whether it
     /// was logged.
     pub fn report(&mut self, area: &'static str, text: String) -> bool {
@@ -95,6 +106,7 @@ impl Problems {
             return false;
         }
         tracing::warn!(area, problem = %text, "kubernetes imports");
+        self.report.problem(&format!("imports: {area}"), &text);
         self.current.insert(area, text);
         true
     }
@@ -103,6 +115,7 @@ impl Problems {
     pub fn clear(&mut self, area: &'static str) {
         if let Some(was) = self.current.remove(area) {
             tracing::info!(area, was = %was, "kubernetes imports: resolved");
+            self.report.clear(&format!("imports: {area}"));
         }
     }
 }

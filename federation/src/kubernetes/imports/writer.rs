@@ -2,8 +2,9 @@
 //! federation's current import state, allocates target ports (store only: works while the API
 //! server is down) and installs them in the routes, then lists what Isthmus owns (by its label)
 //! and creates, replaces and deletes until the two agree, and installs the ClusterIPs it read.
-//! A round runs when the mesh view changes, a gateway registers or leaves, a namespace appears,
-//! and every few seconds; after a failure it retries with backoff.
+//! A round runs when something it depends on changes (see [`super::trigger`]: the mesh view,
+//! the gateways' verdicts, registrations, namespaces; bursts debounced), at least every
+//! [`RESYNC`] as a backstop, and after a failure with backoff.
 //!
 //! Must not: crash or stop on API errors; touch objects without the managed-by label.
 
@@ -12,10 +13,10 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Event, Namespace, ObjectReference, Service};
+use k8s_openapi::api::core::v1::{Namespace, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Api, ListParams};
 use tokio::sync::Notify;
 
 use super::apply::{self, Owned, Taken, Written};
@@ -23,6 +24,7 @@ use super::desired::{self, ClusterIps, Import};
 use super::naming;
 use super::ports::{PortError, PortTable};
 use super::problems::{ImportMetrics, Problems, hint, reason_of};
+use super::trigger::Triggers;
 use crate::kubernetes::config::KubernetesConfig;
 use crate::kubernetes::mcs::ServiceImport;
 use crate::mesh::KubeAddrs;
@@ -31,10 +33,13 @@ use crate::model::ServiceKey;
 use crate::node::{Node, keys, now_ms};
 use crate::store::Store;
 
-/// A full round at least this often (verdicts and outside changes are picked up by it).
-const RESYNC: Duration = Duration::from_secs(5);
+/// A full round at least this often: a backstop for changes no notification carries (an
+/// operator editing or deleting a derived object).
+pub const RESYNC: Duration = Duration::from_secs(30);
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
-const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// The longest wait between retries while the API server fails: short enough that a server
+/// coming back is written to within seconds, long enough not to spin.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 pub struct Writer {
     pub node: Arc<Node>,
@@ -58,12 +63,12 @@ impl Writer {
         wake: Arc<Notify>,
     ) -> Self {
         Self {
+            problems: Problems::new(node.kube.clone()),
             node,
             cfg,
             ports,
             metrics,
             wake,
-            problems: Problems::default(),
             client: None,
             cluster_ips: ClusterIps::new(),
             recorded: BTreeSet::new(),
@@ -71,22 +76,27 @@ impl Writer {
     }
 
     pub async fn run(mut self) {
-        let mut view = self.node.view.subscribe();
-        let mut stop = self.node.shutdown.clone();
+        let mut triggers = Triggers {
+            view: self.node.view.subscribe(),
+            verdicts: self.node.verdicts.subscribe(),
+            wake: self.wake.clone(),
+            stop: self.node.shutdown.clone(),
+        };
         let mut failures: u32 = 0;
         loop {
+            triggers.seen();
             let ok = self.round().await;
-            failures = if ok { 0 } else { failures.saturating_add(1) };
-            let wait = if ok {
-                RESYNC
+            let more = if ok {
+                failures = 0;
+                triggers.next(RESYNC).await.is_some()
             } else {
-                (BACKOFF_MIN * 2u32.saturating_pow(failures.min(8))).min(BACKOFF_MAX)
+                // Changes meanwhile do not cut the backoff short (the next round reads them).
+                failures = failures.saturating_add(1);
+                let wait = (BACKOFF_MIN * 2u32.pow((failures - 1).min(8))).min(BACKOFF_MAX);
+                triggers.pause(wait).await
             };
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                r = view.changed() => if r.is_err() { return },
-                _ = self.wake.notified() => {}
-                _ = stop.changed() => return,
+            if !more {
+                return;
             }
         }
     }
@@ -104,8 +114,9 @@ impl Writer {
                 ok = false;
                 let reason = reason_of(&e);
                 self.count(reason);
+                let text = crate::kubernetes::client::error_chain(&e);
                 self.problems
-                    .report("api", format!("{e} ({})", hint(reason)));
+                    .report("api", format!("{text} ({})", hint(reason)));
             }
         }
         self.install(&imports).await;
@@ -309,7 +320,7 @@ impl Writer {
         }
         let now: BTreeSet<Taken> = taken.into_iter().collect();
         for t in now.difference(&self.recorded.clone()) {
-            match record_event(client, t).await {
+            match super::event::record_event(client, t).await {
                 Ok(()) => {
                     self.recorded.insert(t.clone());
                 }
@@ -353,50 +364,4 @@ async fn list_owned(client: &kube::Client) -> Result<BTreeMap<String, Owned>, ku
         }
     }
     Ok(by_ns)
-}
-
-/// A Warning Event on an object holding a name the writer needs.
-async fn record_event(client: &kube::Client, t: &Taken) -> Result<(), kube::Error> {
-    let api_version = match t.kind {
-        "ServiceImport" => crate::kubernetes::mcs::API_VERSION,
-        "EndpointSlice" => "discovery.k8s.io/v1",
-        _ => "v1",
-    };
-    let event = Event {
-        metadata: ObjectMeta {
-            generate_name: Some(format!("{}.", t.name)),
-            namespace: Some(t.namespace.clone()),
-            ..Default::default()
-        },
-        involved_object: ObjectReference {
-            api_version: Some(api_version.into()),
-            kind: Some(t.kind.into()),
-            name: Some(t.name.clone()),
-            namespace: Some(t.namespace.clone()),
-            uid: t.uid.clone(),
-            ..Default::default()
-        },
-        reason: Some("NameTakenByUnmanagedObject".into()),
-        message: Some(format!(
-            "Isthmus needs the name {} for an imported service but this {} has no {}={} label: \
-             it is left untouched and the import has no local Service here until it is renamed \
-             or removed",
-            t.name,
-            t.kind,
-            naming::LABEL_MANAGED_BY,
-            crate::kubernetes::MANAGED_BY
-        )),
-        type_: Some("Warning".into()),
-        reporting_component: Some("isthmus-federation".into()),
-        source: Some(k8s_openapi::api::core::v1::EventSource {
-            component: Some("isthmus-federation".into()),
-            host: None,
-        }),
-        count: Some(1),
-        ..Default::default()
-    };
-    Api::<Event>::namespaced(client.clone(), &t.namespace)
-        .create(&PostParams::default(), &event)
-        .await?;
-    Ok(())
 }
