@@ -70,6 +70,9 @@ pub struct Entry {
     pub winner: Option<Arc<str>>,
     #[serde(skip)]
     pub counters: Arc<Counters>,
+    /// The exchange's span, when tracing sampled it; ended with the line ([`Entry::finish`]).
+    #[serde(skip)]
+    pub span: Option<Box<isthmus_federation::telemetry::TraceSpan>>,
 }
 
 /// Bytes counted by the body and tunnel wrappers while the exchange runs (one allocation per
@@ -141,6 +144,7 @@ impl Entry {
             hedged: false,
             winner: None,
             counters: Arc::default(),
+            span: None,
         }
     }
 
@@ -171,6 +175,9 @@ impl Entry {
 
     /// Writes the line now.
     pub fn finish(mut self) {
+        if let Some(span) = self.span.take() {
+            crate::trace::finish(*span, &self);
+        }
         if !self.enabled {
             return;
         }

@@ -36,6 +36,7 @@ pub mod run;
 pub mod serve;
 pub mod sync;
 pub mod table;
+pub mod trace;
 pub mod tunnel;
 
 pub use config::GatewayConfig;

@@ -120,6 +120,8 @@ pub struct Node {
     pub shutdown: watch::Receiver<bool>,
     /// Whether the local catalog sources are applied (see [`apply`]).
     pub apply: StdMutex<apply::ApplyStatus>,
+    /// Spans of control-plane work: sync rounds, catalog applies, config pushes.
+    pub tracing: crate::telemetry::Tracing,
 }
 
 impl Node {

@@ -301,6 +301,17 @@ pub async fn start_with_metrics(
         .map(|c| (c.clone(), Default::default()))
         .collect();
     let metrics = Metrics::default();
+    // Export starts lazily: a collector that is down costs dropped spans, never the start.
+    let tracing = crate::telemetry::Tracing::start(
+        &cfg.tracing,
+        "isthmus-federation",
+        vec![crate::telemetry::KeyValue::new(
+            "isthmus.cluster",
+            cfg.cluster.to_string(),
+        )],
+        metrics.trace_spans_dropped.clone(),
+    )
+    .map_err(|e| StartError::Other(e.to_string()))?;
     let node = Arc::new(Node {
         cfg: cfg.clone(),
         me: me.clone(),
@@ -325,6 +336,7 @@ pub async fn start_with_metrics(
         metrics: metrics.clone(),
         shutdown: stop_rx.clone(),
         apply: StdMutex::default(),
+        tracing,
     });
 
     // Gateways registered before a restart (leases still alive).
