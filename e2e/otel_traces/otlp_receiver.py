@@ -1,5 +1,6 @@
 # A real OTLP/gRPC trace receiver: a TraceService server (opentelemetry-proto + grpcio) that
 # appends every span it is sent to a file, one JSON object per line, and prints its port.
+# With "-" for the file it only takes the spans (the proxy benchmark's collector).
 import json, sys, threading
 from concurrent import futures
 
@@ -23,6 +24,8 @@ def attrs(kvs):
 
 class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
     def Export(self, request, context):
+        if out_path == "-":
+            return trace_service_pb2.ExportTraceServiceResponse()
         lines = []
         for rs in request.resource_spans:
             resource = attrs(rs.resource.attributes)
