@@ -158,6 +158,22 @@ async fn one_trace_chains_caller_outbound_inbound_and_service() {
     assert_eq!(seen["traceparent"], traceparent(&trace, inbound), "{seen}");
     assert_eq!(spans.len(), 3, "{spans:#?}");
 
+    // A caller that decided not to sample (parent-based): nothing is traced, and the service
+    // sees the caller's own traceparent, untouched.
+    let (trace_unsampled, parent) = caller();
+    let unsampled = format!("00-{trace_unsampled}-{parent}-00");
+    let (code, out, err) = curl(&[
+        "--http1.1",
+        "-x",
+        &format!("http://{east_proxy}"),
+        "-H",
+        &format!("traceparent: {unsampled}"),
+        "http://west.echo.demo.svc.clusterset.local:8080/",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let seen: Value = serde_json::from_str(&out).expect("JSON from the echo");
+    assert_eq!(seen["traceparent"], unsampled.as_str(), "{seen}");
+
     // gRPC to the service's VIP (west or south serves it).
     let (trace, parent) = caller();
     let vip = members[0].vip("demo/grpc-echo").await;
@@ -185,6 +201,15 @@ async fn one_trace_chains_caller_outbound_inbound_and_service() {
     assert_eq!(attr(inbound, "http.request.method"), "POST");
     assert_eq!(out["traceparent"], traceparent(&trace, inbound), "{out}");
 
+    // Every gateway has flushed since the unsampled call (1 s batches): nothing of its trace.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        receiver
+            .spans()
+            .iter()
+            .all(|s| s["trace_id"] != trace_unsampled.as_str()),
+        "spans of a trace its caller did not sample"
+    );
     control_plane_rounds_are_traced(&receiver, &members).await;
     hung_receiver_costs_nothing(&mut receiver, &members).await;
     failover_is_one_trace(&receiver, &mut members).await;
