@@ -30,6 +30,7 @@ mod kubernetes_exports;
 mod kubernetes_imports;
 mod kubernetes_manifests;
 mod operator_cli;
+mod otel_traces;
 mod policy_follows_open_streams;
 mod prometheus;
 mod prometheus_rules;

@@ -145,9 +145,10 @@ enum Command {
     ///   GET  /              JSON: cluster, method, path, version, host, and what the caller's
     ///                       gateway told the service: forwarded_client_cert
     ///                       (x-forwarded-client-cert), source_cluster
-    ///                       (x-isthmus-source-cluster), isthmus_headers (names of any
-    ///                       isthmus-* headers: none should reach a service), shadow (the
-    ///                       request is a shadow copy). Any other path answers the same.
+    ///                       (x-isthmus-source-cluster), traceparent (W3C trace context),
+    ///                       isthmus_headers (names of any isthmus-* headers: none should
+    ///                       reach a service), shadow (the request is a shadow copy). Any
+    ///                       other path answers the same.
     ///   POST /echo          streams the request body back as it arrives
     ///   POST /sink          reads the whole body, then answers {"cluster":..,"received":<bytes>}
     ///   GET  /bytes?n=N     streams N bytes ('x'), in 64 KiB chunks
@@ -163,6 +164,7 @@ enum Command {
     ///   Count  server streaming: text is a number N (default 3, at most 10000); answers
     ///          "<cluster>: 1" .. "<cluster>: N"
     ///   Chat   bidirectional: answers every message with "<cluster>: <text>"
+    ///   Every response's headers carry the call's traceparent as x-sample-traceparent.
     ///   (other methods: status 12, UNIMPLEMENTED)
     ///
     /// TCP: echoes every byte until the client closes its side.

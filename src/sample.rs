@@ -2,13 +2,15 @@
 //! process per cluster). A supported tool: `isthmus sample-backends --help` documents every
 //! endpoint below; keep the two in step.
 //! - HTTP (HTTP/1.1 and h2c): `GET /` answers JSON naming the cluster and what the caller's
-//!   gateway told it (caller identity, source cluster, any `isthmus-*` header names); `POST
+//!   gateway told it (caller identity, source cluster, W3C `traceparent`, any `isthmus-*`
+//!   header names); `POST
 //!   /echo` streams the body back; `POST /sink` reads the body and then answers its size; `GET /bytes?n=N` streams N bytes; `GET /slow?ms=N` answers
 //!   after N ms; `GET /hold?ms=N` sends its headers at once and its body after N ms (a request
 //!   a test can see in flight); `GET /ws` is a WebSocket echo, and `GET /ws/identity` one whose first message
 //!   is that JSON for its handshake.
 //! - gRPC `isthmus.demo.Echo` (h2c): `Say` (unary), `Count` (server streaming), `Chat` (bidi).
-//!   Messages are `{ string text = 1; }`.
+//!   Messages are `{ string text = 1; }`. The response headers carry the call's `traceparent` as
+//!   `x-sample-traceparent`.
 //! - TCP: echoes every byte.
 //!
 //! Not part of the data plane: nothing here is used by the gateway or the federation.
@@ -197,6 +199,7 @@ fn identity<B>(cluster: &str, req: &Request<B>) -> serde_json::Value {
         "cluster": cluster,
         "forwarded_client_cert": header_text(req, "x-forwarded-client-cert"),
         "source_cluster": header_text(req, "x-isthmus-source-cluster"),
+        "traceparent": header_text(req, "traceparent"),
         "isthmus_headers": isthmus,
     })
 }
@@ -262,6 +265,7 @@ fn grpc_frame(msg: &[u8]) -> Bytes {
 }
 
 async fn grpc(cluster: Arc<str>, req: Request<Incoming>) -> Response<Body> {
+    let traceparent = req.headers().get("traceparent").cloned();
     let method = req
         .uri()
         .path()
@@ -330,6 +334,10 @@ async fn grpc(cluster: Arc<str>, req: Request<Incoming>) -> Response<Body> {
         header::CONTENT_TYPE,
         header::HeaderValue::from_static("application/grpc"),
     );
+    if let Some(v) = traceparent {
+        // The W3C trace context this call arrived with, for callers that check the trace.
+        r.headers_mut().insert("x-sample-traceparent", v);
+    }
     r
 }
 

@@ -4,6 +4,9 @@
 #   isthmus  client -> Isthmus outbound -> mTLS HTTP/2 -> Isthmus inbound -> backend
 #   haproxy  client -> HAProxy -> mTLS HTTP/2 -> HAProxy -> backend
 #   nginx    client -> nginx -> mTLS HTTP/1.1 keep-alive -> nginx -> backend
+#   isthmus-t1, isthmus-t100   the Isthmus chain with tracing at 1 % and at 100 %, exporting to a
+#            local OTLP receiver (left out with NO_TRACING=1, or without the e2e venv's
+#            opentelemetry-proto)
 # The backend is nginx serving static 19 B / 1 KiB / 16 KiB files (HTTP/1.1 keep-alive to every
 # proxy; h2c for direct HTTP/2 runs). Servers are pinned to CPU 0, the load tool to CPU 1.
 # Access logs are off everywhere. Results: $OUT/results.jsonl and a Markdown summary on stdout.
@@ -149,65 +152,99 @@ on_server nginx -c "$OUT/nginx2.conf" -g 'daemon off;' & PIDS+=($!); NG2=$!
 on_server nginx -c "$OUT/nginx1.conf" -g 'daemon off;' & PIDS+=($!); NG1=$!
 
 # --- Isthmus: east (client side) and west (exports the backend) ------------------------------
-for c in east:1 west:2; do
-  name=${c%%:*}; i=${c##*:}
-  mkdir -p "$OUT/$name"
-  "$BIN" ca kek > "$OUT/$name/kek"; chmod 600 "$OUT/$name/kek"
-  if [ "$name" = west ]; then
-    printf 'exports:\n  - namespace: bench\n    name: web\n    ports: [{port: 8080, protocol: http}]\n    endpoints: [{address: "127.0.0.1:18080"}]\nimports: []\n' > "$OUT/$name/catalog.yaml"
-  else
-    printf 'exports: []\nimports:\n  - peer: "*"\n    namespaces: [bench]\n' > "$OUT/$name/catalog.yaml"
-  fi
-  cat > "$OUT/$name/federation.yaml" <<EOF
+# One chain per tracing setting: off (`isthmus`), 1 % (`isthmus-t1`) and 100 % (`isthmus-t100`),
+# the traced ones exporting to a local OTLP receiver (the e2e tests' receiver, counting only).
+# start_chain TAG EAST_INDEX TRACING_YAML: federations and gateways on 127.0.<i>.1 (west: i+1).
+start_chain() {
+  local tag=$1 ei=$2 tracing=$3 dir
+  for c in east:$ei west:$((ei + 1)); do
+    local name=${c%%:*} i=${c##*:}
+    dir="$OUT/$tag/$name"
+    mkdir -p "$dir"
+    "$BIN" ca kek > "$dir/kek"; chmod 600 "$dir/kek"
+    if [ "$name" = west ]; then
+      printf 'exports:\n  - namespace: bench\n    name: web\n    ports: [{port: 8080, protocol: http}]\n    endpoints: [{address: "127.0.0.1:18080"}]\nimports: []\n' > "$dir/catalog.yaml"
+    else
+      printf 'exports: []\nimports:\n  - peer: "*"\n    namespaces: [bench]\n' > "$dir/catalog.yaml"
+    fi
+    cat > "$dir/federation.yaml" <<EOF
 cluster: $name
 region: r-$name
-data_dir: $OUT/$name/data
+data_dir: $dir/data
 listen:
   peering: { bind: "127.0.$i.1:0" }
   api: { bind: "127.0.$i.1:0" }
   admin: "127.0.$i.1:0"
 vips: { ipv4: "127.$((200 + i)).0.0/24" }
-catalog: { file: $OUT/$name/catalog.yaml }
-ca: { kek_file: $OUT/$name/kek }
+catalog: { file: $dir/catalog.yaml }
+ca: { kek_file: $dir/kek }
 EOF
-  on_server "$BIN" federation --config "$OUT/$name/federation.yaml" > "$OUT/$name/ready" 2> "$OUT/$name/federation.log" & PIDS+=($!)
-  eval "FED_${name}=$!"
-done
-for name in east west; do
-  for _ in $(seq 100); do [ -s "$OUT/$name/ready" ] && break; sleep 0.1; done
-done
-sock() { echo "$OUT/$1/data/admin.sock"; }
-TOKEN=$("$BIN" peering token --peer west --admin-socket "$(sock east)")
-"$BIN" peering establish "$TOKEN" --admin-socket "$(sock west)" >/dev/null
-for name in east west; do
-  "$BIN" gateway bootstrap --name gw-1 --out "$OUT/$name/gw.json" --admin-socket "$(sock $name)" 2>/dev/null
-  i=1; [ $name = west ] && i=2
-  cat > "$OUT/$name/gateway.yaml" <<EOF
-bootstrap_file: $OUT/$name/gw.json
+    on_server "$BIN" federation --config "$dir/federation.yaml" > "$dir/ready" 2> "$dir/federation.log" & PIDS+=($!)
+    eval "FED_${tag//-/_}_${name}=$!"
+  done
+  for name in east west; do
+    for _ in $(seq 100); do [ -s "$OUT/$tag/$name/ready" ] && break; sleep 0.1; done
+  done
+  local token
+  token=$("$BIN" peering token --peer west --admin-socket "$(sock "$tag" east)")
+  "$BIN" peering establish "$token" --admin-socket "$(sock "$tag" west)" >/dev/null
+  for name in east west; do
+    dir="$OUT/$tag/$name"
+    "$BIN" gateway bootstrap --name gw-1 --out "$dir/gw.json" --admin-socket "$(sock "$tag" $name)" 2>/dev/null
+    local i=$ei; [ $name = west ] && i=$((ei + 1))
+    cat > "$dir/gateway.yaml" <<EOF
+bootstrap_file: $dir/gw.json
 access_log: false
 listen:
   inbound: { bind: "127.0.$i.1:0" }
   proxy: "127.0.$i.1:0"
   admin: "127.0.$i.1:0"
+$tracing
 EOF
-  on_server "$BIN" gateway run --config "$OUT/$name/gateway.yaml" > "$OUT/$name/gw.ready" 2> "$OUT/$name/gateway.log" & PIDS+=($!)
-  eval "GW_${name}=$!"
-done
-for name in east west; do
-  for _ in $(seq 200); do [ -s "$OUT/$name/gw.ready" ] && break; sleep 0.1; done
-done
-"$BIN" gateway bootstrap --name gw-bench --out "$OUT/bench-gw.json" --admin-socket "$(sock east)" 2>/dev/null
+    on_server "$BIN" gateway run --config "$dir/gateway.yaml" > "$dir/gw.ready" 2> "$dir/gateway.log" & PIDS+=($!)
+    eval "GW_${tag//-/_}_${name}=$!"
+  done
+  for name in east west; do
+    for _ in $(seq 200); do [ -s "$OUT/$tag/$name/gw.ready" ] && break; sleep 0.1; done
+  done
+  local vip=""
+  for _ in $(seq 100); do
+    vip=$("$BIN" catalog --json --admin-socket "$(sock "$tag" east)" | python3 -c 'import json,sys; r=json.load(sys.stdin)["routes"].get("bench/web"); print(r["vips"]["v4"] if r and r["clusters"] and r["clusters"][0]["gateways"] else "")')
+    [ -n "$vip" ] && break; sleep 0.2
+  done
+  [ -n "$vip" ] || { echo "Isthmus ($tag) did not converge; see $OUT/$tag/*/federation.log" >&2; exit 1; }
+  eval "VIP_${tag//-/_}=$vip"
+}
+sock() { echo "$OUT/$1/$2/data/admin.sock"; }
+TRACED=""
+if [[ " $TARGETS " == *" isthmus "* ]] && [ -z "${NO_TRACING:-}${TRAIN_ONLY:-}" ]; then
+  VENV_PY="$HOME/.cache/isthmus-venv/bin/python"
+  if "$VENV_PY" -c 'import grpc, opentelemetry.proto' 2>/dev/null; then
+    # The receiver shares the load tool's CPU: the gateways' CPU per request is read from
+    # their own counters, whatever the receiver costs.
+    taskset -c "$CLIENT_CPU" "$VENV_PY" "$OLDPWD/e2e/otel_traces/otlp_receiver.py" - > receiver.port & PIDS+=($!)
+    for _ in $(seq 100); do [ -s receiver.port ] && break; sleep 0.1; done
+    OTLP="http://127.0.0.1:$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["port"])' receiver.port)"
+    TRACED="isthmus-t1 isthmus-t100"
+  else
+    echo "no opentelemetry-proto in $VENV_PY (deploy/test-deps installs it): tracing cases left out" >&2
+  fi
+fi
+start_chain isthmus 1 ""
+GW_east=$GW_isthmus_east; GW_west=$GW_isthmus_west; FED_east=$FED_isthmus_east; FED_west=$FED_isthmus_west
+VIP=$VIP_isthmus
+if [ -n "$TRACED" ]; then
+  start_chain isthmus-t1 3 "tracing: { endpoint: \"$OTLP\", sampler: ratio, ratio: 0.01 }"
+  start_chain isthmus-t100 5 "tracing: { endpoint: \"$OTLP\", sampler: always_on }"
+  TARGETS="$TARGETS $TRACED"
+fi
+"$BIN" gateway bootstrap --name gw-bench --out "$OUT/bench-gw.json" --admin-socket "$(sock isthmus east)" 2>/dev/null
 taskset -c "$CLIENT_CPU" "$LOAD" gateway-cert --bootstrap "$OUT/bench-gw.json" --out-dir "$OUT" >/dev/null
-VIP=""
-for _ in $(seq 100); do
-  VIP=$("$BIN" catalog --json --admin-socket "$(sock east)" | python3 -c 'import json,sys; r=json.load(sys.stdin)["routes"].get("bench/web"); print(r["vips"]["v4"] if r and r["clusters"] and r["clusters"][0]["gateways"] else "")')
-  [ -n "$VIP" ] && break; sleep 0.2
-done
-[ -n "$VIP" ] || { echo "Isthmus did not converge; see $OUT/*/federation.log" >&2; exit 1; }
-WEST_INBOUND=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["ready"]["inbound"])' "$OUT/west/gw.ready")
+WEST_INBOUND=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["ready"]["inbound"])' "$OUT/isthmus/west/gw.ready")
 sleep 1
 # Warm every path once (and fail early if one is broken).
-for url in http://127.0.0.1:18080/19 http://127.0.0.1:19080/19 http://127.0.0.1:20080/19 "http://$VIP:8080/19"; do
+for url in http://127.0.0.1:18080/19 http://127.0.0.1:19080/19 http://127.0.0.1:20080/19 "http://$VIP:8080/19" \
+  ${TRACED:+"http://$VIP_isthmus_t1:8080/19" "http://$VIP_isthmus_t100:8080/19"}; do
   curl -sf -o /dev/null "$url" || { echo "warm-up failed for $url" >&2; exit 1; }
 done
 
@@ -221,6 +258,8 @@ pids_of() {
   case $1 in
     direct) echo "" ;;
     isthmus) echo "$GW_east $GW_west" ;;
+    isthmus-t1) echo "$GW_isthmus_t1_east $GW_isthmus_t1_west" ;;
+    isthmus-t100) echo "$GW_isthmus_t100_east $GW_isthmus_t100_west" ;;
     haproxy) echo "$HA1 $HA2" ;;
     nginx) echo "$(children "$NG1") $(children "$NG2")" ;;
   esac
@@ -239,6 +278,8 @@ url_of() { # target proto path
     haproxy:h1) echo "http://127.0.0.1:19080$3" ;; haproxy:h2) echo "http://127.0.0.1:19081$3" ;;
     nginx:h1) echo "http://127.0.0.1:20080$3" ;; nginx:h2) echo "http://127.0.0.1:20081$3" ;;
     isthmus:*) echo "http://$VIP:8080$3" ;;
+    isthmus-t1:*) echo "http://$VIP_isthmus_t1:8080$3" ;;
+    isthmus-t100:*) echo "http://$VIP_isthmus_t100:8080$3" ;;
   esac
 }
 HZ=$(getconf CLK_TCK)

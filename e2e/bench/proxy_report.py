@@ -57,7 +57,7 @@ added_p99 = {}
 stalls = {}
 for proto in ["h1", "h2"]:
     base = {k: med([x[k] for x in lat[(proto, "direct")]] or [0]) for k in ["p50_us", "p99_us", "p999_us"]}
-    for t in TARGETS:
+    for t in TARGETS + ["isthmus-t1", "isthmus-t100"]:
         xs = lat[(proto, t)]
         if not xs:
             continue
@@ -106,3 +106,27 @@ if "isthmus" in per_core:
     print(f"- mTLS handshakes per core-second (target ≥ 2,500): {per_core['isthmus']:.0f}")
 if idle:
     print(f"- RSS with 1,000 idle mTLS connections (target < 150 MB): {idle[-1]['rss_kib_with_1000'] / 1024:.1f} MiB")
+
+# Tracing: the Isthmus chain with tracing at 1 % and 100 % against the same chain with tracing off.
+TRACED = [t for t in ["isthmus-t1", "isthmus-t100"] if any(r.get("target") == t for r in rows)]
+if TRACED:
+    print("\n### Tracing: CPU per request and added p99 against tracing off (same run), medians\n")
+    print("| client | body | conns | off µs CPU/req | " + " | ".join(f"{t[8:]} µs CPU/req | {t[8:]} vs off" for t in TRACED) + " |")
+    print("|---|---|---:|---:|" + "---:|---:|" * len(TRACED))
+    for proto in ["h1", "h2"]:
+        for body in ["/19", "/1k", "/16k"]:
+            for conns in [16, 64]:
+                def cpu_of(t):
+                    vals = [x["cpu_ms"] * 1000.0 / max(x["result"]["requests"], 1) for x in sat[(proto, body, conns, t)]]
+                    return med(vals) if vals else 0
+                off = cpu_of("isthmus")
+                cells = []
+                for t in TRACED:
+                    c = cpu_of(t)
+                    cells += [f"{c:.1f}", f"{(c / off - 1) * 100:+.1f} %" if off else "—"]
+                print(f"| {proto} | {body[1:]} | {conns} | {off:.1f} | " + " | ".join(cells) + " |")
+    print()
+    for proto in ["h1", "h2"]:
+        for t in TRACED:
+            if (proto, t) in added_p99 and (proto, "isthmus") in added_p99:
+                print(f"- added p99 at 2,000 req/s, {proto}, {t[8:]} against off: {added_p99[(proto, t)] - added_p99[(proto, 'isthmus')]:+} µs ({stalls[(proto, t)]} requests over 10 ms)")

@@ -312,6 +312,9 @@ pub struct FederationConfig {
     /// MCS exports and imports on Kubernetes. Absent = not on Kubernetes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kubernetes: Option<KubernetesConfig>,
+    /// OpenTelemetry traces of control-plane work (off without `tracing.endpoint`).
+    #[serde(default)]
+    pub tracing: crate::telemetry::TracingConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -418,6 +421,9 @@ impl FederationConfig {
             field: field.into(),
             reason,
         };
+        if let Err((field, reason)) = self.tracing.validate() {
+            return Err(invalid(&format!("tracing.{field}"), reason));
+        }
         let (v4, v6) = self.vip_ranges()?;
         if v4.is_none() && v6.is_none() {
             return Err(invalid(

@@ -19,6 +19,7 @@ pub mod model;
 pub mod node;
 pub mod peering;
 pub mod store;
+pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod traffic;

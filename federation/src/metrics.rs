@@ -49,6 +49,8 @@ pub struct Metrics {
     pub catalog_edits_refused: Family<ReasonLabels, Counter>,
     /// Routes not served because they could not get VIPs when the state was loaded at start.
     pub routes_unaddressed: Gauge,
+    /// Finished trace spans not exported: the export queue was full or the collector failed.
+    pub trace_spans_dropped: Counter,
 }
 
 impl Metrics {
@@ -123,6 +125,12 @@ impl Metrics {
             "Catalog edits refused whole for what they need (the last applied catalog stays), \
              by reason",
             self.catalog_edits_refused.clone(),
+        );
+        r.register(
+            "trace_spans_dropped",
+            "Finished trace spans dropped because the export queue was full or the collector \
+             did not take them (nothing waits for it)",
+            self.trace_spans_dropped.clone(),
         );
         r.register(
             "routes_unaddressed",

@@ -73,6 +73,9 @@ pub struct Entry {
     /// Where the exchange is counted for the federation's dashboard, when it is.
     #[serde(skip)]
     traffic: Option<Arc<crate::traffic::TrafficBook>>,
+    /// The exchange's span, when tracing sampled it; ended with the line ([`Entry::finish`]).
+    #[serde(skip)]
+    pub span: Option<Box<isthmus_federation::telemetry::TraceSpan>>,
 }
 
 /// Bytes counted by the body and tunnel wrappers while the exchange runs (one allocation per
@@ -145,6 +148,7 @@ impl Entry {
             winner: None,
             counters: Arc::default(),
             traffic: None,
+            span: None,
         }
     }
 
@@ -206,6 +210,9 @@ impl Entry {
     pub fn finish(mut self) {
         if let Some(book) = self.traffic.take() {
             self.count_in_book(&book);
+        }
+        if let Some(span) = self.span.take() {
+            crate::trace::finish(*span, &self);
         }
         if !self.enabled {
             return;

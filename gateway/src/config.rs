@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use isthmus_federation::config::Listener;
 use isthmus_federation::duration;
+use isthmus_federation::telemetry::TracingConfig;
 use serde::{Deserialize, Serialize};
 
 mod health;
@@ -68,6 +69,9 @@ pub struct GatewayConfig {
     /// with the federation, so the Services the federation derives for imports point at it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kubernetes: Option<GatewayKubernetes>,
+    /// OpenTelemetry traces of exchanges (off without `tracing.endpoint`).
+    #[serde(default)]
+    pub tracing: TracingConfig,
 }
 
 /// The gateway's `kubernetes:` section.
@@ -376,6 +380,12 @@ impl GatewayConfig {
                 );
             }
             None => {}
+        }
+        if let Err((field, reason)) = self.tracing.validate() {
+            return Err(ConfigError::Invalid {
+                field: format!("tracing.{field}"),
+                reason,
+            });
         }
         let l = &self.limits;
         if l.max_header_bytes < 1024 {

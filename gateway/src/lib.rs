@@ -37,6 +37,7 @@ pub mod serve;
 pub mod sync;
 pub mod table;
 pub mod traffic;
+pub mod trace;
 pub mod tunnel;
 
 pub use config::GatewayConfig;

@@ -167,6 +167,8 @@ pub struct Metrics {
     /// Exchanges by peer cluster and direction, for the federation's dashboard (not exposed on
     /// `/metrics`: see [`crate::traffic`]).
     pub traffic: Arc<crate::traffic::TrafficBook>,
+    /// Finished spans not exported: the export queue was full or the collector failed.
+    pub trace_spans_dropped: Counter,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -355,6 +357,11 @@ impl Metrics {
             "tries_judged_down",
             "Tries in flight whose peer gateway or cluster was judged down while they waited, by result (moved: sent on at once; failed: not idempotent, answered 502)",
             self.tries_judged_down.clone(),
+        );
+        r.register(
+            "trace_spans_dropped",
+            "Finished trace spans dropped because the export queue was full or the collector did not take them (the request path never waits for it)",
+            self.trace_spans_dropped.clone(),
         );
         r.register(
             "hedges",

@@ -31,6 +31,7 @@ use crate::retry::{Breakers, Budget};
 use crate::serve::{ConnLimit, Drain};
 use crate::sync;
 use crate::table::Snapshot;
+use isthmus_federation::telemetry::{KeyValue, Tracing};
 
 /// How long start retries reaching the federation for the first certificate.
 const BOOTSTRAP_RETRY: Duration = Duration::from_secs(60);
@@ -54,6 +55,8 @@ pub enum StartError {
     Config(#[from] crate::config::ConfigError),
     #[error("TLS setup: {0}")]
     Tls(String),
+    #[error("{0}")]
+    Tracing(String),
 }
 
 /// Where the gateway listens, as bound (port 0 resolved).
@@ -222,6 +225,17 @@ pub async fn start(cfg: GatewayConfig) -> Result<Running, StartError> {
         health.clone(),
         (cfg.listen.vips && pod_ip.is_none()).then_some(unbound_rx),
     )));
+    // Export starts lazily: a collector that is down costs dropped spans, never the start.
+    let tracing = Tracing::start(
+        &cfg.tracing,
+        "isthmus-gateway",
+        vec![
+            KeyValue::new("service.instance.id", client.gateway.clone()),
+            KeyValue::new("isthmus.trust_domain", client.trust_domain.to_string()),
+        ],
+        metrics.trace_spans_dropped.clone(),
+    )
+    .map_err(|e| StartError::Tracing(e.to_string()))?;
     let outbound = Arc::new(Outbound {
         table: table.clone(),
         pool,
@@ -241,6 +255,7 @@ pub async fn start(cfg: GatewayConfig) -> Result<Running, StartError> {
             Side::Outbound,
             crate::outbound::judge,
         )),
+        tracing: tracing.clone(),
     });
     let inbound = Arc::new(Inbound {
         table: table.clone(),
@@ -254,6 +269,7 @@ pub async fn start(cfg: GatewayConfig) -> Result<Running, StartError> {
             Side::Inbound,
             crate::inbound::judge,
         )),
+        tracing,
     });
     // Open exchanges are judged again on every new snapshot; those no longer allowed close.
     tasks.push(tokio::spawn(inbound.live.clone().follow(metrics.clone())));

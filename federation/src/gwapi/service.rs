@@ -1,5 +1,6 @@
 //! The `GatewayControl` gRPC service.
 
+use crate::telemetry::KeyValue;
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -256,6 +257,7 @@ impl GatewayControl for GatewayService {
         let metrics = self.node.metrics.clone();
         metrics.gateways_subscribed.inc();
         tracing::info!(gateway = %name, "gateway subscribed to config");
+        let (tracer, gateway) = (self.node.tracing.clone(), name.to_string());
         let stream = async_stream(
             move |tx| async move {
                 let mut last = rx.borrow_and_update().clone();
@@ -267,10 +269,26 @@ impl GatewayControl for GatewayService {
                 while rx.changed().await.is_ok() {
                     let next = rx.borrow_and_update().clone();
                     if let Some(parts) = config::delta_parts(&last, &next) {
+                        // One span per delta pushed: how long the gateway took to take it.
+                        let mut span = tracer.root_span(
+                            "gateway.config_push",
+                            vec![
+                                KeyValue::new("isthmus.gateway", gateway.clone()),
+                                KeyValue::new("isthmus.config.version", next.version as i64),
+                            ],
+                        );
+                        let mut sent = 0i64;
                         for part in parts {
                             if tx.send(Ok(part)).await.is_err() {
+                                if let Some(s) = span.as_mut() {
+                                    s.fail("the gateway's stream closed");
+                                }
                                 return;
                             }
+                            sent += 1;
+                        }
+                        if let Some(s) = span.as_mut() {
+                            s.set(KeyValue::new("isthmus.config.parts", sent));
                         }
                     }
                     last = next;

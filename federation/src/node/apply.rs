@@ -6,6 +6,7 @@
 //!
 //! Must not: decide what an edit means (the state does) or read the sources itself.
 
+use crate::telemetry::KeyValue;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -179,6 +180,32 @@ async fn apply_sources(
     unrouted: &mut Unrouted,
 ) -> Result<Option<StateError>, StateError> {
     let started = std::time::Instant::now();
+    let mut span = node.tracing.root_span("catalog.apply", Vec::new());
+    let applied = apply_traced(node, file, registered, unrouted, started).await;
+    if let Some(span) = span.as_mut() {
+        match &applied {
+            Ok(None) => {}
+            Ok(Some(refusal)) => {
+                span.set(KeyValue::new(
+                    "isthmus.catalog.refused",
+                    refusal.to_string(),
+                ));
+            }
+            Err(e) => span.fail(e.to_string()),
+        }
+        let version = node.local_version.borrow().to_owned();
+        span.set(KeyValue::new("isthmus.catalog.version", version as i64));
+    }
+    applied
+}
+
+async fn apply_traced(
+    node: &Node,
+    file: Arc<CatalogFile>,
+    registered: Arc<RegisteredEndpoints>,
+    unrouted: &mut Unrouted,
+    started: std::time::Instant,
+) -> Result<Option<StateError>, StateError> {
     let refusal = {
         let mut state = node.state.lock().await;
         let mut refusal = None;

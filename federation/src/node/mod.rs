@@ -138,6 +138,8 @@ pub struct Node {
     pub traffic: crate::traffic::TrafficLog,
     /// The Kubernetes side's current problems (`status`); empty without a `kubernetes:` section.
     pub kube: crate::kubernetes::KubeReport,
+    /// Spans of control-plane work: sync rounds, catalog applies, config pushes.
+    pub tracing: crate::telemetry::Tracing,
 }
 
 impl Node {

@@ -302,6 +302,17 @@ pub async fn start_with_metrics(
         .map(|c| (c.clone(), Default::default()))
         .collect();
     let metrics = Metrics::default();
+    // Export starts lazily: a collector that is down costs dropped spans, never the start.
+    let tracing = crate::telemetry::Tracing::start(
+        &cfg.tracing,
+        "isthmus-federation",
+        vec![crate::telemetry::KeyValue::new(
+            "isthmus.cluster",
+            cfg.cluster.to_string(),
+        )],
+        metrics.trace_spans_dropped.clone(),
+    )
+    .map_err(|e| StartError::Other(e.to_string()))?;
     let node = Arc::new(Node {
         cfg: cfg.clone(),
         me: me.clone(),
@@ -329,6 +340,7 @@ pub async fn start_with_metrics(
         apply: StdMutex::default(),
         traffic: Default::default(),
         kube: kube_report.clone(),
+        tracing,
     });
 
     // Gateways registered before a restart (leases still alive).

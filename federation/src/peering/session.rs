@@ -12,6 +12,7 @@
 //! 4. Heartbeats (an ACK of the last stored version) keep the session alive through idle times; a
 //!    peer silent for longer than the silence timeout ends the session (the dialer redials).
 
+use crate::telemetry::KeyValue;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -290,7 +291,28 @@ async fn receive(
     version: u64,
     checked: update::PeerUpdate,
 ) -> Result<(), SessionError> {
-    match node.receive_update(peer, checked).await {
+    let mut span = node.tracing.root_span(
+        "peering.sync",
+        vec![
+            KeyValue::new("isthmus.peer", peer.to_string()),
+            KeyValue::new("isthmus.update.version", version as i64),
+            KeyValue::new("isthmus.update.snapshot", checked.snapshot),
+            KeyValue::new("isthmus.update.upserts", checked.upserts.len() as i64),
+            KeyValue::new("isthmus.update.removals", checked.removals.len() as i64),
+        ],
+    );
+    let received = node.receive_update(peer, checked).await;
+    if let Some(span) = span.as_mut() {
+        match &received {
+            Ok(()) => span.set(KeyValue::new("isthmus.update.result", "acked")),
+            Err(e) => {
+                span.set(KeyValue::new("isthmus.update.result", "nacked"));
+                span.fail(e.to_string());
+            }
+        }
+    }
+    drop(span);
+    match received {
         Ok(()) => {
             node.metrics.update(peer.as_str(), "acked");
             out.send(msg(Body::Ack(proto::Ack {

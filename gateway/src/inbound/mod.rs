@@ -69,6 +69,8 @@ pub struct Inbound {
     pub own_id: SpiffeId,
     /// Open connections, tunnels and streaming responses, judged again on every snapshot.
     pub live: Arc<LiveSet<Grant>>,
+    /// Spans of sampled exchanges (off: one branch per request).
+    pub tracing: isthmus_federation::telemetry::Tracing,
 }
 
 /// The local side of a tunnel.
@@ -218,6 +220,7 @@ impl Inbound {
             // A peer gateway's health probe: answered here, never logged per request.
             return crate::body::error(StatusCode::OK, "ok");
         }
+        entry.span = crate::trace::exchange(&self.tracing, Side::Inbound, &req);
         let (export, port) = match Self::target(&snap, &caller, &req) {
             Ok(t) => t,
             Err((status, reason)) => return self.refuse(entry, status, reason),
@@ -273,6 +276,10 @@ impl Inbound {
         // HTTP/2 has no connection-specific headers (h2 refuses them); identity claims are
         // dropped whatever the version.
         strip_identity(&mut parts.headers);
+        if let Some(span) = &entry.span {
+            // The service's parent is this span (an unsampled caller's value passes as it came).
+            crate::trace::inject(span, &mut parts.headers);
+        }
         let forwarded_client_cert = match &workload {
             Some(w) => caller::forwarded_client_cert(&self.own_id, caller.gateway, w),
             None => conn.forwarded_client_cert.clone(),

@@ -137,7 +137,8 @@ impl Outbound {
                 Some(r) => {
                     let (mut parts, body) = r.request().into_parts();
                     peer_headers(&mut parts, &resolved, entry.caller.as_deref());
-                    self.send_shadow(snap, copy, Request::from_parts(parts, body));
+                    let req = Request::from_parts(parts, body);
+                    self.send_shadow(snap, copy, req, entry.span.as_deref());
                 }
                 None => {
                     tracing::debug!(service = %resolved.target.import.name, "shadow copy skipped: the body is larger than the replay buffer or still streaming");
@@ -155,6 +156,10 @@ impl Outbound {
             };
             entry.dst_cluster = Some(snap.cluster.clone());
             entry.note(|e| e.upstream = Some(endpoint.address.to_string()));
+            let mut req = req;
+            if let Some(span) = &entry.span {
+                crate::trace::inject(span, req.headers_mut());
+            }
             // Boxed: calls that cross clusters need not carry this path's state.
             let response = Box::pin(self.local.forward_http(
                 req,

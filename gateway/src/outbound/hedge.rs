@@ -19,6 +19,7 @@ use crate::down::{DownWatch, Judged};
 use crate::policy::ServicePolicy;
 use crate::retry::{self, BreakerGuard, Replay};
 use crate::table::Backend;
+use isthmus_federation::telemetry::TraceSpan;
 
 /// How a try ended.
 pub(super) enum TryEnd<T> {
@@ -146,7 +147,18 @@ impl Outbound {
                     }
                     self.metrics.hedge("sent");
                     entry.hedged = true;
-                    second = Some(Box::pin(self.hedge_try(plan, policy, service)));
+                    let span = entry.span.as_deref().map(|exchange| {
+                        let t = crate::trace::Try {
+                            number: 2,
+                            failover: plan.avoid.is_none(),
+                            shadow: false,
+                            hedge: true,
+                            cluster: &plan.backend.cluster,
+                            gateway: None,
+                        };
+                        crate::trace::start_try(exchange, t)
+                    });
+                    second = Some(Box::pin(self.hedge_try(plan, policy, service, span)));
                 }
             }
         }
@@ -158,20 +170,44 @@ impl Outbound {
         plan: &Plan<'_>,
         policy: &ServicePolicy,
         service: &Arc<str>,
+        mut span: Option<TraceSpan>,
     ) -> Result<Won, Failed> {
+        let r = self.hedge_send(plan, policy, service, &mut span).await;
+        let status = match &r {
+            Ok(won) => Some(won.response.status().as_u16()),
+            Err((_, status)) => *status,
+        };
+        let error = r.as_ref().err().map(|(why, _)| why.as_str());
+        crate::trace::end_try(span, status, error);
+        r.map_err(|(why, _)| why)
+    }
+
+    async fn hedge_send(
+        &self,
+        plan: &Plan<'_>,
+        policy: &ServicePolicy,
+        service: &Arc<str>,
+        span: &mut Option<TraceSpan>,
+    ) -> Result<Won, (Failed, Option<u16>)> {
         let backend = plan.backend;
         let in_flight = self
             .breakers
             .enter(service, &backend.cluster, policy.max_requests)
-            .ok_or_else(|| format!("{} circuit open", backend.cluster))?;
+            .ok_or_else(|| (format!("{} circuit open", backend.cluster), None))?;
         let (mut sender, gateway) = self
             .pool
             .get_any(backend, &self.health, plan.avoid.as_deref())
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| (e.to_string(), None))?;
         let ring = self.latencies.ring(service, &backend.cluster);
         let started = tokio::time::Instant::now();
-        let req: Request<Body> = plan.replay.request();
+        let mut req: Request<Body> = plan.replay.request();
+        if let Some(span) = span {
+            for kv in crate::trace::peer_address(&gateway.address) {
+                span.set(kv);
+            }
+            crate::trace::inject(span, req.headers_mut());
+        }
         let answered = tokio::time::timeout(plan.timeout, sender.try_send_request(req)).await;
         match answered {
             Ok(Ok(response))
@@ -192,17 +228,14 @@ impl Outbound {
             }
             Ok(Ok(response)) => {
                 self.health.outcome(service, &backend.cluster, false);
-                Err(format!(
-                    "{} answered {}",
-                    backend.cluster,
-                    response.status()
-                ))
+                let why = format!("{} answered {}", backend.cluster, response.status());
+                Err((why, Some(response.status().as_u16())))
             }
             Ok(Err(e)) => {
                 self.health.outcome(service, &backend.cluster, false);
-                Err(format!("{} failed: {}", backend.cluster, e.error()))
+                Err((format!("{} failed: {}", backend.cluster, e.error()), None))
             }
-            Err(_) => Err(format!("{} did not answer in time", backend.cluster)),
+            Err(_) => Err((format!("{} did not answer in time", backend.cluster), None)),
         }
     }
 }

@@ -101,6 +101,8 @@ pub struct Outbound {
     pub drain: crate::serve::Drain,
     /// Open tunnels by the imported service they reach, judged again on every snapshot.
     pub live: Arc<LiveSet<ServiceName>>,
+    /// Spans of sampled exchanges (off: one branch per request).
+    pub tracing: isthmus_federation::telemetry::Tracing,
 }
 
 /// Whether `snap` still imports the service a tunnel reaches.
@@ -165,6 +167,7 @@ impl Outbound {
             snap.cluster.clone(),
         );
         entry.count_traffic(&self.metrics.traffic);
+        entry.span = crate::trace::exchange(&self.tracing, Side::Outbound, &req);
         entry.note(|e| {
             e.method = Some(req.method().to_string());
             e.path = req.uri().path_and_query().map(|p| p.as_str().to_string());

@@ -19,6 +19,7 @@ use crate::lb::{cluster_order, random};
 use crate::policy::ServicePolicy;
 use crate::retry::{self, BreakerGuard, Replay};
 use crate::table::{Backend, Snapshot};
+use crate::trace::{self, Try};
 
 impl Outbound {
     /// The clusters to try, best first, and the service's policy.
@@ -102,7 +103,7 @@ impl Outbound {
                 out_of_time = true;
                 break;
             }
-            let (req, owes) = match pending.take() {
+            let (mut req, owes) = match pending.take() {
                 Some(p) => p,
                 None => match replay {
                     Some(r) if sent <= policy.retries => (r.request(), true),
@@ -176,6 +177,19 @@ impl Outbound {
                 &snap.cluster,
                 try_timeout,
             );
+            let try_span = entry.span.as_deref().map(|exchange| {
+                let t = Try {
+                    number: sent,
+                    failover: !entry.failed_over_from.is_empty(),
+                    shadow: false,
+                    hedge: false,
+                    cluster: &backend.cluster,
+                    gateway: Some(&gateway.address),
+                };
+                let span = trace::start_try(exchange, t);
+                trace::inject(&span, req.headers_mut());
+                span
+            });
             let ring = self.latencies.ring(name, &backend.cluster);
             let started = tokio::time::Instant::now();
             let primary = tokio::time::timeout(try_timeout, sender.try_send_request(req));
@@ -195,6 +209,7 @@ impl Outbound {
                 TryEnd::Done(r) => r,
                 TryEnd::Hedged(won) => {
                     // The first try's stream is reset (its future was dropped in the race).
+                    trace::end_try(try_span, None, Some("cancelled: the hedge answered first"));
                     self.metrics.hedge("won");
                     entry.reason = Some(format!(
                         "hedged: {} had not answered after {} ms; {} answered first",
@@ -217,6 +232,7 @@ impl Outbound {
                         judged.reason(),
                         gateway.address
                     );
+                    trace::end_try(try_span, None, Some(&last));
                     let Some(r) = replay else {
                         self.metrics.try_judged_down("failed");
                         entry.failed_over_from.push(backend.cluster.clone());
@@ -251,7 +267,9 @@ impl Outbound {
                         &policy.grpc_statuses,
                     );
                     self.health.outcome(name, &backend.cluster, !failed);
+                    let status = Some(response.status().as_u16());
                     if !failed {
+                        trace::end_try(try_span, status, None);
                         ring.record(started.elapsed());
                         if entry.hedged {
                             entry.winner = Some(backend.cluster.clone());
@@ -274,6 +292,7 @@ impl Outbound {
                             .map(|r| format!(": {r}"))
                             .unwrap_or_default()
                     );
+                    trace::end_try(try_span, status, Some(&last));
                     entry.failed_over_from.push(backend.cluster.clone());
                     last_answer = Some((response, in_flight));
                 }
@@ -284,6 +303,7 @@ impl Outbound {
                         gateway.address,
                         e.error()
                     );
+                    trace::end_try(try_span, None, Some(&last));
                     let unsent = e.take_message();
                     if unsent.is_none() {
                         self.health.outcome(name, &backend.cluster, false);
@@ -314,6 +334,7 @@ impl Outbound {
                         backend.cluster,
                         try_timeout.as_millis()
                     );
+                    trace::end_try(try_span, None, Some(&last));
                     entry.failed_over_from.push(backend.cluster.clone());
                     if replay.is_none() {
                         return Err(self.refuse(entry, StatusCode::GATEWAY_TIMEOUT, last));

@@ -186,6 +186,7 @@ pub(super) async fn east_with(
         shadows: super::ShadowSlots::default(),
         drain: crate::serve::Drain::new().1,
         live: Arc::new(LiveSet::new(table, Side::Outbound, super::judge)),
+        tracing: Default::default(),
     });
     let resolved = Resolved {
         target: Target {

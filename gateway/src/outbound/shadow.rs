@@ -110,7 +110,13 @@ impl Outbound {
     }
 
     /// Sends `req` (a copy built for the peer) in a task of its own.
-    pub(super) fn send_shadow(&self, snap: &Snapshot, copy: ShadowCopy, mut req: Request<Body>) {
+    pub(super) fn send_shadow(
+        &self,
+        snap: &Snapshot,
+        copy: ShadowCopy,
+        mut req: Request<Body>,
+        parent: Option<&isthmus_federation::telemetry::TraceSpan>,
+    ) {
         req.headers_mut()
             .insert(SHADOW, HeaderValue::from_static("1"));
         let mut entry = Entry::new(
@@ -121,6 +127,19 @@ impl Outbound {
         );
         entry.shadow = true;
         entry.service = Some(copy.import.name.clone());
+        if let Some(exchange) = parent {
+            let t = crate::trace::Try {
+                number: 1,
+                failover: false,
+                shadow: true,
+                hedge: false,
+                cluster: &copy.import.backends[copy.backend].cluster,
+                gateway: None,
+            };
+            let span = crate::trace::start_try(exchange, t);
+            crate::trace::inject(&span, req.headers_mut());
+            entry.span = Some(Box::new(span));
+        }
         entry.caller = req
             .headers()
             .get(crate::headers::CALLER)

@@ -47,6 +47,7 @@ fn outbound() -> Arc<Outbound> {
         shadows: super::ShadowSlots::default(),
         drain: crate::serve::Drain::new().1,
         live: Arc::new(LiveSet::new(table, Side::Outbound, super::judge)),
+        tracing: Default::default(),
     })
 }
 

@@ -1,0 +1,228 @@
+//! W3C Trace Context (`traceparent`) read and written by hand, and the sampling decision: pure
+//! functions over bytes, so an unsampled request costs a header lookup and a comparison, never an
+//! allocation.
+
+use super::config::{SamplerKind, TracingConfig};
+
+/// The W3C header carrying the caller's trace and span.
+pub const TRACEPARENT: &str = "traceparent";
+/// The W3C header carrying vendor state; passed on untouched.
+pub const TRACESTATE: &str = "tracestate";
+
+/// A caller's `traceparent`: `00-<32 hex trace id>-<16 hex span id>-<2 hex flags>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceParent {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    pub sampled: bool,
+}
+
+fn hex_digit(b: u8) -> Option<u8> {
+    // Lowercase only (W3C Trace Context §3.2.2).
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        _ => None,
+    }
+}
+
+fn hex_into(text: &[u8], out: &mut [u8]) -> Option<()> {
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = hex_digit(text[2 * i])? << 4 | hex_digit(text[2 * i + 1])?;
+    }
+    Some(())
+}
+
+impl TraceParent {
+    /// Parses a `traceparent` value; anything malformed (or with all-zero IDs, or version `ff`)
+    /// is `None`, as if the caller sent none. Later versions are read by their version-00
+    /// prefix, as the spec asks.
+    pub fn parse(value: &[u8]) -> Option<Self> {
+        if value.len() < 55 || value[2] != b'-' || value[35] != b'-' || value[52] != b'-' {
+            return None;
+        }
+        let mut version = [0u8; 1];
+        hex_into(&value[..2], &mut version)?;
+        match version[0] {
+            0xff => return None,
+            0 if value.len() != 55 => return None,
+            0 => {}
+            _ if value.len() > 55 && value[55] != b'-' => return None,
+            _ => {}
+        }
+        let mut trace_id = [0u8; 16];
+        let mut span_id = [0u8; 8];
+        let mut flags = [0u8; 1];
+        hex_into(&value[3..35], &mut trace_id)?;
+        hex_into(&value[36..52], &mut span_id)?;
+        hex_into(&value[53..55], &mut flags)?;
+        if trace_id == [0; 16] || span_id == [0; 8] {
+            return None;
+        }
+        Some(Self {
+            trace_id,
+            span_id,
+            sampled: flags[0] & 1 == 1,
+        })
+    }
+}
+
+/// `00-<trace id>-<span id>-01` for a sampled span.
+pub fn format_traceparent(trace_id: [u8; 16], span_id: [u8; 8]) -> [u8; 55] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [b'-'; 55];
+    out[0] = b'0';
+    out[1] = b'0';
+    let mut at = 3;
+    for (bytes, end) in [(&trace_id[..], 35), (&span_id[..], 52)] {
+        for b in bytes {
+            out[at] = HEX[usize::from(b >> 4)];
+            out[at + 1] = HEX[usize::from(b & 0xf)];
+            at += 2;
+        }
+        debug_assert_eq!(at, end);
+        at += 1;
+    }
+    out[53] = b'0';
+    out[54] = b'1';
+    out
+}
+
+/// The sampling rule of a `tracing:` section, ready for the request path.
+#[derive(Debug, Clone, Copy)]
+pub struct Sampling {
+    kind: SamplerKind,
+    /// `ratio` scaled to the u64 range: a draw below it is sampled.
+    threshold: u64,
+    everything: bool,
+    parent_based: bool,
+}
+
+impl Sampling {
+    pub fn new(config: &TracingConfig) -> Self {
+        let ratio = config.ratio.0.clamp(0.0, 1.0);
+        Self {
+            kind: config.sampler,
+            // Saturating float-to-int cast; ratio 1 is handled by `everything`.
+            threshold: (ratio * u64::MAX as f64) as u64,
+            everything: ratio >= 1.0,
+            parent_based: config.parent_based,
+        }
+    }
+
+    /// Whether to trace: the caller's decision when it sent one and the rule is parent-based,
+    /// else the sampler, over the caller's trace ID (so hops that decide alike agree) or, for a
+    /// new trace, over `draw()` (a random number, taken only when needed).
+    pub fn decide(&self, parent: Option<&TraceParent>, draw: impl FnOnce() -> u64) -> bool {
+        match parent {
+            Some(p) if self.parent_based => p.sampled,
+            Some(p) => {
+                let mut low = [0u8; 8];
+                low.copy_from_slice(&p.trace_id[8..]);
+                self.root(u64::from_be_bytes(low))
+            }
+            None => match self.kind {
+                SamplerKind::Ratio => self.root(draw()),
+                _ => self.root(0),
+            },
+        }
+    }
+
+    fn root(&self, x: u64) -> bool {
+        match self.kind {
+            SamplerKind::AlwaysOn => true,
+            SamplerKind::AlwaysOff => false,
+            SamplerKind::Ratio => self.everything || x < self.threshold,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::config::Ratio;
+    use super::*;
+
+    const SAMPLE: &[u8] = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[test]
+    fn the_spec_example_round_trips() {
+        let p = TraceParent::parse(SAMPLE).expect("valid");
+        assert!(p.sampled);
+        assert_eq!(p.trace_id[0], 0x4b);
+        assert_eq!(p.span_id[7], 0xb7);
+        assert_eq!(&format_traceparent(p.trace_id, p.span_id)[..], SAMPLE);
+        let unsampled = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
+        assert!(!TraceParent::parse(unsampled).expect("valid").sampled);
+    }
+
+    #[test]
+    fn malformed_values_count_as_none() {
+        for bad in [
+            &b""[..],
+            b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0",
+            b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            b"ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            b"00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            b"00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            b"00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            b"00_4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            b"00-4bf92f3577b34da6a3ce929d0e0e47zz-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-é".as_bytes(),
+        ] {
+            assert_eq!(
+                TraceParent::parse(bad),
+                None,
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        // A later version is read by its version-00 prefix.
+        let later = b"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-what-comes";
+        assert!(TraceParent::parse(later).is_some());
+    }
+
+    fn sampling(sampler: SamplerKind, ratio: f64, parent_based: bool) -> Sampling {
+        Sampling::new(&TracingConfig {
+            sampler,
+            ratio: Ratio(ratio),
+            parent_based,
+            ..TracingConfig::default()
+        })
+    }
+
+    #[test]
+    fn the_caller_decides_when_parent_based() {
+        let mut p = TraceParent::parse(SAMPLE).expect("valid");
+        let off = sampling(SamplerKind::AlwaysOff, 0.0, true);
+        assert!(off.decide(Some(&p), || unreachable!()));
+        p.sampled = false;
+        let on = sampling(SamplerKind::AlwaysOn, 1.0, true);
+        assert!(!on.decide(Some(&p), || unreachable!()));
+        // Not parent-based: the sampler alone, over the caller's trace ID.
+        let on = sampling(SamplerKind::AlwaysOn, 1.0, false);
+        assert!(on.decide(Some(&p), || unreachable!()));
+        let off = sampling(SamplerKind::AlwaysOff, 1.0, false);
+        p.sampled = true;
+        assert!(!off.decide(Some(&p), || unreachable!()));
+    }
+
+    #[test]
+    fn a_ratio_samples_about_its_share_of_new_traces() {
+        let s = sampling(SamplerKind::Ratio, 0.01, true);
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut hits = 0;
+        for _ in 0..100_000 {
+            // splitmix64: an even spread of draws, reproducible.
+            x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = x;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            hits += usize::from(s.decide(None, || z ^ (z >> 31)));
+        }
+        assert!((800..1200).contains(&hits), "{hits} of 100000 at 1 %");
+        assert!(!sampling(SamplerKind::Ratio, 0.0, true).decide(None, || 0));
+        assert!(sampling(SamplerKind::Ratio, 1.0, true).decide(None, || u64::MAX));
+        assert!(sampling(SamplerKind::AlwaysOn, 0.0, true).decide(None, || unreachable!()));
+        assert!(!sampling(SamplerKind::AlwaysOff, 1.0, true).decide(None, || unreachable!()));
+    }
+}

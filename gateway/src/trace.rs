@@ -1,0 +1,226 @@
+//! Spans of the request path (OpenTelemetry, through [`isthmus_federation::telemetry`]): the
+//! outbound side makes a client span per exchange and one under it per try (each try's request
+//! carries a `traceparent` naming its span); the inbound side makes a server span, child of the
+//! calling try, and the request reaching the service carries a `traceparent` naming it.
+//! Attributes follow the OpenTelemetry HTTP semantic conventions, plus `isthmus.*` ones.
+//!
+//! Must not: cost an unsampled request more than [`Tracing::sample`]'s header check (every span
+//! here exists only after a positive decision), or trust a `traceparent` for anything but
+//! linking spans (it is no identity: the caller's value is replaced on every hop it is traced).
+
+use std::sync::Arc;
+
+use http::{HeaderMap, Method, Request, Version, header};
+use isthmus_federation::telemetry::{KeyValue, SpanKind, TRACEPARENT, TraceSpan, Tracing};
+
+use crate::accesslog::{Entry, Side};
+
+/// A method's name for span names and attributes; other methods are `_OTHER` (semconv).
+fn method(m: &Method) -> &'static str {
+    match *m {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "_OTHER",
+    }
+}
+
+fn version(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_09 => "0.9",
+        Version::HTTP_10 => "1.0",
+        Version::HTTP_11 => "1.1",
+        Version::HTTP_3 => "3",
+        _ => "2",
+    }
+}
+
+/// The first span of an exchange on `side`, when the request is sampled: a client span for
+/// the outbound side, continuing the local caller's trace; a server span for the inbound side,
+/// continuing the calling gateway's try.
+pub fn exchange<B>(tracing: &Tracing, side: Side, req: &Request<B>) -> Option<Box<TraceSpan>> {
+    let parent = tracing.sample(req.headers())?;
+    let m = method(req.method());
+    let mut attributes = vec![
+        KeyValue::new("http.request.method", m),
+        KeyValue::new("network.protocol.version", version(req.version())),
+        KeyValue::new("url.path", req.uri().path().to_string()),
+    ];
+    let host = req
+        .uri()
+        .authority()
+        .map(|a| a.host().to_string())
+        .or_else(|| {
+            let h = req.headers().get(header::HOST)?.to_str().ok()?;
+            Some(host_of(h).to_string())
+        });
+    if let Some(host) = host {
+        attributes.push(KeyValue::new("server.address", host));
+    }
+    let kind = match side {
+        Side::Outbound => SpanKind::Client,
+        Side::Inbound => SpanKind::Server,
+    };
+    Some(Box::new(parent.start(m, kind, attributes)))
+}
+
+/// The host of an authority (`host[:port]`, `[v6]:port`).
+fn host_of(authority: &str) -> &str {
+    if let Some(rest) = authority.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    authority.split(':').next().unwrap_or(authority)
+}
+
+/// What a try is, for its span.
+pub struct Try<'a> {
+    /// 1 for the first try sent.
+    pub number: u32,
+    /// A cluster was left before this try.
+    pub failover: bool,
+    pub shadow: bool,
+    pub hedge: bool,
+    pub cluster: &'a Arc<str>,
+    /// The peer gateway's address, when it is known yet.
+    pub gateway: Option<&'a str>,
+}
+
+/// A client span for one try under the exchange's span; [`inject`] it into the try's request.
+pub fn start_try(exchange: &TraceSpan, t: Try<'_>) -> TraceSpan {
+    let mut attributes = vec![
+        KeyValue::new("isthmus.try", i64::from(t.number)),
+        KeyValue::new(
+            "http.request.resend_count",
+            i64::from(t.number.saturating_sub(1)),
+        ),
+        KeyValue::new("isthmus.retry", t.number > 1),
+        KeyValue::new("isthmus.failover", t.failover),
+        KeyValue::new("isthmus.shadow", t.shadow),
+        KeyValue::new("isthmus.hedge", t.hedge),
+        KeyValue::new("isthmus.destination.cluster", t.cluster.to_string()),
+    ];
+    if let Some(gateway) = t.gateway {
+        attributes.extend(peer_address(gateway));
+    }
+    exchange.child("try", SpanKind::Client, attributes)
+}
+
+/// `server.address` and `server.port` of a peer gateway's `host:port`.
+pub fn peer_address(gateway: &str) -> impl Iterator<Item = KeyValue> {
+    let port = gateway
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse::<i64>().ok());
+    std::iter::once(KeyValue::new(
+        "server.address",
+        host_of(gateway).to_string(),
+    ))
+    .chain(port.map(|p| KeyValue::new("server.port", p)))
+}
+
+/// Names `span` as the parent of the next hop's.
+pub fn inject(span: &TraceSpan, headers: &mut HeaderMap) {
+    headers.insert(TRACEPARENT, span.traceparent());
+}
+
+/// Ends a try's span: answered with `status` (a failed try when `error` says why).
+pub fn end_try(span: Option<TraceSpan>, status: Option<u16>, error: Option<&str>) {
+    let Some(mut span) = span else { return };
+    if let Some(s) = status {
+        span.set(KeyValue::new("http.response.status_code", i64::from(s)));
+    }
+    if let Some(why) = error {
+        span.set(KeyValue::new(
+            "error.type",
+            status.map_or_else(|| "isthmus.try_failed".to_string(), |s| s.to_string()),
+        ));
+        span.fail(why.to_string());
+    }
+    span.end();
+}
+
+/// Ends an exchange's span from its access-log entry: status, service, clusters, failure.
+pub fn finish(mut span: TraceSpan, entry: &Entry) {
+    if entry.status != 0 {
+        span.set(KeyValue::new(
+            "http.response.status_code",
+            i64::from(entry.status),
+        ));
+    }
+    if let Some(s) = &entry.service {
+        span.set(KeyValue::new("isthmus.service", s.to_string()));
+    }
+    if !entry.src_cluster.is_empty() {
+        let c = entry.src_cluster.to_string();
+        span.set(KeyValue::new("isthmus.source.cluster", c));
+    }
+    if let Some(c) = &entry.dst_cluster {
+        span.set(KeyValue::new("isthmus.destination.cluster", c.to_string()));
+    }
+    if entry.shadow {
+        span.set(KeyValue::new("isthmus.shadow", true));
+    }
+    if !entry.failed_over_from.is_empty() {
+        let from: Vec<String> = entry
+            .failed_over_from
+            .iter()
+            .map(|c| c.to_string())
+            .collect();
+        span.set(KeyValue::new("isthmus.failed_over_from", from.join(",")));
+    }
+    // Client spans fail from 4xx, server spans from 5xx (HTTP semantic conventions).
+    let threshold = match entry.side {
+        Side::Outbound => 400,
+        Side::Inbound => 500,
+    };
+    if entry.failed || entry.status == 0 || entry.status >= threshold {
+        let why = entry
+            .reason
+            .clone()
+            .unwrap_or_else(|| format!("status {}", entry.status));
+        span.set(KeyValue::new(
+            "error.type",
+            if entry.status == 0 {
+                "isthmus.no_response".to_string()
+            } else {
+                entry.status.to_string()
+            },
+        ));
+        span.fail(why);
+    }
+    span.end();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_come_without_ports_or_brackets() {
+        assert_eq!(
+            host_of("echo.demo.svc.clusterset.local:8080"),
+            "echo.demo.svc.clusterset.local"
+        );
+        assert_eq!(host_of("echo.demo"), "echo.demo");
+        assert_eq!(host_of("[::1]:15008"), "::1");
+        assert_eq!(host_of("127.0.0.1:15008"), "127.0.0.1");
+    }
+
+    #[test]
+    fn tracing_off_or_unsampled_makes_no_span() {
+        let req = Request::builder()
+            .uri("/")
+            .header(
+                TRACEPARENT,
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            )
+            .body(())
+            .expect("request");
+        assert!(exchange(&Tracing::off(), Side::Outbound, &req).is_none());
+    }
+}
