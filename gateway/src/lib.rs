@@ -36,8 +36,8 @@ pub mod run;
 pub mod serve;
 pub mod sync;
 pub mod table;
-pub mod traffic;
 pub mod trace;
+pub mod traffic;
 pub mod tunnel;
 
 pub use config::GatewayConfig;
