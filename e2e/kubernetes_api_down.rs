@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use isthmus_federation::testing::kubeapi::KubeApi;
 use serde_json::{Value, json};
-use tokio::process::Command;
 use tokio::time::Instant;
 
+use crate::harness::dig_a;
 use crate::harness::{CONVERGE, Federation, IMPORT_ALL, Spec, catalog, export, healthy};
 use crate::kubernetes_exports::operator::{
     Kubectl, namespace, ready, service, service_export, slice,
@@ -24,27 +24,6 @@ use crate::kubernetes_exports::operator::{
 /// would make thousands.
 const WINDOW: Duration = Duration::from_secs(8);
 const MAX_FAILURES_IN_WINDOW: f64 = 12.0;
-
-async fn dig_a(server: SocketAddr, name: &str) -> Vec<String> {
-    let out = Command::new("dig")
-        .arg(format!("@{}", server.ip()))
-        .args([
-            "-p",
-            &server.port().to_string(),
-            "+time=2",
-            "+tries=2",
-            "+short",
-        ])
-        .args([name, "A"])
-        .output()
-        .await
-        .expect("run dig (Debian: apt-get install dnsutils)");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| l.trim().to_string())
-        .filter(|l| !l.is_empty())
-        .collect()
-}
 
 fn free_udp_tcp_port(ip: Ipv4Addr) -> u16 {
     loop {

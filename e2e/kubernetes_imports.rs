@@ -17,9 +17,9 @@ use std::time::{Duration, Instant};
 
 use isthmus_federation::testing::kubeapi::KubeApi;
 use serde_json::{Value, json};
-use tokio::process::Command;
 
 use self::kubectl::Kubectl;
+use crate::harness::dig_a;
 use crate::harness::gateway::{Gateway, Samples};
 use crate::harness::{Federation, IMPORT_ALL, Spec, catalog, export, peer_via_cli};
 
@@ -37,27 +37,6 @@ fn dns_port(ip: std::net::Ipv4Addr) -> u16 {
             return port;
         }
     }
-}
-
-async fn dig_a(server: SocketAddr, name: &str) -> Vec<String> {
-    let out = Command::new("dig")
-        .arg(format!("@{}", server.ip()))
-        .args([
-            "-p",
-            &server.port().to_string(),
-            "+time=2",
-            "+tries=2",
-            "+short",
-        ])
-        .args([name, "A"])
-        .output()
-        .await
-        .expect("run dig (Debian: apt-get install dnsutils)");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| l.trim().to_string())
-        .filter(|l| !l.is_empty())
-        .collect()
 }
 
 /// The objects of one import as kubectl shows them.

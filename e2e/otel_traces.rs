@@ -294,10 +294,15 @@ async fn hung_receiver_costs_nothing(receiver: &mut Receiver, members: &[Member]
         "receiver up: p99 {up_p99:?}, max {up_max:?}; hung: p99 {hung_p99:?}, max {hung_max:?}; \
          dropped {before} -> {after}"
     );
-    // Not compared within 10 ms: on a shared 2-core machine the baseline's own p99 moves by
-    // more than that from run to run (8–22 ms seen), so such a bound fails on noise. What is
-    // asserted is the behaviour: a request path that waited for the collector would hold
-    // requests for the export timeout (5 s here); none comes near it.
+    // The typical request adds nothing measurable: the medians (sorted by `summary`) within
+    // 10 ms. The tails are printed, not compared: on a shared 2-core machine the baseline's own
+    // p99 moves by more than 10 ms from run to run (8–22 ms seen). A request path that waited
+    // for the collector would hold requests for the export timeout (5 s here); none comes near.
+    let (up_p50, hung_p50) = (up[up.len() / 2], hung[hung.len() / 2]);
+    assert!(
+        hung_p50 <= up_p50 + Duration::from_millis(10),
+        "median with the receiver hung {hung_p50:?}, with it up {up_p50:?}"
+    );
     assert!(
         hung_max < Duration::from_millis(1000),
         "with the receiver hung a request took {hung_max:?} (the slowest with it up: {up_max:?})"

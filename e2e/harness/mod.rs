@@ -162,3 +162,25 @@ pub fn sum_metric(body: &str, name: &str, labels: &[&str]) -> f64 {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
+
+/// The A records `dig` gets for `name` from the DNS server at `server` (`+short`), one per line.
+pub async fn dig_a(server: std::net::SocketAddr, name: &str) -> Vec<String> {
+    let out = tokio::process::Command::new("dig")
+        .arg(format!("@{}", server.ip()))
+        .args([
+            "-p",
+            &server.port().to_string(),
+            "+time=2",
+            "+tries=2",
+            "+short",
+        ])
+        .args([name, "A"])
+        .output()
+        .await
+        .expect("run dig (Debian: apt-get install dnsutils)");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect()
+}
