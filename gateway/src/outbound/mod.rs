@@ -105,6 +105,37 @@ pub struct Outbound {
     pub tracing: isthmus_federation::telemetry::Tracing,
 }
 
+#[cfg(test)]
+impl Outbound {
+    /// An outbound side for unit tests: the table, this gateway's credential, its trust and
+    /// retry budget as given; defaults elsewhere (no access log, tracing off).
+    pub(crate) fn for_tests(
+        table: watch::Receiver<Arc<Snapshot>>,
+        certs: isthmus_federation::identity::CertStore,
+        trust: isthmus_federation::identity::TrustStore,
+        budget: crate::retry::Budget,
+    ) -> Arc<Outbound> {
+        let limits = Limits::default();
+        Arc::new(Outbound {
+            table: table.clone(),
+            pool: Arc::new(PeerPool::new(certs, trust, limits.clone())),
+            local: Arc::new(crate::inbound::Backends::new(limits.clone())),
+            limits,
+            access_log: false,
+            metrics: Arc::new(Metrics::default()),
+            health: Arc::new(Health::new(crate::health::HealthConfig::default())),
+            budget,
+            latencies: Arc::default(),
+            breakers: crate::retry::Breakers::default(),
+            trusted_sources: Vec::new(),
+            shadows: ShadowSlots::default(),
+            drain: crate::serve::Drain::new().1,
+            live: Arc::new(LiveSet::new(table, crate::accesslog::Side::Outbound, judge)),
+            tracing: Default::default(),
+        })
+    }
+}
+
 /// Whether `snap` still imports the service a tunnel reaches.
 pub fn judge(snap: &Snapshot, service: &ServiceName) -> Result<(), Closed> {
     if snap.imports.contains_key(service) {

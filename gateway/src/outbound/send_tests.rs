@@ -21,11 +21,7 @@ use tokio_rustls::TlsAcceptor;
 use super::{Outbound, Resolved};
 use crate::accesslog::{Entry, Side};
 use crate::body;
-use crate::config::Limits;
-use crate::health::{Health, HealthConfig};
-use crate::live::LiveSet;
-use crate::metrics::{Metrics, ResultLabels};
-use crate::pool::PeerPool;
+use crate::metrics::ResultLabels;
 use crate::table::{Backend, Import, PeerGateway, Snapshot, Target};
 
 fn credential(ca: &Ca, name: &str) -> CertStore {
@@ -166,28 +162,7 @@ pub(super) async fn east_with(
         ..Default::default()
     });
     let (_tx, table) = tokio::sync::watch::channel(snap.clone());
-    let limits = Limits::default();
-    let outbound = Arc::new(Outbound {
-        table: table.clone(),
-        pool: Arc::new(PeerPool::new(
-            credential(&east, "gw-1"),
-            trust,
-            limits.clone(),
-        )),
-        local: Arc::new(crate::inbound::Backends::new(limits.clone())),
-        limits,
-        access_log: false,
-        metrics: Arc::new(Metrics::default()),
-        health: Arc::new(Health::new(HealthConfig::default())),
-        budget,
-        latencies: Arc::default(),
-        breakers: crate::retry::Breakers::default(),
-        trusted_sources: Vec::new(),
-        shadows: super::ShadowSlots::default(),
-        drain: crate::serve::Drain::new().1,
-        live: Arc::new(LiveSet::new(table, Side::Outbound, super::judge)),
-        tracing: Default::default(),
-    });
+    let outbound = Outbound::for_tests(table, credential(&east, "gw-1"), trust, budget);
     let resolved = Resolved {
         target: Target {
             import: Arc::new(import),

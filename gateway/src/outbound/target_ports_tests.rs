@@ -13,13 +13,8 @@ use tokio::net::TcpStream;
 
 use super::Outbound;
 use super::target_ports::TargetPortListeners;
-use crate::accesslog::Side;
-use crate::config::Limits;
 use crate::fair::FairLimit;
-use crate::health::{Health, HealthConfig};
-use crate::live::LiveSet;
 use crate::metrics::Metrics;
-use crate::pool::PeerPool;
 use crate::refusals::RefusalLog;
 use crate::table::{Import, Port, PortProtocol, Snapshot, Target, TargetPortRoute};
 
@@ -27,28 +22,12 @@ const LOOPBACK: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 
 fn outbound() -> Arc<Outbound> {
     let (_tx, table) = tokio::sync::watch::channel(Arc::new(Snapshot::default()));
-    let limits = Limits::default();
-    Arc::new(Outbound {
-        table: table.clone(),
-        pool: Arc::new(PeerPool::new(
-            CertStore::default(),
-            TrustStore::new(),
-            limits.clone(),
-        )),
-        local: Arc::new(crate::inbound::Backends::new(limits.clone())),
-        limits,
-        access_log: false,
-        metrics: Arc::new(Metrics::default()),
-        health: Arc::new(Health::new(HealthConfig::default())),
-        budget: crate::retry::Budget::default(),
-        latencies: Arc::default(),
-        breakers: crate::retry::Breakers::default(),
-        trusted_sources: Vec::new(),
-        shadows: super::ShadowSlots::default(),
-        drain: crate::serve::Drain::new().1,
-        live: Arc::new(LiveSet::new(table, Side::Outbound, super::judge)),
-        tracing: Default::default(),
-    })
+    Outbound::for_tests(
+        table,
+        CertStore::default(),
+        TrustStore::new(),
+        crate::retry::Budget::default(),
+    )
 }
 
 /// A snapshot whose target ports carry `cart.shop` port 8080 (HTTP).
