@@ -103,6 +103,37 @@ fn nft(ns: &str, script: &str) -> anyhow::Result<()> {
 }
 
 /// Kills every process in `ns` and deletes it (best effort: used on cleanup paths).
+/// `curl` run inside namespace `ns`: `GET base+path`, with `params` URL-encoded into the query
+/// (`-G`) when there are any; the body, or the error curl gave.
+pub async fn curl_in(
+    ns: &str,
+    base: &str,
+    path: &str,
+    params: &[(&str, &str)],
+) -> anyhow::Result<String> {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns, "curl", "-sS", "--fail"])
+        .args(["--max-time", "5"]);
+    if !params.is_empty() {
+        cmd.arg("-G");
+    }
+    for (k, v) in params {
+        cmd.arg("--data-urlencode").arg(format!("{k}={v}"));
+    }
+    let out = cmd
+        .arg(format!("{base}{path}"))
+        .output()
+        .await
+        .context("curl (apt-get install curl)")?;
+    if !out.status.success() {
+        bail!(
+            "GET {path}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 fn remove_namespace(ns: &str) {
     if let Ok(pids) = run("ip", &["netns", "pids", ns]) {
         for pid in pids.split_whitespace() {
@@ -410,20 +441,7 @@ impl Node {
 
     /// `GET path` on the gateway's admin port (from inside the namespace).
     pub async fn gateway_admin(&self, path: &str) -> anyhow::Result<String> {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.ns, "curl", "-sS", "--fail"])
-            .args(["--max-time", "5"])
-            .arg(format!("http://127.0.0.1:{GW_ADMIN}{path}"))
-            .output()
-            .await
-            .context("curl (apt-get install curl)")?;
-        if !out.status.success() {
-            bail!(
-                "GET {path}: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        curl_in(&self.ns, &format!("http://127.0.0.1:{GW_ADMIN}"), path, &[]).await
     }
 
     /// Sum of the gateway's `/metrics` samples named `name` carrying every label in `labels`.

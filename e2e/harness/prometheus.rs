@@ -8,7 +8,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, bail};
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 
@@ -91,24 +90,7 @@ impl Prometheus {
 
     /// `GET path` with URL-encoded query parameters, from inside the router namespace.
     pub async fn get(&self, path: &str, params: &[(&str, &str)]) -> anyhow::Result<String> {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.router, "curl", "-sS", "--fail"])
-            .args(["--max-time", "5", "-G"]);
-        for (k, v) in params {
-            cmd.arg("--data-urlencode").arg(format!("{k}={v}"));
-        }
-        let out = cmd
-            .arg(format!("http://{PROM}{path}"))
-            .output()
-            .await
-            .context("curl (apt-get install curl)")?;
-        if !out.status.success() {
-            bail!(
-                "GET {path}: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        super::netns::curl_in(&self.router, &format!("http://{PROM}"), path, params).await
     }
 
     /// An instant query through `/api/v1/query`: its series.
