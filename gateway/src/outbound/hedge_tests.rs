@@ -6,8 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use http::{Method, StatusCode};
-use http_body_util::BodyExt as _;
+use http::Method;
 use isthmus_federation::model::policy::Hedge;
 use tokio::time::Instant;
 
@@ -61,14 +60,7 @@ async fn get(
     )
     .await
     .expect("an answer within the request's time");
-    let (response, _in_flight) = sent.map_err(|r| r.status()).expect("an answer");
-    assert_eq!(response.status(), StatusCode::OK);
-    let text = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
+    let text = super::send_tests::ok_body(sent).await;
     (
         started.elapsed(),
         String::from_utf8_lossy(&text).into_owned(),

@@ -220,14 +220,7 @@ async fn a_replayable_request_waiting_on_a_cluster_judged_down_moves_on_at_once(
     .await
     .expect("the request waited out its per-try timeout on the silent cluster");
     let took = started.elapsed();
-    let (response, _in_flight) = sent.map_err(|r| r.status()).expect("an answer");
-    assert_eq!(response.status(), StatusCode::OK);
-    let text = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
+    let text = ok_body(sent).await;
     assert_eq!(&text[..], b"south");
     assert!(took < PROMPT, "it moved on only after {took:?}");
     assert_eq!(entry.failed_over_from, [Arc::<str>::from("west")]);
@@ -278,4 +271,24 @@ async fn a_request_that_cannot_be_replayed_fails_fast_with_the_reason() {
     assert!(took < PROMPT, "it failed only after {took:?}");
     assert_eq!(entry.status, 502);
     assert_eq!(entry.reason.as_deref(), Some(said.as_str()));
+}
+
+/// The body of a 200 answer to `Outbound::send`; fails the test on anything else.
+pub(super) async fn ok_body(
+    sent: Result<
+        (
+            http::Response<hyper::body::Incoming>,
+            crate::retry::BreakerGuard,
+        ),
+        http::Response<crate::body::Body>,
+    >,
+) -> bytes::Bytes {
+    let (response, _in_flight) = sent.map_err(|r| r.status()).expect("an answer");
+    assert_eq!(response.status(), StatusCode::OK);
+    response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes()
 }
