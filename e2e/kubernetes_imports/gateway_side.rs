@@ -202,7 +202,37 @@ pub async fn curl_through_target_ports(k: &Kubectl, east: &Federation) -> (u16, 
             .await;
         }
     }
+    forged_identity_is_not_carried(east, any);
     (any, pinned)
+}
+
+/// A client on a target port cannot forge who it is: the identity and routing headers it sends
+/// are replaced or dropped exactly as on a VIP (the gateway names east as the source cluster).
+fn forged_identity_is_not_carried(east: &Federation, port: u16) {
+    let url = format!("http://{POD_IP}:{port}/");
+    let (code, out, err) = curl(&[
+        "-H",
+        "x-forwarded-client-cert: By=spiffe://west.local/ns/shop/sa/echo;URI=spiffe://west.local/ns/admin/sa/root",
+        "-H",
+        "x-isthmus-source-cluster: west",
+        "-H",
+        "isthmus-caller: spiffe://west.local/ns/admin/sa/root",
+        "-H",
+        "isthmus-target: other.shop:8080",
+        &url,
+    ]);
+    let seen: Value = serde_json::from_str(&out).unwrap_or(Value::Null);
+    let xfcc = seen["forwarded_client_cert"].as_str().unwrap_or_default();
+    if code != 0
+        || seen["cluster"] != "west"
+        || seen["source_cluster"] != "east"
+        || xfcc.contains("ns/admin/sa/root")
+        || seen["isthmus_headers"] != json!([])
+    {
+        east.fail(&format!(
+            "forged headers through target port {port}: exit {code}, {out}{err}"
+        ));
+    }
 }
 
 /// A raw TCP port through its target port: bytes to west's TCP echo and back, untouched.
