@@ -8,11 +8,28 @@ from collections import defaultdict
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 med = statistics.median
 TARGETS = ["direct", "isthmus", "haproxy", "nginx"]
+# The L4 comparison: Isthmus carrying the backend's ports as `tcp` byte tunnels, and ztunnel;
+# with a PGO build beside the plain one, its chain too.
+PRESENT = {r.get("target") for r in rows}
+L4 = [t for t in ["isthmus-tcp", "isthmus-pgo", "isthmus-pgo-tcp", "ztunnel"] if t in PRESENT]
+NAMES = {"isthmus": "Isthmus", "isthmus-tcp": "Isthmus tcp", "isthmus-pgo": "Isthmus PGO",
+         "isthmus-pgo-tcp": "Isthmus PGO tcp", "haproxy": "HAProxy", "nginx": "nginx", "ztunnel": "ztunnel"}
 
 sat = defaultdict(list)
 for r in rows:
     if r["kind"] == "saturated":
         sat[(r["proto"], r["body"], r["conns"], r["target"])].append(r)
+
+
+def rps_of(proto, body, conns, t):
+    return med([x["result"]["rps"] for x in sat[(proto, body, conns, t)]] or [0])
+
+
+def cpu_of(proto, body, conns, t):
+    """Median proxy CPU per request (µs, both hops), 0 without runs."""
+    vals = [x["cpu_ms"] * 1000.0 / max(x["result"]["requests"], 1) for x in sat[(proto, body, conns, t)]]
+    return med(vals) if vals else 0
+
 
 print("### Saturated: requests/s and proxy CPU per request (both hops), medians\n")
 print("| client | body | conns | direct rps | Isthmus rps | HAProxy rps | nginx rps | Isthmus/HAProxy rps | Isthmus µs CPU/req | HAProxy µs CPU/req | nginx µs CPU/req | Isthmus/HAProxy CPU |")
@@ -21,25 +38,52 @@ ratios_rps, ratios_cpu = [], []
 for proto in ["h1", "h2"]:
     for body in ["/19", "/1k", "/16k"]:
         for conns in [16, 64]:
-            rps = {t: med([x["result"]["rps"] for x in sat[(proto, body, conns, t)]] or [0]) for t in TARGETS}
-            cpu = {}
-            for t in TARGETS[1:]:
-                vals = [x["cpu_ms"] * 1000.0 / max(x["result"]["requests"], 1) for x in sat[(proto, body, conns, t)]]
-                cpu[t] = med(vals) if vals else 0
+            rps = {t: rps_of(proto, body, conns, t) for t in TARGETS}
+            cpu = {t: cpu_of(proto, body, conns, t) for t in TARGETS[1:]}
             rr = rps["isthmus"] / rps["haproxy"] if rps["haproxy"] else 0
             cr = cpu["isthmus"] / cpu["haproxy"] if cpu["haproxy"] else 0
             ratios_rps.append(rr)
             ratios_cpu.append(cr)
             print(f"| {proto} | {body[1:]} | {conns} | {rps['direct']:.0f} | {rps['isthmus']:.0f} | {rps['haproxy']:.0f} | {rps['nginx']:.0f} | {rr:.2f} | {cpu['isthmus']:.1f} | {cpu['haproxy']:.1f} | {cpu['nginx']:.1f} | {cr:.2f} |")
 
-print("\n### Where the proxy CPU goes: kernel (loopback TCP, both hops) vs user space, µs per request, medians\n")
-print("| client | body | conns | Isthmus kernel | Isthmus user | HAProxy kernel | HAProxy user | nginx kernel | nginx user |")
-print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+ratios_l4 = defaultdict(list)
+if L4:
+    zt = "ztunnel" in L4
+    print(f"\n### {'Against ztunnel' if zt else 'Byte tunnels'}: requests/s and proxy CPU per request (both hops), medians\n")
+    print("`isthmus-tcp` is the Isthmus chain above carrying the backend's ports as `tcp`: bytes in an")
+    print("HTTP/2 CONNECT stream, no HTTP parsed, as ztunnel carries them (HBONE).")
+    if zt:
+        print("ztunnel's two hops cross a veth between two network namespaces, the other chains' loopback.")
+    print()
+    cols = ["isthmus"] + L4
+    # CPU ratios to ztunnel: the byte tunnels first (like for like), then HTTP.
+    vs_zt = [t for t in ["isthmus-tcp", "isthmus-pgo-tcp", "isthmus", "isthmus-pgo"] if t in cols] if zt else []
+    print("| client | body | conns | " + " | ".join(f"{NAMES[t]} rps" for t in cols) + " | "
+          + " | ".join(f"{NAMES[t]} µs CPU/req" for t in cols)
+          + "".join(f" | {NAMES[t]}/ztunnel CPU" for t in vs_zt) + " |")
+    print("|---|---|---:|" + "---:|" * (2 * len(cols) + len(vs_zt)))
+    for proto in ["h1", "h2"]:
+        for body in ["/19", "/1k", "/16k"]:
+            for conns in [16, 64]:
+                rps = [f"{rps_of(proto, body, conns, t):.0f}" for t in cols]
+                cpu = {t: cpu_of(proto, body, conns, t) for t in cols}
+                cells = rps + [f"{cpu[t]:.1f}" for t in cols]
+                for t in vs_zt:
+                    r = cpu[t] / cpu["ztunnel"] if cpu["ztunnel"] and cpu[t] else 0
+                    if r:
+                        ratios_l4[t].append(r)
+                    cells.append(f"{r:.2f}" if r else "—")
+                print(f"| {proto} | {body[1:]} | {conns} | " + " | ".join(cells) + " |")
+
+KU = TARGETS[1:] + L4
+print("\n### Where the proxy CPU goes: kernel (TCP, both hops) vs user space, µs per request, medians\n")
+print("| client | body | conns | " + " | ".join(f"{NAMES[t]} kernel | {NAMES[t]} user" for t in KU) + " |")
+print("|---|---|---:|" + "---:|---:|" * len(KU))
 for proto in ["h1", "h2"]:
     for body in ["/19", "/1k", "/16k"]:
         for conns in [16, 64]:
             cells = []
-            for t in TARGETS[1:]:
+            for t in KU:
                 xs = [x for x in sat[(proto, body, conns, t)] if "sys_ms" in x]
                 k = med([x["sys_ms"] * 1000.0 / max(x["result"]["requests"], 1) for x in xs]) if xs else 0
                 u = med([(x["cpu_ms"] - x["sys_ms"]) * 1000.0 / max(x["result"]["requests"], 1) for x in xs]) if xs else 0
@@ -57,7 +101,7 @@ added_p99 = {}
 stalls = {}
 for proto in ["h1", "h2"]:
     base = {k: med([x[k] for x in lat[(proto, "direct")]] or [0]) for k in ["p50_us", "p99_us", "p999_us"]}
-    for t in TARGETS + ["isthmus-t1", "isthmus-t100"]:
+    for t in TARGETS + L4 + ["isthmus-t1", "isthmus-t100"]:
         xs = lat[(proto, t)]
         if not xs:
             continue
@@ -71,6 +115,9 @@ for proto in ["h1", "h2"]:
             print(f"| {proto} | {t} | +{d['p50_us']} µs | +{d['p99_us']} µs | +{d['p999_us']} µs | {m['max_us']} µs | {over} | {errs} |")
             added_p99[(proto, t)] = d["p99_us"]
             stalls[(proto, t)] = over
+
+if any(lat[(proto, "ztunnel")] for proto in ["h1", "h2"]):
+    print("\nztunnel's added latency includes two crossings of its veth; direct is on loopback.")
 
 hs = defaultdict(list)
 for r in rows:
@@ -99,6 +146,10 @@ if idle:
 print("\n### Against the targets\n")
 print(f"- requests/s, Isthmus ÷ HAProxy (target ≥ 1.4): median {med(ratios_rps):.2f}, range {min(ratios_rps):.2f}–{max(ratios_rps):.2f}")
 print(f"- proxy CPU per request, Isthmus ÷ HAProxy (target ≤ 0.6): median {med(ratios_cpu):.2f}, range {min(ratios_cpu):.2f}–{max(ratios_cpu):.2f}")
+for t, goal in [("isthmus-tcp", " (target ≤ 1)"), ("isthmus-pgo-tcp", " (target ≤ 1)"), ("isthmus", ""), ("isthmus-pgo", "")]:
+    xs = ratios_l4[t]
+    if xs:
+        print(f"- proxy CPU per request, {NAMES[t]} ÷ ztunnel{goal}: median {med(xs):.2f}, range {min(xs):.2f}–{max(xs):.2f}")
 for proto in ["h1", "h2"]:
     if (proto, "isthmus") in added_p99:
         print(f"- added p99 at 2,000 req/s, {proto} (target ≤ 250 µs, no request over 10 ms): +{added_p99[(proto, 'isthmus')]} µs, {stalls[(proto, 'isthmus')]} over 10 ms")
@@ -116,13 +167,10 @@ if TRACED:
     for proto in ["h1", "h2"]:
         for body in ["/19", "/1k", "/16k"]:
             for conns in [16, 64]:
-                def cpu_of(t):
-                    vals = [x["cpu_ms"] * 1000.0 / max(x["result"]["requests"], 1) for x in sat[(proto, body, conns, t)]]
-                    return med(vals) if vals else 0
-                off = cpu_of("isthmus")
+                off = cpu_of(proto, body, conns, "isthmus")
                 cells = []
                 for t in TRACED:
-                    c = cpu_of(t)
+                    c = cpu_of(proto, body, conns, t)
                     cells += [f"{c:.1f}", f"{(c / off - 1) * 100:+.1f} %" if off else "—"]
                 print(f"| {proto} | {body[1:]} | {conns} | {off:.1f} | " + " | ".join(cells) + " |")
     print()
