@@ -15,6 +15,11 @@ use isthmus_federation::telemetry::{KeyValue, SpanKind, TRACEPARENT, TraceSpan, 
 
 use crate::accesslog::{Entry, Side};
 
+/// Attributes an exchange's span holds at most: four at start, seven set by [`finish`].
+const EXCHANGE_ATTRIBUTES: usize = 11;
+/// Attributes a try's span holds at most: nine at start, two set by [`end_try`].
+const TRY_ATTRIBUTES: usize = 11;
+
 /// A method's name for span names and attributes; other methods are `_OTHER` (semconv).
 fn method(m: &Method) -> &'static str {
     match *m {
@@ -47,11 +52,13 @@ fn version(v: Version) -> &'static str {
 pub fn exchange<B>(tracing: &Tracing, side: Side, req: &Request<B>) -> Option<Box<TraceSpan>> {
     let parent = tracing.sample(req.headers())?;
     let m = method(req.method());
-    let mut attributes = vec![
+    // Room for what `finish` sets, so the span's attributes are allocated once.
+    let mut attributes = Vec::with_capacity(EXCHANGE_ATTRIBUTES);
+    attributes.extend([
         KeyValue::new("http.request.method", m),
         KeyValue::new("network.protocol.version", version(req.version())),
         KeyValue::new("url.path", req.uri().path().to_string()),
-    ];
+    ]);
     let host = req
         .uri()
         .authority()
@@ -93,7 +100,8 @@ pub struct Try<'a> {
 
 /// A client span for one try under the exchange's span; [`inject`] it into the try's request.
 pub fn start_try(exchange: &TraceSpan, t: Try<'_>) -> TraceSpan {
-    let mut attributes = vec![
+    let mut attributes = Vec::with_capacity(TRY_ATTRIBUTES);
+    attributes.extend([
         KeyValue::new("isthmus.try", i64::from(t.number)),
         KeyValue::new(
             "http.request.resend_count",
@@ -103,8 +111,8 @@ pub fn start_try(exchange: &TraceSpan, t: Try<'_>) -> TraceSpan {
         KeyValue::new("isthmus.failover", t.failover),
         KeyValue::new("isthmus.shadow", t.shadow),
         KeyValue::new("isthmus.hedge", t.hedge),
-        KeyValue::new("isthmus.destination.cluster", t.cluster.to_string()),
-    ];
+        KeyValue::new("isthmus.destination.cluster", Arc::clone(t.cluster)),
+    ]);
     if let Some(gateway) = t.gateway {
         attributes.extend(peer_address(gateway));
     }
@@ -153,14 +161,14 @@ pub fn finish(mut span: TraceSpan, entry: &Entry) {
         ));
     }
     if let Some(s) = &entry.service {
-        span.set(KeyValue::new("isthmus.service", s.to_string()));
+        span.set(KeyValue::new("isthmus.service", Arc::clone(s)));
     }
     if !entry.src_cluster.is_empty() {
-        let c = entry.src_cluster.to_string();
+        let c = Arc::clone(&entry.src_cluster);
         span.set(KeyValue::new("isthmus.source.cluster", c));
     }
     if let Some(c) = &entry.dst_cluster {
-        span.set(KeyValue::new("isthmus.destination.cluster", c.to_string()));
+        span.set(KeyValue::new("isthmus.destination.cluster", Arc::clone(c)));
     }
     if entry.shadow {
         span.set(KeyValue::new("isthmus.shadow", true));

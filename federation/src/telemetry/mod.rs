@@ -1,6 +1,6 @@
 //! OpenTelemetry traces: the `tracing:` config section, W3C trace context, sampling, and OTLP/gRPC
-//! export (on the workspace's tonic) through a bounded queue whose overflow is dropped and
-//! counted. Both the federation (control-plane work) and the gateway (every sampled exchange)
+//! export (encoded from the SDK's spans in one pass, sent on the workspace's tonic) through a
+//! bounded buffer whose overflow is dropped and counted. Both the federation (control-plane work) and the gateway (every sampled exchange)
 //! trace through a [`Tracing`] handle.
 //!
 //! Must not: block or allocate on a request path that is not sampled (the decision is made on
@@ -10,6 +10,7 @@
 mod config;
 mod context;
 mod export;
+mod otlp;
 
 use std::sync::Arc;
 
@@ -18,7 +19,6 @@ use opentelemetry::trace::{
     Span as _, SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceId, TraceState,
     Tracer as _, TracerProvider as _,
 };
-use opentelemetry_otlp::{WithExportConfig as _, WithTonicConfig as _};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::{IdGenerator as _, RandomIdGenerator, Sampler, SdkTracer};
 use prometheus_client::metrics::counter::Counter;
@@ -83,15 +83,8 @@ impl Tracing {
             .with_service_name(service)
             .with_attributes(identity)
             .build();
-        let mut exporter = opentelemetry_otlp::SpanExporter::builder()
-            .with_tonic()
-            .with_endpoint(endpoint.clone())
-            .with_timeout(config.export_timeout)
-            // A failed batch is dropped and counted at once; retrying would hold the queue.
-            .with_retry_policy(opentelemetry_otlp::RetryPolicy::disabled())
-            .build()
-            .map_err(|e| failed(e.to_string()))?;
-        opentelemetry_sdk::trace::SpanExporter::set_resource(&mut exporter, &resource);
+        let exporter =
+            otlp::OtlpExporter::new(endpoint, config.export_timeout, &resource).map_err(failed)?;
         let processor = export::start(
             exporter,
             export::Batching {
