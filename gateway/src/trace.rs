@@ -103,16 +103,17 @@ pub fn start_try(exchange: &TraceSpan, t: Try<'_>) -> TraceSpan {
     let mut attributes = Vec::with_capacity(TRY_ATTRIBUTES);
     attributes.extend([
         KeyValue::new("isthmus.try", i64::from(t.number)),
-        KeyValue::new(
-            "http.request.resend_count",
-            i64::from(t.number.saturating_sub(1)),
-        ),
         KeyValue::new("isthmus.retry", t.number > 1),
         KeyValue::new("isthmus.failover", t.failover),
         KeyValue::new("isthmus.shadow", t.shadow),
         KeyValue::new("isthmus.hedge", t.hedge),
         KeyValue::new("isthmus.destination.cluster", Arc::clone(t.cluster)),
     ]);
+    if t.number > 1 {
+        // Only on a resent request (HTTP semantic conventions: conditionally required).
+        let resent = i64::from(t.number - 1);
+        attributes.push(KeyValue::new("http.request.resend_count", resent));
+    }
     if let Some(gateway) = t.gateway {
         attributes.extend(peer_address(gateway));
     }
@@ -131,9 +132,12 @@ pub fn peer_address(gateway: &str) -> impl Iterator<Item = KeyValue> {
     .chain(port.map(|p| KeyValue::new("server.port", p)))
 }
 
-/// Names `span` as the parent of the next hop's.
+/// Names `span` as the parent of the next hop's. The value is new on every request, so HPACK
+/// must never index it: it would only evict the headers that repeat from the peers' tables.
 pub fn inject(span: &TraceSpan, headers: &mut HeaderMap) {
-    headers.insert(TRACEPARENT, span.traceparent());
+    let mut value = span.traceparent();
+    value.set_sensitive(true);
+    headers.insert(TRACEPARENT, value);
 }
 
 /// Ends a try's span: answered with `status` (a failed try when `error` says why).

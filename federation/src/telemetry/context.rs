@@ -17,20 +17,36 @@ pub struct TraceParent {
     pub sampled: bool,
 }
 
-fn hex_digit(b: u8) -> Option<u8> {
-    // Lowercase only (W3C Trace Context §3.2.2).
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        _ => None,
+/// Each byte's value as a lowercase hex digit (W3C Trace Context §3.2.2), or `INVALID`.
+const HEX_VALUE: [u8; 256] = {
+    let mut table = [INVALID; 256];
+    let mut i = 0;
+    while i < 10 {
+        table[b'0' as usize + i] = i as u8;
+        i += 1;
     }
-}
+    let mut i = 0;
+    while i < 6 {
+        table[b'a' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    table
+};
+const INVALID: u8 = 0xff;
 
+/// Decodes `2 * out.len()` hex digits; one table lookup a digit and one check for the whole
+/// field (the inbound side parses a `traceparent` on every traced request).
 fn hex_into(text: &[u8], out: &mut [u8]) -> Option<()> {
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = hex_digit(text[2 * i])? << 4 | hex_digit(text[2 * i + 1])?;
+    let mut bad = 0;
+    for (byte, pair) in out.iter_mut().zip(text.chunks_exact(2)) {
+        let (hi, lo) = (
+            HEX_VALUE[usize::from(pair[0])],
+            HEX_VALUE[usize::from(pair[1])],
+        );
+        bad |= hi | lo;
+        *byte = hi << 4 | lo;
     }
-    Some(())
+    (bad & 0xf0 == 0).then_some(())
 }
 
 impl TraceParent {
