@@ -1,9 +1,9 @@
 //! OTLP/gRPC export written straight from the SDK's finished spans: a batch is encoded as one
 //! `ExportTraceServiceRequest` (opentelemetry-proto's `collector/trace/v1`) in one pass into one
 //! buffer, the resource encoded once at start, and sent with tonic as bytes to
-//! `TraceService/Export`. A gateway that traces every request ends three spans per request;
-//! building a message tree per span (a copy of every attribute) and cloning each batch first is
-//! what the generic exporter does, and that was a third of the gateway's tracing cost.
+//! `TraceService/Export`. A gateway that traces every request ends three spans per request; the
+//! generic exporter cloned each batch and built a message tree per span (a copy of every
+//! attribute) before encoding it (BENCHMARKS.md, "Tracing", has what this saves).
 //!
 //! Must not: emit a message that differs from what opentelemetry-proto would encode for the same
 //! spans (the tests decode both and compare), or panic on a value kind it does not know (a newer
