@@ -15,6 +15,9 @@ L4 = [t for t in ["isthmus-tcp", "isthmus-pgo", "isthmus-pgo-tcp", "ztunnel"] if
 NAMES = {"isthmus": "Isthmus", "isthmus-tcp": "Isthmus tcp", "isthmus-pgo": "Isthmus PGO",
          "isthmus-pgo-tcp": "Isthmus PGO tcp", "haproxy": "HAProxy", "nginx": "nginx", "ztunnel": "ztunnel"}
 
+# The saturated cases, in table order: client, body, connections.
+CELLS = [(p, b, c) for p in ["h1", "h2"] for b in ["/19", "/1k", "/16k"] for c in [16, 64]]
+
 sat = defaultdict(list)
 for r in rows:
     if r["kind"] == "saturated":
@@ -34,14 +37,12 @@ def cpu_of(proto, body, conns, t):
 print("### Saturated: requests/s and proxy CPU per request (both hops), medians\n")
 print("| client | body | conns | direct rps | Isthmus rps | HAProxy rps | nginx rps | Isthmus/HAProxy rps | Isthmus µs CPU/req | HAProxy µs CPU/req | nginx µs CPU/req | Isthmus/HAProxy CPU |")
 print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-for proto in ["h1", "h2"]:
-    for body in ["/19", "/1k", "/16k"]:
-        for conns in [16, 64]:
-            rps = {t: rps_of(proto, body, conns, t) for t in TARGETS}
-            cpu = {t: cpu_of(proto, body, conns, t) for t in TARGETS[1:]}
-            rr = rps["isthmus"] / rps["haproxy"] if rps["haproxy"] else 0
-            cr = cpu["isthmus"] / cpu["haproxy"] if cpu["haproxy"] else 0
-            print(f"| {proto} | {body[1:]} | {conns} | {rps['direct']:.0f} | {rps['isthmus']:.0f} | {rps['haproxy']:.0f} | {rps['nginx']:.0f} | {rr:.2f} | {cpu['isthmus']:.1f} | {cpu['haproxy']:.1f} | {cpu['nginx']:.1f} | {cr:.2f} |")
+for proto, body, conns in CELLS:
+    rps = {t: rps_of(proto, body, conns, t) for t in TARGETS}
+    cpu = {t: cpu_of(proto, body, conns, t) for t in TARGETS[1:]}
+    rr = rps["isthmus"] / rps["haproxy"] if rps["haproxy"] else 0
+    cr = cpu["isthmus"] / cpu["haproxy"] if cpu["haproxy"] else 0
+    print(f"| {proto} | {body[1:]} | {conns} | {rps['direct']:.0f} | {rps['isthmus']:.0f} | {rps['haproxy']:.0f} | {rps['nginx']:.0f} | {rr:.2f} | {cpu['isthmus']:.1f} | {cpu['haproxy']:.1f} | {cpu['nginx']:.1f} | {cr:.2f} |")
 
 if L4:
     zt = "ztunnel" in L4
@@ -58,31 +59,27 @@ if L4:
           + " | ".join(f"{NAMES[t]} µs CPU/req" for t in cols)
           + "".join(f" | {NAMES[t]}/ztunnel CPU" for t in vs_zt) + " |")
     print("|---|---|---:|" + "---:|" * (2 * len(cols) + len(vs_zt)))
-    for proto in ["h1", "h2"]:
-        for body in ["/19", "/1k", "/16k"]:
-            for conns in [16, 64]:
-                rps = [f"{rps_of(proto, body, conns, t):.0f}" for t in cols]
-                cpu = {t: cpu_of(proto, body, conns, t) for t in cols}
-                cells = rps + [f"{cpu[t]:.1f}" for t in cols]
-                for t in vs_zt:
-                    r = cpu[t] / cpu["ztunnel"] if cpu["ztunnel"] and cpu[t] else 0
-                    cells.append(f"{r:.2f}" if r else "—")
-                print(f"| {proto} | {body[1:]} | {conns} | " + " | ".join(cells) + " |")
+    for proto, body, conns in CELLS:
+        rps = [f"{rps_of(proto, body, conns, t):.0f}" for t in cols]
+        cpu = {t: cpu_of(proto, body, conns, t) for t in cols}
+        cells = rps + [f"{cpu[t]:.1f}" for t in cols]
+        for t in vs_zt:
+            r = cpu[t] / cpu["ztunnel"] if cpu["ztunnel"] and cpu[t] else 0
+            cells.append(f"{r:.2f}" if r else "—")
+        print(f"| {proto} | {body[1:]} | {conns} | " + " | ".join(cells) + " |")
 
 KU = TARGETS[1:] + L4
 print("\n### Where the proxy CPU goes: kernel (TCP, both hops) vs user space, µs per request, medians\n")
 print("| client | body | conns | " + " | ".join(f"{NAMES[t]} kernel | {NAMES[t]} user" for t in KU) + " |")
 print("|---|---|---:|" + "---:|---:|" * len(KU))
-for proto in ["h1", "h2"]:
-    for body in ["/19", "/1k", "/16k"]:
-        for conns in [16, 64]:
-            cells = []
-            for t in KU:
-                xs = [x for x in sat[(proto, body, conns, t)] if "sys_ms" in x]
-                k = med([x["sys_ms"] * 1000.0 / max(x["result"]["requests"], 1) for x in xs]) if xs else 0
-                u = med([(x["cpu_ms"] - x["sys_ms"]) * 1000.0 / max(x["result"]["requests"], 1) for x in xs]) if xs else 0
-                cells += [f"{k:.1f}", f"{u:.1f}"]
-            print(f"| {proto} | {body[1:]} | {conns} | " + " | ".join(cells) + " |")
+for proto, body, conns in CELLS:
+    cells = []
+    for t in KU:
+        xs = [x for x in sat[(proto, body, conns, t)] if "sys_ms" in x]
+        k = med([x["sys_ms"] * 1000.0 / max(x["result"]["requests"], 1) for x in xs]) if xs else 0
+        u = med([(x["cpu_ms"] - x["sys_ms"]) * 1000.0 / max(x["result"]["requests"], 1) for x in xs]) if xs else 0
+        cells += [f"{k:.1f}", f"{u:.1f}"]
+    print(f"| {proto} | {body[1:]} | {conns} | " + " | ".join(cells) + " |")
 
 lat = defaultdict(list)
 for r in rows:
@@ -140,7 +137,7 @@ if idle:
 print("\n### Against the targets\n")
 # The small-body cells (19 B and 1 KiB; h1 and h2 clients; 16 and 64 connections): where a proxy's
 # own work, not copying bytes, decides the cost.
-SMALL = [(p, b, c) for p in ["h1", "h2"] for b in ["/19", "/1k"] for c in [16, 64]]
+SMALL = [cell for cell in CELLS if cell[1] != "/16k"]
 
 
 def ratio_range(num, den, of=cpu_of):
@@ -183,15 +180,13 @@ if TRACED:
     print("\n### Tracing: CPU per request and added p99 against tracing off (same run), medians\n")
     print("| client | body | conns | off µs CPU/req | " + " | ".join(f"{t[8:]} µs CPU/req | {t[8:]} vs off" for t in TRACED) + " |")
     print("|---|---|---:|---:|" + "---:|---:|" * len(TRACED))
-    for proto in ["h1", "h2"]:
-        for body in ["/19", "/1k", "/16k"]:
-            for conns in [16, 64]:
-                off = cpu_of(proto, body, conns, "isthmus")
-                cells = []
-                for t in TRACED:
-                    c = cpu_of(proto, body, conns, t)
-                    cells += [f"{c:.1f}", f"{(c / off - 1) * 100:+.1f} %" if off else "—"]
-                print(f"| {proto} | {body[1:]} | {conns} | {off:.1f} | " + " | ".join(cells) + " |")
+    for proto, body, conns in CELLS:
+        off = cpu_of(proto, body, conns, "isthmus")
+        cells = []
+        for t in TRACED:
+            c = cpu_of(proto, body, conns, t)
+            cells += [f"{c:.1f}", f"{(c / off - 1) * 100:+.1f} %" if off else "—"]
+        print(f"| {proto} | {body[1:]} | {conns} | {off:.1f} | " + " | ".join(cells) + " |")
     print()
     for proto in ["h1", "h2"]:
         for t in TRACED:
