@@ -187,34 +187,25 @@ fn put_opt_varint(buf: &mut Vec<u8>, field: u32, v: u64) {
     }
 }
 
-fn fixed64_len(field: u32, v: u64) -> usize {
-    if v == 0 {
+/// A proto3 fixed-width field, given as its little-endian bytes (4: `fixed32`, 8: `fixed64`):
+/// absent when zero.
+fn fixed_len<const N: usize>(field: u32, le: [u8; N]) -> usize {
+    if le == [0; N] {
         0
     } else {
-        varint_len(tag(field, FIXED64)) + 8
+        varint_len(tag(field, fixed_wire(N))) + N
     }
 }
 
-fn put_fixed64(buf: &mut Vec<u8>, field: u32, v: u64) {
-    if v != 0 {
-        put_varint(buf, tag(field, FIXED64));
-        buf.extend_from_slice(&v.to_le_bytes());
+fn put_fixed<const N: usize>(buf: &mut Vec<u8>, field: u32, le: [u8; N]) {
+    if le != [0; N] {
+        put_varint(buf, tag(field, fixed_wire(N)));
+        buf.extend_from_slice(&le);
     }
 }
 
-fn fixed32_len(field: u32, v: u32) -> usize {
-    if v == 0 {
-        0
-    } else {
-        varint_len(tag(field, FIXED32)) + 4
-    }
-}
-
-fn put_fixed32(buf: &mut Vec<u8>, field: u32, v: u32) {
-    if v != 0 {
-        put_varint(buf, tag(field, FIXED32));
-        buf.extend_from_slice(&v.to_le_bytes());
-    }
+fn fixed_wire(width: usize) -> u32 {
+    if width == 8 { FIXED64 } else { FIXED32 }
 }
 
 // --- OTLP messages ----------------------------------------------------------------------------
@@ -354,14 +345,17 @@ fn prepare(span: &SpanData) -> Prepared<'_> {
         }
         + opt_bytes_len(5, span.name.len())
         + opt_varint_len(6, kind(&span.span_kind))
-        + fixed64_len(7, nanos(span.start_time))
-        + fixed64_len(8, nanos(span.end_time))
+        + fixed_len(7, nanos(span.start_time).to_le_bytes())
+        + fixed_len(8, nanos(span.end_time).to_le_bytes())
         + attributes_len(9, &span.attributes)
         + opt_varint_len(10, u64::from(span.dropped_attributes_count))
         + opt_varint_len(12, u64::from(span.events.dropped_count))
         + opt_varint_len(14, u64::from(span.links.dropped_count))
         + delimited_len(15, status_len(&span.status))
-        + fixed32_len(16, flags(&span.span_context, span.parent_span_is_remote));
+        + fixed_len(
+            16,
+            flags(&span.span_context, span.parent_span_is_remote).to_le_bytes(),
+        );
     for event in span.events.iter() {
         len += delimited_len(11, event_len(event));
     }
@@ -376,7 +370,7 @@ fn prepare(span: &SpanData) -> Prepared<'_> {
 }
 
 fn event_len(e: &opentelemetry::trace::Event) -> usize {
-    fixed64_len(1, nanos(e.timestamp))
+    fixed_len(1, nanos(e.timestamp).to_le_bytes())
         + opt_bytes_len(2, e.name.len())
         + attributes_len(3, &e.attributes)
         + opt_varint_len(4, u64::from(e.dropped_attributes_count))
@@ -388,7 +382,10 @@ fn link_len(l: &opentelemetry::trace::Link) -> usize {
         + opt_bytes_len(3, l.span_context.trace_state().header().len())
         + attributes_len(4, &l.attributes)
         + opt_varint_len(5, u64::from(l.dropped_attributes_count))
-        + fixed32_len(6, flags(&l.span_context, l.span_context.is_remote()))
+        + fixed_len(
+            6,
+            flags(&l.span_context, l.span_context.is_remote()).to_le_bytes(),
+        )
 }
 
 fn put_span(buf: &mut Vec<u8>, p: &Prepared<'_>) {
@@ -401,13 +398,13 @@ fn put_span(buf: &mut Vec<u8>, p: &Prepared<'_>) {
     }
     put_opt_bytes(buf, 5, s.name.as_bytes());
     put_opt_varint(buf, 6, kind(&s.span_kind));
-    put_fixed64(buf, 7, nanos(s.start_time));
-    put_fixed64(buf, 8, nanos(s.end_time));
+    put_fixed(buf, 7, nanos(s.start_time).to_le_bytes());
+    put_fixed(buf, 8, nanos(s.end_time).to_le_bytes());
     put_attributes(buf, 9, &s.attributes);
     put_opt_varint(buf, 10, u64::from(s.dropped_attributes_count));
     for e in s.events.iter() {
         message(buf, 11, event_len(e), |b| {
-            put_fixed64(b, 1, nanos(e.timestamp));
+            put_fixed(b, 1, nanos(e.timestamp).to_le_bytes());
             put_opt_bytes(b, 2, e.name.as_bytes());
             put_attributes(b, 3, &e.attributes);
             put_opt_varint(b, 4, u64::from(e.dropped_attributes_count));
@@ -421,7 +418,11 @@ fn put_span(buf: &mut Vec<u8>, p: &Prepared<'_>) {
             put_opt_bytes(b, 3, l.span_context.trace_state().header().as_bytes());
             put_attributes(b, 4, &l.attributes);
             put_opt_varint(b, 5, u64::from(l.dropped_attributes_count));
-            put_fixed32(b, 6, flags(&l.span_context, l.span_context.is_remote()));
+            put_fixed(
+                b,
+                6,
+                flags(&l.span_context, l.span_context.is_remote()).to_le_bytes(),
+            );
         });
     }
     put_opt_varint(buf, 14, u64::from(s.links.dropped_count));
@@ -430,7 +431,11 @@ fn put_span(buf: &mut Vec<u8>, p: &Prepared<'_>) {
         put_opt_bytes(b, 2, text.as_bytes());
         put_opt_varint(b, 3, code);
     });
-    put_fixed32(buf, 16, flags(&s.span_context, s.parent_span_is_remote));
+    put_fixed(
+        buf,
+        16,
+        flags(&s.span_context, s.parent_span_is_remote).to_le_bytes(),
+    );
 }
 
 fn scope_len(scope: &InstrumentationScope) -> usize {
