@@ -1,10 +1,11 @@
 //! OpenTelemetry traces through both gateways, against a real OTLP/gRPC receiver
 //! (`opentelemetry-proto` + `grpcio` in the e2e venv): a request from east to a service of west
-//! (HTTP/1.1, then gRPC) is one trace whose spans chain caller → east outbound (exchange, try) →
-//! serving inbound, with the HTTP semantic-convention and `isthmus.*` attributes, and the
-//! `traceparent` the service saw names the inbound span; a request retried on south after west
-//! failed has a failed first try (west's failed inbound under it) and a second try (south's
-//! inbound under it). A caller's unsampled decision is honoured. With the receiver hung, then
+//! (HTTP/1.1, then gRPC) is one trace whose spans chain caller → east outbound → serving
+//! inbound (one span each side: the exchange's span stands for a first try that answers), with
+//! the HTTP semantic-convention and `isthmus.*` attributes, and the `traceparent` the service saw
+//! names the inbound span; a request retried on south after west failed has west's failed
+//! inbound under the exchange with a failed first try's span beside it, and a second try's span
+//! with south's inbound under it. A caller's unsampled decision is honoured. With the receiver hung, then
 //! killed, requests all succeed and none waits for it (client side), and the gateway counts the
 //! spans it dropped. The federations trace their control-plane rounds too.
 
@@ -36,20 +37,15 @@ fn east_exchange<'a>(spans: &'a [Value], parent: &str) -> &'a Value {
     exchange
 }
 
-/// Checks one try and the inbound span under it; returns the inbound span.
-fn try_and_inbound<'a>(
-    spans: &'a [Value],
-    exchange: &Value,
-    number: i64,
-    cluster: &str,
-) -> &'a Value {
+/// Checks a try's own span under the exchange (a later try, or a failed first one).
+fn own_try<'a>(spans: &'a [Value], exchange: &Value, number: i64, cluster: &str) -> &'a Value {
     let t = child(
         spans,
         exchange["span_id"].as_str().unwrap_or_default(),
-        |s| attr(s, "isthmus.try") == number && attr(s, "isthmus.destination.cluster") == cluster,
+        |s| s["name"] == "try" && attr(s, "isthmus.try") == number,
     );
     assert_eq!(t["kind"], CLIENT, "{t}");
-    assert_eq!(t["name"], "try");
+    assert_eq!(attr(t, "isthmus.destination.cluster"), cluster, "{t}");
     assert_eq!(attr(t, "isthmus.retry"), number > 1, "{t}");
     assert_eq!(attr(t, "isthmus.shadow"), false, "{t}");
     // Set on resent requests only (HTTP semantic conventions).
@@ -58,9 +54,16 @@ fn try_and_inbound<'a>(
     } else {
         assert!(attr(t, "http.request.resend_count").is_null(), "{t}");
     }
-    assert!(attr(t, "server.port").as_i64().is_some(), "{t}");
-    let inbound = child(spans, t["span_id"].as_str().unwrap_or_default(), |_| true);
-    assert_eq!(inbound["kind"], SERVER, "{inbound}");
+    assert!(attr(t, "network.peer.port").as_i64().is_some(), "{t}");
+    t
+}
+
+/// Checks the inbound span of `cluster` under `parent` (the exchange for its first try, a try's
+/// own span for a later one) and returns it.
+fn inbound_under<'a>(spans: &'a [Value], parent: &Value, cluster: &str) -> &'a Value {
+    let inbound = child(spans, parent["span_id"].as_str().unwrap_or_default(), |s| {
+        s["kind"] == SERVER
+    });
     assert_eq!(attr(inbound, "isthmus.source.cluster"), "east", "{inbound}");
     assert_eq!(
         attr(inbound, "isthmus.destination.cluster"),
@@ -140,7 +143,7 @@ async fn one_trace_chains_caller_outbound_inbound_and_service() {
     assert_eq!(code, 0, "{err}");
     let seen: Value = serde_json::from_str(&out).expect("JSON from the echo");
     assert_eq!(seen["cluster"], "west", "{seen}");
-    let spans = receiver.trace(&trace, |s| s.len() >= 3).await;
+    let spans = receiver.trace(&trace, |s| s.len() >= 2).await;
     let exchange = east_exchange(&spans, &parent);
     assert_eq!(exchange["name"], "GET");
     for (key, want) in [
@@ -154,15 +157,20 @@ async fn one_trace_chains_caller_outbound_inbound_and_service() {
         ("http.response.status_code", json!(200)),
         ("isthmus.service", json!("echo.demo")),
         ("isthmus.destination.cluster", json!("west")),
+        // Answered by its first try, which the exchange's span stands for.
+        ("isthmus.try", json!(1)),
     ] {
         assert_eq!(attr(exchange, key), &want, "{key}: {exchange}");
     }
-    let inbound = try_and_inbound(&spans, exchange, 1, "west");
+    let inbound = inbound_under(&spans, exchange, "west");
     assert_eq!(attr(inbound, "http.response.status_code"), 200);
     assert_eq!(attr(inbound, "isthmus.service"), "echo.demo");
     assert_eq!(attr(inbound, "url.path"), "/hello");
     assert_eq!(seen["traceparent"], traceparent(&trace, inbound), "{seen}");
-    assert_eq!(spans.len(), 3, "{spans:#?}");
+    // One span on each side: the first try has no span of its own when it answers.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let spans = receiver.trace(&trace, |s| s.len() >= 2).await;
+    assert_eq!(spans.len(), 2, "{spans:#?}");
 
     // A caller that decided not to sample (parent-based): nothing is traced, and the service
     // sees the caller's own traceparent, untouched.
@@ -198,12 +206,13 @@ async fn one_trace_chains_caller_outbound_inbound_and_service() {
         .unwrap_or_default()
         .to_string();
     assert!(["west", "south"].contains(&served.as_str()), "{out}");
-    let spans = receiver.trace(&trace, |s| s.len() >= 3).await;
+    let spans = receiver.trace(&trace, |s| s.len() >= 2).await;
     let exchange = east_exchange(&spans, &parent);
     assert_eq!(attr(exchange, "network.protocol.version"), "2");
     assert_eq!(attr(exchange, "url.path"), "/isthmus.demo.Echo/Say");
     assert_eq!(attr(exchange, "isthmus.service"), "grpc-echo.demo");
-    let inbound = try_and_inbound(&spans, exchange, 1, &served);
+    assert_eq!(attr(exchange, "isthmus.try"), 1, "{exchange}");
+    let inbound = inbound_under(&spans, exchange, &served);
     assert_eq!(attr(inbound, "http.request.method"), "POST");
     assert_eq!(out["traceparent"], traceparent(&trace, inbound), "{out}");
 
@@ -354,25 +363,26 @@ async fn failover_is_one_trace(receiver: &Receiver, members: &mut [Member]) {
         if !west_tried {
             continue;
         }
-        let west = try_and_inbound(&spans, exchange, 1, "west");
+        // The first try's request named the exchange's span: west's inbound is under it, and
+        // the failed try has a span of its own beside it.
+        let west = inbound_under(&spans, exchange, "west");
         assert_eq!(west["status_code"], ERROR, "{west}");
         assert_eq!(attr(west, "http.response.status_code"), 502, "{west}");
-        let first = child(
-            &spans,
-            exchange["span_id"].as_str().unwrap_or_default(),
-            |s| attr(s, "isthmus.try") == 1,
-        );
+        let first = own_try(&spans, exchange, 1, "west");
         assert_eq!(first["status_code"], ERROR, "{first}");
         assert_eq!(attr(first, "isthmus.failover"), false, "{first}");
-        let south = try_and_inbound(&spans, exchange, 2, "south");
-        assert_eq!(attr(south, "http.response.status_code"), 200, "{south}");
-        let second = child(
-            &spans,
-            exchange["span_id"].as_str().unwrap_or_default(),
-            |s| attr(s, "isthmus.try") == 2,
+        assert_eq!(attr(first, "http.response.status_code"), 502, "{first}");
+        let start = |s: &Value| s["start_ns"].as_u64().unwrap_or_else(|| panic!("{s}"));
+        assert!(
+            start(first) <= start(west) && start(first) >= start(exchange),
+            "the failed try's span starts when the try did: {first} {west}"
         );
+        let second = own_try(&spans, exchange, 2, "south");
         assert_eq!(attr(second, "isthmus.failover"), true, "{second}");
         assert_ne!(second["status_code"], ERROR, "{second}");
+        let south = inbound_under(&spans, second, "south");
+        assert_eq!(attr(south, "http.response.status_code"), 200, "{south}");
+        assert_eq!(attr(exchange, "isthmus.try"), 2, "{exchange}");
         assert_eq!(
             attr(exchange, "isthmus.failed_over_from"),
             "west",

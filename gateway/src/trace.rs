@@ -1,7 +1,9 @@
 //! Spans of the request path (OpenTelemetry, through [`isthmus_federation::telemetry`]): the
-//! outbound side makes a client span per exchange and one under it per try (each try's request
-//! carries a `traceparent` naming its span); the inbound side makes a server span, child of the
-//! calling try, and the request reaching the service carries a `traceparent` naming it.
+//! outbound side makes a client span per exchange, which stands for its first try too (the
+//! first try's request carries a `traceparent` naming it); a failed first try, a later try, a
+//! hedge and a shadow copy get a client span of their own under it. The inbound side makes a
+//! server span, child of the span its request named, and the request reaching the service
+//! carries a `traceparent` naming it. So a request answered at once is one span on each side.
 //! Attributes follow the OpenTelemetry HTTP semantic conventions, plus `isthmus.*` ones.
 //!
 //! Must not: cost an unsampled request more than [`Tracing::sample`]'s header check (every span
@@ -9,15 +11,17 @@
 //! linking spans (it is no identity: the caller's value is replaced on every hop it is traced).
 
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use http::{HeaderMap, Method, Request, Version, header};
 use isthmus_federation::telemetry::{KeyValue, SpanKind, TRACEPARENT, TraceSpan, Tracing};
 
 use crate::accesslog::{Entry, Side};
 
-/// Attributes an exchange's span holds at most: four at start, seven set by [`finish`].
-const EXCHANGE_ATTRIBUTES: usize = 11;
-/// Attributes a try's span holds at most: nine at start, two set by [`end_try`].
+/// Attributes an exchange's span holds at most: four at start, the answering try's number,
+/// seven set by [`finish`].
+const EXCHANGE_ATTRIBUTES: usize = 12;
+/// Attributes a try's own span holds at most: nine at start, two set by [`end_try`].
 const TRY_ATTRIBUTES: usize = 11;
 
 /// A method's name for span names and attributes; other methods are `_OTHER` (semconv).
@@ -95,41 +99,118 @@ pub struct Try<'a> {
     pub hedge: bool,
     pub cluster: &'a Arc<str>,
     /// The peer gateway's address, when it is known yet.
-    pub gateway: Option<&'a str>,
+    pub gateway: Option<&'a Arc<str>>,
 }
 
-/// A client span for one try under the exchange's span; [`inject`] it into the try's request.
+impl Try<'_> {
+    fn attributes(&self) -> Vec<KeyValue> {
+        let mut attributes = Vec::with_capacity(TRY_ATTRIBUTES);
+        attributes.extend([
+            KeyValue::new("isthmus.try", i64::from(self.number)),
+            KeyValue::new("isthmus.retry", self.number > 1),
+            KeyValue::new("isthmus.failover", self.failover),
+            KeyValue::new("isthmus.shadow", self.shadow),
+            KeyValue::new("isthmus.hedge", self.hedge),
+            KeyValue::new("isthmus.destination.cluster", Arc::clone(self.cluster)),
+        ]);
+        if self.number > 1 {
+            // Only on a resent request (HTTP semantic conventions: conditionally required).
+            let resent = i64::from(self.number - 1);
+            attributes.push(KeyValue::new("http.request.resend_count", resent));
+        }
+        if let Some(gateway) = self.gateway {
+            attributes.extend(peer_address(gateway));
+        }
+        attributes
+    }
+}
+
+/// A client span of its own for one try under the exchange's span (a hedge, a shadow copy);
+/// [`inject`] it into the try's request.
 pub fn start_try(exchange: &TraceSpan, t: Try<'_>) -> TraceSpan {
-    let mut attributes = Vec::with_capacity(TRY_ATTRIBUTES);
-    attributes.extend([
-        KeyValue::new("isthmus.try", i64::from(t.number)),
-        KeyValue::new("isthmus.retry", t.number > 1),
-        KeyValue::new("isthmus.failover", t.failover),
-        KeyValue::new("isthmus.shadow", t.shadow),
-        KeyValue::new("isthmus.hedge", t.hedge),
-        KeyValue::new("isthmus.destination.cluster", Arc::clone(t.cluster)),
-    ]);
-    if t.number > 1 {
-        // Only on a resent request (HTTP semantic conventions: conditionally required).
-        let resent = i64::from(t.number - 1);
-        attributes.push(KeyValue::new("http.request.resend_count", resent));
-    }
-    if let Some(gateway) = t.gateway {
-        attributes.extend(peer_address(gateway));
-    }
-    exchange.child("try", SpanKind::Client, attributes)
+    exchange.child("try", SpanKind::Client, t.attributes())
 }
 
-/// `server.address` and `server.port` of a peer gateway's `host:port`.
+/// How a try of the exchange's own request is traced.
+pub enum TrySpan {
+    /// The first try: the exchange's span stands for it and is the parent of the peer's inbound
+    /// span, so a request answered at once costs one span on this side. Only if it fails does
+    /// it get a span of its own, made then, from what is kept here.
+    First {
+        started: SystemTime,
+        failover: bool,
+        cluster: Arc<str>,
+        gateway: Option<Arc<str>>,
+    },
+    /// A later try: a span of its own under the exchange's, from the start.
+    Own { span: TraceSpan, number: u32 },
+}
+
+impl TrySpan {
+    /// Starts tracing try `t` of `exchange`, and names its span in the try's request headers as
+    /// the parent of the peer's.
+    pub fn begin(exchange: &TraceSpan, t: Try<'_>, headers: &mut HeaderMap) -> TrySpan {
+        if t.number == 1 && !t.hedge && !t.shadow {
+            inject(exchange, headers);
+            return TrySpan::First {
+                started: SystemTime::now(),
+                failover: t.failover,
+                cluster: Arc::clone(t.cluster),
+                gateway: t.gateway.cloned(),
+            };
+        }
+        let number = t.number;
+        let span = start_try(exchange, t);
+        inject(&span, headers);
+        TrySpan::Own { span, number }
+    }
+
+    /// Ends the try: answered with `status`, or failed when `error` says why. The exchange's
+    /// span records which try answered.
+    pub fn end(self, exchange: Option<&mut TraceSpan>, status: Option<u16>, error: Option<&str>) {
+        let number = match self {
+            TrySpan::Own { span, number } => {
+                end_try(Some(span), status, error);
+                number
+            }
+            TrySpan::First { .. } if error.is_none() => 1,
+            TrySpan::First {
+                started,
+                failover,
+                cluster,
+                gateway,
+            } => {
+                let Some(exchange) = exchange else { return };
+                let t = Try {
+                    number: 1,
+                    failover,
+                    shadow: false,
+                    hedge: false,
+                    cluster: &cluster,
+                    gateway: gateway.as_ref(),
+                };
+                let span =
+                    exchange.child_since("try", SpanKind::Client, t.attributes(), Some(started));
+                end_try(Some(span), status, error);
+                return;
+            }
+        };
+        if let (Some(exchange), None) = (exchange, error) {
+            exchange.set(KeyValue::new("isthmus.try", i64::from(number)));
+        }
+    }
+}
+
+/// `network.peer.address` and `network.peer.port` of a peer gateway's `host:port`.
 pub fn peer_address(gateway: &str) -> impl Iterator<Item = KeyValue> {
     let port = gateway
         .rsplit_once(':')
         .and_then(|(_, p)| p.parse::<i64>().ok());
     std::iter::once(KeyValue::new(
-        "server.address",
+        "network.peer.address",
         host_of(gateway).to_string(),
     ))
-    .chain(port.map(|p| KeyValue::new("server.port", p)))
+    .chain(port.map(|p| KeyValue::new("network.peer.port", p)))
 }
 
 /// Names `span` as the parent of the next hop's. The value is new on every request, so HPACK
@@ -140,7 +221,7 @@ pub fn inject(span: &TraceSpan, headers: &mut HeaderMap) {
     headers.insert(TRACEPARENT, value);
 }
 
-/// Ends a try's span: answered with `status` (a failed try when `error` says why).
+/// Ends a try's own span: answered with `status` (a failed try when `error` says why).
 pub fn end_try(span: Option<TraceSpan>, status: Option<u16>, error: Option<&str>) {
     let Some(mut span) = span else { return };
     if let Some(s) = status {

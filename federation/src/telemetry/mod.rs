@@ -13,6 +13,7 @@ mod export;
 mod otlp;
 
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use http::{HeaderMap, HeaderValue};
 use opentelemetry::trace::{
@@ -178,13 +179,26 @@ pub struct Parent {
 
 impl Parent {
     pub fn start(self, name: &'static str, kind: SpanKind, attributes: Vec<KeyValue>) -> TraceSpan {
-        let span = self
+        self.start_at(name, kind, attributes, None)
+    }
+
+    /// [`Parent::start`] with the span's start set to `at` (now, when `None`): for work traced
+    /// after the fact.
+    fn start_at(
+        self,
+        name: &'static str,
+        kind: SpanKind,
+        attributes: Vec<KeyValue>,
+        at: Option<SystemTime>,
+    ) -> TraceSpan {
+        let mut builder = self
             .inner
             .tracer
             .span_builder(name)
             .with_kind(kind)
-            .with_attributes(attributes)
-            .start_with_context(&self.inner.tracer, &self.context);
+            .with_attributes(attributes);
+        builder.start_time = at;
+        let span = builder.start_with_context(&self.inner.tracer, &self.context);
         TraceSpan {
             span,
             inner: self.inner,
@@ -213,6 +227,18 @@ impl TraceSpan {
         kind: SpanKind,
         attributes: Vec<KeyValue>,
     ) -> TraceSpan {
+        self.child_since(name, kind, attributes, None)
+    }
+
+    /// [`TraceSpan::child`] started at `at` rather than now (`None`): a part of this span's
+    /// work that is given a span of its own only once it is over (a failed first try).
+    pub fn child_since(
+        &self,
+        name: &'static str,
+        kind: SpanKind,
+        attributes: Vec<KeyValue>,
+        at: Option<SystemTime>,
+    ) -> TraceSpan {
         let sc = self.span.span_context();
         let context = opentelemetry::Context::new().with_remote_span_context(SpanContext::new(
             sc.trace_id(),
@@ -225,7 +251,7 @@ impl TraceSpan {
             inner: self.inner.clone(),
             context,
         }
-        .start(name, kind, attributes)
+        .start_at(name, kind, attributes, at)
     }
 
     /// The `traceparent` naming this span as the parent of the next hop's.

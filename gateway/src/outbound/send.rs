@@ -19,7 +19,7 @@ use crate::lb::{cluster_order, random};
 use crate::policy::ServicePolicy;
 use crate::retry::{self, BreakerGuard, Replay};
 use crate::table::{Backend, Snapshot};
-use crate::trace::{self, Try};
+use crate::trace::{Try, TrySpan};
 
 impl Outbound {
     /// The clusters to try, best first, and the service's policy.
@@ -186,9 +186,7 @@ impl Outbound {
                     cluster: &backend.cluster,
                     gateway: Some(&gateway.address),
                 };
-                let span = trace::start_try(exchange, t);
-                trace::inject(&span, req.headers_mut());
-                span
+                TrySpan::begin(exchange, t, req.headers_mut())
             });
             let ring = self.latencies.ring(name, &backend.cluster);
             let started = tokio::time::Instant::now();
@@ -209,7 +207,12 @@ impl Outbound {
                 TryEnd::Done(r) => r,
                 TryEnd::Hedged(won) => {
                     // The first try's stream is reset (its future was dropped in the race).
-                    trace::end_try(try_span, None, Some("cancelled: the hedge answered first"));
+                    end(
+                        try_span,
+                        entry.span.as_deref_mut(),
+                        None,
+                        Some("cancelled: the hedge answered first"),
+                    );
                     self.metrics.hedge("won");
                     entry.reason = Some(format!(
                         "hedged: {} had not answered after {} ms; {} answered first",
@@ -232,7 +235,7 @@ impl Outbound {
                         judged.reason(),
                         gateway.address
                     );
-                    trace::end_try(try_span, None, Some(&last));
+                    end(try_span, entry.span.as_deref_mut(), None, Some(&last));
                     let Some(r) = replay else {
                         self.metrics.try_judged_down("failed");
                         entry.failed_over_from.push(backend.cluster.clone());
@@ -269,7 +272,7 @@ impl Outbound {
                     self.health.outcome(name, &backend.cluster, !failed);
                     let status = Some(response.status().as_u16());
                     if !failed {
-                        trace::end_try(try_span, status, None);
+                        end(try_span, entry.span.as_deref_mut(), status, None);
                         ring.record(started.elapsed());
                         if entry.hedged {
                             entry.winner = Some(backend.cluster.clone());
@@ -292,7 +295,7 @@ impl Outbound {
                             .map(|r| format!(": {r}"))
                             .unwrap_or_default()
                     );
-                    trace::end_try(try_span, status, Some(&last));
+                    end(try_span, entry.span.as_deref_mut(), status, Some(&last));
                     entry.failed_over_from.push(backend.cluster.clone());
                     last_answer = Some((response, in_flight));
                 }
@@ -303,7 +306,7 @@ impl Outbound {
                         gateway.address,
                         e.error()
                     );
-                    trace::end_try(try_span, None, Some(&last));
+                    end(try_span, entry.span.as_deref_mut(), None, Some(&last));
                     let unsent = e.take_message();
                     if unsent.is_none() {
                         self.health.outcome(name, &backend.cluster, false);
@@ -334,7 +337,7 @@ impl Outbound {
                         backend.cluster,
                         try_timeout.as_millis()
                     );
-                    trace::end_try(try_span, None, Some(&last));
+                    end(try_span, entry.span.as_deref_mut(), None, Some(&last));
                     entry.failed_over_from.push(backend.cluster.clone());
                     if replay.is_none() {
                         return Err(self.refuse(entry, StatusCode::GATEWAY_TIMEOUT, last));
@@ -376,5 +379,17 @@ impl Outbound {
         entry.reason = Some(reason.clone());
         self.metrics.request(entry.side, status.as_u16());
         body::error(status, &reason)
+    }
+}
+
+/// Ends a try's trace, if it is traced.
+fn end(
+    span: Option<TrySpan>,
+    exchange: Option<&mut isthmus_federation::telemetry::TraceSpan>,
+    status: Option<u16>,
+    error: Option<&str>,
+) {
+    if let Some(span) = span {
+        span.end(exchange, status, error);
     }
 }
