@@ -18,12 +18,6 @@ use isthmus_federation::telemetry::{KeyValue, SpanKind, TRACEPARENT, TraceSpan, 
 
 use crate::accesslog::{Entry, Side};
 
-/// Attributes an exchange's span holds at most: four at start, the answering try's number,
-/// seven set by [`finish`].
-const EXCHANGE_ATTRIBUTES: usize = 12;
-/// Attributes a try's own span holds at most: nine at start, two set by [`end_try`].
-const TRY_ATTRIBUTES: usize = 11;
-
 /// A method's name for span names and attributes; other methods are `_OTHER` (semconv).
 fn method(m: &Method) -> &'static str {
     match *m {
@@ -56,29 +50,25 @@ fn version(v: Version) -> &'static str {
 pub fn exchange<B>(tracing: &Tracing, side: Side, req: &Request<B>) -> Option<Box<TraceSpan>> {
     let parent = tracing.sample(req.headers())?;
     let m = method(req.method());
-    // Room for what `finish` sets, so the span's attributes are allocated once.
-    let mut attributes = Vec::with_capacity(EXCHANGE_ATTRIBUTES);
-    attributes.extend([
-        KeyValue::new("http.request.method", m),
-        KeyValue::new("network.protocol.version", version(req.version())),
-        KeyValue::new("url.path", req.uri().path().to_string()),
-    ]);
-    let host = req
-        .uri()
-        .authority()
-        .map(|a| a.host().to_string())
-        .or_else(|| {
-            let h = req.headers().get(header::HOST)?.to_str().ok()?;
-            Some(host_of(h).to_string())
-        });
-    if let Some(host) = host {
-        attributes.push(KeyValue::new("server.address", host));
-    }
     let kind = match side {
         Side::Outbound => SpanKind::Client,
         Side::Inbound => SpanKind::Server,
     };
-    Some(Box::new(parent.start(m, kind, attributes)))
+    let mut span = parent.start(m, kind, Vec::new());
+    span.set(KeyValue::new("http.request.method", m));
+    span.set(KeyValue::new(
+        "network.protocol.version",
+        version(req.version()),
+    ));
+    span.set_str("url.path", req.uri().path());
+    let host = req.uri().authority().map(|a| a.host()).or_else(|| {
+        let h = req.headers().get(header::HOST)?.to_str().ok()?;
+        Some(host_of(h))
+    });
+    if let Some(host) = host {
+        span.set_str("server.address", host);
+    }
+    Some(Box::new(span))
 }
 
 /// The host of an authority (`host[:port]`, `[v6]:port`).
@@ -103,32 +93,31 @@ pub struct Try<'a> {
 }
 
 impl Try<'_> {
-    fn attributes(&self) -> Vec<KeyValue> {
-        let mut attributes = Vec::with_capacity(TRY_ATTRIBUTES);
-        attributes.extend([
-            KeyValue::new("isthmus.try", i64::from(self.number)),
-            KeyValue::new("isthmus.retry", self.number > 1),
-            KeyValue::new("isthmus.failover", self.failover),
-            KeyValue::new("isthmus.shadow", self.shadow),
-            KeyValue::new("isthmus.hedge", self.hedge),
-            KeyValue::new("isthmus.destination.cluster", Arc::clone(self.cluster)),
-        ]);
+    /// A client span for this try under `exchange`, started at `at` (now when `None`).
+    fn span(&self, exchange: &TraceSpan, at: Option<SystemTime>) -> TraceSpan {
+        let mut span = exchange.child_since("try", SpanKind::Client, Vec::new(), at);
+        span.set(KeyValue::new("isthmus.try", i64::from(self.number)));
+        span.set(KeyValue::new("isthmus.retry", self.number > 1));
+        span.set(KeyValue::new("isthmus.failover", self.failover));
+        span.set(KeyValue::new("isthmus.shadow", self.shadow));
+        span.set(KeyValue::new("isthmus.hedge", self.hedge));
+        span.set_str("isthmus.destination.cluster", self.cluster);
         if self.number > 1 {
             // Only on a resent request (HTTP semantic conventions: conditionally required).
             let resent = i64::from(self.number - 1);
-            attributes.push(KeyValue::new("http.request.resend_count", resent));
+            span.set(KeyValue::new("http.request.resend_count", resent));
         }
         if let Some(gateway) = self.gateway {
-            attributes.extend(peer_address(gateway));
+            set_peer(&mut span, gateway);
         }
-        attributes
+        span
     }
 }
 
 /// A client span of its own for one try under the exchange's span (a hedge, a shadow copy);
 /// [`inject`] it into the try's request.
 pub fn start_try(exchange: &TraceSpan, t: Try<'_>) -> TraceSpan {
-    exchange.child("try", SpanKind::Client, t.attributes())
+    t.span(exchange, None)
 }
 
 /// How a try of the exchange's own request is traced.
@@ -189,9 +178,7 @@ impl TrySpan {
                     cluster: &cluster,
                     gateway: gateway.as_ref(),
                 };
-                let span =
-                    exchange.child_since("try", SpanKind::Client, t.attributes(), Some(started));
-                end_try(Some(span), status, error);
+                end_try(Some(t.span(exchange, Some(started))), status, error);
                 return;
             }
         };
@@ -201,16 +188,15 @@ impl TrySpan {
     }
 }
 
-/// `network.peer.address` and `network.peer.port` of a peer gateway's `host:port`.
-pub fn peer_address(gateway: &str) -> impl Iterator<Item = KeyValue> {
+/// `network.peer.address` and `network.peer.port`: a peer gateway's `host:port`.
+pub fn set_peer(span: &mut TraceSpan, gateway: &str) {
+    span.set_str("network.peer.address", host_of(gateway));
     let port = gateway
         .rsplit_once(':')
         .and_then(|(_, p)| p.parse::<i64>().ok());
-    std::iter::once(KeyValue::new(
-        "network.peer.address",
-        host_of(gateway).to_string(),
-    ))
-    .chain(port.map(|p| KeyValue::new("network.peer.port", p)))
+    if let Some(port) = port {
+        span.set(KeyValue::new("network.peer.port", port));
+    }
 }
 
 /// Names `span` as the parent of the next hop's. The value is new on every request, so HPACK
@@ -228,10 +214,10 @@ pub fn end_try(span: Option<TraceSpan>, status: Option<u16>, error: Option<&str>
         span.set(KeyValue::new("http.response.status_code", i64::from(s)));
     }
     if let Some(why) = error {
-        span.set(KeyValue::new(
-            "error.type",
-            status.map_or_else(|| "isthmus.try_failed".to_string(), |s| s.to_string()),
-        ));
+        match status {
+            Some(s) => span.set_str("error.type", &s.to_string()),
+            None => span.set_str("error.type", "isthmus.try_failed"),
+        }
         span.fail(why.to_string());
     }
     span.end();
@@ -246,14 +232,13 @@ pub fn finish(mut span: TraceSpan, entry: &Entry) {
         ));
     }
     if let Some(s) = &entry.service {
-        span.set(KeyValue::new("isthmus.service", Arc::clone(s)));
+        span.set_str("isthmus.service", s);
     }
     if !entry.src_cluster.is_empty() {
-        let c = Arc::clone(&entry.src_cluster);
-        span.set(KeyValue::new("isthmus.source.cluster", c));
+        span.set_str("isthmus.source.cluster", &entry.src_cluster);
     }
     if let Some(c) = &entry.dst_cluster {
-        span.set(KeyValue::new("isthmus.destination.cluster", Arc::clone(c)));
+        span.set_str("isthmus.destination.cluster", c);
     }
     if entry.shadow {
         span.set(KeyValue::new("isthmus.shadow", true));
@@ -264,7 +249,7 @@ pub fn finish(mut span: TraceSpan, entry: &Entry) {
             .iter()
             .map(|c| c.to_string())
             .collect();
-        span.set(KeyValue::new("isthmus.failed_over_from", from.join(",")));
+        span.set_str("isthmus.failed_over_from", &from.join(","));
     }
     // Client spans fail from 4xx, server spans from 5xx (HTTP semantic conventions).
     let threshold = match entry.side {
@@ -276,14 +261,11 @@ pub fn finish(mut span: TraceSpan, entry: &Entry) {
             .reason
             .clone()
             .unwrap_or_else(|| format!("status {}", entry.status));
-        span.set(KeyValue::new(
-            "error.type",
-            if entry.status == 0 {
-                "isthmus.no_response".to_string()
-            } else {
-                entry.status.to_string()
-            },
-        ));
+        if entry.status == 0 {
+            span.set_str("error.type", "isthmus.no_response");
+        } else {
+            span.set_str("error.type", &entry.status.to_string());
+        }
         span.fail(why);
     }
     span.end();

@@ -104,6 +104,57 @@ pub fn format_traceparent(trace_id: [u8; 16], span_id: [u8; 8]) -> [u8; 55] {
     out
 }
 
+/// A random number for IDs and sampling draws: splitmix64 over a per-thread state seeded from
+/// the system's generator (IDs must be unique and unguessable enough to not collide between
+/// processes, not secret; a `traceparent` is no credential).
+pub(crate) fn random() -> u64 {
+    use std::cell::Cell;
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new(seed());
+    }
+    STATE.with(|s| {
+        let x = s.get().wrapping_add(0x9e37_79b9_7f4a_7c15);
+        s.set(x);
+        let mut z = x;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    })
+}
+
+fn seed() -> u64 {
+    use ring::rand::SecureRandom as _;
+    let mut b = [0u8; 8];
+    if ring::rand::SystemRandom::new().fill(&mut b).is_err() {
+        // No system generator: the clock and the thread still tell processes apart.
+        use std::hash::{BuildHasher as _, Hasher as _};
+        let mut h = std::hash::RandomState::new().build_hasher();
+        h.write_u128(std::time::UNIX_EPOCH.elapsed().map_or(0, |d| d.as_nanos()));
+        return h.finish();
+    }
+    u64::from_ne_bytes(b)
+}
+
+/// A new trace ID (never all zero).
+pub(crate) fn new_trace_id() -> [u8; 16] {
+    loop {
+        let id = (u128::from(random()) << 64 | u128::from(random())).to_be_bytes();
+        if id != [0; 16] {
+            return id;
+        }
+    }
+}
+
+/// A new span ID (never all zero).
+pub(crate) fn new_span_id() -> [u8; 8] {
+    loop {
+        let id = random().to_be_bytes();
+        if id != [0; 8] {
+            return id;
+        }
+    }
+}
+
 /// The sampling rule of a `tracing:` section, ready for the request path.
 #[derive(Debug, Clone, Copy)]
 pub struct Sampling {
@@ -157,6 +208,21 @@ impl Sampling {
 mod tests {
     use super::super::config::Ratio;
     use super::*;
+
+    #[test]
+    fn ids_are_not_zero_and_do_not_repeat() {
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..10_000 {
+            let id = new_span_id();
+            assert_ne!(id, [0; 8]);
+            assert!(seen.insert(id), "span ID {id:?} came twice");
+        }
+        let (a, b) = (new_trace_id(), new_trace_id());
+        assert_ne!(a, b);
+        // Another thread starts from its own seed.
+        let other = std::thread::spawn(new_span_id).join().expect("thread");
+        assert!(!seen.contains(&other));
+    }
 
     const SAMPLE: &[u8] = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 

@@ -1,17 +1,17 @@
-//! Finished spans leave the request path through a bounded buffer: `on_end` takes a lock, pushes
-//! the span and (once a batch is full) wakes the export task, which sends batches to the
-//! collector, and partial ones every second. A span never wakes a task by itself: the request
-//! path pays a push, not a task switch. When the buffer is full (the collector is slow or down)
-//! or an export fails, the spans are dropped and counted; nothing ever waits for the collector,
-//! and nothing at start needs it to be up.
+//! Finished spans leave the request path through a bounded buffer: ending a span takes a lock
+//! and appends its OTLP encoding to the batch being filled (once a batch is full, the export
+//! task is woken), and the export task sends batches to the collector, and partial ones every
+//! second. A span never wakes a task by itself: the request path pays an encoding and a copy,
+//! not a task switch. When the buffer is full (the collector is slow or down) or an export
+//! fails, the spans are dropped and counted; nothing ever waits for the collector, and nothing
+//! at start needs it to be up.
 
+use std::collections::VecDeque;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use opentelemetry::Context;
-use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
-use opentelemetry_sdk::trace::{Span, SpanData, SpanExporter, SpanProcessor};
 use prometheus_client::metrics::counter::Counter;
 use tokio::sync::Notify;
 
@@ -19,73 +19,83 @@ use tokio::sync::Notify;
 const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 /// Export failures are logged at most this often (each is counted).
 const WARN_EVERY: Duration = Duration::from_secs(60);
+/// Bytes a batch is given at first, per span (a gateway's spans take 200–400).
+const BYTES_PER_SPAN: usize = 320;
 
-/// What the request path and the export task share.
+/// Spans to send together: their encodings, one after another (OTLP `ScopeSpans.spans`).
+#[derive(Debug, Default)]
+pub(super) struct Batch {
+    pub spans: Vec<u8>,
+    pub count: usize,
+}
+
+/// Where batches go (the OTLP exporter; a recorder in tests).
+pub(super) trait Exporter: Send + Sync + 'static {
+    fn export(&self, batch: Batch) -> impl Future<Output = Result<(), String>> + Send;
+}
+
+/// What the spans being ended and the export task share.
 #[derive(Debug)]
-struct Buffer {
-    spans: Mutex<Vec<SpanData>>,
+pub(super) struct Buffer {
+    pending: Mutex<Pending>,
     /// Spans held at most (waiting for export); more are dropped.
     capacity: usize,
     batch_size: usize,
-    /// A full batch is waiting, or the processor is gone.
+    /// A full batch is waiting, or the tracer is gone.
     ready: Notify,
     closed: AtomicBool,
     dropped: Counter,
 }
 
+#[derive(Debug, Default)]
+struct Pending {
+    full: VecDeque<Batch>,
+    filling: Batch,
+    /// Spans in `full` and `filling`.
+    held: usize,
+}
+
 impl Buffer {
-    /// Takes up to one batch, oldest first; empty when nothing waits.
-    fn take(&self) -> Vec<SpanData> {
-        let mut spans = self.spans.lock().unwrap_or_else(|e| e.into_inner());
-        if spans.is_empty() {
-            return Vec::new();
-        }
-        if spans.len() <= self.batch_size {
-            // The next batch fills a buffer of its full size: never regrown span by span.
-            return std::mem::replace(&mut *spans, Vec::with_capacity(self.batch_size));
-        }
-        spans.drain(..self.batch_size).collect()
-    }
-}
-
-/// Hands finished spans to the export task, or drops and counts them.
-#[derive(Debug)]
-pub(super) struct QueueProcessor {
-    buffer: Arc<Buffer>,
-}
-
-impl SpanProcessor for QueueProcessor {
-    fn on_start(&self, _span: &mut Span, _cx: &Context) {}
-
-    fn on_end(&self, span: SpanData) {
-        let buffer = &self.buffer;
-        let mut spans = buffer.spans.lock().unwrap_or_else(|e| e.into_inner());
-        if spans.len() >= buffer.capacity {
-            drop(spans);
-            buffer.dropped.inc();
+    /// Appends one span, encoded by `encode`, or drops and counts it when the buffer is full.
+    pub fn push(&self, encode: impl FnOnce(&mut Vec<u8>)) {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if pending.held >= self.capacity {
+            drop(pending);
+            self.dropped.inc();
             return;
         }
-        spans.push(span);
-        let full = spans.len() == buffer.batch_size;
-        drop(spans);
-        if full {
-            buffer.ready.notify_one();
+        let p = &mut *pending;
+        if p.filling.spans.capacity() == 0 {
+            p.filling.spans.reserve(self.batch_size * BYTES_PER_SPAN);
         }
+        encode(&mut p.filling.spans);
+        p.filling.count += 1;
+        p.held += 1;
+        if p.filling.count < self.batch_size {
+            return;
+        }
+        let batch = std::mem::take(&mut p.filling);
+        p.full.push_back(batch);
+        drop(pending);
+        self.ready.notify_one();
     }
 
-    fn force_flush(&self) -> OTelSdkResult {
-        Ok(())
+    /// Takes the oldest batch (the one being filled when no full one waits), if any.
+    fn take(&self) -> Option<Batch> {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let batch = match pending.full.pop_front() {
+            Some(b) => b,
+            None if pending.filling.count > 0 => std::mem::take(&mut pending.filling),
+            None => return None,
+        };
+        pending.held -= batch.count;
+        Some(batch)
     }
 
-    fn shutdown_with_timeout(&self, _timeout: Duration) -> OTelSdkResult {
-        Ok(())
-    }
-}
-
-impl Drop for QueueProcessor {
-    fn drop(&mut self) {
-        self.buffer.closed.store(true, Ordering::Release);
-        self.buffer.ready.notify_one();
+    /// No span will come any more: the export task sends what is left and ends.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.ready.notify_one();
     }
 }
 
@@ -97,24 +107,21 @@ pub(super) struct Batching {
     pub endpoint: String,
 }
 
-/// Starts the export task on the current runtime and returns the processor that feeds it.
-pub(super) fn start<E>(exporter: E, batching: Batching, dropped: Counter) -> QueueProcessor
-where
-    E: SpanExporter + 'static,
-{
+/// Starts the export task on the current runtime and returns the buffer that feeds it.
+pub(super) fn start<E: Exporter>(exporter: E, batching: Batching, dropped: Counter) -> Arc<Buffer> {
     let buffer = Arc::new(Buffer {
-        spans: Mutex::new(Vec::with_capacity(batching.batch_size)),
+        pending: Mutex::default(),
         capacity: batching.queue_size,
-        batch_size: batching.batch_size,
+        batch_size: batching.batch_size.max(1),
         ready: Notify::new(),
         closed: AtomicBool::new(false),
         dropped,
     });
     tokio::spawn(export_loop(exporter, buffer.clone(), batching));
-    QueueProcessor { buffer }
+    buffer
 }
 
-async fn export_loop<E: SpanExporter>(exporter: E, buffer: Arc<Buffer>, batching: Batching) {
+async fn export_loop<E: Exporter>(exporter: E, buffer: Arc<Buffer>, batching: Batching) {
     let mut last_warning: Option<tokio::time::Instant> = None;
     let mut flush = tokio::time::interval(FLUSH_INTERVAL);
     flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -124,16 +131,15 @@ async fn export_loop<E: SpanExporter>(exporter: E, buffer: Arc<Buffer>, batching
             _ = flush.tick() => {}
         }
         // Everything waiting goes, a batch at a time; the last batch may be partial.
-        loop {
-            let batch = buffer.take();
-            if batch.is_empty() {
-                break;
-            }
-            let n = batch.len() as u64;
+        while let Some(batch) = buffer.take() {
+            let n = batch.count as u64;
             let result = match tokio::time::timeout(batching.timeout, exporter.export(batch)).await
             {
                 Ok(r) => r,
-                Err(_) => Err(OTelSdkError::Timeout(batching.timeout)),
+                Err(_) => Err(format!(
+                    "no answer within {} ms",
+                    batching.timeout.as_millis()
+                )),
             };
             if let Err(e) = result {
                 buffer.dropped.inc_by(n);
@@ -158,21 +164,18 @@ async fn export_loop<E: SpanExporter>(exporter: E, buffer: Arc<Buffer>, batching
 #[cfg(test)]
 mod tests {
     use super::*;
-    use opentelemetry::trace::{Tracer as _, TracerProvider as _};
-    use opentelemetry_sdk::trace::SdkTracerProvider;
     use tokio::sync::mpsc;
 
     /// Hands each exported batch's size to the test; `hold` makes an export wait until released.
-    #[derive(Debug)]
     struct Recorder {
-        sizes: mpsc::UnboundedSender<usize>,
+        sizes: mpsc::UnboundedSender<(usize, usize)>,
         hold: Arc<tokio::sync::Semaphore>,
     }
 
-    impl SpanExporter for Recorder {
-        async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+    impl Exporter for Recorder {
+        async fn export(&self, batch: Batch) -> Result<(), String> {
             let _permit = self.hold.acquire().await;
-            let _ = self.sizes.send(batch.len());
+            let _ = self.sizes.send((batch.count, batch.spans.len()));
             Ok(())
         }
     }
@@ -182,15 +185,15 @@ mod tests {
         batch_size: usize,
         held: bool,
     ) -> (
-        SdkTracerProvider,
-        mpsc::UnboundedReceiver<usize>,
+        Arc<Buffer>,
+        mpsc::UnboundedReceiver<(usize, usize)>,
         Arc<tokio::sync::Semaphore>,
         Counter,
     ) {
         let (sizes, seen) = mpsc::unbounded_channel();
         let hold = Arc::new(tokio::sync::Semaphore::new(if held { 0 } else { 1 << 20 }));
         let dropped = Counter::default();
-        let processor = start(
+        let buffer = start(
             Recorder {
                 sizes,
                 hold: hold.clone(),
@@ -203,31 +206,28 @@ mod tests {
             },
             dropped.clone(),
         );
-        let provider = SdkTracerProvider::builder()
-            .with_span_processor(processor)
-            .build();
-        (provider, seen, hold, dropped)
+        (buffer, seen, hold, dropped)
     }
 
-    fn spans(provider: &SdkTracerProvider, n: usize) {
-        let tracer = provider.tracer("test");
+    /// `n` spans of three bytes each.
+    fn spans(buffer: &Buffer, n: usize) {
         for _ in 0..n {
-            drop(tracer.start("s"));
+            buffer.push(|b| b.extend_from_slice(b"abc"));
         }
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_full_batch_goes_at_once_and_a_partial_one_within_the_flush_interval() {
-        let (provider, mut seen, _hold, dropped) = setup(100, 4, false);
+        let (buffer, mut seen, _hold, dropped) = setup(100, 4, false);
         // Let the export task take its first (immediate) interval tick.
         tokio::task::yield_now().await;
         let started = tokio::time::Instant::now();
-        spans(&provider, 4);
-        assert_eq!(seen.recv().await, Some(4));
+        spans(&buffer, 4);
+        assert_eq!(seen.recv().await, Some((4, 12)));
         assert_eq!(started.elapsed(), Duration::ZERO, "a full batch waited");
         // Three spans do not wake the export task: they wait for the next flush tick.
-        spans(&provider, 3);
-        assert_eq!(seen.recv().await, Some(3));
+        spans(&buffer, 3);
+        assert_eq!(seen.recv().await, Some((3, 9)));
         let waited = started.elapsed();
         assert!(
             waited > Duration::ZERO && waited <= FLUSH_INTERVAL,
@@ -238,19 +238,32 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_stuck_export_fills_the_buffer_and_the_rest_is_dropped_and_counted() {
-        let (provider, mut seen, hold, dropped) = setup(10, 5, true);
+        let (buffer, mut seen, hold, dropped) = setup(10, 5, true);
         tokio::task::yield_now().await;
         // The first batch is taken and held in the export; ten more fill the buffer.
-        spans(&provider, 5);
+        spans(&buffer, 5);
         tokio::task::yield_now().await;
-        spans(&provider, 13);
+        spans(&buffer, 13);
         assert_eq!(dropped.get(), 3, "spans past the buffer's capacity");
         hold.add_permits(1 << 20);
         let mut exported = 0;
         while exported < 15 {
-            exported += seen.recv().await.expect("a batch");
+            let (count, bytes) = seen.recv().await.expect("a batch");
+            assert_eq!(bytes, count * 3, "whole spans only");
+            exported += count;
         }
         assert_eq!(exported, 15);
         assert_eq!(dropped.get(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn what_is_left_goes_when_the_tracer_is_gone() {
+        let (buffer, mut seen, _hold, _dropped) = setup(100, 50, false);
+        tokio::task::yield_now().await;
+        spans(&buffer, 2);
+        buffer.close();
+        assert_eq!(seen.recv().await, Some((2, 6)));
+        // The task has ended: its sender is gone.
+        assert_eq!(seen.recv().await, None);
     }
 }

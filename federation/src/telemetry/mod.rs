@@ -1,33 +1,41 @@
-//! OpenTelemetry traces: the `tracing:` config section, W3C trace context, sampling, and OTLP/gRPC
-//! export (encoded from the SDK's spans in one pass, sent on the workspace's tonic) through a
-//! bounded buffer whose overflow is dropped and counted. Both the federation (control-plane work) and the gateway (every sampled exchange)
-//! trace through a [`Tracing`] handle.
+//! OpenTelemetry traces: the `tracing:` config section, W3C trace context, sampling, spans, and
+//! OTLP/gRPC export through a bounded buffer whose overflow is dropped and counted. Both the
+//! federation (control-plane work) and the gateway (every sampled exchange) trace through a
+//! [`Tracing`] handle.
+//!
+//! A span here is what OTLP sends and nothing more: its IDs, start, kind and name, and its
+//! attributes encoded as protobuf as they are set; ending it appends its encoding to the export
+//! buffer. A gateway tracing every request ends two spans per request, so no span object is
+//! built for a pipeline to move, clone and take apart again (the OpenTelemetry SDK's spans cost
+//! a traced request about a fifth more CPU; BENCHMARKS.md, "Tracing"). Attribute keys and
+//! values are the `opentelemetry` API's types.
 //!
 //! Must not: block or allocate on a request path that is not sampled (the decision is made on
-//! the raw `traceparent` bytes before any OpenTelemetry object exists), wait for the collector,
-//! or need it at start.
+//! the raw `traceparent` bytes before any span exists), wait for the collector, or need it at
+//! start.
 
 mod config;
 mod context;
 mod export;
 mod otlp;
 
+use std::borrow::Cow;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::{HeaderMap, HeaderValue};
-use opentelemetry::trace::{
-    Span as _, SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceId, TraceState,
-    Tracer as _, TracerProvider as _,
-};
-use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::trace::{IdGenerator as _, RandomIdGenerator, Sampler, SdkTracer};
+use opentelemetry::trace::TraceState;
 use prometheus_client::metrics::counter::Counter;
 
 pub use config::{Ratio, SamplerKind, TracingConfig};
 pub use context::{Sampling, TRACEPARENT, TRACESTATE, TraceParent, format_traceparent};
 pub use opentelemetry::KeyValue;
 pub use opentelemetry::trace::SpanKind;
+
+/// Attributes a span keeps at most; more are counted as dropped (the SDK's default limit).
+const MAX_ATTRIBUTES: u32 = 128;
+/// Bytes a span's attributes are given at first (a gateway's exchange takes about 300).
+const ATTRIBUTE_BYTES: usize = 320;
 
 /// Why tracing could not start (a config the validation let through, or no runtime).
 #[derive(Debug, thiserror::Error)]
@@ -44,8 +52,14 @@ pub struct Tracing {
 }
 
 struct Inner {
-    tracer: SdkTracer,
+    buffer: Arc<export::Buffer>,
     sampling: Sampling,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.buffer.close();
+    }
 }
 
 impl std::fmt::Debug for Tracing {
@@ -64,9 +78,10 @@ impl Tracing {
 
     /// Starts export to `config.endpoint` (off without one). The connection to the collector is
     /// made lazily, by the export task: a collector that is down at start costs dropped spans,
-    /// never a failed start. Must run inside the tokio runtime. `identity` goes on every span
-    /// (the process's resource: cluster, instance); `dropped` counts spans lost to a full queue or
-    /// a failed export.
+    /// never a failed start. Must run inside the tokio runtime. `service` names the process
+    /// (`service.name`) and its spans' instrumentation scope; `identity` goes on every span
+    /// (the process's resource: cluster, instance); `dropped` counts spans lost to a full queue
+    /// or a failed export.
     pub fn start(
         config: &TracingConfig,
         service: &'static str,
@@ -76,38 +91,39 @@ impl Tracing {
         let Some(endpoint) = &config.endpoint else {
             return Ok(Self::off());
         };
-        let failed = |reason: String| TracingError {
-            endpoint: endpoint.clone(),
-            reason,
-        };
-        let resource = Resource::builder_empty()
-            .with_service_name(service)
-            .with_attributes(identity)
-            .build();
-        let exporter =
-            otlp::OtlpExporter::new(endpoint, config.export_timeout, &resource).map_err(failed)?;
-        let processor = export::start(
+        let mut resource = vec![KeyValue::new("service.name", service)];
+        resource.extend(identity);
+        let exporter = otlp::OtlpExporter::new(endpoint, config.export_timeout, &resource, service)
+            .map_err(|reason| TracingError {
+                endpoint: endpoint.clone(),
+                reason,
+            })?;
+        Ok(Self::with_exporter(exporter, config, endpoint, dropped))
+    }
+
+    /// Tracing by `config`'s sampling into `exporter` (named `endpoint` in warnings).
+    fn with_exporter<E: export::Exporter>(
+        exporter: E,
+        config: &TracingConfig,
+        endpoint: &str,
+        dropped: Counter,
+    ) -> Self {
+        let buffer = export::start(
             exporter,
             export::Batching {
                 queue_size: config.queue_size,
                 batch_size: config.batch_size,
                 timeout: config.export_timeout,
-                endpoint: endpoint.clone(),
+                endpoint: endpoint.to_string(),
             },
             dropped,
         );
-        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
-            .with_span_processor(processor)
-            // Sampling is decided before a span is built (see `Sampling`).
-            .with_sampler(Sampler::AlwaysOn)
-            .with_resource(resource)
-            .build();
-        Ok(Self {
+        Self {
             inner: Some(Arc::new(Inner {
-                tracer: provider.tracer(service),
+                buffer,
                 sampling: Sampling::new(config),
             })),
-        })
+        }
     }
 
     pub fn is_on(&self) -> bool {
@@ -122,39 +138,28 @@ impl Tracing {
         let caller = headers
             .get(TRACEPARENT)
             .and_then(|v| TraceParent::parse(v.as_bytes()));
-        if !inner.sampling.decide(caller.as_ref(), draw) {
+        if !inner.sampling.decide(caller.as_ref(), context::random) {
             return None;
         }
-        let context = match caller {
-            Some(p) => {
-                let state = headers
-                    .get(TRACESTATE)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse::<TraceState>().ok())
-                    .unwrap_or_default();
-                opentelemetry::Context::new().with_remote_span_context(SpanContext::new(
-                    TraceId::from_bytes(p.trace_id),
-                    SpanId::from_bytes(p.span_id),
-                    TraceFlags::SAMPLED,
-                    true,
-                    state,
-                ))
-            }
-            None => opentelemetry::Context::new(),
-        };
-        Some(Parent {
-            inner: inner.clone(),
-            context,
+        Some(match caller {
+            Some(p) => Parent {
+                inner: inner.clone(),
+                trace_id: p.trace_id,
+                span_id: p.span_id,
+                remote: true,
+                trace_state: trace_state(headers),
+            },
+            None => Parent::root(inner),
         })
     }
 
     /// A new trace for work that starts here (control-plane rounds), when sampled.
     pub fn sample_root(&self) -> Option<Parent> {
         let inner = self.inner.as_ref()?;
-        inner.sampling.decide(None, draw).then(|| Parent {
-            inner: inner.clone(),
-            context: opentelemetry::Context::new(),
-        })
+        inner
+            .sampling
+            .decide(None, context::random)
+            .then(|| Parent::root(inner))
     }
 
     /// A span for control-plane work: a new trace, when sampled.
@@ -166,18 +171,37 @@ impl Tracing {
     }
 }
 
-/// A random draw for a new trace's sampling decision (the SDK's thread-local generator).
-fn draw() -> u64 {
-    u64::from_be_bytes(RandomIdGenerator::default().new_span_id().to_bytes())
+/// The caller's `tracestate`, as the W3C header's text (empty when absent or malformed).
+fn trace_state(headers: &HeaderMap) -> String {
+    headers
+        .get(TRACESTATE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<TraceState>().ok())
+        .map(|s| s.header())
+        .unwrap_or_default()
 }
 
 /// Where a sampled span goes in its trace.
 pub struct Parent {
     inner: Arc<Inner>,
-    context: opentelemetry::Context,
+    trace_id: [u8; 16],
+    /// All zero for a new trace.
+    span_id: [u8; 8],
+    remote: bool,
+    trace_state: String,
 }
 
 impl Parent {
+    fn root(inner: &Arc<Inner>) -> Self {
+        Self {
+            inner: inner.clone(),
+            trace_id: context::new_trace_id(),
+            span_id: [0; 8],
+            remote: false,
+            trace_state: String::new(),
+        }
+    }
+
     pub fn start(self, name: &'static str, kind: SpanKind, attributes: Vec<KeyValue>) -> TraceSpan {
         self.start_at(name, kind, attributes, None)
     }
@@ -191,31 +215,62 @@ impl Parent {
         attributes: Vec<KeyValue>,
         at: Option<SystemTime>,
     ) -> TraceSpan {
-        let mut builder = self
-            .inner
-            .tracer
-            .span_builder(name)
-            .with_kind(kind)
-            .with_attributes(attributes);
-        builder.start_time = at;
-        let span = builder.start_with_context(&self.inner.tracer, &self.context);
-        TraceSpan {
-            span,
+        let mut span = TraceSpan {
             inner: self.inner,
+            trace_id: self.trace_id,
+            span_id: context::new_span_id(),
+            parent_span_id: self.span_id,
+            parent_is_remote: self.remote,
+            trace_state: self.trace_state,
+            name,
+            kind,
+            start: nanos(at.unwrap_or_else(SystemTime::now)),
+            attributes: Vec::with_capacity(ATTRIBUTE_BYTES),
+            count: 0,
+            dropped: 0,
+            error: None,
+            ended: false,
+        };
+        for kv in &attributes {
+            span.set_ref(kv);
         }
+        span
     }
+}
+
+fn nanos(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
 /// One sampled span; it ends when [`TraceSpan::end`] is called or when it is dropped.
 pub struct TraceSpan {
-    span: opentelemetry_sdk::trace::Span,
     inner: Arc<Inner>,
+    trace_id: [u8; 16],
+    span_id: [u8; 8],
+    parent_span_id: [u8; 8],
+    parent_is_remote: bool,
+    trace_state: String,
+    name: &'static str,
+    kind: SpanKind,
+    /// Unix nanoseconds.
+    start: u64,
+    /// `Span.attributes` fields, encoded as they were set.
+    attributes: Vec<u8>,
+    count: u32,
+    dropped: u32,
+    error: Option<Cow<'static, str>>,
+    ended: bool,
 }
 
 impl std::fmt::Debug for TraceSpan {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let sc = self.span.span_context();
-        write!(f, "TraceSpan({:032x}/{:016x})", sc.trace_id(), sc.span_id())
+        write!(
+            f,
+            "TraceSpan({:032x}/{:016x})",
+            u128::from_be_bytes(self.trace_id),
+            u64::from_be_bytes(self.span_id)
+        )
     }
 }
 
@@ -239,41 +294,86 @@ impl TraceSpan {
         attributes: Vec<KeyValue>,
         at: Option<SystemTime>,
     ) -> TraceSpan {
-        let sc = self.span.span_context();
-        let context = opentelemetry::Context::new().with_remote_span_context(SpanContext::new(
-            sc.trace_id(),
-            sc.span_id(),
-            sc.trace_flags(),
-            false,
-            sc.trace_state().clone(),
-        ));
         Parent {
             inner: self.inner.clone(),
-            context,
+            trace_id: self.trace_id,
+            span_id: self.span_id,
+            remote: false,
+            trace_state: self.trace_state.clone(),
         }
         .start_at(name, kind, attributes, at)
     }
 
     /// The `traceparent` naming this span as the parent of the next hop's.
     pub fn traceparent(&self) -> HeaderValue {
-        let sc = self.span.span_context();
-        let text = format_traceparent(sc.trace_id().to_bytes(), sc.span_id().to_bytes());
+        let text = format_traceparent(self.trace_id, self.span_id);
         // 55 bytes of ASCII hex and dashes: always a valid header value.
         HeaderValue::from_bytes(&text).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
     }
 
+    /// Adds an attribute (a key set twice is sent twice, as the OpenTelemetry SDK does).
     pub fn set(&mut self, attribute: KeyValue) {
-        self.span.set_attribute(attribute);
+        self.set_ref(&attribute);
+    }
+
+    /// [`TraceSpan::set`] for a string value, without building (or copying into) a `KeyValue`.
+    pub fn set_str(&mut self, key: &'static str, value: &str) {
+        if self.room() {
+            otlp::put_str_attribute(&mut self.attributes, key, value);
+        }
+    }
+
+    fn set_ref(&mut self, attribute: &KeyValue) {
+        if self.room() {
+            otlp::put_attribute(&mut self.attributes, attribute);
+        }
+    }
+
+    /// Whether another attribute may be kept (else it is counted as dropped).
+    fn room(&mut self) -> bool {
+        if self.count < MAX_ATTRIBUTES {
+            self.count += 1;
+            true
+        } else {
+            self.dropped += 1;
+            false
+        }
     }
 
     /// Marks the span failed, with why.
-    pub fn fail(&mut self, description: impl Into<std::borrow::Cow<'static, str>>) {
-        self.span
-            .set_status(opentelemetry::trace::Status::error(description));
+    pub fn fail(&mut self, description: impl Into<Cow<'static, str>>) {
+        self.error = Some(description.into());
     }
 
     /// Ends the span now (dropping it does too).
     pub fn end(mut self) {
-        self.span.end();
+        self.finish();
+    }
+
+    fn finish(&mut self) {
+        if std::mem::replace(&mut self.ended, true) {
+            return;
+        }
+        let finished = otlp::Finished {
+            trace_id: &self.trace_id,
+            span_id: &self.span_id,
+            parent_span_id: &self.parent_span_id,
+            parent_is_remote: self.parent_is_remote,
+            trace_state: &self.trace_state,
+            name: self.name,
+            kind: &self.kind,
+            start: self.start,
+            end: nanos(SystemTime::now()).max(self.start),
+            attributes: &self.attributes,
+            dropped_attributes: self.dropped,
+            error: self.error.as_deref(),
+        };
+        self.inner.buffer.push(|buf| finished.encode(buf));
+    }
+}
+
+impl Drop for TraceSpan {
+    fn drop(&mut self) {
+        self.finish();
     }
 }

@@ -1,25 +1,25 @@
-//! OTLP/gRPC export written straight from the SDK's finished spans: a batch is encoded as one
-//! `ExportTraceServiceRequest` (opentelemetry-proto's `collector/trace/v1`) in one pass into one
-//! buffer, the resource encoded once at start, and sent with tonic as bytes to
-//! `TraceService/Export`. A gateway that traces every request ends three spans per request; the
-//! generic exporter cloned each batch and built a message tree per span (a copy of every
-//! attribute) before encoding it (BENCHMARKS.md, "Tracing", has what this saves).
+//! OTLP/gRPC export, written by hand: a span is encoded as an OTLP `Span` message when it ends
+//! (its attributes as they are set), a batch is those encodings one after another, and an export
+//! frames a batch as one `ExportTraceServiceRequest` (opentelemetry-proto's
+//! `collector/trace/v1`: this process's resource and instrumentation scope, encoded once at
+//! start) and sends it with tonic as bytes to `TraceService/Export`. No span object is built,
+//! moved or copied on the way (BENCHMARKS.md, "Tracing", has what that saves against the SDK's
+//! pipeline).
 //!
-//! Must not: emit a message that differs from what opentelemetry-proto would encode for the same
-//! spans (the tests decode both and compare), or panic on a value kind it does not know (a newer
-//! SDK's; it is sent as its text).
+//! Must not: emit a message that differs from what prost encodes for the same OTLP message (the
+//! tests decode ours and compare byte for byte), or panic on a value kind it does not know (a
+//! newer API's; it is sent as its text).
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::{Buf as _, BufMut as _, Bytes};
 use http::uri::PathAndQuery;
-use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status};
-use opentelemetry::{Array, InstrumentationScope, KeyValue, Value};
-use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
-use opentelemetry_sdk::trace::{SpanData, SpanExporter};
+use opentelemetry::trace::SpanKind;
+use opentelemetry::{Array, KeyValue, Value};
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::transport::Channel;
+
+use super::export::{Batch, Exporter};
 
 const EXPORT: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 
@@ -30,37 +30,41 @@ pub(super) struct OtlpExporter {
     client: tonic::client::Grpc<Channel>,
     /// The `Resource` message's fields, encoded once.
     resource: Vec<u8>,
+    /// The `InstrumentationScope` message's fields, encoded once.
+    scope: Vec<u8>,
 }
 
 impl OtlpExporter {
-    pub fn new(endpoint: &str, timeout: Duration, resource: &Resource) -> Result<Self, String> {
+    /// An exporter to `endpoint` for a process described by `resource`, whose spans come from the
+    /// instrumentation scope `scope`.
+    pub fn new(
+        endpoint: &str,
+        timeout: Duration,
+        resource: &[KeyValue],
+        scope: &str,
+    ) -> Result<Self, String> {
         let channel = tonic::transport::Endpoint::from_shared(endpoint.to_string())
             .map_err(|e| e.to_string())?
             .connect_timeout(timeout)
             .timeout(timeout)
             .connect_lazy();
-        let mut encoded = Vec::new();
-        for (key, value) in resource.iter() {
-            let kv = KeyValue::new(key.clone(), value.clone());
-            message(&mut encoded, 1, key_value_len(&kv), |b| key_value(b, &kv));
-        }
         Ok(Self {
             client: tonic::client::Grpc::new(channel),
-            resource: encoded,
+            resource: encode_resource(resource),
+            scope: encode_scope(scope),
         })
     }
 }
 
-impl SpanExporter for OtlpExporter {
-    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
-        let request = encode_request(&self.resource, &batch);
+impl Exporter for OtlpExporter {
+    async fn export(&self, batch: Batch) -> Result<(), String> {
+        let request = encode_request(&self.resource, &self.scope, &batch.spans);
         drop(batch);
         let mut client = self.client.clone();
-        let failed = |e: String| OTelSdkError::InternalFailure(e);
         client
             .ready()
             .await
-            .map_err(|e| failed(format!("collector unreachable: {e}")))?;
+            .map_err(|e| format!("collector unreachable: {e}"))?;
         client
             .unary(
                 tonic::Request::new(Bytes::from(request)),
@@ -69,7 +73,7 @@ impl SpanExporter for OtlpExporter {
             )
             .await
             .map(drop)
-            .map_err(|s| failed(format!("collector refused the batch: {s}")))
+            .map_err(|s| format!("collector refused the batch: {s}"))
     }
 }
 
@@ -266,33 +270,47 @@ fn array(buf: &mut Vec<u8>, a: &Array) {
     }
 }
 
-fn key_value_len(kv: &KeyValue) -> usize {
-    delimited_len(1, kv.key.as_str().len()) + delimited_len(2, any_value_len(&kv.value))
-}
+/// Field number of `Span.attributes`.
+const SPAN_ATTRIBUTES: u32 = 9;
 
-fn key_value(buf: &mut Vec<u8>, kv: &KeyValue) {
-    put_bytes(buf, 1, kv.key.as_str().as_bytes());
-    message(buf, 2, any_value_len(&kv.value), |b| {
-        any_value(b, &kv.value)
+/// Appends `key = value` as one `KeyValue` message in field `field`.
+fn put_key_value(buf: &mut Vec<u8>, field: u32, kv: &KeyValue) {
+    let key = kv.key.as_str();
+    let value_len = any_value_len(&kv.value);
+    let len = delimited_len(1, key.len()) + delimited_len(2, value_len);
+    message(buf, field, len, |b| {
+        put_bytes(b, 1, key.as_bytes());
+        message(b, 2, value_len, |b| any_value(b, &kv.value));
     });
 }
 
-fn attributes_len(field: u32, attributes: &[KeyValue]) -> usize {
-    attributes
-        .iter()
-        .map(|kv| delimited_len(field, key_value_len(kv)))
-        .sum()
+/// Appends one `Span.attributes` field.
+pub(super) fn put_attribute(buf: &mut Vec<u8>, kv: &KeyValue) {
+    put_key_value(buf, SPAN_ATTRIBUTES, kv);
 }
 
-fn put_attributes(buf: &mut Vec<u8>, field: u32, attributes: &[KeyValue]) {
+/// [`put_attribute`] for a string value, with no `KeyValue` (nor a copy of the value) built.
+pub(super) fn put_str_attribute(buf: &mut Vec<u8>, key: &str, value: &str) {
+    let value_len = delimited_len(1, value.len());
+    let len = delimited_len(1, key.len()) + delimited_len(2, value_len);
+    message(buf, SPAN_ATTRIBUTES, len, |b| {
+        put_bytes(b, 1, key.as_bytes());
+        message(b, 2, value_len, |b| put_bytes(b, 1, value.as_bytes()));
+    });
+}
+
+fn encode_resource(attributes: &[KeyValue]) -> Vec<u8> {
+    let mut buf = Vec::new();
     for kv in attributes {
-        message(buf, field, key_value_len(kv), |b| key_value(b, kv));
+        put_key_value(&mut buf, 1, kv);
     }
+    buf
 }
 
-fn nanos(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+fn encode_scope(name: &str) -> Vec<u8> {
+    let mut buf = Vec::new();
+    put_opt_bytes(&mut buf, 1, name.as_bytes());
+    buf
 }
 
 fn kind(k: &SpanKind) -> u64 {
@@ -305,195 +323,99 @@ fn kind(k: &SpanKind) -> u64 {
     }
 }
 
-/// `flags`: the W3C trace flags, and whether the parent (or the link) is remote.
-fn flags(context: &SpanContext, remote: bool) -> u32 {
-    const HAS_IS_REMOTE: u32 = 0x100;
-    const IS_REMOTE: u32 = 0x200;
-    u32::from(context.trace_flags().to_u8()) | HAS_IS_REMOTE | if remote { IS_REMOTE } else { 0 }
+/// A span as it ends: its fields, its attributes already encoded.
+pub(super) struct Finished<'a> {
+    pub trace_id: &'a [u8; 16],
+    pub span_id: &'a [u8; 8],
+    /// All zero: none (a new trace).
+    pub parent_span_id: &'a [u8; 8],
+    pub parent_is_remote: bool,
+    pub trace_state: &'a str,
+    pub name: &'a str,
+    pub kind: &'a SpanKind,
+    /// Unix nanoseconds.
+    pub start: u64,
+    pub end: u64,
+    /// `Span.attributes` fields, one after another.
+    pub attributes: &'a [u8],
+    pub dropped_attributes: u32,
+    /// The status: unset when `None`, else an error and why.
+    pub error: Option<&'a str>,
 }
 
-/// `Status`: the code, and the description of an error.
-fn status_fields(status: &Status) -> (u64, &str) {
-    match status {
-        Status::Unset => (0, ""),
-        Status::Ok => (1, ""),
-        Status::Error { description } => (2, description.as_ref()),
+impl Finished<'_> {
+    fn status_len(&self) -> usize {
+        self.error
+            .map_or(0, |why| opt_bytes_len(2, why.len()) + opt_varint_len(3, 2))
     }
-}
 
-fn status_len(status: &Status) -> usize {
-    let (code, message) = status_fields(status);
-    opt_bytes_len(2, message.len()) + opt_varint_len(3, code)
-}
-
-/// What a span needs beyond its own fields, worked out once: its trace state as text.
-struct Prepared<'a> {
-    span: &'a SpanData,
-    trace_state: String,
-    len: usize,
-}
-
-fn prepare(span: &SpanData) -> Prepared<'_> {
-    let trace_state = span.span_context.trace_state().header();
-    let mut len = delimited_len(1, 16)
-        + delimited_len(2, 8)
-        + opt_bytes_len(3, trace_state.len())
-        + if span.parent_span_id == SpanId::INVALID {
-            0
-        } else {
-            delimited_len(4, 8)
-        }
-        + opt_bytes_len(5, span.name.len())
-        + opt_varint_len(6, kind(&span.span_kind))
-        + fixed_len(7, nanos(span.start_time).to_le_bytes())
-        + fixed_len(8, nanos(span.end_time).to_le_bytes())
-        + attributes_len(9, &span.attributes)
-        + opt_varint_len(10, u64::from(span.dropped_attributes_count))
-        + opt_varint_len(12, u64::from(span.events.dropped_count))
-        + opt_varint_len(14, u64::from(span.links.dropped_count))
-        + delimited_len(15, status_len(&span.status))
-        + fixed_len(
-            16,
-            flags(&span.span_context, span.parent_span_is_remote).to_le_bytes(),
-        );
-    for event in span.events.iter() {
-        len += delimited_len(11, event_len(event));
+    /// `flags`: the W3C trace flags (sampled: only sampled spans exist) and whether the parent is
+    /// remote.
+    fn flags(&self) -> u32 {
+        const SAMPLED: u32 = 0x1;
+        const HAS_IS_REMOTE: u32 = 0x100;
+        const IS_REMOTE: u32 = 0x200;
+        SAMPLED | HAS_IS_REMOTE | if self.parent_is_remote { IS_REMOTE } else { 0 }
     }
-    for link in span.links.iter() {
-        len += delimited_len(13, link_len(link));
-    }
-    Prepared {
-        span,
-        trace_state,
-        len,
-    }
-}
 
-fn event_len(e: &opentelemetry::trace::Event) -> usize {
-    fixed_len(1, nanos(e.timestamp).to_le_bytes())
-        + opt_bytes_len(2, e.name.len())
-        + attributes_len(3, &e.attributes)
-        + opt_varint_len(4, u64::from(e.dropped_attributes_count))
-}
-
-fn link_len(l: &opentelemetry::trace::Link) -> usize {
-    delimited_len(1, 16)
-        + delimited_len(2, 8)
-        + opt_bytes_len(3, l.span_context.trace_state().header().len())
-        + attributes_len(4, &l.attributes)
-        + opt_varint_len(5, u64::from(l.dropped_attributes_count))
-        + fixed_len(
-            6,
-            flags(&l.span_context, l.span_context.is_remote()).to_le_bytes(),
-        )
-}
-
-fn put_span(buf: &mut Vec<u8>, p: &Prepared<'_>) {
-    let s = p.span;
-    put_bytes(buf, 1, &s.span_context.trace_id().to_bytes());
-    put_bytes(buf, 2, &s.span_context.span_id().to_bytes());
-    put_opt_bytes(buf, 3, p.trace_state.as_bytes());
-    if s.parent_span_id != SpanId::INVALID {
-        put_bytes(buf, 4, &s.parent_span_id.to_bytes());
-    }
-    put_opt_bytes(buf, 5, s.name.as_bytes());
-    put_opt_varint(buf, 6, kind(&s.span_kind));
-    put_fixed(buf, 7, nanos(s.start_time).to_le_bytes());
-    put_fixed(buf, 8, nanos(s.end_time).to_le_bytes());
-    put_attributes(buf, 9, &s.attributes);
-    put_opt_varint(buf, 10, u64::from(s.dropped_attributes_count));
-    for e in s.events.iter() {
-        message(buf, 11, event_len(e), |b| {
-            put_fixed(b, 1, nanos(e.timestamp).to_le_bytes());
-            put_opt_bytes(b, 2, e.name.as_bytes());
-            put_attributes(b, 3, &e.attributes);
-            put_opt_varint(b, 4, u64::from(e.dropped_attributes_count));
-        });
-    }
-    put_opt_varint(buf, 12, u64::from(s.events.dropped_count));
-    for l in s.links.iter() {
-        message(buf, 13, link_len(l), |b| {
-            put_bytes(b, 1, &l.span_context.trace_id().to_bytes());
-            put_bytes(b, 2, &l.span_context.span_id().to_bytes());
-            put_opt_bytes(b, 3, l.span_context.trace_state().header().as_bytes());
-            put_attributes(b, 4, &l.attributes);
-            put_opt_varint(b, 5, u64::from(l.dropped_attributes_count));
-            put_fixed(
-                b,
-                6,
-                flags(&l.span_context, l.span_context.is_remote()).to_le_bytes(),
-            );
-        });
-    }
-    put_opt_varint(buf, 14, u64::from(s.links.dropped_count));
-    message(buf, 15, status_len(&s.status), |b| {
-        let (code, text) = status_fields(&s.status);
-        put_opt_bytes(b, 2, text.as_bytes());
-        put_opt_varint(b, 3, code);
-    });
-    put_fixed(
-        buf,
-        16,
-        flags(&s.span_context, s.parent_span_is_remote).to_le_bytes(),
-    );
-}
-
-fn scope_len(scope: &InstrumentationScope) -> usize {
-    opt_bytes_len(1, scope.name().len())
-        + opt_bytes_len(2, scope.version().map_or(0, str::len))
-        + scope
-            .attributes()
-            .map(|kv| delimited_len(3, key_value_len(kv)))
-            .sum::<usize>()
-}
-
-fn put_scope(buf: &mut Vec<u8>, scope: &InstrumentationScope) {
-    put_opt_bytes(buf, 1, scope.name().as_bytes());
-    put_opt_bytes(buf, 2, scope.version().unwrap_or_default().as_bytes());
-    for kv in scope.attributes() {
-        message(buf, 3, key_value_len(kv), |b| key_value(b, kv));
-    }
-}
-
-/// One `ExportTraceServiceRequest`: one `ResourceSpans` (this process), one `ScopeSpans` per
-/// instrumentation scope in the batch, in order of first appearance.
-pub(super) fn encode_request(resource: &[u8], batch: &[SpanData]) -> Vec<u8> {
-    // Spans grouped by scope (a process has one tracer, so usually one group).
-    let mut groups: Vec<(&InstrumentationScope, Vec<Prepared<'_>>)> = Vec::new();
-    for span in batch {
-        let scope = &span.instrumentation_scope;
-        let at = match groups.iter().position(|(s, _)| *s == scope) {
-            Some(at) => at,
-            None => {
-                groups.push((scope, Vec::with_capacity(batch.len())));
-                groups.len() - 1
+    /// The `Span` message's length.
+    fn len(&self) -> usize {
+        delimited_len(1, 16)
+            + delimited_len(2, 8)
+            + opt_bytes_len(3, self.trace_state.len())
+            + if *self.parent_span_id == [0; 8] {
+                0
+            } else {
+                delimited_len(4, 8)
             }
-        };
-        groups[at].1.push(prepare(span));
+            + opt_bytes_len(5, self.name.len())
+            + opt_varint_len(6, kind(self.kind))
+            + fixed_len(7, self.start.to_le_bytes())
+            + fixed_len(8, self.end.to_le_bytes())
+            + self.attributes.len()
+            + opt_varint_len(10, u64::from(self.dropped_attributes))
+            + delimited_len(15, self.status_len())
+            + fixed_len(16, self.flags().to_le_bytes())
     }
-    let scope_spans_len = |(scope, spans): &(&InstrumentationScope, Vec<Prepared<'_>>)| {
-        delimited_len(1, scope_len(scope))
-            + spans.iter().map(|p| delimited_len(2, p.len)).sum::<usize>()
-            + opt_bytes_len(3, scope.schema_url().map_or(0, str::len))
-    };
-    let resource_spans_len = delimited_len(1, resource.len())
-        + groups
-            .iter()
-            .map(|g| delimited_len(2, scope_spans_len(g)))
-            .sum::<usize>();
+
+    /// Appends the span as one `ScopeSpans.spans` field: what a [`Batch`] holds.
+    pub fn encode(&self, buf: &mut Vec<u8>) {
+        message(buf, 2, self.len(), |buf| {
+            put_bytes(buf, 1, self.trace_id);
+            put_bytes(buf, 2, self.span_id);
+            put_opt_bytes(buf, 3, self.trace_state.as_bytes());
+            if *self.parent_span_id != [0; 8] {
+                put_bytes(buf, 4, self.parent_span_id);
+            }
+            put_opt_bytes(buf, 5, self.name.as_bytes());
+            put_opt_varint(buf, 6, kind(self.kind));
+            put_fixed(buf, 7, self.start.to_le_bytes());
+            put_fixed(buf, 8, self.end.to_le_bytes());
+            buf.extend_from_slice(self.attributes);
+            put_opt_varint(buf, 10, u64::from(self.dropped_attributes));
+            message(buf, 15, self.status_len(), |b| {
+                if let Some(why) = self.error {
+                    put_opt_bytes(b, 2, why.as_bytes());
+                    put_opt_varint(b, 3, 2);
+                }
+            });
+            put_fixed(buf, 16, self.flags().to_le_bytes());
+        });
+    }
+}
+
+/// One `ExportTraceServiceRequest`: one `ResourceSpans` (this process) holding one `ScopeSpans`
+/// (its tracer) whose spans are `spans`, encoded by [`Finished::encode`].
+pub(super) fn encode_request(resource: &[u8], scope: &[u8], spans: &[u8]) -> Vec<u8> {
+    let scope_spans_len = delimited_len(1, scope.len()) + spans.len();
+    let resource_spans_len = delimited_len(1, resource.len()) + delimited_len(2, scope_spans_len);
     let mut buf = Vec::with_capacity(delimited_len(1, resource_spans_len));
     message(&mut buf, 1, resource_spans_len, |b| {
         put_bytes(b, 1, resource);
-        for group in &groups {
-            message(b, 2, scope_spans_len(group), |b| {
-                let (scope, spans) = group;
-                message(b, 1, scope_len(scope), |b| put_scope(b, scope));
-                for p in spans {
-                    message(b, 2, p.len, |b| put_span(b, p));
-                }
-                put_opt_bytes(b, 3, scope.schema_url().unwrap_or_default().as_bytes());
-            });
-        }
+        message(b, 2, scope_spans_len, |b| {
+            put_bytes(b, 1, scope);
+            b.extend_from_slice(spans);
+        });
     });
     buf
 }
@@ -501,155 +423,277 @@ pub(super) fn encode_request(resource: &[u8], batch: &[SpanData]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
+    use std::time::SystemTime;
 
-    use opentelemetry::trace::{
-        Link, SpanContext, TraceFlags, TraceId, TraceState, Tracer as _, TracerProvider as _,
-    };
+    use opentelemetry::InstrumentationScope;
+    use opentelemetry::trace::{SpanContext, SpanId, Status, TraceFlags, TraceId, TraceState};
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::InstrumentationScope as ProtoScope;
     use opentelemetry_proto::tonic::resource::v1::Resource as ProtoResource;
-    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans};
-    use opentelemetry_proto::transform::common::tonic::ResourceAttributesWithSchema;
-    use opentelemetry_sdk::trace::SdkTracerProvider;
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span as ProtoSpan};
+    use opentelemetry_proto::transform::common::tonic::Attributes;
+    use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
+    use prometheus_client::metrics::counter::Counter;
     use prost::Message as _;
+    use tokio::sync::mpsc;
 
-    /// Spans of every shape the SDK can hand over: kinds, remote and local parents, trace
-    /// state, every value kind, arrays, events, links, error status, two scopes.
-    fn spans() -> Vec<SpanData> {
-        let finished = Arc::new(Collect::default());
-        let provider = SdkTracerProvider::builder()
-            .with_span_processor(Keep(finished.clone()))
-            .build();
-        let tracer = provider.tracer("isthmus-gateway");
-        let remote = SpanContext::new(
-            TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").expect("hex"),
-            SpanId::from_hex("00f067aa0ba902b7").expect("hex"),
-            TraceFlags::SAMPLED,
-            true,
-            TraceState::from_key_value([("vendor", "00f067aa0ba902b7")]).expect("state"),
+    use super::super::{
+        SamplerKind, SpanKind, TRACEPARENT, TRACESTATE, TraceParent, TraceSpan, Tracing,
+        TracingConfig,
+    };
+
+    /// Hands each exported batch to the test.
+    struct Recorder(mpsc::UnboundedSender<Batch>);
+
+    impl Exporter for Recorder {
+        async fn export(&self, batch: Batch) -> Result<(), String> {
+            let _ = self.0.send(batch);
+            Ok(())
+        }
+    }
+
+    fn tracing() -> (Tracing, mpsc::UnboundedReceiver<Batch>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let config = TracingConfig {
+            sampler: SamplerKind::AlwaysOn,
+            ..TracingConfig::default()
+        };
+        let t = Tracing::with_exporter(Recorder(tx), &config, "test", Counter::default());
+        (t, rx)
+    }
+
+    fn resource() -> Vec<KeyValue> {
+        vec![
+            KeyValue::new("service.name", "isthmus-gateway"),
+            KeyValue::new("isthmus.cluster", "east"),
+            KeyValue::new("isthmus.instance", 7),
+        ]
+    }
+
+    /// What a test span was made with, to build the SDK's `SpanData` for the same span.
+    struct Made {
+        ids: TraceParent,
+        parent: [u8; 8],
+        parent_is_remote: bool,
+        trace_state: TraceState,
+        name: &'static str,
+        kind: SpanKind,
+        attributes: Vec<KeyValue>,
+        dropped: u32,
+        error: Option<&'static str>,
+    }
+
+    fn ids(span: &TraceSpan) -> TraceParent {
+        TraceParent::parse(span.traceparent().as_bytes()).expect("a valid traceparent")
+    }
+
+    /// Every value kind, both string paths, arrays.
+    fn all_kinds() -> Vec<KeyValue> {
+        vec![
+            KeyValue::new("http.request.method", "GET"),
+            KeyValue::new("url.path", "/a/ü".to_string()),
+            KeyValue::new("isthmus.try", 3),
+            KeyValue::new("negative", -7),
+            KeyValue::new("isthmus.retry", true),
+            KeyValue::new("isthmus.shadow", false),
+            KeyValue::new("ratio", 0.25),
+            KeyValue::new("empty", ""),
+            KeyValue::new(
+                "clusters",
+                Value::Array(Array::String(vec!["west".into(), "south".into()])),
+            ),
+            KeyValue::new("ports", Value::Array(Array::I64(vec![80, 443]))),
+            KeyValue::new("flags", Value::Array(Array::Bool(vec![true, false]))),
+            KeyValue::new("weights", Value::Array(Array::F64(vec![0.5]))),
+        ]
+    }
+
+    /// Spans of every shape the gateway and the federation make: a caller's trace (with trace
+    /// state) continued by a server span, a child, a child started in the past, a new trace, one
+    /// failed, one with more attributes than are kept.
+    fn make(t: &Tracing) -> Vec<Made> {
+        let caller = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let mut headers = http::HeaderMap::new();
+        headers.insert(TRACEPARENT, caller.parse().expect("header"));
+        headers.insert(
+            TRACESTATE,
+            "vendor=00f067aa0ba902b7".parse().expect("header"),
         );
-        let parent = opentelemetry::Context::new().with_remote_span_context(remote.clone());
-        use opentelemetry::trace::{Span as _, TraceContextExt as _};
-        let mut s = tracer
-            .span_builder("GET")
-            .with_kind(SpanKind::Client)
-            .with_attributes([
-                KeyValue::new("http.request.method", "GET"),
-                KeyValue::new("url.path", "/a/ü".to_string()),
-                KeyValue::new("isthmus.try", 3),
-                KeyValue::new("negative", -7),
-                KeyValue::new("isthmus.retry", true),
-                KeyValue::new("isthmus.shadow", false),
-                KeyValue::new("ratio", 0.25),
-                KeyValue::new("empty", ""),
-                KeyValue::new(
-                    "clusters",
-                    Value::Array(Array::String(vec!["west".into(), "south".into()])),
-                ),
-                KeyValue::new("ports", Value::Array(Array::I64(vec![80, 443]))),
-                KeyValue::new("flags", Value::Array(Array::Bool(vec![true, false]))),
-                KeyValue::new("weights", Value::Array(Array::F64(vec![0.5]))),
-            ])
-            .with_links(vec![Link::with_context(remote.clone())])
-            .start_with_context(&tracer, &parent);
-        s.add_event("retry", vec![KeyValue::new("why", "503")]);
-        s.set_status(Status::error("upstream reset"));
-        let child_cx = opentelemetry::Context::current_with_span(s);
-        let mut child = tracer.start_with_context("try", &child_cx);
-        child.set_status(Status::Ok);
+        let state = TraceState::from_key_value([("vendor", "00f067aa0ba902b7")]).expect("state");
+        let caller = TraceParent::parse(caller.as_bytes()).expect("valid");
+        let mut made = Vec::new();
+
+        let mut server = t.sample(&headers).expect("sampled").start(
+            "GET",
+            SpanKind::Server,
+            all_kinds()[..4].to_vec(),
+        );
+        for kv in &all_kinds()[4..] {
+            server.set(kv.clone());
+        }
+        server.set_str("server.address", "echo.demo.svc.clusterset.local");
+        server.fail("upstream reset");
+        let mut attributes = all_kinds();
+        attributes.push(KeyValue::new(
+            "server.address",
+            "echo.demo.svc.clusterset.local",
+        ));
+        let server_ids = ids(&server);
+        made.push(Made {
+            ids: server_ids,
+            parent: caller.span_id,
+            parent_is_remote: true,
+            trace_state: state.clone(),
+            name: "GET",
+            kind: SpanKind::Server,
+            attributes,
+            dropped: 0,
+            error: Some("upstream reset"),
+        });
+
+        let child = server.child(
+            "try",
+            SpanKind::Client,
+            vec![KeyValue::new("isthmus.try", 1)],
+        );
+        made.push(Made {
+            ids: ids(&child),
+            parent: server_ids.span_id,
+            parent_is_remote: false,
+            trace_state: state.clone(),
+            name: "try",
+            kind: SpanKind::Client,
+            attributes: vec![KeyValue::new("isthmus.try", 1)],
+            dropped: 0,
+            error: None,
+        });
         child.end();
-        drop(child_cx);
-        let mut server = tracer
-            .span_builder("POST")
-            .with_kind(SpanKind::Server)
-            .start(&tracer);
-        server.add_event_with_timestamp("e", SystemTime::UNIX_EPOCH, vec![]);
+
+        let since = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let late = server.child_since("try", SpanKind::Client, Vec::new(), Some(since));
+        made.push(Made {
+            ids: ids(&late),
+            parent: server_ids.span_id,
+            parent_is_remote: false,
+            trace_state: state,
+            name: "try",
+            kind: SpanKind::Client,
+            attributes: Vec::new(),
+            dropped: 0,
+            error: None,
+        });
+        drop(late);
         server.end();
-        let other = provider.tracer_with_scope(
-            InstrumentationScope::builder("control")
-                .with_version("1.2")
-                .with_schema_url("https://opentelemetry.io/schemas/1.30.0")
-                .with_attributes([KeyValue::new("k", "v")])
-                .build(),
+
+        let mut round = t
+            .root_span(
+                "catalog.apply",
+                vec![KeyValue::new("isthmus.catalog.version", 9)],
+            )
+            .expect("always on");
+        let mut attributes = vec![KeyValue::new("isthmus.catalog.version", 9)];
+        for i in 0..140 {
+            let kv = KeyValue::new(format!("k{i}"), i64::from(i));
+            if attributes.len() < 128 {
+                attributes.push(kv.clone());
+            }
+            round.set(kv);
+        }
+        made.push(Made {
+            ids: ids(&round),
+            parent: [0; 8],
+            parent_is_remote: false,
+            trace_state: TraceState::default(),
+            name: "catalog.apply",
+            kind: SpanKind::Internal,
+            attributes,
+            dropped: 13,
+            error: None,
+        });
+        drop(round);
+        made
+    }
+
+    /// What opentelemetry-proto builds from the SDK's `SpanData` for a span made alike and timed
+    /// as `ours` says.
+    fn reference(m: &Made, ours: &ProtoSpan) -> ProtoSpan {
+        let context = SpanContext::new(
+            TraceId::from_bytes(m.ids.trace_id),
+            SpanId::from_bytes(m.ids.span_id),
+            TraceFlags::SAMPLED,
+            false,
+            m.trace_state.clone(),
         );
-        for kind in [SpanKind::Internal, SpanKind::Producer, SpanKind::Consumer] {
-            drop(other.span_builder("round").with_kind(kind).start(&other));
-        }
-        std::mem::take(&mut *finished.0.lock().expect("lock"))
+        let at = |n: u64| SystemTime::UNIX_EPOCH + Duration::from_nanos(n);
+        let data = SpanData {
+            span_context: context,
+            parent_span_id: SpanId::from_bytes(m.parent),
+            parent_span_is_remote: m.parent_is_remote,
+            span_kind: m.kind.clone(),
+            name: m.name.into(),
+            start_time: at(ours.start_time_unix_nano),
+            end_time: at(ours.end_time_unix_nano),
+            attributes: m.attributes.clone(),
+            dropped_attributes_count: m.dropped,
+            events: SpanEvents::default(),
+            links: SpanLinks::default(),
+            status: m.error.map_or(Status::Unset, Status::error),
+            instrumentation_scope: InstrumentationScope::builder("isthmus-gateway").build(),
+        };
+        data.into()
     }
 
-    /// Keeps every finished span.
-    #[derive(Debug, Default)]
-    struct Collect(std::sync::Mutex<Vec<SpanData>>);
-
-    #[derive(Debug)]
-    struct Keep(Arc<Collect>);
-
-    impl opentelemetry_sdk::trace::SpanProcessor for Keep {
-        fn on_start(&self, _: &mut opentelemetry_sdk::trace::Span, _: &opentelemetry::Context) {}
-        fn on_end(&self, span: SpanData) {
-            self.0.0.lock().expect("lock").push(span);
+    #[tokio::test(start_paused = true)]
+    async fn spans_encode_as_opentelemetry_proto_builds_them() {
+        let (t, mut batches) = tracing();
+        let before = SystemTime::now();
+        let made = make(&t);
+        let after = SystemTime::now();
+        let batch = batches
+            .recv()
+            .await
+            .expect("a batch within the flush interval");
+        assert_eq!(batch.count, made.len());
+        let bytes = encode_request(
+            &encode_resource(&resource()),
+            &encode_scope("isthmus-gateway"),
+            &batch.spans,
+        );
+        let decoded = ExportTraceServiceRequest::decode(&bytes[..]).expect("valid protobuf");
+        let ours = &decoded.resource_spans[0].scope_spans[0].spans;
+        // Ended in this order: the child, the late child, the server span, the round.
+        let order = [1, 2, 0, 3];
+        assert_eq!(ours.len(), order.len());
+        let ns = |t: SystemTime| super::super::nanos(t);
+        let mut spans = Vec::new();
+        for (ours, &i) in ours.iter().zip(&order) {
+            let (start, end) = (ours.start_time_unix_nano, ours.end_time_unix_nano);
+            if i == 2 {
+                assert_eq!(start, 1_700_000_000_000_000_000, "started when it was told");
+            } else {
+                assert!(ns(before) <= start, "{ours:?}");
+            }
+            assert!(start <= end && end <= ns(after), "{ours:?}");
+            spans.push(reference(&made[i], ours));
         }
-        fn force_flush(&self) -> OTelSdkResult {
-            Ok(())
-        }
-        fn shutdown_with_timeout(&self, _: Duration) -> OTelSdkResult {
-            Ok(())
-        }
-    }
-
-    fn resource() -> Resource {
-        Resource::builder_empty()
-            .with_service_name("isthmus-gateway")
-            .with_attributes([
-                KeyValue::new("isthmus.cluster", "east"),
-                KeyValue::new("isthmus.instance", 7),
-            ])
-            .build()
-    }
-
-    /// What opentelemetry-proto builds for the same spans, grouped as [`encode_request`] does.
-    fn reference(batch: Vec<SpanData>, resource: &Resource) -> ExportTraceServiceRequest {
-        let attributes = ResourceAttributesWithSchema::from(resource);
-        let mut groups: Vec<ScopeSpans> = Vec::new();
-        for span in batch {
-            let scope = span.instrumentation_scope.clone();
-            let at = groups
-                .iter()
-                .position(|g| g.scope == Some((&scope, None).into()))
-                .unwrap_or_else(|| {
-                    groups.push(ScopeSpans {
-                        scope: Some((&scope, None).into()),
-                        spans: Vec::new(),
-                        schema_url: scope.schema_url().unwrap_or_default().to_string(),
-                    });
-                    groups.len() - 1
-                });
-            groups[at].spans.push(span.into());
-        }
-        ExportTraceServiceRequest {
+        let expected = ExportTraceServiceRequest {
             resource_spans: vec![ResourceSpans {
                 resource: Some(ProtoResource {
-                    attributes: attributes.attributes.0,
+                    attributes: Attributes::from(resource()).0,
                     dropped_attributes_count: 0,
                     entity_refs: vec![],
                 }),
-                scope_spans: groups,
+                scope_spans: vec![ScopeSpans {
+                    scope: Some(ProtoScope {
+                        name: "isthmus-gateway".into(),
+                        ..Default::default()
+                    }),
+                    spans,
+                    schema_url: String::new(),
+                }],
                 schema_url: String::new(),
             }],
-        }
-    }
-
-    #[tokio::test]
-    async fn a_batch_decodes_to_what_opentelemetry_proto_builds() {
-        let batch = spans();
-        assert!(batch.len() >= 6, "{} spans", batch.len());
-        let resource = resource();
-        let exporter = OtlpExporter::new("http://127.0.0.1:1", Duration::from_secs(1), &resource)
-            .expect("exporter");
-        let bytes = encode_request(&exporter.resource, &batch);
-        let decoded = ExportTraceServiceRequest::decode(&bytes[..]).expect("valid protobuf");
-        let expected = reference(batch, &resource);
+        };
         assert_eq!(decoded, expected);
         // And byte for byte: prost writes fields in tag order, as this encoder does.
         assert_eq!(bytes, expected.encode_to_vec());
@@ -679,9 +723,13 @@ mod tests {
             "http://127.0.0.1:9",
             Duration::from_millis(500),
             &resource(),
+            "isthmus-gateway",
         )
         .expect("exporter");
-        let result = tokio::time::timeout(Duration::from_secs(10), exporter.export(spans()))
+        let (t, mut batches) = tracing();
+        drop(make(&t));
+        let batch = batches.recv().await.expect("a batch");
+        let result = tokio::time::timeout(Duration::from_secs(10), exporter.export(batch))
             .await
             .expect("the export gives up within its timeout");
         assert!(result.is_err(), "{result:?}");

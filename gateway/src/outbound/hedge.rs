@@ -203,9 +203,7 @@ impl Outbound {
         let started = tokio::time::Instant::now();
         let mut req: Request<Body> = plan.replay.request();
         if let Some(span) = span {
-            for kv in crate::trace::peer_address(&gateway.address) {
-                span.set(kv);
-            }
+            crate::trace::set_peer(span, &gateway.address);
             crate::trace::inject(span, req.headers_mut());
         }
         let answered = tokio::time::timeout(plan.timeout, sender.try_send_request(req)).await;
