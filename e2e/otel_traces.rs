@@ -354,15 +354,19 @@ async fn failover_is_one_trace(receiver: &Receiver, members: &mut [Member]) {
             .await;
         // Every gateway's batch of this trace is in within its flush interval.
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let spans = receiver.trace(&trace, |s| s.len() >= 3).await;
+        // Two spans when south answered the first try; five when west failed it first.
+        let spans = receiver.trace(&trace, |s| s.len() >= 2).await;
         let exchange = east_exchange(&spans, &parent);
         let west_tried = spans.iter().any(|s| {
             s["parent_span_id"] == exchange["span_id"]
                 && attr(s, "isthmus.destination.cluster") == "west"
         });
         if !west_tried {
+            assert_eq!(spans.len(), 2, "{spans:#?}");
             continue;
         }
+        let spans = receiver.trace(&trace, |s| s.len() >= 5).await;
+        let exchange = east_exchange(&spans, &parent);
         // The first try's request named the exchange's span: west's inbound is under it, and
         // the failed try has a span of its own beside it.
         let west = inbound_under(&spans, exchange, "west");
