@@ -180,16 +180,14 @@ mod tests {
         }
     }
 
+    /// Each exported batch's span count and bytes.
+    type Seen = mpsc::UnboundedReceiver<(usize, usize)>;
+
     fn setup(
         queue_size: usize,
         batch_size: usize,
         held: bool,
-    ) -> (
-        Arc<Buffer>,
-        mpsc::UnboundedReceiver<(usize, usize)>,
-        Arc<tokio::sync::Semaphore>,
-        Counter,
-    ) {
+    ) -> (Arc<Buffer>, Seen, Arc<tokio::sync::Semaphore>, Counter) {
         let (sizes, seen) = mpsc::unbounded_channel();
         let hold = Arc::new(tokio::sync::Semaphore::new(if held { 0 } else { 1 << 20 }));
         let dropped = Counter::default();
