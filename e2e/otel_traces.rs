@@ -162,6 +162,11 @@ async fn one_trace_chains_caller_outbound_inbound_and_service() {
     ] {
         assert_eq!(attr(exchange, key), &want, "{key}: {exchange}");
     }
+    // The peer gateway the first try went through.
+    assert!(
+        attr(exchange, "network.peer.port").as_i64().is_some(),
+        "{exchange}"
+    );
     let inbound = inbound_under(&spans, exchange, "west");
     assert_eq!(attr(inbound, "http.response.status_code"), 200);
     assert_eq!(attr(inbound, "isthmus.service"), "echo.demo");

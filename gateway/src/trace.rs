@@ -154,15 +154,33 @@ impl TrySpan {
         TrySpan::Own { span, number }
     }
 
+    /// The try's request was handed back unsent (its connection was closing) and goes again
+    /// under the same number: it leaves no span.
+    pub fn unsent(self) {
+        if let TrySpan::Own { span, .. } = self {
+            span.discard();
+        }
+    }
+
     /// Ends the try: answered with `status`, or failed when `error` says why. The exchange's
-    /// span records which try answered.
-    pub fn end(self, exchange: Option<&mut TraceSpan>, status: Option<u16>, error: Option<&str>) {
+    /// span records which try answered (and, for the first, the peer gateway it went through).
+    pub fn end(
+        self,
+        mut exchange: Option<&mut TraceSpan>,
+        status: Option<u16>,
+        error: Option<&str>,
+    ) {
         let number = match self {
             TrySpan::Own { span, number } => {
                 end_try(Some(span), status, error);
                 number
             }
-            TrySpan::First { .. } if error.is_none() => 1,
+            TrySpan::First { gateway, .. } if error.is_none() => {
+                if let (Some(exchange), Some(gateway)) = (exchange.as_deref_mut(), gateway) {
+                    set_peer(exchange, &gateway);
+                }
+                1
+            }
             TrySpan::First {
                 started,
                 failover,
@@ -186,6 +204,12 @@ impl TrySpan {
             exchange.set(KeyValue::new("isthmus.try", i64::from(number)));
         }
     }
+}
+
+/// Records on the exchange's span that a hedge answered it: try `number`.
+pub fn hedge_won(exchange: &mut TraceSpan, number: u32) {
+    exchange.set(KeyValue::new("isthmus.try", i64::from(number)));
+    exchange.set(KeyValue::new("isthmus.hedge", true));
 }
 
 /// `network.peer.address` and `network.peer.port`: a peer gateway's `host:port`.

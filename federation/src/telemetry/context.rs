@@ -104,35 +104,47 @@ pub fn format_traceparent(trace_id: [u8; 16], span_id: [u8; 8]) -> [u8; 55] {
     out
 }
 
-/// A random number for IDs and sampling draws: splitmix64 over a per-thread state seeded from
-/// the system's generator (IDs must be unique and unguessable enough to not collide between
-/// processes, not secret; a `traceparent` is no credential).
-pub(crate) fn random() -> u64 {
-    use std::cell::Cell;
+/// Random bytes each thread takes from the system generator at once.
+const RANDOM_BLOCK: usize = 512;
+
+/// A random number for IDs and sampling draws, from the system's cryptographic generator (a
+/// `traceparent` is seen by every service a request reaches: from one ID, none of the next may
+/// be guessable, or a caller could join or link other clients' traces). Each thread draws a
+/// block at a time, so an ID costs a copy, not a system call.
+fn random() -> u64 {
+    use std::cell::RefCell;
     thread_local! {
-        static STATE: Cell<u64> = Cell::new(seed());
+        static BLOCK: RefCell<([u8; RANDOM_BLOCK], usize)> =
+            const { RefCell::new(([0; RANDOM_BLOCK], RANDOM_BLOCK)) };
     }
-    STATE.with(|s| {
-        let x = s.get().wrapping_add(0x9e37_79b9_7f4a_7c15);
-        s.set(x);
-        let mut z = x;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+    BLOCK.with(|b| {
+        let (bytes, used) = &mut *b.borrow_mut();
+        if *used + 8 > RANDOM_BLOCK {
+            refill(bytes);
+            *used = 0;
+        }
+        let mut x = [0u8; 8];
+        x.copy_from_slice(&bytes[*used..*used + 8]);
+        *used += 8;
+        u64::from_ne_bytes(x)
     })
 }
 
-fn seed() -> u64 {
+fn refill(bytes: &mut [u8; RANDOM_BLOCK]) {
     use ring::rand::SecureRandom as _;
-    let mut b = [0u8; 8];
-    if ring::rand::SystemRandom::new().fill(&mut b).is_err() {
-        // No system generator: the clock and the thread still tell processes apart.
-        use std::hash::{BuildHasher as _, Hasher as _};
-        let mut h = std::hash::RandomState::new().build_hasher();
-        h.write_u128(std::time::UNIX_EPOCH.elapsed().map_or(0, |d| d.as_nanos()));
-        return h.finish();
+    if ring::rand::SystemRandom::new().fill(bytes).is_ok() {
+        return;
     }
-    u64::from_ne_bytes(b)
+    // The system generator failed (it does not, on Linux after boot): IDs must still differ,
+    // so they come from the standard library's per-process random keys and the clock.
+    use std::hash::{BuildHasher as _, Hasher as _};
+    let state = std::hash::RandomState::new();
+    for (i, chunk) in bytes.chunks_exact_mut(8).enumerate() {
+        let mut h = state.build_hasher();
+        h.write_usize(i);
+        h.write_u128(std::time::UNIX_EPOCH.elapsed().map_or(0, |d| d.as_nanos()));
+        chunk.copy_from_slice(&h.finish().to_ne_bytes());
+    }
 }
 
 /// A new trace ID (never all zero).
@@ -153,6 +165,13 @@ pub(crate) fn new_span_id() -> [u8; 8] {
             return id;
         }
     }
+}
+
+/// The last 8 bytes of a trace ID, as a number: what a ratio sampler compares.
+fn low_half(trace_id: &[u8; 16]) -> u64 {
+    let mut low = [0u8; 8];
+    low.copy_from_slice(&trace_id[8..]);
+    u64::from_be_bytes(low)
 }
 
 /// The sampling rule of a `tracing:` section, ready for the request path.
@@ -178,24 +197,25 @@ impl Sampling {
     }
 
     /// Whether to trace: the caller's decision when it sent one and the rule is parent-based,
-    /// else the sampler, over the caller's trace ID (so hops that decide alike agree) or, for a
-    /// new trace, over `draw()` (a random number, taken only when needed).
-    pub fn decide(&self, parent: Option<&TraceParent>, draw: impl FnOnce() -> u64) -> bool {
+    /// else the sampler, over the trace ID: the caller's, or for a new trace the one `new_trace`
+    /// makes (called only when the sampler needs it), so hops that decide alike agree.
+    pub fn decide(
+        &self,
+        parent: Option<&TraceParent>,
+        new_trace: impl FnOnce() -> [u8; 16],
+    ) -> bool {
         match parent {
             Some(p) if self.parent_based => p.sampled,
-            Some(p) => {
-                let mut low = [0u8; 8];
-                low.copy_from_slice(&p.trace_id[8..]);
-                self.root(u64::from_be_bytes(low))
-            }
+            Some(p) => self.root(low_half(&p.trace_id)),
             None => match self.kind {
-                SamplerKind::Ratio => self.root(draw()),
+                SamplerKind::Ratio => self.root(low_half(&new_trace())),
                 _ => self.root(0),
             },
         }
     }
 
     fn root(&self, x: u64) -> bool {
+        // `x` is the low half of a trace ID (W3C's random part).
         match self.kind {
             SamplerKind::AlwaysOn => true,
             SamplerKind::AlwaysOff => false,
@@ -219,7 +239,7 @@ mod tests {
         }
         let (a, b) = (new_trace_id(), new_trace_id());
         assert_ne!(a, b);
-        // Another thread starts from its own seed.
+        // Another thread draws its own block.
         let other = std::thread::spawn(new_span_id).join().expect("thread");
         assert!(!seen.contains(&other));
     }
@@ -263,6 +283,13 @@ mod tests {
         assert!(TraceParent::parse(later).is_some());
     }
 
+    /// A trace ID whose random low half is `low`.
+    fn trace_id(low: u64) -> [u8; 16] {
+        let mut id = [0x5a; 16];
+        id[8..].copy_from_slice(&low.to_be_bytes());
+        id
+    }
+
     fn sampling(sampler: SamplerKind, ratio: f64, parent_based: bool) -> Sampling {
         Sampling::new(&TracingConfig {
             sampler,
@@ -299,11 +326,25 @@ mod tests {
             let mut z = x;
             z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
             z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            hits += usize::from(s.decide(None, || z ^ (z >> 31)));
+            hits += usize::from(s.decide(None, || trace_id(z ^ (z >> 31))));
         }
         assert!((800..1200).contains(&hits), "{hits} of 100000 at 1 %");
-        assert!(!sampling(SamplerKind::Ratio, 0.0, true).decide(None, || 0));
-        assert!(sampling(SamplerKind::Ratio, 1.0, true).decide(None, || u64::MAX));
+        assert!(!sampling(SamplerKind::Ratio, 0.0, true).decide(None, || trace_id(0)));
+        assert!(sampling(SamplerKind::Ratio, 1.0, true).decide(None, || trace_id(u64::MAX)));
+        // A hop that is not parent-based decides a caller's trace as the root decided it.
+        let s = sampling(SamplerKind::Ratio, 0.5, false);
+        for low in [1u64 << 20, u64::MAX - 7] {
+            let id = trace_id(low);
+            let caller = TraceParent {
+                trace_id: id,
+                span_id: [1; 8],
+                sampled: true,
+            };
+            assert_eq!(
+                s.decide(None, || id),
+                s.decide(Some(&caller), || unreachable!())
+            );
+        }
         assert!(sampling(SamplerKind::AlwaysOn, 0.0, true).decide(None, || unreachable!()));
         assert!(!sampling(SamplerKind::AlwaysOff, 1.0, true).decide(None, || unreachable!()));
     }

@@ -19,8 +19,13 @@ use tokio::sync::Notify;
 const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 /// Export failures are logged at most this often (each is counted).
 const WARN_EVERY: Duration = Duration::from_secs(60);
-/// Bytes a batch is given at first, per span (a gateway's spans take 200–400).
+/// Bytes a batch is given at first, per span (a gateway's spans take 200–400), for at most
+/// [`RESERVED_SPANS`] spans (a larger batch grows as it fills).
 const BYTES_PER_SPAN: usize = 320;
+const RESERVED_SPANS: usize = 256;
+/// A batch goes once it holds this many bytes, full or not: well under a collector's usual
+/// 4 MiB limit on a gRPC message, whatever the spans' attributes hold.
+const MAX_BATCH_BYTES: usize = 1 << 20;
 
 /// Spans to send together: their encodings, one after another (OTLP `ScopeSpans.spans`).
 #[derive(Debug, Default)]
@@ -66,12 +71,13 @@ impl Buffer {
         }
         let p = &mut *pending;
         if p.filling.spans.capacity() == 0 {
-            p.filling.spans.reserve(self.batch_size * BYTES_PER_SPAN);
+            let spans = self.batch_size.min(RESERVED_SPANS);
+            p.filling.spans.reserve(spans * BYTES_PER_SPAN);
         }
         encode(&mut p.filling.spans);
         p.filling.count += 1;
         p.held += 1;
-        if p.filling.count < self.batch_size {
+        if p.filling.count < self.batch_size && p.filling.spans.len() < MAX_BATCH_BYTES {
             return;
         }
         let batch = std::mem::take(&mut p.filling);
@@ -212,6 +218,23 @@ mod tests {
         for _ in 0..n {
             buffer.push(|b| b.extend_from_slice(b"abc"));
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_goes_when_its_bytes_reach_the_limit() {
+        let (buffer, mut seen, _hold, _dropped) = setup(100, 50, false);
+        tokio::task::yield_now().await;
+        let started = tokio::time::Instant::now();
+        // Three spans of 400 KiB: the third takes the batch past 1 MiB, so it goes at once.
+        for _ in 0..3 {
+            buffer.push(|b| b.resize(b.len() + 400 * 1024, 0));
+        }
+        assert_eq!(seen.recv().await, Some((3, 3 * 400 * 1024)));
+        assert_eq!(
+            started.elapsed(),
+            Duration::ZERO,
+            "a batch over its byte limit waited"
+        );
     }
 
     #[tokio::test(start_paused = true)]

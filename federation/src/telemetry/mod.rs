@@ -138,7 +138,9 @@ impl Tracing {
         let caller = headers
             .get(TRACEPARENT)
             .and_then(|v| TraceParent::parse(v.as_bytes()));
-        if !inner.sampling.decide(caller.as_ref(), context::random) {
+        let mut made = None;
+        let new_trace = || *made.insert(context::new_trace_id());
+        if !inner.sampling.decide(caller.as_ref(), new_trace) {
             return None;
         }
         Some(match caller {
@@ -149,17 +151,22 @@ impl Tracing {
                 remote: true,
                 trace_state: trace_state(headers),
             },
-            None => Parent::root(inner),
+            None => Parent::root(inner, made.unwrap_or_else(context::new_trace_id)),
         })
     }
 
     /// A new trace for work that starts here (control-plane rounds), when sampled.
     pub fn sample_root(&self) -> Option<Parent> {
         let inner = self.inner.as_ref()?;
-        inner
-            .sampling
-            .decide(None, context::random)
-            .then(|| Parent::root(inner))
+        let mut made = None;
+        let new_trace = || *made.insert(context::new_trace_id());
+        if !inner.sampling.decide(None, new_trace) {
+            return None;
+        }
+        Some(Parent::root(
+            inner,
+            made.unwrap_or_else(context::new_trace_id),
+        ))
     }
 
     /// A span for control-plane work: a new trace, when sampled.
@@ -192,10 +199,10 @@ pub struct Parent {
 }
 
 impl Parent {
-    fn root(inner: &Arc<Inner>) -> Self {
+    fn root(inner: &Arc<Inner>, trace_id: [u8; 16]) -> Self {
         Self {
             inner: inner.clone(),
-            trace_id: context::new_trace_id(),
+            trace_id,
             span_id: [0; 8],
             remote: false,
             trace_state: String::new(),
@@ -348,6 +355,12 @@ impl TraceSpan {
     /// Ends the span now (dropping it does too).
     pub fn end(mut self) {
         self.finish();
+    }
+
+    /// Drops the span without sending it: the work it stood for never happened (a request
+    /// handed back unsent).
+    pub fn discard(mut self) {
+        self.ended = true;
     }
 
     fn finish(&mut self) {

@@ -277,9 +277,9 @@ const SPAN_ATTRIBUTES: u32 = 9;
 fn put_key_value(buf: &mut Vec<u8>, field: u32, kv: &KeyValue) {
     let key = kv.key.as_str();
     let value_len = any_value_len(&kv.value);
-    let len = delimited_len(1, key.len()) + delimited_len(2, value_len);
+    let len = opt_bytes_len(1, key.len()) + delimited_len(2, value_len);
     message(buf, field, len, |b| {
-        put_bytes(b, 1, key.as_bytes());
+        put_opt_bytes(b, 1, key.as_bytes());
         message(b, 2, value_len, |b| any_value(b, &kv.value));
     });
 }
@@ -292,9 +292,9 @@ pub(super) fn put_attribute(buf: &mut Vec<u8>, kv: &KeyValue) {
 /// [`put_attribute`] for a string value, with no `KeyValue` (nor a copy of the value) built.
 pub(super) fn put_str_attribute(buf: &mut Vec<u8>, key: &str, value: &str) {
     let value_len = delimited_len(1, value.len());
-    let len = delimited_len(1, key.len()) + delimited_len(2, value_len);
+    let len = opt_bytes_len(1, key.len()) + delimited_len(2, value_len);
     message(buf, SPAN_ATTRIBUTES, len, |b| {
-        put_bytes(b, 1, key.as_bytes());
+        put_opt_bytes(b, 1, key.as_bytes());
         message(b, 2, value_len, |b| put_bytes(b, 1, value.as_bytes()));
     });
 }
@@ -498,6 +498,7 @@ mod tests {
             KeyValue::new("isthmus.shadow", false),
             KeyValue::new("ratio", 0.25),
             KeyValue::new("empty", ""),
+            KeyValue::new("", "empty key"),
             KeyValue::new(
                 "clusters",
                 Value::Array(Array::String(vec!["west".into(), "south".into()])),

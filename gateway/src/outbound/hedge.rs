@@ -170,15 +170,17 @@ impl Outbound {
         plan: &Plan<'_>,
         policy: &ServicePolicy,
         service: &Arc<str>,
-        mut span: Option<TraceSpan>,
+        span: Option<TraceSpan>,
     ) -> Result<Won, Failed> {
-        let r = self.hedge_send(plan, policy, service, &mut span).await;
+        // Dropped with the future when the first try answers first: the span says so.
+        let mut guard = Cancelled(span);
+        let r = self.hedge_send(plan, policy, service, &mut guard.0).await;
         let status = match &r {
             Ok(won) => Some(won.response.status().as_u16()),
             Err((_, status)) => *status,
         };
         let error = r.as_ref().err().map(|(why, _)| why.as_str());
-        crate::trace::end_try(span, status, error);
+        crate::trace::end_try(guard.0.take(), status, error);
         r.map_err(|(why, _)| why)
     }
 
@@ -235,5 +237,16 @@ impl Outbound {
             }
             Err(_) => Err((format!("{} did not answer in time", backend.cluster), None)),
         }
+    }
+}
+
+/// A hedge's span while it runs: ended as cancelled if the hedge is dropped unfinished (the
+/// first try answered, or the exchange ended, before it did).
+struct Cancelled(Option<TraceSpan>);
+
+impl Drop for Cancelled {
+    fn drop(&mut self) {
+        let why = "cancelled: the first try answered before the hedge";
+        crate::trace::end_try(self.0.take(), None, Some(why));
     }
 }

@@ -19,7 +19,7 @@ use crate::lb::{cluster_order, random};
 use crate::policy::ServicePolicy;
 use crate::retry::{self, BreakerGuard, Replay};
 use crate::table::{Backend, Snapshot};
-use crate::trace::{Try, TrySpan};
+use crate::trace::{self, Try, TrySpan};
 
 impl Outbound {
     /// The clusters to try, best first, and the service's policy.
@@ -213,6 +213,9 @@ impl Outbound {
                         None,
                         Some("cancelled: the hedge answered first"),
                     );
+                    if let Some(exchange) = entry.span.as_deref_mut() {
+                        trace::hedge_won(exchange, 2);
+                    }
                     self.metrics.hedge("won");
                     entry.reason = Some(format!(
                         "hedged: {} had not answered after {} ms; {} answered first",
@@ -306,8 +309,11 @@ impl Outbound {
                         gateway.address,
                         e.error()
                     );
-                    end(try_span, entry.span.as_deref_mut(), None, Some(&last));
                     let unsent = e.take_message();
+                    match (try_span, &unsent) {
+                        (Some(t), Some(_)) => t.unsent(),
+                        (t, _) => end(t, entry.span.as_deref_mut(), None, Some(&last)),
+                    }
                     if unsent.is_none() {
                         self.health.outcome(name, &backend.cluster, false);
                         if replay.is_none() {
