@@ -206,9 +206,12 @@ impl TrySpan {
     }
 }
 
-/// Records on the exchange's span that a hedge answered it: try `number`.
-pub fn hedge_won(exchange: &mut TraceSpan, number: u32) {
-    exchange.set(KeyValue::new("isthmus.try", i64::from(number)));
+/// The try number of a hedge: it is sent while the first try still waits.
+pub const HEDGE_TRY: u32 = 2;
+
+/// Records on the exchange's span that a hedge ([`HEDGE_TRY`]) answered it.
+pub fn hedge_won(exchange: &mut TraceSpan) {
+    exchange.set(KeyValue::new("isthmus.try", i64::from(HEDGE_TRY)));
     exchange.set(KeyValue::new("isthmus.hedge", true));
 }
 

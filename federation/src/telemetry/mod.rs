@@ -56,6 +56,22 @@ struct Inner {
     sampling: Sampling,
 }
 
+impl Inner {
+    /// The trace ID of a sampled span: the caller's, or a new trace's (made once, and only when
+    /// the sampler needs it or the answer is yes). `None`: not sampled.
+    fn decide(&self, caller: Option<&TraceParent>) -> Option<[u8; 16]> {
+        let mut made = None;
+        let new_trace = || *made.insert(context::new_trace_id());
+        if !self.sampling.decide(caller, new_trace) {
+            return None;
+        }
+        Some(match caller {
+            Some(p) => p.trace_id,
+            None => made.unwrap_or_else(context::new_trace_id),
+        })
+    }
+}
+
 impl Drop for Inner {
     fn drop(&mut self) {
         self.buffer.close();
@@ -138,35 +154,24 @@ impl Tracing {
         let caller = headers
             .get(TRACEPARENT)
             .and_then(|v| TraceParent::parse(v.as_bytes()));
-        let mut made = None;
-        let new_trace = || *made.insert(context::new_trace_id());
-        if !inner.sampling.decide(caller.as_ref(), new_trace) {
-            return None;
-        }
+        let trace_id = inner.decide(caller.as_ref())?;
         Some(match caller {
             Some(p) => Parent {
                 inner: inner.clone(),
-                trace_id: p.trace_id,
+                trace_id,
                 span_id: p.span_id,
                 remote: true,
                 trace_state: trace_state(headers),
             },
-            None => Parent::root(inner, made.unwrap_or_else(context::new_trace_id)),
+            None => Parent::root(inner, trace_id),
         })
     }
 
     /// A new trace for work that starts here (control-plane rounds), when sampled.
     pub fn sample_root(&self) -> Option<Parent> {
         let inner = self.inner.as_ref()?;
-        let mut made = None;
-        let new_trace = || *made.insert(context::new_trace_id());
-        if !inner.sampling.decide(None, new_trace) {
-            return None;
-        }
-        Some(Parent::root(
-            inner,
-            made.unwrap_or_else(context::new_trace_id),
-        ))
+        let trace_id = inner.decide(None)?;
+        Some(Parent::root(inner, trace_id))
     }
 
     /// A span for control-plane work: a new trace, when sampled.

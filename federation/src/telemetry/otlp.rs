@@ -273,14 +273,26 @@ fn array(buf: &mut Vec<u8>, a: &Array) {
 /// Field number of `Span.attributes`.
 const SPAN_ATTRIBUTES: u32 = 9;
 
-/// Appends `key = value` as one `KeyValue` message in field `field`.
-fn put_key_value(buf: &mut Vec<u8>, field: u32, kv: &KeyValue) {
-    let key = kv.key.as_str();
-    let value_len = any_value_len(&kv.value);
+/// Appends one `KeyValue` message in field `field`: `key`, and an `AnyValue` of `value_len`
+/// bytes that `value` writes.
+fn put_key_value_with(
+    buf: &mut Vec<u8>,
+    field: u32,
+    key: &str,
+    value_len: usize,
+    value: impl FnOnce(&mut Vec<u8>),
+) {
     let len = opt_bytes_len(1, key.len()) + delimited_len(2, value_len);
     message(buf, field, len, |b| {
         put_opt_bytes(b, 1, key.as_bytes());
-        message(b, 2, value_len, |b| any_value(b, &kv.value));
+        message(b, 2, value_len, value);
+    });
+}
+
+fn put_key_value(buf: &mut Vec<u8>, field: u32, kv: &KeyValue) {
+    let value_len = any_value_len(&kv.value);
+    put_key_value_with(buf, field, kv.key.as_str(), value_len, |b| {
+        any_value(b, &kv.value)
     });
 }
 
@@ -292,10 +304,8 @@ pub(super) fn put_attribute(buf: &mut Vec<u8>, kv: &KeyValue) {
 /// [`put_attribute`] for a string value, with no `KeyValue` (nor a copy of the value) built.
 pub(super) fn put_str_attribute(buf: &mut Vec<u8>, key: &str, value: &str) {
     let value_len = delimited_len(1, value.len());
-    let len = opt_bytes_len(1, key.len()) + delimited_len(2, value_len);
-    message(buf, SPAN_ATTRIBUTES, len, |b| {
-        put_opt_bytes(b, 1, key.as_bytes());
-        message(b, 2, value_len, |b| put_bytes(b, 1, value.as_bytes()));
+    put_key_value_with(buf, SPAN_ATTRIBUTES, key, value_len, |b| {
+        put_bytes(b, 1, value.as_bytes())
     });
 }
 

@@ -149,7 +149,7 @@ impl Outbound {
                     entry.hedged = true;
                     let span = entry.span.as_deref().map(|exchange| {
                         let t = crate::trace::Try {
-                            number: 2,
+                            number: crate::trace::HEDGE_TRY,
                             failover: plan.avoid.is_none(),
                             shadow: false,
                             hedge: true,

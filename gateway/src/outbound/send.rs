@@ -214,7 +214,7 @@ impl Outbound {
                         Some("cancelled: the hedge answered first"),
                     );
                     if let Some(exchange) = entry.span.as_deref_mut() {
-                        trace::hedge_won(exchange, 2);
+                        trace::hedge_won(exchange);
                     }
                     self.metrics.hedge("won");
                     entry.reason = Some(format!(
