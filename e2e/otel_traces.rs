@@ -168,6 +168,9 @@ async fn one_trace_chains_caller_outbound_inbound_and_service() {
         "{exchange}"
     );
     let inbound = inbound_under(&spans, exchange, "west");
+    // The caller's tracestate is carried on, on both sides.
+    assert_eq!(exchange["trace_state"], "caller=1", "{exchange}");
+    assert_eq!(inbound["trace_state"], "caller=1", "{inbound}");
     assert_eq!(attr(inbound, "http.response.status_code"), 200);
     assert_eq!(attr(inbound, "isthmus.service"), "echo.demo");
     assert_eq!(attr(inbound, "url.path"), "/hello");

@@ -35,6 +35,7 @@ class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
                         "trace_id": s.trace_id.hex(),
                         "span_id": s.span_id.hex(),
                         "parent_span_id": s.parent_span_id.hex(),
+                        "trace_state": s.trace_state,
                         "name": s.name,
                         "kind": s.kind,
                         "status_code": s.status.code,
